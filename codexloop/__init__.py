@@ -1,0 +1,1 @@
+"""codexloop: a failing test in, working code out."""

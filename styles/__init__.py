@@ -1,0 +1,1 @@
+"""Textual CSS, loaded through importlib.resources."""

@@ -1,0 +1,63 @@
+"""Shared fixtures: a scripted OpenAI-compatible server and real git repositories."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from scripted_openai import ScriptedOpenAI
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep worktrees, traces and config of every test inside its own temporary folder."""
+    home = tmp_path_factory.mktemp("xdg")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / "state"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "CODEXLOOP_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def scripted_openai() -> Iterator[ScriptedOpenAI]:
+    server = ScriptedOpenAI()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def run_git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.com",
+           "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "test@example.com"}
+    done = subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True)
+    return done.stdout
+
+
+@pytest.fixture
+def make_repo(tmp_path: Path) -> Callable[[dict[str, str]], Path]:
+    """Build a real git repository from {relative path: text}, committed once."""
+
+    def build(files: dict[str, str], *, name: str = "repo", commit: bool = True) -> Path:
+        repo = tmp_path / name
+        repo.mkdir()
+        run_git(repo, "init", "-q", "-b", "main")
+        for rel, text in files.items():
+            path = repo / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        if commit:
+            run_git(repo, "add", "-A")
+            run_git(repo, "commit", "-q", "-m", "initial")
+        return repo
+
+    return build
