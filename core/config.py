@@ -1,0 +1,219 @@
+"""Configuration: command-line flags, then environment, then ``[tool.codexloop]``.
+
+Everything a user can get wrong is checked here, before any model call, and
+reported as a :class:`ConfigError` whose message is one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from codexloop.core import gitops
+
+OPENAI_HOST = "api.openai.com"
+DEFAULT_OPENAI_MODEL = "gpt-5.1"
+DEFAULT_MAX_ITERATIONS = 10
+DEFAULT_COMMAND_TIMEOUT = 120.0
+DEFAULT_TEST_TIMEOUT = 600.0
+DEFAULT_MAX_TOOL_CALLS = 40
+
+_FILE_KEYS = {
+    "model": str,
+    "base_url": str,
+    "max_iterations": int,
+    "test_cmd": str,
+    "command_timeout": (int, float),
+    "test_timeout": (int, float),
+    "allow_network": bool,
+    "max_tool_calls": int,
+    "task": str,
+}
+
+
+class ConfigError(Exception):
+    """A mistake the user can fix; the message is shown as one line, exit status 2."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the command line gave; ``None`` means "not given"."""
+
+    targets: tuple[str, ...]
+    repo: Path | None = None
+    task: str | None = None
+    test_cmd: str | None = None
+    model: str | None = None
+    base_url: str | None = None
+    max_iterations: int | None = None
+    command_timeout: float | None = None
+    test_timeout: float | None = None
+    allow_network: bool | None = None
+    max_tool_calls: int | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    repo: Path
+    targets: tuple[str, ...]
+    model: str
+    base_url: str | None
+    api_key: str
+    task: str = ""
+    test_cmd: str | None = None
+    max_iterations: int = DEFAULT_MAX_ITERATIONS
+    command_timeout: float = DEFAULT_COMMAND_TIMEOUT
+    test_timeout: float = DEFAULT_TEST_TIMEOUT
+    allow_network: bool = False
+    max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS
+    target_files: tuple[str, ...] = field(default=())
+
+    @property
+    def endpoint(self) -> str:
+        return self.base_url or f"https://{OPENAI_HOST}/v1"
+
+
+def read_file_config(repo: Path) -> dict[str, Any]:
+    """``[tool.codexloop]`` of the repository's pyproject.toml, validated."""
+    path = repo / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    section = data.get("tool", {}).get("codexloop", {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [tool.codexloop] must be a table")
+    for key, value in section.items():
+        kind = _FILE_KEYS.get(key)
+        if kind is None:
+            known = ", ".join(sorted(_FILE_KEYS))
+            raise ConfigError(f"{path}: unknown key {key!r} in [tool.codexloop] (known: {known})")
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"{path}: [tool.codexloop] {key} has the wrong type")
+    return section
+
+
+def resolve_targets(
+    repo: Path, cwd: Path, targets: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Targets as repo-relative node ids, and the distinct test files they name."""
+    if not targets:
+        raise ConfigError(
+            "no TARGET given: name the test that defines success, e.g. tests/test_x.py::test_y"
+        )
+    node_ids: list[str] = []
+    files: list[str] = []
+    for target in targets:
+        file_part, sep, rest = target.partition("::")
+        path = Path(file_part)
+        absolute = path if path.is_absolute() else cwd / path
+        absolute = Path(os.path.normpath(absolute))
+        if not absolute.exists():
+            raise ConfigError(f"target {target!r} does not exist ({absolute} not found)")
+        if not absolute.is_file() and sep:
+            raise ConfigError(f"target {target!r}: {file_part} is not a file")
+        try:
+            rel = absolute.relative_to(repo)
+        except ValueError:
+            raise ConfigError(f"target {target!r} is outside the repository {repo}") from None
+        rel_posix = rel.as_posix()
+        node_ids.append(rel_posix + (sep + rest if sep else ""))
+        if absolute.is_file():
+            files.append(rel_posix)
+        else:
+            files.extend(
+                p.relative_to(repo).as_posix()
+                for p in sorted(absolute.rglob("*.py"))
+                if p.name.startswith("test_") or p.name.endswith("_test.py")
+            )
+    return tuple(node_ids), tuple(dict.fromkeys(files))
+
+
+def _first(*values: Any) -> Any:
+    for value in values:
+        if value is not None:
+            return value
+    return None
+
+
+def load_config(
+    settings: Settings, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> Config:
+    """Resolve flags, environment and file config into a checked :class:`Config`."""
+    env = os.environ if env is None else env
+    cwd = (cwd or Path.cwd()).resolve()
+    start = (settings.repo if settings.repo is not None else cwd).expanduser()
+    start = start if start.is_absolute() else cwd / start
+    if not start.exists():
+        raise ConfigError(f"--repo {start}: no such directory")
+    repo = gitops.toplevel(start)
+    if repo is None:
+        raise ConfigError(
+            f"{start} is not inside a git checkout (codexloop works on a git repository)"
+        )
+    repo = repo.resolve()
+    target_base = cwd if settings.repo is None else start
+    targets, target_files = resolve_targets(repo, target_base, settings.targets)
+
+    file_cfg = read_file_config(repo)
+    base_url = _first(
+        settings.base_url, env.get("OPENAI_BASE_URL") or None, file_cfg.get("base_url")
+    )
+    api_key = env.get("OPENAI_API_KEY") or ""
+    model = _first(settings.model, env.get("CODEXLOOP_MODEL") or None, file_cfg.get("model"))
+    if base_url is None and not api_key:
+        raise ConfigError(
+            "no model configured: set OPENAI_API_KEY for OpenAI, or point --base-url "
+            "(or OPENAI_BASE_URL) at an OpenAI-compatible server and name a --model"
+        )
+    if model is None:
+        if base_url is not None and OPENAI_HOST not in base_url:
+            raise ConfigError(
+                "no model configured: pass --model NAME, set CODEXLOOP_MODEL, or add "
+                'model = "NAME" under [tool.codexloop] in pyproject.toml'
+            )
+        model = DEFAULT_OPENAI_MODEL
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"--base-url {base_url!r} must start with http:// or https://")
+
+    max_iterations = int(
+        _first(settings.max_iterations, file_cfg.get("max_iterations"), DEFAULT_MAX_ITERATIONS)
+    )
+    if max_iterations < 1:
+        raise ConfigError("--max-iterations must be at least 1")
+    command_timeout = float(
+        _first(settings.command_timeout, file_cfg.get("command_timeout"), DEFAULT_COMMAND_TIMEOUT)
+    )
+    test_timeout = float(
+        _first(settings.test_timeout, file_cfg.get("test_timeout"), DEFAULT_TEST_TIMEOUT)
+    )
+    if command_timeout <= 0 or test_timeout <= 0:
+        raise ConfigError("timeouts must be positive numbers of seconds")
+    max_tool_calls = int(
+        _first(settings.max_tool_calls, file_cfg.get("max_tool_calls"), DEFAULT_MAX_TOOL_CALLS)
+    )
+    if max_tool_calls < 1:
+        raise ConfigError("max_tool_calls must be at least 1")
+
+    return Config(
+        repo=repo,
+        targets=targets,
+        target_files=target_files,
+        model=str(model),
+        base_url=base_url.rstrip("/") if base_url else None,
+        # Local servers (Ollama, llama.cpp...) need no key; the client insists on one.
+        api_key=api_key or "codexloop-no-key",
+        task=_first(settings.task, file_cfg.get("task"), ""),
+        test_cmd=_first(settings.test_cmd, file_cfg.get("test_cmd")),
+        max_iterations=max_iterations,
+        command_timeout=command_timeout,
+        test_timeout=test_timeout,
+        allow_network=bool(_first(settings.allow_network, file_cfg.get("allow_network"), False)),
+        max_tool_calls=max_tool_calls,
+    )

@@ -1,0 +1,234 @@
+"""Typed events the loop emits, and commands it accepts.
+
+Events are small frozen dataclasses. The same objects feed the app, the headless
+JSONL printer and the trace, so every front end can show what any other shows.
+Each event class names its wire ``type`` (the ``type`` field of a JSON line).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+State = Literal["starting", "thinking", "tool", "testing", "paused", "green", "red", "stopped"]
+FinalStatus = Literal["passed", "failed", "stopped"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of every event; ``type`` is the wire name."""
+
+    type: ClassVar[str] = "event"
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"type": self.type}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            data[f.name] = list(value) if isinstance(value, tuple) else value
+        return data
+
+
+@dataclass(frozen=True)
+class LoopStarted(Event):
+    type: ClassVar[str] = "loop_started"
+    branch: str
+    worktree: str
+    base: str
+    targets: tuple[str, ...]
+    test_command: str
+    model: str
+    max_iterations: int
+    isolation: str = "none"
+    isolation_reason: str = ""
+    trace: str = ""
+
+
+@dataclass(frozen=True)
+class StateChanged(Event):
+    type: ClassVar[str] = "state"
+    state: State
+
+
+@dataclass(frozen=True)
+class IterationStarted(Event):
+    type: ClassVar[str] = "iteration_started"
+    iteration: int
+
+
+@dataclass(frozen=True)
+class ModelTurnStarted(Event):
+    type: ClassVar[str] = "model_turn_started"
+    iteration: int
+
+
+@dataclass(frozen=True)
+class ModelText(Event):
+    type: ClassVar[str] = "model_text"
+    text: str
+
+
+@dataclass(frozen=True)
+class ModelReasoning(Event):
+    type: ClassVar[str] = "model_reasoning"
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCall(Event):
+    type: ClassVar[str] = "tool_call"
+    name: str
+    arguments: str
+    call_id: str = ""
+
+
+@dataclass(frozen=True)
+class ToolResult(Event):
+    type: ClassVar[str] = "tool_result"
+    name: str
+    ok: bool
+    summary: str
+    call_id: str = ""
+    refused: bool = False
+
+
+@dataclass(frozen=True)
+class CommandOutput(Event):
+    """Live output of a model's ``run_command`` (the sandbox terminal)."""
+
+    type: ClassVar[str] = "command_output"
+    text: str
+
+
+@dataclass(frozen=True)
+class Usage(Event):
+    """Token counts: ``*_total`` for the session, the others for the last model turn."""
+
+    type: ClassVar[str] = "usage"
+    input_tokens: int
+    output_tokens: int
+    input_total: int
+    output_total: int
+
+
+@dataclass(frozen=True)
+class ModelRetry(Event):
+    type: ClassVar[str] = "model_retry"
+    attempt: int
+    reason: str
+    delay_s: float
+
+
+@dataclass(frozen=True)
+class SandboxChanged(Event):
+    """Files in the sandbox changed (after an edit tool or a command)."""
+
+    type: ClassVar[str] = "sandbox_changed"
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ExamRestored(Event):
+    """Protected files the model changed, put back before a test run."""
+
+    type: ClassVar[str] = "exam_restored"
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TestStarted(Event):
+    type: ClassVar[str] = "test_started"
+    __test__: ClassVar[bool] = False
+    iteration: int
+    command: str
+
+
+@dataclass(frozen=True)
+class TestOutput(Event):
+    type: ClassVar[str] = "test_output"
+    __test__: ClassVar[bool] = False
+    text: str
+
+
+@dataclass(frozen=True)
+class TestFinished(Event):
+    type: ClassVar[str] = "test_finished"
+    __test__: ClassVar[bool] = False
+    iteration: int
+    passed: bool
+    exit_code: int | None
+    duration_s: float
+    summary: str
+    timed_out: bool = False
+
+
+@dataclass(frozen=True)
+class IterationFinished(Event):
+    type: ClassVar[str] = "iteration_finished"
+    iteration: int
+    passed: bool
+    duration_s: float
+    commit: str | None
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class UserMessage(Event):
+    """A steering message from the developer, as it joins the conversation."""
+
+    type: ClassVar[str] = "user_message"
+    text: str
+
+
+@dataclass(frozen=True)
+class Notice(Event):
+    type: ClassVar[str] = "notice"
+    level: Literal["info", "warning", "error"]
+    message: str
+
+
+@dataclass(frozen=True)
+class Applied(Event):
+    type: ClassVar[str] = "applied"
+    written: tuple[str, ...]
+    deleted: tuple[str, ...]
+    conflicts: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class LoopFinished(Event):
+    type: ClassVar[str] = "loop_finished"
+    status: FinalStatus
+    iterations: int
+    branch: str
+    worktree: str = ""
+    reason: str = ""
+
+
+# Commands: from a front end to the loop.
+
+
+@dataclass(frozen=True)
+class Command:
+    pass
+
+
+@dataclass(frozen=True)
+class Pause(Command):
+    pass
+
+
+@dataclass(frozen=True)
+class Resume(Command):
+    pass
+
+
+@dataclass(frozen=True)
+class Stop(Command):
+    reason: str = "stopped by the developer"
+
+
+@dataclass(frozen=True)
+class Steer(Command):
+    text: str

@@ -1,0 +1,119 @@
+"""The exam: target test files and test configuration, protected from the model.
+
+No tool may create, change or delete a protected file, and before every test run
+the engine puts them back as the developer has them. The target files are read
+from the developer's checkout each time, so an edit of the exam by the developer
+is what the next run uses.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from codexloop.core import gitops
+
+PROTECTED_NAMES = frozenset(
+    {
+        "conftest.py",
+        "pytest.ini",
+        "tox.ini",
+        "setup.cfg",
+        "sitecustomize.py",
+        "usercustomize.py",
+    }
+)
+PYPROJECT = "pyproject.toml"
+
+
+def _pytest_section(text: str | bytes | None) -> Any:
+    if text is None:
+        return None
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    try:
+        return tomllib.loads(text).get("tool", {}).get("pytest")
+    except tomllib.TOMLDecodeError:
+        return "<invalid TOML>"
+
+
+@dataclass
+class Exam:
+    """Knows which files are protected and how to restore them in a sandbox."""
+
+    repo: Path
+    base: str
+    target_files: tuple[str, ...]
+    attempts: int = 0
+    _targets: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._targets = frozenset(self.target_files)
+
+    def protection(self, rel: str) -> str | None:
+        """Why ``rel`` (posix, relative to the sandbox root) may not be touched, or None."""
+        path = PurePosixPath(rel)
+        if path.parts and path.parts[0] == ".git":
+            return "the sandbox's git metadata is off limits"
+        if rel in self._targets:
+            return "it is a target test file (the exam)"
+        if path.name in PROTECTED_NAMES:
+            return f"{path.name} is test configuration"
+        if path.suffix == ".pth":
+            return ".pth files change how Python starts"
+        return None
+
+    def check_write(self, rel: str, old: bytes | None, new: bytes | None) -> str | None:
+        """Refusal reason for changing ``rel`` from ``old`` to ``new`` (None: allowed)."""
+        reason = self.protection(rel)
+        if reason is not None:
+            return reason
+        if rel == PYPROJECT and _pytest_section(old) != _pytest_section(new):
+            return "the [tool.pytest] section of pyproject.toml is test configuration"
+        return None
+
+    def original(self, rel: str) -> bytes | None:
+        """The developer's version: their checkout for target files, the snapshot for config."""
+        if rel in self._targets:
+            path = self.repo / rel
+            if path.is_file():
+                return path.read_bytes()
+        return gitops.read_blob(self.repo, self.base, rel)
+
+    def restore(self, worktree: Path, changed: list[str]) -> list[str]:
+        """Put every protected file back as the developer has it; return what was restored.
+
+        ``changed`` are the paths that differ from the snapshot; target files are always
+        checked, since the developer may have edited them in the checkout.
+        """
+        restored: list[str] = []
+        for rel in sorted(set(changed) | self._targets):
+            if self.protection(rel) is None and rel != PYPROJECT:
+                continue
+            path = worktree / rel
+            current = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+            wanted = self.original(rel)
+            if rel == PYPROJECT:
+                if _pytest_section(current) == _pytest_section(wanted):
+                    continue
+            elif current == wanted and not (
+                path.is_symlink() or (current is None and path.exists())
+            ):
+                continue
+            self._replace(path, wanted)
+            restored.append(rel)
+        return restored
+
+    @staticmethod
+    def _replace(path: Path, content: bytes | None) -> None:
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            import shutil
+
+            shutil.rmtree(path)
+        if content is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)

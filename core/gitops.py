@@ -1,0 +1,716 @@
+"""Git plumbing for the sandbox: snapshot, worktrees, commits, and the three-way apply.
+
+Everything goes through the ``git`` CLI, synchronously (the engine calls these functions
+from worker threads). Every invocation disables hooks and fsmonitor, so nothing written
+by the model can run on the host, and never prompts on a terminal. The developer's
+checkout (files and index) is only ever read, except by :func:`apply_changes`, which
+writes files (never the index) and only when no file conflicts.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+PREVIEW_PREFIX = "codexloop/"
+FALLBACK_NAME = "codexloop"
+FALLBACK_EMAIL = "codexloop@localhost"
+
+_SAFETY = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "gc.auto=0")
+# Location variables inherited from a parent git process (a hook, `git rebase -x`) would
+# point every command at the wrong repository or index; only an explicit ``env`` sets them.
+_SCRUBBED = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_COMMON_DIR",
+    "GIT_PREFIX",
+)
+_NULL_SHA = "0" * 40
+_BINARY_PROBE = 8000
+_REGULAR = ("100644", "100755")
+_SYMLINK = "120000"
+_GITLINK = "160000"
+
+# Worktree -> its administrative git dir, recorded when we create the worktree, so a
+# `.git` file rewritten by the model cannot point our commands at a config it wrote.
+_GITDIRS: dict[Path, Path] = {}
+
+
+class GitError(Exception):
+    """A git command failed; the message carries git's stderr."""
+
+
+# --------------------------------------------------------------------------- running git
+
+
+def _environment(env: Mapping[str, str] | None) -> dict[str, str]:
+    merged = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+    if env is not None:
+        merged.update(env)
+    merged["GIT_TERMINAL_PROMPT"] = "0"
+    return merged
+
+
+def _run(
+    cwd: Path,
+    args: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    input: bytes | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
+    try:
+        done = subprocess.run(
+            ["git", *_SAFETY, *args],
+            cwd=cwd,
+            env=_environment(env),
+            input=input,
+            stdin=subprocess.DEVNULL if input is None else None,
+            capture_output=True,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        if not Path(cwd).is_dir():
+            raise GitError(f"git {args[0] if args else ''}: no such directory {cwd}") from exc
+        raise GitError("git is not installed (not found on PATH)") from exc
+    if check and done.returncode != 0:
+        stderr = done.stderr.decode("utf-8", "replace").strip()
+        raise GitError(f"git {' '.join(args)} failed ({done.returncode}): {stderr}")
+    return done
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+def git(
+    cwd: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    input: bytes | None = None,
+    check: bool = True,
+) -> str:
+    """Run ``git <args>`` in ``cwd`` with hooks and fsmonitor off; return its stdout.
+
+    ``env`` adds to (or overrides) the inherited environment. Raises :class:`GitError`
+    with git's stderr when the command fails and ``check`` is true.
+    """
+    return _text(_run(cwd, args, env, input, check).stdout)
+
+
+def _identity_fallback(cwd: Path, env: Mapping[str, str] | None) -> dict[str, str]:
+    """GIT_AUTHOR_*/GIT_COMMITTER_* values for the parts of the identity nobody configured."""
+    done = _run(
+        cwd,
+        ["config", "--get-regexp", r"^(user|author|committer)\.(name|email)$"],
+        env,
+        check=False,
+    )
+    configured = {line.split(" ", 1)[0].lower() for line in _text(done.stdout).splitlines()}
+    effective = _environment(env)
+    fallback: dict[str, str] = {}
+    for role in ("author", "committer"):
+        for field, value in (("name", FALLBACK_NAME), ("email", FALLBACK_EMAIL)):
+            var = f"GIT_{role.upper()}_{field.upper()}"
+            if effective.get(var) or {f"user.{field}", f"{role}.{field}"} & configured:
+                continue
+            fallback[var] = value
+    return fallback
+
+
+def _commit_tree(
+    cwd: Path, tree: str, parent: str | None, message: str, env: Mapping[str, str] | None
+) -> str:
+    """``git commit-tree`` with the configured identity, or codexloop's when there is none."""
+    # useConfigOnly: never guess an identity from the host name; fall back to ours instead.
+    args = ["-c", "user.useConfigOnly=true", "commit-tree", tree, "-m", message]
+    if parent:
+        args += ["-p", parent]
+    done = _run(cwd, args, env, check=False)
+    if done.returncode != 0:
+        fallback = _identity_fallback(cwd, env)
+        if not fallback:
+            stderr = _text(done.stderr).strip()
+            raise GitError(f"git commit-tree failed ({done.returncode}): {stderr}")
+        done = _run(cwd, args, {**(env or {}), **fallback})
+    return _text(done.stdout).strip()
+
+
+# --------------------------------------------------------------------------- repository
+
+
+def toplevel(path: Path) -> Path | None:
+    """The root of the git checkout containing ``path``, or None outside any checkout."""
+    start = Path(path).absolute()
+    while not start.is_dir():
+        if start.parent == start:
+            return None
+        start = start.parent
+    done = _run(start, ["rev-parse", "--show-toplevel"], check=False)
+    out = _text(done.stdout).strip()
+    if done.returncode != 0 or not out:
+        return None
+    return Path(out)
+
+
+def snapshot(repo: Path) -> str:
+    """A commit capturing the working tree as it is now, without touching index or files.
+
+    Tracked changes, deletions and untracked-not-ignored files are included. Its parent
+    is HEAD (none in a repository without commits).
+    """
+    done = _run(
+        repo,
+        ["rev-parse", "--git-path", "index", "HEAD", "--symbolic-full-name", "HEAD"],
+        check=False,
+    )
+    lines = _text(done.stdout).splitlines() if done.returncode == 0 else []
+    if len(lines) == 3:
+        index, head, ref = lines
+    else:  # no commit yet: HEAD does not resolve
+        index = git(repo, "rev-parse", "--git-path", "index").strip()
+        head = None
+        ref = git(repo, "symbolic-ref", "-q", "HEAD", check=False).strip() or "HEAD"
+    label = ref.removeprefix("refs/heads/") if ref.startswith("refs/heads/") else "detached"
+    real_index = Path(repo, index)
+    with tempfile.TemporaryDirectory(prefix="codexloop-snapshot-") as tmp:
+        tmp_index = Path(tmp, "index")
+        if real_index.is_file():
+            # copy2 keeps the mtime, which git's racy-clean check compares entries against.
+            shutil.copy2(real_index, tmp_index)
+        env = {"GIT_INDEX_FILE": str(tmp_index)}
+        _run(repo, ["-c", "core.splitIndex=false", "add", "-A"], env)
+        tree = _text(_run(repo, ["write-tree"], env).stdout).strip()
+    return _commit_tree(repo, tree, head, f"codexloop snapshot of {label} working tree", None)
+
+
+def create_worktree(repo: Path, base: str, branch: str, path: Path) -> None:
+    """Check out a new branch ``branch`` at commit ``base`` in a new worktree at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _run(repo, ["worktree", "add", "--quiet", "-b", branch, str(path), base])
+    gitdir = _gitdir_from_file(path)
+    if gitdir is not None:
+        _GITDIRS[path.resolve()] = gitdir
+
+
+def _gitdir_from_file(worktree: Path) -> Path | None:
+    """The git dir a linked worktree's ``.git`` file names, or None if it is not one."""
+    dotgit = worktree / ".git"
+    try:
+        if not stat.S_ISREG(os.lstat(dotgit).st_mode):
+            return None
+        text = dotgit.read_text("utf-8", "surrogateescape").strip()
+    except OSError:
+        return None
+    if not text.startswith("gitdir:"):
+        return None
+    gitdir = Path(text.removeprefix("gitdir:").strip())
+    return (worktree / gitdir).resolve() if not gitdir.is_absolute() else gitdir.resolve()
+
+
+def _worktree_env(worktree: Path) -> dict[str, str]:
+    """GIT_DIR/GIT_WORK_TREE for a sandbox worktree, checked against tampering."""
+    root = Path(worktree).resolve()
+    gitdir = _GITDIRS.get(root)
+    if gitdir is None:
+        gitdir = _gitdir_from_file(root)
+        back = gitdir / "gitdir" if gitdir is not None else None
+        try:
+            points_back = (
+                back is not None
+                and Path(back.read_text("utf-8", "surrogateescape").strip()).resolve()
+                == root / ".git"
+            )
+        except OSError:
+            points_back = False
+        if (
+            gitdir is None
+            or gitdir.is_relative_to(root)
+            or gitdir.parent.name != "worktrees"
+            or not (gitdir / "commondir").is_file()
+            or not points_back
+        ):
+            raise GitError(f"{worktree} is not a linked git worktree (or its .git file changed)")
+    return {"GIT_DIR": str(gitdir), "GIT_WORK_TREE": str(root)}
+
+
+def _excludes(exclude_file: Path | None) -> list[str]:
+    return ["-c", f"core.excludesFile={exclude_file}"] if exclude_file is not None else []
+
+
+def commit_all(worktree: Path, message: str, exclude_file: Path | None = None) -> str | None:
+    """Commit every change in the worktree on its branch; None when nothing changed."""
+    env = _worktree_env(worktree)
+    root = Path(env["GIT_WORK_TREE"])
+    _run(root, [*_excludes(exclude_file), "add", "-A"], env)
+    tree = _text(_run(root, ["write-tree"], env).stdout).strip()
+    done = _run(root, ["rev-parse", "HEAD", "HEAD^{tree}"], env, check=False)
+    head_lines = _text(done.stdout).split() if done.returncode == 0 else []
+    head, head_tree = head_lines if len(head_lines) == 2 else (None, None)
+    if tree == head_tree:
+        return None
+    sha = _commit_tree(root, tree, head, message, env)
+    subject = message.splitlines()[0] if message.strip() else "commit"
+    _run(root, ["update-ref", "-m", f"commit: {subject}", "HEAD", sha, head or _NULL_SHA], env)
+    return sha
+
+
+def changed_paths(worktree: Path, base: str, exclude_file: Path | None = None) -> list[str]:
+    """Repo-relative paths whose current content in the worktree differs from ``base``.
+
+    Untracked-not-ignored files count; ``exclude_file`` adds ignore patterns, as in
+    :func:`commit_all`. Neither the worktree's index nor its branch is changed.
+    """
+    env = _worktree_env(worktree)
+    root = Path(env["GIT_WORK_TREE"])
+    diff = _run(
+        root,
+        ["diff", "--no-renames", "--no-ext-diff", "--no-textconv", "--name-only", "-z", base, "--"],
+        env,
+    )
+    others = _run(
+        root, [*_excludes(exclude_file), "ls-files", "--others", "--exclude-standard", "-z"], env
+    )
+    names = {_text(p) for p in (diff.stdout + others.stdout).split(b"\0") if p}
+    return sorted(names)
+
+
+def read_blob(repo: Path, commit: str, path: str) -> bytes | None:
+    """The content of ``path`` at ``commit`` as stored in git, or None if it is absent."""
+    done = _run(repo, ["cat-file", "blob", f"{commit}:{path}"], check=False)
+    return done.stdout if done.returncode == 0 else None
+
+
+# --------------------------------------------------------------------------- preview branches
+
+
+@dataclass(frozen=True)
+class PreviewBranch:
+    """A ``codexloop/*`` branch, and the worktree it is checked out in, if any."""
+
+    name: str
+    worktree: Path | None
+    sha: str
+    subject: str
+    committed_at: datetime
+
+
+def _worktrees(repo: Path) -> dict[str, Path]:
+    """Branch ref -> path of the (existing) worktree it is checked out in."""
+    out = _text(_run(repo, ["worktree", "list", "--porcelain", "-z"]).stdout)
+    found: dict[str, Path] = {}
+    path: Path | None = None
+    branch: str | None = None
+    prunable = False
+    for field in [*out.split("\0"), ""]:
+        if not field:  # end of a record
+            if path is not None and branch is not None and not prunable:
+                found[branch] = path
+            path, branch, prunable = None, None, False
+        elif field.startswith("worktree "):
+            path = Path(field.removeprefix("worktree "))
+        elif field.startswith("branch "):
+            branch = field.removeprefix("branch ")
+        elif field == "prunable" or field.startswith("prunable "):
+            prunable = True
+    return found
+
+
+def preview_branches(repo: Path) -> list[PreviewBranch]:
+    """codexloop's preview branches, most recently committed first."""
+    fmt = "%(refname)%00%(objectname)%00%(committerdate:unix)%00%(subject)"
+    out = _text(
+        _run(
+            repo,
+            [
+                "for-each-ref",
+                "--sort=-committerdate",
+                f"--format={fmt}",
+                f"refs/heads/{PREVIEW_PREFIX}",
+            ],
+        ).stdout
+    )
+    worktrees = _worktrees(repo) if out.strip() else {}
+    branches = []
+    for line in out.splitlines():
+        parts = line.split("\0")
+        if len(parts) != 4:
+            continue
+        ref, sha, stamp, subject = parts
+        branches.append(
+            PreviewBranch(
+                name=ref.removeprefix("refs/heads/"),
+                worktree=worktrees.get(ref),
+                sha=sha,
+                subject=subject,
+                committed_at=datetime.fromtimestamp(int(stamp or 0), tz=UTC),
+            )
+        )
+    return branches
+
+
+def remove_worktree(repo: Path, path: Path, branch: str | None = None) -> None:
+    """Remove the worktree at ``path`` (even with changes in it), then ``branch`` if given."""
+    path = Path(path)
+    done = _run(repo, ["worktree", "remove", "--force", str(path)], check=False)
+    _run(repo, ["worktree", "prune"])
+    if done.returncode != 0 and os.path.lexists(path / ".git"):
+        stderr = _text(done.stderr).strip()
+        raise GitError(f"git worktree remove {path} failed ({done.returncode}): {stderr}")
+    _GITDIRS.pop(path.resolve(), None)
+    if branch is not None:
+        exists = _run(
+            repo, ["show-ref", "--verify", "--quiet", f"refs/heads/{branch}"], check=False
+        )
+        if exists.returncode == 0:
+            _run(repo, ["branch", "-D", "--quiet", branch])
+
+
+# --------------------------------------------------------------------------- apply
+
+
+@dataclass(frozen=True)
+class FileConflict:
+    """A file that cannot be brought over without losing someone's change."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What :func:`apply_changes` wrote and deleted, or why it wrote nothing."""
+
+    written: list[str]
+    deleted: list[str]
+    conflicts: list[FileConflict]
+
+    @property
+    def ok(self) -> bool:
+        return not self.conflicts
+
+
+@dataclass
+class _Version:
+    """One side of a change as stored in git (content in working-tree form)."""
+
+    mode: str
+    sha: str
+    data: bytes = b""
+
+    @property
+    def executable(self) -> bool:
+        return self.mode == "100755"
+
+    @property
+    def kind(self) -> str:
+        return "link" if self.mode == _SYMLINK else "file"
+
+
+@dataclass(frozen=True)
+class _Disk:
+    """The developer's file as it is now."""
+
+    kind: str  # "file", "link", "dir" or "other"
+    data: bytes
+    perm: int
+
+    @property
+    def executable(self) -> bool:
+        return self.kind == "file" and bool(self.perm & stat.S_IXUSR)
+
+
+@dataclass(frozen=True)
+class _Write:
+    path: str
+    data: bytes
+    kind: str  # "file" or "link"
+    executable: bool
+    perm: int | None  # permissions of the file being replaced, if any
+
+
+@dataclass(frozen=True)
+class _Chmod:
+    path: str
+    perm: int
+
+
+@dataclass(frozen=True)
+class _Delete:
+    path: str
+
+
+_Action = _Write | _Chmod | _Delete
+
+
+def _is_binary(data: bytes) -> bool:
+    return b"\0" in data[:_BINARY_PROBE]
+
+
+def _same(disk: _Disk, version: _Version) -> bool:
+    return disk.kind == version.kind and disk.data == version.data
+
+
+def _with_exec(perm: int, executable: bool) -> int:
+    return perm | ((perm & 0o444) >> 2) if executable else perm & ~0o111
+
+
+def _unsafe(path: str) -> bool:
+    parts = path.split("/")
+    return any(p in ("", ".", "..") or p.lower() == ".git" for p in parts)
+
+
+def _changes(
+    repo: Path, base: str, result: str
+) -> dict[str, tuple[_Version | None, _Version | None]]:
+    out = _run(
+        repo, ["diff-tree", "-r", "-z", "--no-renames", "--no-commit-id", base, result]
+    ).stdout
+    fields = out.split(b"\0")
+    changes: dict[str, tuple[_Version | None, _Version | None]] = {}
+    for i in range(0, len(fields) - 1, 2):
+        meta, raw_path = fields[i], fields[i + 1]
+        if not meta.startswith(b":"):
+            continue
+        old_mode, new_mode, old_sha, new_sha, _status = _text(meta[1:]).split(" ")
+        old = _Version(old_mode, old_sha) if old_sha != _NULL_SHA else None
+        new = _Version(new_mode, new_sha) if new_sha != _NULL_SHA else None
+        changes[_text(raw_path)] = (old, new)
+    return changes
+
+
+def _load(repo: Path, items: list[tuple[str, _Version]]) -> None:
+    """Fill in contents, converted as a checkout would write them (eol, smudge filters)."""
+    batch = [(p, v) for p, v in items if v.mode != _GITLINK and "\n" not in p]
+    if batch:
+        request = b"".join(f"{v.sha} {p}\n".encode("utf-8", "surrogateescape") for p, v in batch)
+        out = _run(repo, ["cat-file", "--batch", "--filters"], input=request).stdout
+        pos = 0
+        for _path, version in batch:
+            end = out.index(b"\n", pos)
+            header = out[pos:end].split(b" ")
+            if len(header) != 3:
+                raise GitError(f"git cat-file: unexpected answer {out[pos:end]!r}")
+            size = int(header[2])
+            version.data = out[end + 1 : end + 1 + size]
+            pos = end + 1 + size + 1
+    for path, version in items:  # names with a newline cannot go through --batch
+        if version.mode != _GITLINK and "\n" in path:
+            version.data = _run(
+                repo, ["cat-file", "--filters", f"--path={path}", version.sha]
+            ).stdout
+
+
+def _read_disk(full: Path) -> _Disk | None:
+    try:
+        st = os.lstat(full)
+        if stat.S_ISLNK(st.st_mode):
+            return _Disk("link", os.readlink(os.fsencode(full)), stat.S_IMODE(st.st_mode))
+        if stat.S_ISDIR(st.st_mode):
+            return _Disk("dir", b"", stat.S_IMODE(st.st_mode))
+        if not stat.S_ISREG(st.st_mode):
+            return _Disk("other", b"", stat.S_IMODE(st.st_mode))
+        return _Disk("file", full.read_bytes(), stat.S_IMODE(st.st_mode))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _obstacle(repo: Path, path: str, deleting: set[str]) -> tuple[str | None, bool]:
+    """(reason a parent directory of ``path`` blocks it, whether a parent is missing)."""
+    parts = path.split("/")[:-1]
+    for i in range(1, len(parts) + 1):
+        parent = "/".join(parts[:i])
+        try:
+            mode = os.lstat(repo / parent).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return None, True
+        if stat.S_ISDIR(mode):
+            continue
+        if parent in deleting:
+            return None, True
+        what = "a symlink" if stat.S_ISLNK(mode) else "a file"
+        return f"{what} on disk is in the way ({parent})", False
+    return None, False
+
+
+def _dir_vanishes(full: Path, rel: str, deleting: set[str]) -> bool:
+    """True if everything under the directory ``rel`` is about to be deleted."""
+    for dirpath, dirnames, filenames in os.walk(full):
+        if not dirnames and not filenames:
+            return False  # an empty directory stays: nothing would remove it
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            sub = Path(dirpath, name).relative_to(full).as_posix()
+            if f"{rel}/{sub}" not in deleting:
+                return False
+    return True
+
+
+def _merge(repo: Path, ours: bytes, base: bytes, theirs: bytes) -> bytes | None:
+    """``git merge-file``: the clean merge, or None when the same lines changed."""
+    with tempfile.TemporaryDirectory(prefix="codexloop-merge-") as tmp:
+        names = []
+        for label, data in (("ours", ours), ("base", base), ("theirs", theirs)):
+            Path(tmp, label).write_bytes(data)
+            names.append(str(Path(tmp, label)))
+        done = _run(repo, ["merge-file", "-p", *names], check=False)
+    if done.returncode == 0:
+        return done.stdout
+    if 0 < done.returncode < 128:
+        return None
+    raise GitError(f"git merge-file failed ({done.returncode}): {_text(done.stderr).strip()}")
+
+
+def _plan(
+    repo: Path,
+    path: str,
+    base: _Version | None,
+    theirs: _Version | None,
+    deleting: set[str],
+) -> _Action | FileConflict | None:
+    """What to do with one file: an action, a conflict, or nothing."""
+    if _unsafe(path):
+        return FileConflict(path, "unsafe path")
+    if _GITLINK in (base and base.mode, theirs and theirs.mode):
+        return FileConflict(path, "submodule changes are not applied")
+    blocked, parent_missing = _obstacle(repo, path, deleting)
+    if blocked:
+        return FileConflict(path, blocked)
+    ours = None if parent_missing else _read_disk(repo / path)
+    if ours is not None and ours.kind == "dir" and _dir_vanishes(repo / path, path, deleting):
+        ours = None
+
+    if theirs is None:  # deleted in the result
+        if ours is None:
+            return None
+        if base is not None and _same(ours, base):
+            return _Delete(path)
+        return FileConflict(path, "deleted in the result but changed on disk")
+    if base is None:  # added in the result
+        if ours is None:
+            return _Write(path, theirs.data, theirs.kind, theirs.executable, None)
+        if _same(ours, theirs):
+            return _exec_fix(path, ours, None, theirs)
+        return FileConflict(path, "added in the result but a different file exists on disk")
+    if ours is None:
+        if theirs.kind == base.kind and theirs.data == base.data:
+            return None  # only the mode changed, and the developer deleted the file
+        return FileConflict(path, "changed in the result but deleted on disk")
+    if ours.kind in ("dir", "other"):
+        return FileConflict(
+            path, f"a {'directory' if ours.kind == 'dir' else 'special file'} is on disk"
+        )
+    if theirs.kind == base.kind and theirs.data == base.data:
+        return _exec_fix(path, ours, base, theirs)  # only the mode changed
+    if _same(ours, base):
+        perm = ours.perm if ours.kind == "file" else None
+        return _Write(path, theirs.data, theirs.kind, theirs.executable, perm)
+    if _same(ours, theirs):
+        return _exec_fix(path, ours, base, theirs)
+    if "link" in (ours.kind, base.kind, theirs.kind):
+        return FileConflict(path, "symlink changed on both sides")
+    if _is_binary(ours.data) or _is_binary(base.data) or _is_binary(theirs.data):
+        return FileConflict(path, "binary file changed on both sides")
+    merged = _merge(repo, ours.data, base.data, theirs.data)
+    if merged is None:
+        return FileConflict(path, "both changed the same lines")
+    executable = theirs.executable if ours.executable == base.executable else ours.executable
+    return _Write(path, merged, "file", executable, ours.perm)
+
+
+def _exec_fix(path: str, ours: _Disk, base: _Version | None, theirs: _Version) -> _Chmod | None:
+    """Take the result's executable bit, unless the developer changed it meanwhile."""
+    if ours.kind != "file" or theirs.kind != "file" or ours.executable == theirs.executable:
+        return None
+    if base is not None and base.kind == "file" and ours.executable != base.executable:
+        return None
+    return _Chmod(path, _with_exec(ours.perm, theirs.executable))
+
+
+def _write_file(repo: Path, action: _Write) -> None:
+    target = repo / action.path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.codexloop-{secrets.token_hex(4)}.tmp")
+    try:
+        if action.kind == "link":
+            os.symlink(os.fsdecode(action.data), tmp)
+        else:
+            # New files get the umask applied by open(), like a checkout.
+            fd = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o777 if action.executable else 0o666
+            )
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(action.data)
+            if action.perm is not None:
+                os.chmod(tmp, _with_exec(action.perm, action.executable))
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _prune_empty_dirs(repo: Path, path: str) -> None:
+    parent = (repo / path).parent
+    while parent != repo and repo in parent.parents:
+        try:
+            parent.rmdir()
+        except OSError:
+            return
+        parent = parent.parent
+
+
+def apply_changes(
+    repo: Path, base: str, result: str, paths: Collection[str] | None = None
+) -> ApplyResult:
+    """Bring the changes from commit ``base`` to ``result`` into the working tree of ``repo``.
+
+    Per file, three-way: base = the snapshot, theirs = the result, ours = the file on disk
+    now, so edits the developer made meanwhile are kept. All or nothing: if any file
+    conflicts, nothing is written. ``paths`` limits the apply to those repo-relative paths.
+    The index is never touched.
+    """
+    repo = Path(repo)
+    changes = _changes(repo, base, result)
+    if paths is not None:
+        wanted = {p.removeprefix("./") for p in paths}
+        changes = {p: c for p, c in changes.items() if p in wanted}
+    _load(repo, [(p, v) for p, pair in changes.items() for v in pair if v is not None])
+    deleting = {p for p, (_old, new) in changes.items() if new is None}
+
+    actions: list[_Action] = []
+    conflicts: list[FileConflict] = []
+    for path in sorted(changes):
+        old, new = changes[path]
+        outcome = _plan(repo, path, old, new, deleting)
+        if isinstance(outcome, FileConflict):
+            conflicts.append(outcome)
+        elif outcome is not None:
+            actions.append(outcome)
+    if conflicts:
+        return ApplyResult([], [], conflicts)
+
+    deleted = [a.path for a in actions if isinstance(a, _Delete)]
+    for path in deleted:
+        os.unlink(repo / path)
+    for path in deleted:
+        _prune_empty_dirs(repo, path)
+    written = []
+    for action in actions:
+        if isinstance(action, _Write):
+            _write_file(repo, action)
+            written.append(action.path)
+        elif isinstance(action, _Chmod):
+            os.chmod(repo / action.path, action.perm)
+            written.append(action.path)
+    return ApplyResult(written, deleted, [])

@@ -1,0 +1,470 @@
+"""The loop: model works, engine runs the exam, failure goes back, until green.
+
+One iteration = one test run. The model may call any number of tools (capped per
+iteration) until it answers without tool calls; then the engine restores the
+exam in the sandbox, runs the test command and records the sandbox's state on the
+preview branch. A run before the first model turn (iteration 0, the baseline)
+shows the model the real failure and does not count against the budget.
+
+Front ends consume :mod:`codexloop.core.events` from a memory stream and send
+:class:`~codexloop.core.events.Command` objects the other way.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import openai
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from codexloop.core import events as ev
+from codexloop.core import gitops
+from codexloop.core.config import Config
+from codexloop.core.exam import Exam
+from codexloop.core.gitops import ApplyResult
+from codexloop.core.model import BACKOFF_S, ChatModel, ModelError, Turn, make_client, tool_message
+from codexloop.core.process import RunResult
+from codexloop.core.sandbox import Sandbox, find_python, session_name
+from codexloop.core.testrun import Verdict, default_command, judge, junit_env
+from codexloop.core.tools import TOOL_SCHEMAS, Tools
+from codexloop.core.trace import TraceWriter, traces_dir
+
+EXAM_CHARS = 12_000
+OLD_TOOL_RESULT_CHARS = 600
+
+SYSTEM_PROMPT = """\
+You are a coding agent working inside a sandboxed copy of a software project (a git worktree).
+Your goal: make the target tests pass. The tests are the specification.
+
+Rules:
+- The target test files and test configuration (conftest.py, pytest.ini, tox.ini, setup.cfg, the
+  [tool.pytest] section of pyproject.toml) are protected: you cannot change them, and the engine
+  restores them before every test run. Change the code under test instead.
+- Use the tools to read, search and edit files. Paths are relative to the project root.
+- When you think the code is fixed, reply with a short summary and no tool call: the engine then
+  runs the tests and tells you the result. You do not need to run the target tests yourself.
+- Keep changes small and focused on what the tests require.
+"""
+
+
+@dataclass
+class LoopResult:
+    status: ev.FinalStatus
+    iterations: int
+    branch: str
+    worktree: Path
+    base: str
+    head: str | None
+    reason: str = ""
+    trace: Path | None = None
+
+
+@dataclass
+class _Control:
+    paused: bool = False
+    resume: anyio.Event = field(default_factory=anyio.Event)
+    stop_reason: str | None = None
+    steering: list[str] = field(default_factory=list)
+
+
+class _Stopped(Exception):
+    pass
+
+
+class Loop:
+    """One session: a sandbox, a conversation, and iterations until green or the budget ends."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        client: openai.AsyncOpenAI | None = None,
+        name: str | None = None,
+        backoff: tuple[float, ...] = BACKOFF_S,
+        write_trace: bool = True,
+        accept_all: bool = False,
+    ) -> None:
+        self.config = config
+        self.client = client or make_client(config.base_url, config.api_key)
+        self.model = ChatModel(self.client, config.model, backoff=backoff)
+        self.name = name or session_name(config.targets)
+        self.write_trace = write_trace
+        self.sandbox: Sandbox | None = None
+        self.trace: TraceWriter | None = None
+        self._events: ObjectSendStream[ev.Event] | None = None
+        self._control = _Control()
+        self._work_scope: anyio.CancelScope | None = None
+        self.tokens_in = 0
+        self.tokens_out = 0
+        self.state: ev.State = "starting"
+        self._iteration = 0
+        self.accept_all = accept_all
+        self.applied: ApplyResult | None = None
+
+    # -- plumbing --------------------------------------------------------------
+
+    async def emit(self, event: ev.Event) -> None:
+        if self.trace is not None:
+            self.trace.write(event)
+        if self._events is not None:
+            try:
+                await self._events.send(event)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._events = None  # the front end went away; keep the trace going
+
+    async def _set_state(self, state: ev.State) -> None:
+        if state != self.state:
+            self.state = state
+            await self.emit(ev.StateChanged(state))
+
+    async def _read_commands(self, commands: ObjectReceiveStream[ev.Command]) -> None:
+        async for command in commands:
+            control = self._control
+            if isinstance(command, ev.Pause):
+                control.paused = True
+            elif isinstance(command, ev.Resume):
+                control.paused = False
+                control.resume.set()
+                control.resume = anyio.Event()
+            elif isinstance(command, ev.Stop):
+                control.stop_reason = command.reason
+                control.resume.set()
+                if self._work_scope is not None:
+                    self._work_scope.cancel()
+            elif isinstance(command, ev.Steer) and command.text.strip():
+                control.steering.append(command.text.strip())
+
+    async def checkpoint(self) -> None:
+        """A safe point: honour pause and stop here."""
+        control = self._control
+        if control.stop_reason is not None:
+            raise _Stopped
+        if control.paused:
+            previous = self.state
+            await self._set_state("paused")
+            while control.paused and control.stop_reason is None:
+                await control.resume.wait()
+            if control.stop_reason is not None:
+                raise _Stopped
+            await self._set_state(previous)
+
+    # -- the session -----------------------------------------------------------
+
+    async def run(
+        self,
+        events: ObjectSendStream[ev.Event] | None = None,
+        commands: ObjectReceiveStream[ev.Command] | None = None,
+    ) -> LoopResult:
+        self._events = events
+        config = self.config
+        sandbox = await anyio.to_thread.run_sync(Sandbox.create, config.repo, self.name)
+        self.sandbox = sandbox
+        exam = Exam(config.repo, sandbox.base, config.target_files)
+        tools = Tools(sandbox.worktree, exam, self._run_model_command)
+        python = find_python(config.repo)
+        test_command = config.test_cmd or default_command(python, config.targets)
+        if self.write_trace:
+            trace_path = traces_dir() / f"{self.name}.jsonl"
+            self.trace = TraceWriter(
+                trace_path,
+                {"repo": str(config.repo), "model": config.model, "targets": list(config.targets)},
+            )
+        await self.emit(
+            ev.LoopStarted(
+                branch=sandbox.branch,
+                worktree=str(sandbox.worktree),
+                base=sandbox.base,
+                targets=config.targets,
+                test_command=test_command,
+                model=config.model,
+                max_iterations=config.max_iterations,
+                isolation="none",
+                isolation_reason="process isolation is not in force: commands run in the worktree only",
+                trace=str(self.trace.path) if self.trace else "",
+            )
+        )
+        status: ev.FinalStatus = "failed"
+        reason = ""
+        iterations = 0
+        try:
+            async with anyio.create_task_group() as tg:
+                if commands is not None:
+                    tg.start_soon(self._read_commands, commands)
+                with anyio.CancelScope() as self._work_scope:
+                    try:
+                        status, iterations, reason = await self._iterate(exam, tools, test_command)
+                    except _Stopped:
+                        status, reason = "stopped", self._control.stop_reason or "stopped"
+                    except ModelError as exc:
+                        status, reason = "failed", f"model error: {exc}"
+                        await self.emit(ev.Notice("error", reason))
+                if self._work_scope.cancelled_caught:
+                    status, reason = "stopped", self._control.stop_reason or "stopped"
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                head = await self._final_commit(status)
+                iterations = max(iterations, self._iteration)
+                final_state: ev.State = {"passed": "green", "failed": "red", "stopped": "stopped"}[
+                    status
+                ]
+                await self._set_state(final_state)
+                if status == "passed" and self.accept_all and head is not None:
+                    await self._apply_all(head)
+                await self.emit(
+                    ev.LoopFinished(
+                        status, iterations, sandbox.branch, str(sandbox.worktree), reason
+                    )
+                )
+                if self.trace is not None:
+                    self.trace.close()
+        return LoopResult(
+            status,
+            iterations,
+            sandbox.branch,
+            sandbox.worktree,
+            sandbox.base,
+            head,
+            reason,
+            self.trace.path if self.trace else None,
+        )
+
+    async def _final_commit(self, status: str) -> str | None:
+        assert self.sandbox is not None
+        sandbox = self.sandbox
+        await anyio.to_thread.run_sync(sandbox.commit, f"codexloop: final state ({status})")
+        return await anyio.to_thread.run_sync(sandbox.head)
+
+    async def _apply_all(self, head: str) -> None:
+        """Bring the whole change into the developer's working tree, three-way."""
+        assert self.sandbox is not None
+        result = await anyio.to_thread.run_sync(
+            gitops.apply_changes, self.config.repo, self.sandbox.base, head
+        )
+        self.applied = result
+        await self.emit(
+            ev.Applied(
+                tuple(result.written),
+                tuple(result.deleted),
+                tuple(f"{c.path}: {c.reason}" for c in result.conflicts),
+            )
+        )
+        if not result.ok:
+            await self.emit(
+                ev.Notice(
+                    "error",
+                    "nothing applied: the change conflicts with your working tree "
+                    f"(see branch {self.sandbox.branch})",
+                )
+            )
+
+    async def _iterate(
+        self, exam: Exam, tools: Tools, test_command: str
+    ) -> tuple[ev.FinalStatus, int, str]:
+        config = self.config
+        baseline = await self._run_tests(0, exam, test_command)
+        if baseline.passed:
+            await self.emit(ev.Notice("info", "the target tests already pass: nothing to do"))
+            return "passed", 0, "already green"
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": self._first_message(exam, test_command, baseline)},
+        ]
+        for iteration in range(1, config.max_iterations + 1):
+            self._iteration = iteration
+            started = time.perf_counter()
+            tokens_before = (self.tokens_in, self.tokens_out)
+            await self.emit(ev.IterationStarted(iteration))
+            compact_from = len(messages)
+            await self._model_work(iteration, messages, tools)
+            await self.checkpoint()
+            verdict = await self._run_tests(iteration, exam, test_command)
+            commit = await anyio.to_thread.run_sync(
+                self.sandbox.commit,  # type: ignore[union-attr]
+                f"codexloop iteration {iteration}: {'green' if verdict.passed else 'red'} ({verdict.summary})",
+            )
+            await self.emit(
+                ev.IterationFinished(
+                    iteration,
+                    verdict.passed,
+                    round(time.perf_counter() - started, 3),
+                    commit,
+                    self.tokens_in - tokens_before[0],
+                    self.tokens_out - tokens_before[1],
+                )
+            )
+            if verdict.passed:
+                return "passed", iteration, ""
+            _compact(messages, compact_from)
+            messages.append(
+                {"role": "user", "content": verdict.digest + "\n\nFix the code so the tests pass."}
+            )
+        return (
+            "failed",
+            config.max_iterations,
+            f"not green after {config.max_iterations} iterations",
+        )
+
+    def _first_message(self, exam: Exam, test_command: str, baseline: Verdict) -> str:
+        config = self.config
+        parts = []
+        if config.task:
+            parts.append(f"Task from the developer: {config.task}\n")
+        parts.append("Target tests (all must pass): " + ", ".join(config.targets))
+        parts.append(f"Test command (run by the engine): {test_command}\n")
+        for rel in config.target_files:
+            source = (exam.original(rel) or b"").decode("utf-8", errors="replace")
+            if len(source) > EXAM_CHARS:
+                source = source[:EXAM_CHARS] + "\n[... cut ...]"
+            parts.append(f"--- {rel} (protected) ---\n{source}")
+        parts.append("\nThe tests are red now:\n" + baseline.digest)
+        return "\n".join(parts)
+
+    async def _model_work(
+        self, iteration: int, messages: list[dict[str, Any]], tools: Tools
+    ) -> None:
+        """Model turns until one ends without tool calls (or the tool budget is spent)."""
+        calls_left = self.config.max_tool_calls
+        while True:
+            await self.checkpoint()
+            for text in self._control.steering:
+                messages.append({"role": "user", "content": f"Message from the developer: {text}"})
+                await self.emit(ev.UserMessage(text))
+            self._control.steering.clear()
+            await self._set_state("thinking")
+            await self.emit(ev.ModelTurnStarted(iteration))
+            turn = await self._model_turn(messages)
+            messages.append(turn.message())
+            if not turn.tool_calls:
+                return
+            for call in turn.tool_calls:
+                await self.emit(ev.ToolCall(call.name, call.arguments, call.id))
+                if calls_left <= 0:
+                    content = (
+                        f"not executed: the budget of {self.config.max_tool_calls} tool calls for "
+                        "this iteration is spent; the tests run now"
+                    )
+                    messages.append(tool_message(call.id, content))
+                    await self.emit(ev.ToolResult(call.name, False, "tool budget spent", call.id))
+                    continue
+                calls_left -= 1
+                await self._set_state("tool")
+                outcome = await tools.execute(call.name, call.arguments)
+                messages.append(tool_message(call.id, outcome.content))
+                await self.emit(
+                    ev.ToolResult(call.name, outcome.ok, outcome.summary, call.id, outcome.refused)
+                )
+                if outcome.changed or call.name == "run_command":
+                    await self.emit(ev.SandboxChanged(outcome.changed))
+            if calls_left <= 0:
+                await self.emit(
+                    ev.Notice(
+                        "warning",
+                        f"tool budget of {self.config.max_tool_calls} calls spent; running the tests",
+                    )
+                )
+                return
+
+    async def _model_turn(self, messages: list[dict[str, Any]]) -> Turn:
+        async def on_text(text: str) -> None:
+            await self.emit(ev.ModelText(text))
+
+        async def on_reasoning(text: str) -> None:
+            await self.emit(ev.ModelReasoning(text))
+
+        async def on_retry(attempt: int, reason: str, delay: float) -> None:
+            await self.emit(ev.ModelRetry(attempt, reason, delay))
+
+        async def on_discard() -> None:
+            await self.emit(
+                ev.Notice(
+                    "warning", "the model's stream broke off; its partial answer is discarded"
+                )
+            )
+
+        turn = await self.model.turn(
+            messages,
+            TOOL_SCHEMAS,
+            on_text=on_text,
+            on_reasoning=on_reasoning,
+            on_retry=on_retry,
+            on_discard=on_discard,
+        )
+        self.tokens_in += turn.input_tokens
+        self.tokens_out += turn.output_tokens
+        await self.emit(
+            ev.Usage(turn.input_tokens, turn.output_tokens, self.tokens_in, self.tokens_out)
+        )
+        return turn
+
+    async def _run_model_command(self, command: str) -> RunResult:
+        assert self.sandbox is not None
+
+        async def on_output(text: str) -> None:
+            await self.emit(ev.CommandOutput(text))
+
+        await self.emit(ev.CommandOutput(f"$ {command}\n"))
+        return await self.sandbox.run(
+            command, timeout=self.config.command_timeout, on_output=on_output
+        )
+
+    async def _run_tests(self, iteration: int, exam: Exam, test_command: str) -> Verdict:
+        sandbox = self.sandbox
+        assert sandbox is not None
+        changed = await anyio.to_thread.run_sync(sandbox.changed_paths)
+        restored = await anyio.to_thread.run_sync(exam.restore, sandbox.worktree, changed)
+        if restored:
+            await self.emit(ev.ExamRestored(tuple(restored)))
+        await self._set_state("testing")
+        await self.emit(ev.TestStarted(iteration, test_command))
+        junit = sandbox.tmp / f"junit-{iteration}.xml"
+        junit.unlink(missing_ok=True)
+
+        async def on_output(text: str) -> None:
+            await self.emit(ev.TestOutput(text))
+
+        run = await sandbox.run(
+            test_command,
+            timeout=self.config.test_timeout,
+            on_output=on_output,
+            extra_env=junit_env(junit),
+        )
+        verdict = await anyio.to_thread.run_sync(judge, self.config.targets, run, junit)
+        await self.emit(
+            ev.TestFinished(
+                iteration,
+                verdict.passed,
+                run.exit_code,
+                round(run.duration_s, 3),
+                verdict.summary,
+                run.timed_out,
+            )
+        )
+        if not verdict.passed:
+            await self._set_state("red")
+        return verdict
+
+
+def _compact(messages: list[dict[str, Any]], before: int) -> None:
+    """Shorten long tool results of earlier iterations: the conversation stays small."""
+    for message in messages[:before]:
+        content = message.get("content")
+        if (
+            message.get("role") == "tool"
+            and isinstance(content, str)
+            and len(content) > OLD_TOOL_RESULT_CHARS
+        ):
+            message["content"] = (
+                content[:OLD_TOOL_RESULT_CHARS]
+                + f"\n[... {len(content) - OLD_TOOL_RESULT_CHARS} characters of an earlier result elided ...]"
+            )
+
+
+def event_channel(size: float = math.inf) -> tuple[ObjectSendStream[Any], ObjectReceiveStream[Any]]:
+    """A memory object stream for events or commands."""
+    send, receive = anyio.create_memory_object_stream[Any](size)
+    return send, receive

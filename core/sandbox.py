@@ -1,0 +1,186 @@
+"""The sandbox: a git worktree on a preview branch, and how commands run in it.
+
+The worktree starts from a snapshot of the developer's working tree as it is now
+(uncommitted and untracked-not-ignored files included); the developer's checkout
+is never written. Commands run with a small, explicit environment (no API keys or
+other secrets) and the sandbox's source roots first on ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from codexloop.core import gitops, process
+from codexloop.core.process import OutputCallback, RunResult
+
+# Variables a command may see. Everything else (API keys, tokens, SSH agent, cloud
+# credentials, proxies, GIT_*) is dropped.
+_ENV_KEEP = {
+    "PATH",
+    "LANG",
+    "LANGUAGE",
+    "TERM",
+    "TZ",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+    "CONDA_DEFAULT_ENV",
+    "PYENV_VERSION",
+    "PYENV_ROOT",
+    "COLORTERM",
+    "NO_COLOR",
+    "FORCE_COLOR",
+    "HOME",
+}
+_ENV_KEEP_PREFIXES = ("LC_",)
+
+# Junk that test runs leave behind and that has no place on the preview branch.
+_EXCLUDES = (
+    "\n".join(
+        [
+            "__pycache__/",
+            "*.py[cod]",
+            ".pytest_cache/",
+            ".mypy_cache/",
+            ".ruff_cache/",
+            ".hypothesis/",
+            ".coverage",
+            ".coverage.*",
+            "htmlcov/",
+            "*.egg-info/",
+            ".tox/",
+            ".nox/",
+        ]
+    )
+    + "\n"
+)
+
+
+def state_home() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "codexloop"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")[:40] or "loop"
+
+
+def session_name(targets: tuple[str, ...]) -> str:
+    """A readable, unique-enough name: the first target's test and a timestamp."""
+    first = targets[0]
+    label = first.split("::")[-1] if "::" in first else Path(first).stem
+    return f"{_slug(label.split('[')[0])}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def repo_key(repo: Path) -> str:
+    digest = hashlib.sha1(str(repo).encode()).hexdigest()[:8]
+    return f"{_slug(repo.name)}-{digest}"
+
+
+def find_python(repo: Path) -> str:
+    """The interpreter for the project's tests: its own venv if it has one, else ours."""
+    for venv in (".venv", "venv", "env"):
+        candidate = repo / venv / "bin" / "python"
+        if candidate.exists():
+            return str(candidate)
+    if os.environ.get("VIRTUAL_ENV"):
+        candidate = Path(os.environ["VIRTUAL_ENV"]) / "bin" / "python"
+        if candidate.exists():
+            return str(candidate)
+    return sys.executable
+
+
+def source_roots(root: Path) -> list[Path]:
+    """Directories that must shadow an editable install of the project: ``src`` and the root."""
+    roots = [root / "src"] if (root / "src").is_dir() else []
+    roots.append(root)
+    return roots
+
+
+@dataclass
+class Sandbox:
+    """One loop's worktree on its preview branch."""
+
+    repo: Path
+    worktree: Path
+    branch: str
+    base: str
+    name: str
+    exclude_file: Path
+    tmp: Path
+
+    @classmethod
+    def create(cls, repo: Path, name: str) -> Sandbox:
+        """Snapshot the working tree and open a worktree on ``codexloop/<name>`` (blocking)."""
+        home = state_home()
+        base = gitops.snapshot(repo)
+        worktree = home / "worktrees" / repo_key(repo) / name
+        branch = f"codexloop/{name}"
+        gitops.create_worktree(repo, base, branch, worktree)
+        exclude = home / "exclude"
+        if not exclude.exists() or exclude.read_text() != _EXCLUDES:
+            exclude.parent.mkdir(parents=True, exist_ok=True)
+            exclude.write_text(_EXCLUDES)
+        tmp = home / "tmp" / name
+        tmp.mkdir(parents=True, exist_ok=True)
+        return cls(repo, worktree, branch, base, name, exclude, tmp)
+
+    def commit(self, message: str) -> str | None:
+        """Record the sandbox's state on the preview branch (blocking)."""
+        return gitops.commit_all(self.worktree, message, exclude_file=self.exclude_file)
+
+    def changed_paths(self) -> list[str]:
+        return gitops.changed_paths(self.worktree, self.base)
+
+    def head(self) -> str:
+        return gitops.git(self.worktree, "rev-parse", "HEAD").strip()
+
+    def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The small, explicit environment commands get: no secrets."""
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key in _ENV_KEEP or key.startswith(_ENV_KEEP_PREFIXES)
+        }
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        env.setdefault("LANG", "C.UTF-8")
+        env["TMPDIR"] = str(self.tmp)
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in source_roots(self.worktree))
+        env["CODEXLOOP_SANDBOX"] = "1"
+        env.pop("PYTHONHOME", None)
+        if extra:
+            env.update(extra)
+        return env
+
+    async def run(
+        self,
+        command: str,
+        *,
+        timeout: float,
+        on_output: OutputCallback | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> RunResult:
+        """Run a shell command in the worktree."""
+        shell = shutil.which("bash") or "/bin/sh"
+        return await process.run(
+            [shell, "-c", command],
+            cwd=self.worktree,
+            env=self.environment(extra_env),
+            timeout=timeout,
+            on_output=on_output,
+        )
+
+    def remove(self, *, delete_branch: bool = False) -> None:
+        gitops.remove_worktree(self.repo, self.worktree, self.branch if delete_branch else None)
+        shutil.rmtree(self.tmp, ignore_errors=True)

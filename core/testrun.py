@@ -1,0 +1,167 @@
+"""The exam's verdict: run the test command, parse pytest's JUnit XML, digest failures.
+
+Green is decided here, never by the model: the command exited 0 *and* every target
+was collected, ran and passed. No tests collected, skipped, deselected or xfail
+targets are red.
+"""
+
+from __future__ import annotations
+
+import shlex
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from codexloop.core.process import RunResult
+
+DIGEST_CHARS = 6_000
+FAILURE_CHARS = 2_500
+
+
+@dataclass(frozen=True)
+class Case:
+    classname: str
+    name: str
+    outcome: str  # passed | failed | error | skipped
+    message: str = ""
+    detail: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.classname}::{self.name}" if self.classname else self.name
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    summary: str  # one line for people
+    digest: str  # what the model reads when red
+    cases: tuple[Case, ...] = field(default=())
+
+
+def default_command(python: str, targets: tuple[str, ...]) -> str:
+    """pytest on the targets, quiet, with colours, no cache written into the sandbox."""
+    parts = [
+        python,
+        "-m",
+        "pytest",
+        "-q",
+        "--color=yes",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir=.",
+        *targets,
+    ]
+    return shlex.join(parts)
+
+
+def junit_env(junit_path: Path) -> dict[str, str]:
+    """Ask any pytest the command starts for a JUnit report, without touching the command."""
+    return {"PYTEST_ADDOPTS": f"--junitxml={junit_path} -o junit_family=xunit1"}
+
+
+def parse_junit(path: Path) -> list[Case] | None:
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return None
+    cases: list[Case] = []
+    for element in root.iter("testcase"):
+        outcome, message, detail = "passed", "", ""
+        for child_tag in ("failure", "error", "skipped"):
+            child = element.find(child_tag)
+            if child is not None:
+                outcome = "failed" if child_tag == "failure" else child_tag
+                message = child.get("message", "")
+                detail = (child.text or "").strip()
+                break
+        cases.append(
+            Case(element.get("classname", ""), element.get("name", ""), outcome, message, detail)
+        )
+    return cases
+
+
+def _module_of(file_rel: str) -> str:
+    return ".".join(PurePosixPath(file_rel).with_suffix("").parts)
+
+
+def cases_for_target(target: str, cases: list[Case]) -> list[Case]:
+    """The JUnit test cases a pytest node id (or file, or folder) stands for."""
+    file_part, _, rest = target.partition("::")
+    if file_part.endswith(".py"):
+        module = _module_of(file_part)
+    else:  # a folder
+        prefix = _module_of(file_part.rstrip("/")) + "."
+        return [c for c in cases if c.classname.startswith(prefix)]
+    if not rest:
+        return [c for c in cases if c.classname == module or c.classname.startswith(module + ".")]
+    *classes, func = rest.split("::")
+    classname = ".".join([module, *classes])
+    if "[" in func:
+        return [c for c in cases if c.classname == classname and c.name == func]
+    if not classes:
+        # test_fn or a class name given as the last part (file.py::TestX)
+        by_class = [c for c in cases if c.classname == f"{module}.{func}"]
+        if by_class:
+            return by_class
+    return [
+        c
+        for c in cases
+        if c.classname == classname and (c.name == func or c.name.startswith(func + "["))
+    ]
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n[... cut ...]\n{text[-half:]}"
+
+
+def judge(targets: tuple[str, ...], run: RunResult, junit_path: Path) -> Verdict:
+    """Decide green or red from the exit code and the JUnit report, and digest any failure."""
+    if run.timed_out:
+        return Verdict(
+            False,
+            "timed out",
+            "The test run timed out and was killed.\n" + _cut(run.output, DIGEST_CHARS),
+        )
+    cases = parse_junit(junit_path)
+    if cases is None:
+        reason = f"exit code {run.exit_code}, no test report"
+        return Verdict(
+            False,
+            reason,
+            f"The test run gave no report ({reason}). Output:\n{_cut(run.output, DIGEST_CHARS)}",
+        )
+    problems: list[str] = []
+    for target in targets:
+        matched = cases_for_target(target, cases)
+        if not matched:
+            problems.append(f"{target}: not collected (no test ran)")
+        for case in matched:
+            if case.outcome == "skipped":
+                problems.append(
+                    f"{case.label}: skipped or xfail ({case.message or 'no reason'}) counts as not passed"
+                )
+    failing = [c for c in cases if c.outcome in ("failed", "error")]
+    passed_count = sum(c.outcome == "passed" for c in cases)
+    green = run.exit_code == 0 and not failing and not problems and passed_count > 0
+    summary = f"{passed_count} passed, {len(failing)} failed"
+    if problems and not failing:
+        summary += f", {len(problems)} target problem(s)"
+    if green:
+        return Verdict(True, summary, "", tuple(cases))
+    parts = [f"The tests are red ({summary}, exit code {run.exit_code})."]
+    parts.extend(f"- {p}" for p in problems)
+    budget = DIGEST_CHARS
+    for case in failing:
+        block = f"\n## {case.label} {case.outcome.upper()}: {case.message}\n{_cut(case.detail, FAILURE_CHARS)}"
+        if len(block) > budget:
+            parts.append(f"\n[{len(failing)} failures in all; the rest left out]")
+            break
+        parts.append(block)
+        budget -= len(block)
+    if not failing:
+        parts.append("\nOutput:\n" + _cut(run.output, DIGEST_CHARS // 2))
+    return Verdict(False, summary, "\n".join(parts), tuple(cases))

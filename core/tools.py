@@ -1,0 +1,395 @@
+"""The model's tools, bound to one sandbox.
+
+Every path is relative to the sandbox root and confined to it: absolute paths,
+``..`` and symlinks that lead outside are refused, and so is any change to the
+exam. Every failure becomes a clear result the model can read; nothing raises.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import anyio
+from codexloop.core.exam import Exam
+from codexloop.core.process import RunResult
+
+MAX_READ_CHARS = 100_000
+MAX_RESULT_CHARS = 16_000
+MAX_LIST = 1_000
+MAX_GREP = 200
+SKIP_DIRS = frozenset(
+    {
+        ".git",
+        "__pycache__",
+        ".venv",
+        "venv",
+        "node_modules",
+        ".pytest_cache",
+        ".mypy_cache",
+        ".ruff_cache",
+        ".tox",
+        ".nox",
+    }
+)
+
+CommandRunner = Callable[[str], Awaitable[RunResult]]
+
+
+def _fn(
+    name: str, description: str, properties: dict[str, Any], required: list[str]
+) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {
+                "type": "object",
+                "properties": properties,
+                "required": required,
+                "additionalProperties": False,
+            },
+        },
+    }
+
+
+_PATH = {"type": "string", "description": "path relative to the project root"}
+
+TOOL_SCHEMAS: list[dict[str, Any]] = [
+    _fn("read_file", "Read a text file of the project.", {"path": _PATH}, ["path"]),
+    _fn(
+        "write_file",
+        "Create or overwrite a file with the given content.",
+        {"path": _PATH, "content": {"type": "string"}},
+        ["path", "content"],
+    ),
+    _fn(
+        "edit_file",
+        "Replace old_text by new_text in a file. old_text must match exactly once "
+        "(include surrounding lines to make it unique).",
+        {"path": _PATH, "old_text": {"type": "string"}, "new_text": {"type": "string"}},
+        ["path", "old_text", "new_text"],
+    ),
+    _fn(
+        "list_files",
+        "List the project's files (ignored files left out), optionally under a folder.",
+        {"path": {"type": "string", "description": "folder relative to the project root"}},
+        [],
+    ),
+    _fn(
+        "grep",
+        "Search the project's files for a regular expression; answers path:line: text.",
+        {"pattern": {"type": "string"}, "path": {"type": "string"}},
+        ["pattern"],
+    ),
+    _fn(
+        "run_command",
+        "Run a shell command in the project root (sandboxed, time-limited, no network). "
+        "The tests are run by the engine after your turn; you need not run them yourself.",
+        {"command": {"type": "string"}},
+        ["command"],
+    ),
+]
+TOOL_NAMES = frozenset(t["function"]["name"] for t in TOOL_SCHEMAS)
+
+
+class ToolError(Exception):
+    """A refusal or failure; the message goes back to the model."""
+
+
+@dataclass(frozen=True)
+class ToolOutcome:
+    ok: bool
+    content: str  # what the model reads
+    summary: str  # one line for people
+    refused: bool = False
+    changed: tuple[str, ...] = field(default=())
+
+
+def _cut(text: str, limit: int = MAX_RESULT_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n[... {len(text) - limit} characters cut ...]\n{text[-half:]}"
+
+
+class Refused(ToolError):
+    """The call breaks a rule (outside the sandbox, protected file)."""
+
+
+class Tools:
+    """Executes tool calls inside ``root``."""
+
+    def __init__(self, root: Path, exam: Exam, run_command: CommandRunner) -> None:
+        self.root = root.resolve()
+        self.exam = exam
+        self.run_command = run_command
+
+    # -- paths -----------------------------------------------------------------
+
+    def resolve(self, raw: object) -> tuple[str, Path]:
+        """(posix relative path, absolute path) confined to the root, or raise Refused."""
+        if not isinstance(raw, str) or not raw.strip():
+            raise ToolError("path must be a non-empty string")
+        text = raw.strip()
+        if "\x00" in text:
+            raise Refused("path contains a NUL byte")
+        pure = PurePosixPath(text.replace("\\", "/"))
+        if pure.is_absolute() or text.startswith("~"):
+            raise Refused(
+                f"{raw}: absolute paths are outside the sandbox; use a path relative to the project root"
+            )
+        parts: list[str] = []
+        for part in pure.parts:
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not parts:
+                    raise Refused(f"{raw}: leads outside the sandbox")
+                parts.pop()
+                continue
+            parts.append(part)
+        # Walk component by component: a symlink may not lead out of the sandbox.
+        current = self.root
+        for part in parts:
+            current = current / part
+            if current.is_symlink():
+                target = Path(os.path.realpath(current))
+                if target != self.root and self.root not in target.parents:
+                    raise Refused(f"{raw}: a symlink that leads outside the sandbox")
+        rel = "/".join(parts)
+        return rel or ".", self.root.joinpath(*parts)
+
+    def _guard(self, rel: str, old: bytes | None, new: bytes | None) -> None:
+        reason = self.exam.check_write(rel, old, new)
+        if reason is not None:
+            self.exam.attempts += 1
+            raise Refused(
+                f"{rel} is protected: {reason}. The tests define success and cannot be "
+                "changed; change the code under test instead."
+            )
+
+    # -- dispatch --------------------------------------------------------------
+
+    async def execute(self, name: str, arguments: str) -> ToolOutcome:
+        try:
+            args = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as exc:
+            return ToolOutcome(
+                False,
+                f"error: the arguments are not valid JSON ({exc}); "
+                "send a JSON object matching the tool's schema",
+                "malformed arguments",
+            )
+        if not isinstance(args, dict):
+            return ToolOutcome(
+                False, "error: the arguments must be a JSON object", "malformed arguments"
+            )
+        if name not in TOOL_NAMES:
+            known = ", ".join(sorted(TOOL_NAMES))
+            return ToolOutcome(
+                False, f"error: no tool named {name!r} (tools: {known})", "unknown tool"
+            )
+        try:
+            if name == "run_command":
+                return await self._run_command(args)
+            handler = getattr(self, f"_{name}")
+            result: ToolOutcome = await anyio.to_thread.run_sync(handler, args)
+            return result
+        except Refused as exc:
+            return ToolOutcome(False, f"refused: {exc}", f"refused: {exc}", refused=True)
+        except ToolError as exc:
+            return ToolOutcome(False, f"error: {exc}", str(exc))
+        except (OSError, UnicodeError) as exc:
+            return ToolOutcome(False, f"error: {exc}", str(exc))
+
+    @staticmethod
+    def _str_arg(args: dict[str, Any], key: str, *, required: bool = True) -> str:
+        value = args.get(key)
+        if value is None and not required:
+            return ""
+        if not isinstance(value, str):
+            raise ToolError(f"argument {key!r} must be a string")
+        return value
+
+    # -- tools -----------------------------------------------------------------
+
+    def _read_file(self, args: dict[str, Any]) -> ToolOutcome:
+        rel, path = self.resolve(args.get("path"))
+        if path.is_dir():
+            raise ToolError(f"{rel} is a folder; use list_files")
+        if not path.is_file():
+            raise ToolError(f"{rel} does not exist")
+        data = path.read_bytes()
+        if b"\x00" in data[:8000]:
+            raise ToolError(f"{rel} is a binary file ({len(data)} bytes)")
+        text = data.decode("utf-8", errors="replace")
+        lines = text.count("\n") + (not text.endswith("\n") and bool(text))
+        return ToolOutcome(True, _cut(text, MAX_READ_CHARS), f"{rel} ({lines} lines)")
+
+    def _write_file(self, args: dict[str, Any]) -> ToolOutcome:
+        rel, path = self.resolve(args.get("path"))
+        content = self._str_arg(args, "content")
+        if path.is_dir():
+            raise ToolError(f"{rel} is a folder")
+        old = path.read_bytes() if path.is_file() else None
+        new = content.encode()
+        self._guard(rel, old, new)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(new)
+        verb = "updated" if old is not None else "created"
+        return ToolOutcome(
+            True,
+            f"{verb} {rel} ({len(new)} bytes)",
+            f"{verb} {rel} ({content.count(chr(10)) + 1} lines)",
+            changed=(rel,),
+        )
+
+    def _edit_file(self, args: dict[str, Any]) -> ToolOutcome:
+        rel, path = self.resolve(args.get("path"))
+        old_text = self._str_arg(args, "old_text")
+        new_text = self._str_arg(args, "new_text")
+        if not path.is_file():
+            raise ToolError(f"{rel} does not exist; use write_file to create it")
+        if not old_text:
+            raise ToolError("old_text is empty; give the exact text to replace")
+        data = path.read_bytes()
+        text = data.decode("utf-8", errors="strict")
+        count = text.count(old_text)
+        if count == 0:
+            raise ToolError(f"old_text not found in {rel}. {_near_miss(text, old_text)}")
+        if count > 1:
+            lines = _match_lines(text, old_text)
+            raise ToolError(
+                f"old_text matches {count} times in {rel} (lines {', '.join(map(str, lines))}); "
+                "include more surrounding lines so it matches exactly once"
+            )
+        updated = text.replace(old_text, new_text, 1)
+        self._guard(rel, data, updated.encode())
+        path.write_bytes(updated.encode())
+        line = text[: text.index(old_text)].count("\n") + 1
+        removed, added = old_text.count("\n") + 1, new_text.count("\n") + 1
+        return ToolOutcome(
+            True,
+            f"edited {rel} at line {line}",
+            f"edited {rel}:{line} (-{removed} +{added} lines)",
+            changed=(rel,),
+        )
+
+    def _walk(self, rel: str, base: Path) -> list[str]:
+        if base.is_file():
+            return [rel]
+        found: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = sorted(
+                d for d in dirnames if d not in SKIP_DIRS and not d.endswith(".egg-info")
+            )
+            for filename in sorted(filenames):
+                found.append(Path(dirpath, filename).relative_to(self.root).as_posix())
+        return found
+
+    def _list_files(self, args: dict[str, Any]) -> ToolOutcome:
+        raw = self._str_arg(args, "path", required=False) or "."
+        rel, base = self.resolve(raw)
+        if not base.exists():
+            raise ToolError(f"{rel} does not exist")
+        files = self._walk(rel, base)
+        shown = files[:MAX_LIST]
+        more = f"\n[... {len(files) - MAX_LIST} more files]" if len(files) > MAX_LIST else ""
+        return ToolOutcome(
+            True, "\n".join(shown) + more or "(no files)", f"{len(files)} files under {rel}"
+        )
+
+    def _grep(self, args: dict[str, Any]) -> ToolOutcome:
+        pattern = self._str_arg(args, "pattern")
+        try:
+            regex = re.compile(pattern)
+        except re.error as exc:
+            raise ToolError(f"invalid regular expression: {exc}") from None
+        raw = self._str_arg(args, "path", required=False) or "."
+        rel, base = self.resolve(raw)
+        if not base.exists():
+            raise ToolError(f"{rel} does not exist")
+        hits: list[str] = []
+        for file_rel in self._walk(rel, base):
+            path = self.root / file_rel
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            if b"\x00" in data[:8000] or len(data) > 2_000_000:
+                continue
+            for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+                if regex.search(line):
+                    hits.append(f"{file_rel}:{number}: {line[:300]}")
+                    if len(hits) >= MAX_GREP:
+                        break
+            if len(hits) >= MAX_GREP:
+                hits.append(f"[stopped at {MAX_GREP} matches]")
+                break
+        return ToolOutcome(
+            True, "\n".join(hits) or "no matches", f"{len(hits)} matches for /{pattern}/"
+        )
+
+    async def _run_command(self, args: dict[str, Any]) -> ToolOutcome:
+        command = self._str_arg(args, "command")
+        if not command.strip():
+            raise ToolError("command is empty")
+        result = await self.run_command(command)
+        if result.timed_out:
+            status = "timed out"
+        elif result.exit_code is None:
+            status = "killed"
+        else:
+            status = f"exit code {result.exit_code}"
+        content = f"[{status}, {result.duration_s:.1f} s]\n{_cut(result.output)}"
+        if _looks_like_no_network(result.output):
+            content += "\n[note: the sandbox has no network access; this is not an outage]"
+        first = command.strip().splitlines()[0][:80]
+        return ToolOutcome(result.exit_code == 0, content, f"$ {first} → {status}")
+
+
+def _match_lines(text: str, needle: str) -> list[int]:
+    lines, start = [], 0
+    while (index := text.find(needle, start)) != -1:
+        lines.append(text.count("\n", 0, index) + 1)
+        start = index + 1
+    return lines[:10]
+
+
+def _near_miss(text: str, needle: str) -> str:
+    """Point the model at the closest region of the file."""
+    squashed = " ".join(needle.split())
+    lines = text.splitlines()
+    if squashed and squashed in " ".join(text.split()):
+        return "It matches if whitespace is ignored: copy the exact indentation from read_file."
+    want = needle.splitlines() or [needle]
+    width = len(want)
+    best, best_at = 0.0, -1
+    for i in range(max(len(lines) - width + 1, 1)):
+        window = "\n".join(lines[i : i + width])
+        score = difflib.SequenceMatcher(None, window, needle, autojunk=False).quick_ratio()
+        if score > best:
+            best, best_at = score, i
+    if best_at < 0 or best < 0.5:
+        return "Read the file again and copy the exact text."
+    excerpt = "\n".join(lines[best_at : best_at + width])
+    return f"The closest text is at line {best_at + 1}:\n{_cut(excerpt, 2000)}"
+
+
+_NO_NET = re.compile(
+    r"Temporary failure in name resolution|Name or service not known|Network is unreachable|"
+    r"Could not resolve host|getaddrinfo failed|nodename nor servname",
+    re.IGNORECASE,
+)
+
+
+def _looks_like_no_network(output: str) -> bool:
+    return bool(_NO_NET.search(output))

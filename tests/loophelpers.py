@@ -1,0 +1,64 @@
+"""Helpers for engine tests: a small kata repository and a loop run that collects events."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+from codexloop.core import events as ev
+from codexloop.core.config import Config, Settings, load_config
+from codexloop.core.loop import Loop, LoopResult, event_channel
+
+CALC = "def add(a, b):\n    return a - b\n"
+TEST_CALC = "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
+KATA = {"calc.py": CALC, "tests/test_calc.py": TEST_CALC}
+TARGET = "tests/test_calc.py::test_add"
+
+
+def make_config(repo: Path, base_url: str, *targets: str, **overrides: Any) -> Config:
+    settings = Settings(
+        targets=targets or (TARGET,),
+        repo=repo,
+        base_url=base_url,
+        model="scripted-model",
+        **overrides,
+    )
+    return load_config(settings, env={}, cwd=repo)
+
+
+async def run_loop(
+    config: Config, commands: list[ev.Command] | None = None, **kwargs: Any
+) -> tuple[LoopResult, list[ev.Event]]:
+    """Run a loop to the end, collecting every event it emits."""
+    send, receive = event_channel()
+    collected: list[ev.Event] = []
+    kwargs.setdefault("backoff", (0.0,))
+    loop = Loop(config, **kwargs)
+
+    async def collect() -> None:
+        async with receive:
+            async for event in receive:
+                collected.append(event)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(collect)
+        async with send:
+            result = await loop.run(send)
+    return result, collected
+
+
+def of_type(events: list[ev.Event], kind: type[ev.Event]) -> list[Any]:
+    return [e for e in events if isinstance(e, kind)]
+
+
+def user_texts(request: dict[str, Any]) -> str:
+    return "\n".join(
+        m["content"]
+        for m in request["messages"]
+        if m["role"] == "user" and isinstance(m.get("content"), str)
+    )
+
+
+def tool_results(request: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in request["messages"] if m["role"] == "tool"]

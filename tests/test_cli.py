@@ -1,0 +1,274 @@
+"""The command line as a user runs it: a real process, real repositories, the scripted server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run_git
+from loophelpers import KATA, TARGET
+from scripted_openai import Call, Reply
+
+
+def codexloop(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "CODEXLOOP_MODEL")
+    }
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "codexloop.tui.cli", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+    )
+
+
+def events_of(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("codexloop: error: "), done.stderr
+    assert "Traceback" not in done.stderr
+    for needle in needles:
+        assert needle in lines[-1]
+    assert done.stdout == ""
+
+
+def test_headless_red_to_green_prints_one_event_per_line(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(
+        Reply(
+            tool_calls=[
+                Call("edit_file", {"path": "calc.py", "old_text": "a - b", "new_text": "a + b"})
+            ]
+        ),
+        Reply(text="fixed"),
+    )
+    done = codexloop(
+        TARGET, "--headless", "--base-url", scripted_openai.base_url, "--model", "m", cwd=repo
+    )
+    assert done.returncode == 0, done.stderr
+    events = events_of(done.stdout)
+    types = [e["type"] for e in events]
+    for required in (
+        "loop_started",
+        "iteration_started",
+        "model_text",
+        "tool_call",
+        "tool_result",
+        "test_started",
+        "test_output",
+        "test_finished",
+        "loop_finished",
+    ):
+        assert required in types
+    started = events[0]
+    assert started["type"] == "loop_started"
+    assert started["branch"].startswith("codexloop/") and started["base"] and started["worktree"]
+    finished = events[-1]
+    assert finished == {**finished, "type": "loop_finished", "status": "passed", "iterations": 1}
+    tests = [e for e in events if e["type"] == "test_finished"]
+    assert [t["passed"] for t in tests] == [False, True]
+    assert all(isinstance(t["duration_s"], float) and "exit_code" in t for t in tests)
+    assert (repo / "calc.py").read_text() == KATA["calc.py"]  # --accept none: untouched
+
+
+def test_headless_not_green_within_budget_exits_1(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(Reply(text="I cannot."), Reply(text="Still no."))
+    done = codexloop(
+        TARGET,
+        "--headless",
+        "--base-url",
+        scripted_openai.base_url,
+        "--model",
+        "m",
+        "--max-iterations",
+        "2",
+        cwd=repo,
+    )
+    assert done.returncode == 1, done.stderr
+    finished = events_of(done.stdout)[-1]
+    assert finished["status"] == "failed" and finished["iterations"] == 2
+
+
+def test_accept_all_applies_and_keeps_an_unrelated_uncommitted_change(
+    make_repo, scripted_openai
+) -> None:
+    repo = make_repo({**KATA, "notes.txt": "first\n", "other.py": "x = 1\n"})
+    (repo / "notes.txt").write_text("first\nmine, uncommitted\n")  # the developer's own work
+    scripted_openai.add(
+        Reply(
+            tool_calls=[
+                Call("edit_file", {"path": "calc.py", "old_text": "a - b", "new_text": "a + b"}),
+                Call("write_file", {"path": "helpers.py", "content": "HELP = 1\n"}),
+            ]
+        ),
+        Reply(text="fixed"),
+    )
+    done = codexloop(
+        TARGET,
+        "--headless",
+        "--accept",
+        "all",
+        "--base-url",
+        scripted_openai.base_url,
+        "--model",
+        "m",
+        cwd=repo,
+    )
+    assert done.returncode == 0, done.stderr
+    applied = [e for e in events_of(done.stdout) if e["type"] == "applied"]
+    assert applied and sorted(applied[0]["written"]) == ["calc.py", "helpers.py"]
+    assert (repo / "calc.py").read_text().endswith("return a + b\n")
+    assert (repo / "helpers.py").read_text() == "HELP = 1\n"
+    assert (repo / "notes.txt").read_text() == "first\nmine, uncommitted\n"
+    assert (repo / "other.py").read_text() == "x = 1\n"
+
+
+def test_accept_all_reports_a_conflict_and_forces_nothing(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+
+    def developer_edits_meanwhile(request: dict) -> Reply:
+        (repo / "calc.py").write_text("def add(a, b):\n    return b + a  # mine\n")
+        return Reply(
+            tool_calls=[
+                Call("edit_file", {"path": "calc.py", "old_text": "a - b", "new_text": "a + b"})
+            ]
+        )
+
+    scripted_openai.add(developer_edits_meanwhile, Reply(text="fixed"))
+    done = codexloop(
+        TARGET,
+        "--headless",
+        "--accept",
+        "all",
+        "--base-url",
+        scripted_openai.base_url,
+        "--model",
+        "m",
+        cwd=repo,
+    )
+    assert done.returncode == 1
+    applied = next(e for e in events_of(done.stdout) if e["type"] == "applied")
+    assert applied["conflicts"] and applied["conflicts"][0].startswith("calc.py")
+    assert (repo / "calc.py").read_text() == "def add(a, b):\n    return b + a  # mine\n"
+
+
+def test_not_a_git_checkout(tmp_path: Path) -> None:
+    (tmp_path / "test_x.py").write_text("def test_x(): pass\n")
+    done = codexloop("test_x.py", "--headless", cwd=tmp_path, env={"OPENAI_API_KEY": "k"})
+    assert_one_line_error(done, "not inside a git checkout")
+
+
+def test_a_target_that_does_not_exist(make_repo) -> None:
+    repo = make_repo(KATA)
+    done = codexloop(
+        "tests/test_nope.py::test_x", "--headless", cwd=repo, env={"OPENAI_API_KEY": "k"}
+    )
+    assert_one_line_error(done, "tests/test_nope.py::test_x", "does not exist")
+
+
+def test_no_model_configured_says_how_to_set_one(make_repo) -> None:
+    repo = make_repo(KATA)
+    done = codexloop(TARGET, "--headless", cwd=repo)
+    assert_one_line_error(done, "OPENAI_API_KEY", "--base-url")
+    done = codexloop(TARGET, "--headless", "--base-url", "http://127.0.0.1:9/v1", cwd=repo)
+    assert_one_line_error(done, "--model", "CODEXLOOP_MODEL", "[tool.codexloop]")
+
+
+def test_an_unreachable_endpoint(make_repo) -> None:
+    repo = make_repo(KATA)
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    done = codexloop(
+        TARGET, "--headless", "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "m", cwd=repo
+    )
+    assert_one_line_error(done, "cannot reach the model endpoint", str(port))
+    assert run_git(repo, "branch", "--list", "codexloop/*") == ""  # nothing was created
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        ([], "name the test"),
+        ([TARGET, "--max-iterations", "0"], "--max-iterations"),
+        ([TARGET, "--test-timeout", "soon"], "--test-timeout"),
+        ([TARGET, "--accept", "some"], "--accept"),
+        ([TARGET, "--frobnicate"], "--frobnicate"),
+    ],
+)
+def test_usage_errors(make_repo, args: list[str], needle: str) -> None:
+    repo = make_repo(KATA)
+    done = codexloop(*args, cwd=repo, env={"OPENAI_API_KEY": "k"})
+    assert_one_line_error(done, needle)
+
+
+def test_bad_file_config_is_a_config_error(make_repo) -> None:
+    repo = make_repo({**KATA, "pyproject.toml": "[tool.codexloop]\nmodle = 'x'\n"})
+    done = codexloop(TARGET, "--headless", cwd=repo, env={"OPENAI_API_KEY": "k"})
+    assert_one_line_error(done, "unknown key 'modle'")
+
+
+def test_config_precedence_flags_env_file(make_repo) -> None:
+    from codexloop.core.config import Settings, load_config
+
+    repo = make_repo(
+        {**KATA, "pyproject.toml": '[tool.codexloop]\nmodel = "from-file"\nmax_iterations = 3\n'}
+    )
+    base = Settings(targets=(TARGET,), repo=repo, base_url="http://127.0.0.1:1/v1")
+    assert load_config(base, env={}, cwd=repo).model == "from-file"
+    assert load_config(base, env={"CODEXLOOP_MODEL": "from-env"}, cwd=repo).model == "from-env"
+    flagged = Settings(
+        targets=(TARGET,), repo=repo, base_url="http://127.0.0.1:1/v1", model="from-flag"
+    )
+    config = load_config(flagged, env={"CODEXLOOP_MODEL": "from-env"}, cwd=repo)
+    assert config.model == "from-flag" and config.max_iterations == 3
+    env_url = load_config(
+        Settings(targets=(TARGET,), repo=repo), env={"OPENAI_BASE_URL": "http://h/v1"}, cwd=repo
+    )
+    assert env_url.base_url == "http://h/v1" and env_url.model == "from-file"
+
+
+def test_help_is_instant_and_names_every_option(tmp_path: Path) -> None:
+    done = codexloop("--help", cwd=tmp_path)
+    assert done.returncode == 0
+    for option in (
+        "--task",
+        "--test-cmd",
+        "--model",
+        "--base-url",
+        "--max-iterations",
+        "--headless",
+        "--accept",
+        "--repo",
+        "--command-timeout",
+        "--test-timeout",
+        "--allow-network",
+    ):
+        assert option in done.stdout
+
+
+def test_core_never_imports_textual() -> None:
+    code = (
+        "import sys, codexloop.core.loop, codexloop.core.config, codexloop.core.diff, codexloop.tui.headless\n"
+        "bad = [m for m in sys.modules if m == 'textual' or m.startswith('textual.')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

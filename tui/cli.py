@@ -1,0 +1,175 @@
+"""The command line: ``codexloop [OPTIONS] TARGET...`` and its subcommands.
+
+Imports stay lazy so that ``--help`` and usage errors are instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_GREEN, EXIT_RED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+SUBCOMMANDS = ("demo", "replay", "branches", "clean")
+
+DESCRIPTION = """\
+Turn a failing test into working code: a coding model edits a sandboxed copy of your
+repository (a git worktree on a preview branch) and the engine runs the test, feeds the
+failure back and loops until green. Your checkout is untouched until you accept hunks.
+
+subcommands:
+  codexloop demo [--headless]   a scripted tour on a bundled example, no key needed
+  codexloop replay TRACE        play a recorded session back
+  codexloop branches | clean    list / remove preview branches and worktrees
+"""
+
+EPILOG = """\
+model: --model, else CODEXLOOP_MODEL, else [tool.codexloop] model in pyproject.toml.
+endpoint: --base-url, else OPENAI_BASE_URL, else OpenAI (key from OPENAI_API_KEY).
+exit status: 0 green, 1 not green within budget or stopped, 2 usage or configuration error,
+130 interrupted.
+"""
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="codexloop",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "targets",
+        nargs="+",
+        metavar="TARGET",
+        help="pytest node ids or test files: the exam; all of them are protected",
+    )
+    parser.add_argument("--task", help="optional extra instruction (the tests are the main spec)")
+    parser.add_argument(
+        "--test-cmd", metavar="CMD", help="test command; default runs pytest on the targets"
+    )
+    parser.add_argument("--model", metavar="NAME", help="model name (default from config/env)")
+    parser.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL or OpenAI)",
+    )
+    parser.add_argument(
+        "--max-iterations", type=_positive_int, metavar="N", help="budget of test runs (default 10)"
+    )
+    parser.add_argument("--headless", action="store_true", help="no screen; JSON events on stdout")
+    parser.add_argument(
+        "--accept",
+        choices=("all", "none"),
+        default="none",
+        help="headless: apply all hunks to the working tree when green (default none)",
+    )
+    parser.add_argument(
+        "--repo", type=Path, metavar="PATH", help="the git checkout (default: current directory)"
+    )
+    parser.add_argument(
+        "--command-timeout",
+        type=_positive_float,
+        metavar="S",
+        help="time limit of a model command (default 120)",
+    )
+    parser.add_argument(
+        "--test-timeout",
+        type=_positive_float,
+        metavar="S",
+        help="time limit of a test run (default 600)",
+    )
+    parser.add_argument(
+        "--allow-network",
+        action="store_true",
+        default=None,
+        help="let sandboxed commands reach the network (off by default)",
+    )
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"codexloop: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args_list and args_list[0] in SUBCOMMANDS:
+            from codexloop.tui.subcommands import run_subcommand
+
+            return run_subcommand(args_list[0], args_list[1:])
+        if not args_list:
+            build_parser().print_usage(sys.stderr)
+            return _fail(
+                "name the test that defines success, e.g. codexloop tests/test_x.py::test_y"
+            )
+        args = build_parser().parse_args(args_list)
+    except UsageError as exc:
+        return _fail(str(exc))
+    return run_loop(args)
+
+
+def run_loop(args: argparse.Namespace) -> int:
+    from codexloop.core.config import ConfigError, Settings, load_config
+
+    settings = Settings(
+        targets=tuple(args.targets),
+        repo=args.repo,
+        task=args.task,
+        test_cmd=args.test_cmd,
+        model=args.model,
+        base_url=args.base_url,
+        max_iterations=args.max_iterations,
+        command_timeout=args.command_timeout,
+        test_timeout=args.test_timeout,
+        allow_network=args.allow_network,
+    )
+    try:
+        config = load_config(settings)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if args.accept == "all" and not args.headless:
+        return _fail("--accept applies to --headless runs; in the app, review with v")
+    if args.headless:
+        from codexloop.tui.headless import run_headless
+
+        return run_headless(config, accept_all=args.accept == "all")
+    from codexloop.tui.app import run_app
+
+    return run_app(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Headless mode: the same loop, one JSON event per line on stdout, each flushed.
+
+Lines on standard input (when it is not a terminal) are steering messages for the
+model. SIGINT or SIGTERM stops the loop cleanly (exit 130).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+import threading
+from typing import TextIO
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from codexloop.core import events as ev
+from codexloop.core.config import Config
+from codexloop.core.loop import Loop, event_channel
+from codexloop.core.model import ModelError, check_endpoint, make_client
+
+EXIT_GREEN, EXIT_RED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+async def print_events(events: ObjectReceiveStream[ev.Event], out: TextIO) -> None:
+    async with events:
+        async for event in events:
+            out.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
+            out.flush()
+
+
+def _read_stdin(
+    commands: ObjectSendStream[ev.Command], token: anyio.lowlevel.EventLoopToken
+) -> None:
+    """Thread: every line of stdin is a steering message."""
+    for line in sys.stdin:
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            anyio.from_thread.run_sync(commands.send_nowait, ev.Steer(text), token=token)
+        except Exception:  # the loop is over
+            return
+
+
+async def headless_session(
+    config: Config, out: TextIO, *, accept_all: bool = False, read_stdin: bool = True
+) -> int:
+    client = make_client(config.base_url, config.api_key)
+    try:
+        await check_endpoint(client)
+    except ModelError as exc:
+        print(f"codexloop: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    loop = Loop(config, client=client, accept_all=accept_all)
+    send_events, receive_events = event_channel()
+    send_commands, receive_commands = event_channel()
+    interrupted = False
+
+    async def watch_signals() -> None:
+        nonlocal interrupted
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                if interrupted:  # a second interrupt: give up at once
+                    raise KeyboardInterrupt
+                interrupted = True
+                await send_commands.send(ev.Stop("interrupted"))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(print_events, receive_events, out)
+        async with anyio.create_task_group() as inner:
+            inner.start_soon(watch_signals)
+            if read_stdin and not sys.stdin.isatty():
+                token = anyio.lowlevel.current_token()
+                threading.Thread(
+                    target=_read_stdin, args=(send_commands, token), daemon=True
+                ).start()
+            async with send_events:  # closing it lets the printer drain and end
+                result = await loop.run(send_events, receive_commands)
+            inner.cancel_scope.cancel()
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if result.status == "passed" and (loop.applied is None or loop.applied.ok):
+        return EXIT_GREEN
+    return EXIT_RED
+
+
+def run_headless(config: Config, *, accept_all: bool = False) -> int:
+    try:
+        return anyio.run(functools.partial(headless_session, config, sys.stdout, accept_all=accept_all))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
