@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -16,10 +15,12 @@ def sandbox_diff(worktree: Path, base: str, exclude_file: Path | None = None) ->
     index. Blocking: call it from a worker thread.
     """
     with tempfile.TemporaryDirectory(prefix="codexloop-diff-") as tmp:
-        env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        env = {**gitops.worktree_env(worktree), "GIT_INDEX_FILE": str(Path(tmp) / "index")}
         args: list[str] = []
         if exclude_file is not None:
             args = ["-c", f"core.excludesFile={exclude_file}"]
         gitops.git(worktree, "read-tree", base, env=env)
         gitops.git(worktree, *args, "add", "-A", env=env)
-        return gitops.git(worktree, "diff", "--cached", "--no-color", "--find-renames", base, env=env)
+        return gitops.git(
+            worktree, "diff", "--cached", "--no-color", "--find-renames", base, env=env
+        )

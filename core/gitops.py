@@ -219,7 +219,7 @@ def _gitdir_from_file(worktree: Path) -> Path | None:
     return (worktree / gitdir).resolve() if not gitdir.is_absolute() else gitdir.resolve()
 
 
-def _worktree_env(worktree: Path) -> dict[str, str]:
+def worktree_env(worktree: Path) -> dict[str, str]:
     """GIT_DIR/GIT_WORK_TREE for a sandbox worktree, checked against tampering."""
     root = Path(worktree).resolve()
     gitdir = _GITDIRS.get(root)
@@ -251,7 +251,7 @@ def _excludes(exclude_file: Path | None) -> list[str]:
 
 def commit_all(worktree: Path, message: str, exclude_file: Path | None = None) -> str | None:
     """Commit every change in the worktree on its branch; None when nothing changed."""
-    env = _worktree_env(worktree)
+    env = worktree_env(worktree)
     root = Path(env["GIT_WORK_TREE"])
     _run(root, [*_excludes(exclude_file), "add", "-A"], env)
     tree = _text(_run(root, ["write-tree"], env).stdout).strip()
@@ -272,7 +272,7 @@ def changed_paths(worktree: Path, base: str, exclude_file: Path | None = None) -
     Untracked-not-ignored files count; ``exclude_file`` adds ignore patterns, as in
     :func:`commit_all`. Neither the worktree's index nor its branch is changed.
     """
-    env = _worktree_env(worktree)
+    env = worktree_env(worktree)
     root = Path(env["GIT_WORK_TREE"])
     diff = _run(
         root,

@@ -140,10 +140,12 @@ class Sandbox:
         return gitops.commit_all(self.worktree, message, exclude_file=self.exclude_file)
 
     def changed_paths(self) -> list[str]:
-        return gitops.changed_paths(self.worktree, self.base)
+        return gitops.changed_paths(self.worktree, self.base, self.exclude_file)
 
     def head(self) -> str:
-        return gitops.git(self.worktree, "rev-parse", "HEAD").strip()
+        return gitops.git(
+            self.worktree, "rev-parse", "HEAD", env=gitops.worktree_env(self.worktree)
+        ).strip()
 
     def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The small, explicit environment commands get: no secrets."""

@@ -88,6 +88,8 @@ async def headless_session(
 
 def run_headless(config: Config, *, accept_all: bool = False) -> int:
     try:
-        return anyio.run(functools.partial(headless_session, config, sys.stdout, accept_all=accept_all))
+        return anyio.run(
+            functools.partial(headless_session, config, sys.stdout, accept_all=accept_all)
+        )
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
