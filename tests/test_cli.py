@@ -272,3 +272,95 @@ def test_core_never_imports_textual() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _popen_headless(repo: Path, base_url: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "codexloop.tui.cli",
+            TARGET,
+            "--headless",
+            "--base-url",
+            base_url,
+            "--model",
+            "m",
+        ],
+        cwd=repo,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _read_until(proc: subprocess.Popen[str], kind: str) -> list[dict]:
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(json.loads(line))
+        if seen[-1]["type"] == kind:
+            return seen
+    raise AssertionError(f"no {kind} event before the end: {seen}")
+
+
+def test_headless_events_flow_live_and_stdin_lines_steer(make_repo, scripted_openai) -> None:
+    import threading
+
+    repo = make_repo(KATA)
+    hold = threading.Event()
+    scripted_openai.add(
+        Reply(text="Thinking hard about this one.", hold=hold),
+        Reply(
+            tool_calls=[
+                Call("edit_file", {"path": "calc.py", "old_text": "a - b", "new_text": "a + b"})
+            ]
+        ),
+        Reply(text="fixed"),
+    )
+    proc = _popen_headless(repo, scripted_openai.base_url)
+    try:
+        # The model is still mid-stream (held), yet its first words are already on our side.
+        before = _read_until(proc, "model_text")
+        assert before[0]["type"] == "loop_started"
+        assert proc.stdin is not None
+        proc.stdin.write("use the plus operator\n")
+        proc.stdin.close()
+        hold.set()
+        rest = _read_until(proc, "loop_finished")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        hold.set()
+        proc.kill()
+    assert rest[-1]["status"] == "passed"
+    steering = [e for e in before + rest if e["type"] == "user_message"]
+    assert [e["text"] for e in steering] == ["use the plus operator"]
+    # It reached the model in the very next request.
+    assert any(
+        "use the plus operator" in str(m.get("content"))
+        for m in scripted_openai.requests[1]["messages"]
+    )
+
+
+def test_sigint_stops_cleanly_with_exit_130(make_repo, scripted_openai) -> None:
+    import signal
+    import threading
+
+    repo = make_repo(KATA)
+    hold = threading.Event()
+    scripted_openai.add(Reply(text="A long thought that never ends.", hold=hold))
+    proc = _popen_headless(repo, scripted_openai.base_url)
+    try:
+        _read_until(proc, "model_text")
+        proc.send_signal(signal.SIGINT)
+        rest = _read_until(proc, "loop_finished")
+        assert proc.wait(timeout=30) == 130
+    finally:
+        hold.set()
+        proc.kill()
+    assert rest[-1]["status"] == "stopped"
+    assert run_git(repo, "branch", "--list", rest[-1]["branch"]).strip()  # the preview branch stays
+    assert run_git(repo, "status", "--porcelain") == ""

@@ -138,7 +138,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(args_list)
     except UsageError as exc:
         return _fail(str(exc))
-    return run_loop(args)
+    try:
+        return run_loop(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug of ours: say so in one line, keep the details
+        return _internal_error(exc)
+
+
+def _internal_error(exc: BaseException) -> int:
+    import os
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="codexloop-crash-", suffix=".txt")
+    with os.fdopen(fd, "w") as handle:
+        traceback.print_exception(exc, file=handle)
+    print(
+        f"codexloop: internal error: {type(exc).__name__}: {exc} (details in {path})",
+        file=sys.stderr,
+    )
+    return EXIT_RED
 
 
 def run_loop(args: argparse.Namespace) -> int:
@@ -156,9 +176,11 @@ def run_loop(args: argparse.Namespace) -> int:
         test_timeout=args.test_timeout,
         allow_network=args.allow_network,
     )
+    from codexloop.core.gitops import GitError
+
     try:
         config = load_config(settings)
-    except ConfigError as exc:
+    except (ConfigError, GitError) as exc:
         return _fail(str(exc))
     if args.accept == "all" and not args.headless:
         return _fail("--accept applies to --headless runs; in the app, review with v")

@@ -17,6 +17,7 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from codexloop.core import events as ev
 from codexloop.core.config import Config
+from codexloop.core.gitops import GitError
 from codexloop.core.loop import Loop, event_channel
 from codexloop.core.model import ModelError, check_endpoint, make_client
 
@@ -34,14 +35,13 @@ def _read_stdin(
     commands: ObjectSendStream[ev.Command], token: anyio.lowlevel.EventLoopToken
 ) -> None:
     """Thread: every line of stdin is a steering message."""
-    for line in sys.stdin:
-        text = line.strip()
-        if not text:
-            continue
-        try:
-            anyio.from_thread.run_sync(commands.send_nowait, ev.Steer(text), token=token)
-        except Exception:  # the loop is over
-            return
+    try:
+        for line in sys.stdin:
+            text = line.strip()
+            if text:
+                anyio.from_thread.run_sync(commands.send_nowait, ev.Steer(text), token=token)
+    except Exception:  # stdin unreadable, or the loop is over: nothing more to steer
+        return
 
 
 async def headless_session(
@@ -71,14 +71,20 @@ async def headless_session(
         tg.start_soon(print_events, receive_events, out)
         async with anyio.create_task_group() as inner:
             inner.start_soon(watch_signals)
-            if read_stdin and not sys.stdin.isatty():
+            if read_stdin and sys.stdin is not None and not sys.stdin.isatty():
                 token = anyio.lowlevel.current_token()
                 threading.Thread(
                     target=_read_stdin, args=(send_commands, token), daemon=True
                 ).start()
             async with send_events:  # closing it lets the printer drain and end
-                result = await loop.run(send_events, receive_commands)
+                try:
+                    result = await loop.run(send_events, receive_commands)
+                except GitError as exc:
+                    print(f"codexloop: error: cannot set up the sandbox: {exc}", file=sys.stderr)
+                    result = None
             inner.cancel_scope.cancel()
+    if result is None:
+        return EXIT_USAGE
     if interrupted:
         return EXIT_INTERRUPTED
     if result.status == "passed" and (loop.applied is None or loop.applied.ok):
