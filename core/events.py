@@ -41,6 +41,7 @@ class LoopStarted(Event):
     max_iterations: int
     isolation: str = "none"
     isolation_reason: str = ""
+    network: bool = False
     trace: str = ""
 
 

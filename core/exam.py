@@ -8,6 +8,7 @@ is what the next run uses.
 
 from __future__ import annotations
 
+import shutil
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -74,6 +75,16 @@ class Exam:
             return "the [tool.pytest] section of pyproject.toml is test configuration"
         return None
 
+    def protected_files(self) -> list[str]:
+        """Protected files present in the snapshot, the targets first (blocking)."""
+        listing = gitops.git(self.repo, "ls-tree", "-r", "-z", "--name-only", self.base)
+        found = [
+            rel
+            for rel in listing.split("\0")
+            if rel and rel not in self._targets and self.protection(rel)
+        ]
+        return [*self.target_files, *found]
+
     def original(self, rel: str) -> bytes | None:
         """The developer's version: their checkout for target files, the snapshot for config."""
         if rel in self._targets:
@@ -111,8 +122,6 @@ class Exam:
         if path.is_symlink() or path.is_file():
             path.unlink()
         elif path.is_dir():
-            import shutil
-
             shutil.rmtree(path)
         if content is not None:
             path.parent.mkdir(parents=True, exist_ok=True)

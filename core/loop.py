@@ -164,9 +164,17 @@ class Loop:
         sandbox = await anyio.to_thread.run_sync(Sandbox.create, config.repo, self.name)
         self.sandbox = sandbox
         exam = Exam(config.repo, sandbox.base, config.target_files)
-        tools = Tools(sandbox.worktree, exam, self._run_model_command)
         python = find_python(config.repo)
         test_command = config.test_cmd or default_command(python, config.targets)
+        isolation = await anyio.to_thread.run_sync(
+            lambda: sandbox.isolate([python], exam.protected_files(), network=config.allow_network)
+        )
+        tools = Tools(
+            sandbox.worktree,
+            exam,
+            self._run_model_command,
+            network_off=isolation.active and not config.allow_network,
+        )
         if self.write_trace:
             trace_path = traces_dir() / f"{self.name}.jsonl"
             self.trace = TraceWriter(
@@ -182,11 +190,14 @@ class Loop:
                 test_command=test_command,
                 model=config.model,
                 max_iterations=config.max_iterations,
-                isolation="none",
-                isolation_reason="process isolation is not in force: commands run in the worktree only",
+                isolation=isolation.level,
+                isolation_reason=isolation.reason,
+                network=config.allow_network,
                 trace=str(self.trace.path) if self.trace else "",
             )
         )
+        if not isolation.active:
+            await self.emit(ev.Notice("warning", f"no process isolation: {isolation.reason}"))
         status: ev.FinalStatus = "failed"
         reason = ""
         iterations = 0

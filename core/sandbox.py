@@ -15,10 +15,18 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from codexloop.core import gitops, process
+from codexloop.core.isolation import (
+    MEMORY_LIMIT_KB,
+    Isolation,
+    Layout,
+    interpreter_paths,
+    path_dirs,
+)
+from codexloop.core.isolation import probe as probe_isolation
 from codexloop.core.process import OutputCallback, RunResult
 
 # Variables a command may see. Everything else (API keys, tokens, SSH agent, cloud
@@ -118,6 +126,8 @@ class Sandbox:
     name: str
     exclude_file: Path
     tmp: Path
+    isolation: Isolation = field(default_factory=lambda: Isolation("none", "not probed"))
+    layout: Layout | None = None
 
     @classmethod
     def create(cls, repo: Path, name: str) -> Sandbox:
@@ -157,6 +167,8 @@ class Sandbox:
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         env.setdefault("LANG", "C.UTF-8")
         env["TMPDIR"] = str(self.tmp)
+        if self.isolation.active:
+            env["HOME"] = str(self.tmp / "home")
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(str(p) for p in source_roots(self.worktree))
         env["CODEXLOOP_SANDBOX"] = "1"
@@ -175,13 +187,39 @@ class Sandbox:
     ) -> RunResult:
         """Run a shell command in the worktree."""
         shell = shutil.which("bash") or "/bin/sh"
+        env = self.environment(extra_env)
+        # A hard address-space limit the command cannot raise: a memory bomb gets MemoryError.
+        argv = [shell, "-c", f"ulimit -v {MEMORY_LIMIT_KB} 2>/dev/null; {command}"]
+        if self.isolation.active and self.layout is not None:
+            argv = self.isolation.wrap(argv, self.layout, env)
+            env = {"PATH": env["PATH"]}
         return await process.run(
-            [shell, "-c", command],
-            cwd=self.worktree,
-            env=self.environment(extra_env),
-            timeout=timeout,
-            on_output=on_output,
+            argv, cwd=self.worktree, env=env, timeout=timeout, on_output=on_output
         )
+
+    def isolate(
+        self,
+        pythons: list[str],
+        protected: list[str],
+        *,
+        network: bool,
+        search_path: str | None = None,
+    ) -> Isolation:
+        """Probe process isolation with this sandbox's exact layout and use it from now on (blocking)."""
+        home = self.tmp / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        readonly = [*interpreter_paths(pythons), *path_dirs(self.environment()["PATH"])]
+        common = gitops.worktree_env(self.worktree)["GIT_DIR"]
+        readonly.append(Path(common).parent.parent)  # the repository's .git, for git inside
+        self.layout = Layout(
+            worktree=self.worktree,
+            tmp=self.tmp,
+            readonly=tuple(dict.fromkeys(readonly)),
+            protected=(self.worktree / ".git", *(self.worktree / rel for rel in protected)),
+            network=network,
+        )
+        self.isolation = probe_isolation(self.layout, self.environment(), search_path=search_path)
+        return self.isolation
 
     def remove(self, *, delete_branch: bool = False) -> None:
         gitops.remove_worktree(self.repo, self.worktree, self.branch if delete_branch else None)

@@ -127,10 +127,13 @@ class Refused(ToolError):
 class Tools:
     """Executes tool calls inside ``root``."""
 
-    def __init__(self, root: Path, exam: Exam, run_command: CommandRunner) -> None:
+    def __init__(
+        self, root: Path, exam: Exam, run_command: CommandRunner, *, network_off: bool = False
+    ) -> None:
         self.root = root.resolve()
         self.exam = exam
         self.run_command = run_command
+        self.network_off = network_off
 
     # -- paths -----------------------------------------------------------------
 
@@ -350,7 +353,7 @@ class Tools:
         else:
             status = f"exit code {result.exit_code}"
         content = f"[{status}, {result.duration_s:.1f} s]\n{_cut(result.output)}"
-        if _looks_like_no_network(result.output):
+        if self.network_off and _looks_like_no_network(result.output):
             content += "\n[note: the sandbox has no network access; this is not an outage]"
         first = command.strip().splitlines()[0][:80]
         return ToolOutcome(result.exit_code == 0, content, f"$ {first} → {status}")

@@ -38,6 +38,22 @@ def scripted_openai() -> Iterator[ScriptedOpenAI]:
         server.close()
 
 
+@pytest.fixture
+def no_bwrap(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A PATH with every program of the machine but bubblewrap: the degraded path."""
+    bin_dir = tmp_path_factory.mktemp("bin-without-bwrap")
+    for entry in os.environ["PATH"].split(os.pathsep):
+        folder = Path(entry)
+        if not folder.is_dir():
+            continue
+        for program in folder.iterdir():
+            target = bin_dir / program.name
+            if program.name != "bwrap" and not target.exists() and os.access(program, os.X_OK):
+                target.symlink_to(program)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    return bin_dir
+
+
 def run_git(cwd: Path, *args: str) -> str:
     env = {
         **os.environ,

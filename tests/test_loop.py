@@ -80,7 +80,12 @@ async def test_the_sandbox_starts_from_the_uncommitted_working_tree(
     assert any("already pass" in n.message for n in of_type(events, ev.Notice))
 
 
-async def test_a_model_that_weakens_the_exam_stays_red(make_repo, scripted_openai) -> None:
+@pytest.mark.parametrize("isolated", [True, False], ids=["bwrap", "no-bwrap"])
+async def test_a_model_that_weakens_the_exam_stays_red(
+    make_repo, scripted_openai, request, isolated
+) -> None:
+    if not isolated:
+        request.getfixturevalue("no_bwrap")
     repo = make_repo(KATA)
     weak = "def test_add():\n    pass\n"
     scripted_openai.add(
@@ -106,7 +111,7 @@ async def test_a_model_that_weakens_the_exam_stays_red(make_repo, scripted_opena
         Reply(
             tool_calls=[
                 Call(
-                    "run_command", {"command": "rm tests/test_calc.py && echo 'x=1' > conftest.py"}
+                    "run_command", {"command": "rm tests/test_calc.py; echo 'x=1' > conftest.py"}
                 )
             ]
         ),
@@ -119,13 +124,15 @@ async def test_a_model_that_weakens_the_exam_stays_red(make_repo, scripted_opena
     refusals = [r for r in of_type(events, ev.ToolResult) if r.refused]
     assert len(refusals) == 5
     assert all("protected" in r.summary for r in refusals)
-    restored = of_type(events, ev.ExamRestored)
-    assert [r.paths for r in restored] == [
-        ("tests/test_calc.py",),
-        ("conftest.py", "tests/test_calc.py"),
-    ]
+    restored = [r.paths for r in of_type(events, ev.ExamRestored)]
+    if isolated:  # the exam is read-only inside the sandbox: only the new conftest.py needs undoing
+        assert restored == [("conftest.py",)]
+    else:  # the engine puts everything back before each run
+        assert restored == [("tests/test_calc.py",), ("conftest.py", "tests/test_calc.py")]
+    assert of_type(events, ev.LoopStarted)[0].isolation == ("full" if isolated else "none")
     assert [f.passed for f in of_type(events, ev.TestFinished)] == [False, False, False]
     assert run_git(repo, "show", f"{result.branch}:tests/test_calc.py") == TEST_CALC
+    assert "conftest.py" not in run_git(repo, "ls-tree", "-r", "--name-only", result.branch)
     # The model is told why, in words it can act on.
     first_results = tool_results(scripted_openai.requests[1])
     assert all(
