@@ -137,6 +137,15 @@ class ExamRestored(Event):
 
 
 @dataclass(frozen=True)
+class ExamChanged(Event):
+    """The developer changed the exam; the model is told at its next turn."""
+
+    type: ClassVar[str] = "exam_changed"
+    paths: tuple[str, ...]
+    diff: str
+
+
+@dataclass(frozen=True)
 class TestStarted(Event):
     type: ClassVar[str] = "test_started"
     __test__: ClassVar[bool] = False

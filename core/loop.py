@@ -12,6 +12,7 @@ Front ends consume :mod:`codexloop.core.events` from a memory stream and send
 
 from __future__ import annotations
 
+import difflib
 import math
 import time
 from dataclasses import dataclass, field
@@ -103,6 +104,9 @@ class Loop:
         self.state: ev.State = "starting"
         self._iteration = 0
         self.accept_all = accept_all
+        self._exam_seen: dict[str, bytes | None] = {}
+        self._exam_note: str | None = None
+        self._exam_lock = anyio.Lock()
         self.applied: ApplyResult | None = None
 
     # -- plumbing --------------------------------------------------------------
@@ -311,14 +315,40 @@ class Loop:
             if verdict.passed:
                 return "passed", iteration, ""
             _compact(messages, compact_from)
-            messages.append(
-                {"role": "user", "content": verdict.digest + "\n\nFix the code so the tests pass."}
-            )
+            await self._sync_exam(exam)
+            note = self._take_exam_note()
+            digest = verdict.digest + "\n\nFix the code so the tests pass."
+            messages.append({"role": "user", "content": f"{note}\n\n{digest}" if note else digest})
         return (
             "failed",
             config.max_iterations,
             f"not green after {config.max_iterations} iterations",
         )
+
+    async def _sync_exam(self, exam: Exam) -> None:
+        """Notice a change of the exam in the developer's checkout; the model hears of it next."""
+        async with self._exam_lock:
+            if not self._exam_seen:
+                return  # the model has not seen the exam yet: its first message will show it as it is
+            current = await anyio.to_thread.run_sync(
+                lambda: {rel: exam.original(rel) for rel in exam.target_files}
+            )
+            changed = [rel for rel in exam.target_files if current[rel] != self._exam_seen.get(rel)]
+            if not changed:
+                return
+            diff = "".join(_unified(self._exam_seen.get(rel), current[rel], rel) for rel in changed)
+            self._exam_seen = current
+            if len(diff) > EXAM_CHARS:
+                diff = diff[:EXAM_CHARS] + "\n[... cut ...]"
+            self._exam_note = (
+                "The developer changed the exam (the tests that define success). The change:\n"
+                f"{diff}\nThe new version is what the next test run uses."
+            )
+            await self.emit(ev.ExamChanged(tuple(changed), diff))
+
+    def _take_exam_note(self) -> str | None:
+        note, self._exam_note = self._exam_note, None
+        return note
 
     def _first_message(self, exam: Exam, test_command: str, baseline: Verdict) -> str:
         config = self.config
@@ -328,7 +358,8 @@ class Loop:
         parts.append("Target tests (all must pass): " + ", ".join(config.targets))
         parts.append(f"Test command (run by the engine): {test_command}\n")
         for rel in config.target_files:
-            source = (exam.original(rel) or b"").decode("utf-8", errors="replace")
+            self._exam_seen[rel] = exam.original(rel)
+            source = (self._exam_seen[rel] or b"").decode("utf-8", errors="replace")
             if len(source) > EXAM_CHARS:
                 source = source[:EXAM_CHARS] + "\n[... cut ...]"
             parts.append(f"--- {rel} (protected) ---\n{source}")
@@ -342,6 +373,9 @@ class Loop:
         calls_left = self.config.max_tool_calls
         while True:
             await self.checkpoint()
+            await self._sync_exam(tools.exam)
+            if (note := self._take_exam_note()) is not None:
+                messages.append({"role": "user", "content": note})
             for text in self._control.steering:
                 messages.append({"role": "user", "content": f"Message from the developer: {text}"})
                 await self.emit(ev.UserMessage(text))
@@ -426,6 +460,7 @@ class Loop:
     async def _run_tests(self, iteration: int, exam: Exam, test_command: str) -> Verdict:
         sandbox = self.sandbox
         assert sandbox is not None
+        await self._sync_exam(exam)
         changed = await anyio.to_thread.run_sync(sandbox.changed_paths)
         restored = await anyio.to_thread.run_sync(exam.restore, sandbox.worktree, changed)
         if restored:
@@ -458,6 +493,12 @@ class Loop:
         if not verdict.passed:
             await self._set_state("red")
         return verdict
+
+
+def _unified(old: bytes | None, new: bytes | None, rel: str) -> str:
+    before = (old or b"").decode("utf-8", errors="replace").splitlines(keepends=True)
+    after = (new or b"").decode("utf-8", errors="replace").splitlines(keepends=True)
+    return "".join(difflib.unified_diff(before, after, f"a/{rel}", f"b/{rel}"))
 
 
 def _compact(messages: list[dict[str, Any]], before: int) -> None:

@@ -1,0 +1,64 @@
+"""The exam stays the developer's: edited mid-loop, it is what the next run uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from codexloop.core import events as ev
+from conftest import run_git
+from loophelpers import KATA, TEST_CALC, make_config, of_type, run_loop, user_texts
+from scripted_openai import Call, Reply
+
+pytestmark = pytest.mark.anyio
+
+TIGHTER = TEST_CALC + "    assert add(1, 1) == 2\n"
+
+
+def edit(path: str, old: str, new: str) -> Call:
+    return Call("edit_file", {"path": path, "old_text": old, "new_text": new})
+
+
+async def test_an_exam_tightened_during_the_model_stream_is_what_the_next_run_uses(
+    make_repo, scripted_openai
+) -> None:
+    repo = make_repo(KATA)
+
+    def cheat_while_the_developer_tightens(request: dict[str, Any]) -> Reply:
+        (repo / "tests" / "test_calc.py").write_text(TIGHTER)  # in the developer's own checkout
+        return Reply(tool_calls=[edit("calc.py", "return a - b", "return 5")])
+
+    scripted_openai.add(
+        cheat_while_the_developer_tightens,
+        Reply(text="Returns 5 as the test wants."),
+        Reply(tool_calls=[edit("calc.py", "return 5", "return a + b")]),
+        Reply(text="Real addition now."),
+    )
+    result, events = await run_loop(make_config(repo, scripted_openai.base_url))
+
+    # With the old exam, `return 5` would have been green; the new exam made it red.
+    assert [f.passed for f in of_type(events, ev.TestFinished)] == [False, False, True]
+    assert result.status == "passed" and result.iterations == 2
+    changed = of_type(events, ev.ExamChanged)
+    assert len(changed) == 1 and changed[0].paths == ("tests/test_calc.py",)
+    assert "+    assert add(1, 1) == 2" in changed[0].diff
+    # The model heard of it in its next request, with the change itself.
+    told = user_texts(scripted_openai.requests[2])
+    assert "The developer changed the exam" in told and "add(1, 1) == 2" in told
+    # The preview branch records the exam the developer wrote; their edit stays theirs.
+    assert run_git(repo, "show", f"{result.branch}:tests/test_calc.py") == TIGHTER
+    assert (repo / "tests" / "test_calc.py").read_text() == TIGHTER
+
+
+async def test_an_untouched_exam_sends_no_change_note(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(
+        Reply(tool_calls=[edit("calc.py", "a - b", "a * b")]),
+        Reply(text="try"),
+        Reply(tool_calls=[edit("calc.py", "a * b", "a + b")]),
+        Reply(text="fixed"),
+    )
+    result, events = await run_loop(make_config(repo, scripted_openai.base_url))
+    assert result.status == "passed"
+    assert of_type(events, ev.ExamChanged) == []
+    assert all("changed the exam" not in user_texts(r) for r in scripted_openai.requests)
