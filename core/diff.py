@@ -1,9 +1,13 @@
-"""Diffs of the sandbox against the base snapshot."""
+"""Diffs of the sandbox against the base snapshot: files, hunks, and applying a selection."""
 
 from __future__ import annotations
 
+import re
 import tempfile
+from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 from codexloop.core import gitops
 
@@ -24,3 +28,221 @@ def sandbox_diff(worktree: Path, base: str, exclude_file: Path | None = None) ->
         return gitops.git(
             worktree, "diff", "--cached", "--no-color", "--find-renames", base, env=env
         )
+
+
+# -- hunks -------------------------------------------------------------------------
+
+_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+NO_NEWLINE = "\\ No newline at end of file"
+Status = Literal["modified", "added", "deleted", "renamed"]
+
+
+@dataclass(frozen=True)
+class Hunk:
+    index: int
+    header: str
+    old_start: int
+    old_count: int
+    new_start: int
+    new_count: int
+    lines: tuple[str, ...]  # diff lines: ' ', '-', '+' and the no-newline marker
+
+    @property
+    def added(self) -> int:
+        return sum(line.startswith("+") for line in self.lines)
+
+    @property
+    def removed(self) -> int:
+        return sum(line.startswith("-") for line in self.lines)
+
+    def sides(self) -> tuple[list[str], list[str]]:
+        """(old lines, new lines), each with its line ending, as in the files."""
+        old: list[str] = []
+        new: list[str] = []
+        for i, line in enumerate(self.lines):
+            if line == NO_NEWLINE or not line:
+                continue
+            ending = "" if i + 1 < len(self.lines) and self.lines[i + 1] == NO_NEWLINE else "\n"
+            kind, text = line[0], line[1:] + ending
+            if kind in " -":
+                old.append(text)
+            if kind in " +":
+                new.append(text)
+        return old, new
+
+
+@dataclass(frozen=True)
+class FileChange:
+    path: str
+    old_path: str | None
+    status: Status
+    binary: bool
+    hunks: tuple[Hunk, ...]
+
+    @property
+    def whole(self) -> bool:
+        """Accepted or rejected as one piece (binary, added, deleted, renamed)."""
+        return self.binary or self.status != "modified" or not self.hunks
+
+
+def parse_diff(text: str) -> list[FileChange]:
+    """Files and hunks of a ``git diff`` (no colour, renames detected)."""
+    files: list[FileChange] = []
+    current: dict[str, Any] | None = None
+    hunk: dict[str, Any] | None = None
+
+    def close_hunk() -> None:
+        nonlocal hunk
+        if current is not None and hunk is not None:
+            current["hunks"].append(
+                Hunk(len(current["hunks"]), hunk["header"], *hunk["nums"], tuple(hunk["lines"]))
+            )
+        hunk = None
+
+    def close_file() -> None:
+        nonlocal current
+        close_hunk()
+        if current is not None:
+            files.append(
+                FileChange(
+                    current["path"],
+                    current["old_path"],
+                    current["status"],
+                    current["binary"],
+                    tuple(current["hunks"]),
+                )
+            )
+        current = None
+
+    for line in text.split("\n"):
+        if line.startswith("diff --git "):
+            close_file()
+            a, _, b = line[len("diff --git ") :].partition(" b/")
+            current = {
+                "path": b,
+                "old_path": None,
+                "status": "modified",
+                "binary": False,
+                "hunks": [],
+            }
+            current["a"] = a.removeprefix("a/")
+            continue
+        if current is None:
+            continue
+        match = _HUNK.match(line)
+        if match:
+            close_hunk()
+            o, oc, n, nc = match.groups()
+            nums = (
+                int(o),
+                int(oc) if oc is not None else 1,
+                int(n),
+                int(nc) if nc is not None else 1,
+            )
+            hunk = {"header": line, "nums": nums, "lines": []}
+        elif hunk is not None and (line[:1] in (" ", "-", "+") or line == NO_NEWLINE):
+            hunk["lines"].append(line)
+        elif line.startswith("new file mode"):
+            current["status"] = "added"
+        elif line.startswith("deleted file mode"):
+            current["status"] = "deleted"
+        elif line.startswith("rename from "):
+            current["status"] = "renamed"
+            current["old_path"] = line[len("rename from ") :]
+        elif line.startswith("rename to "):
+            current["path"] = line[len("rename to ") :]
+        elif line.startswith("Binary files ") or line == "GIT binary patch":
+            current["binary"] = True
+        elif line.startswith("--- ") or line.startswith("+++ "):
+            continue
+    close_file()
+    return files
+
+
+def changes(repo: Path, base: str, head: str) -> list[FileChange]:
+    """The preview branch's changes against the snapshot, as files and hunks (blocking)."""
+    text = gitops.git(
+        repo, "diff", "--no-color", "--no-ext-diff", "--find-renames", "-U3", base, head
+    )
+    return parse_diff(text)
+
+
+def apply_hunks(old: str, hunks: list[Hunk]) -> str:
+    """``old`` with the given hunks of a diff against it applied (in any order)."""
+    lines = old.splitlines(keepends=True)
+    out: list[str] = []
+    pos = 0
+    for hunk in sorted(hunks, key=lambda h: h.old_start):
+        before, after = hunk.sides()
+        start = hunk.old_start if hunk.old_count == 0 else hunk.old_start - 1
+        if start < pos or lines[start : start + len(before)] != before:
+            raise ValueError(f"hunk {hunk.header} does not apply")
+        out.extend(lines[pos:start])
+        out.extend(after)
+        pos = start + len(before)
+    out.extend(lines[pos:])
+    return "".join(out)
+
+
+def selection_commit(
+    repo: Path, base: str, head: str, accepted: Collection[tuple[str, int]]
+) -> str:
+    """A commit on ``base`` holding exactly the accepted hunks of ``base..head`` (blocking).
+
+    ``accepted`` holds ``(path, hunk index)``; a file accepted or rejected whole (binary,
+    added, deleted, renamed) is named with index ``-1`` or any of its hunks.
+    """
+    chosen = set(accepted)
+    with tempfile.TemporaryDirectory(prefix="codexloop-select-") as tmp:
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        gitops.git(repo, "read-tree", base, env=env)
+        for change in changes(repo, base, head):
+            picked = [h for h in change.hunks if (change.path, h.index) in chosen]
+            whole_pick = (change.path, -1) in chosen or bool(picked)
+            if change.whole or len(picked) == len(change.hunks):
+                if not whole_pick:
+                    continue
+                if change.old_path is not None:
+                    gitops.git(
+                        repo, "update-index", "--force-remove", "--", change.old_path, env=env
+                    )
+                if change.status == "deleted":
+                    gitops.git(repo, "update-index", "--force-remove", "--", change.path, env=env)
+                    continue
+                mode, sha = _entry(repo, head, change.path)
+            elif picked:
+                old = (gitops.read_blob(repo, base, change.path) or b"").decode(
+                    "utf-8", "surrogateescape"
+                )
+                merged = apply_hunks(old, picked).encode("utf-8", "surrogateescape")
+                sha = gitops.git(repo, "hash-object", "-w", "--stdin", input=merged).strip()
+                mode = _entry(repo, head, change.path)[0]
+            else:
+                continue
+            gitops.git(
+                repo, "update-index", "--add", "--cacheinfo", f"{mode},{sha},{change.path}", env=env
+            )
+        tree = gitops.git(repo, "write-tree", env=env).strip()
+    ident = {
+        "GIT_AUTHOR_NAME": "codexloop",
+        "GIT_AUTHOR_EMAIL": "codexloop@localhost",
+        "GIT_COMMITTER_NAME": "codexloop",
+        "GIT_COMMITTER_EMAIL": "codexloop@localhost",
+    }
+    return gitops.git(
+        repo, "commit-tree", tree, "-p", base, "-m", "codexloop: accepted hunks", env=ident
+    ).strip()
+
+
+def _entry(repo: Path, commit: str, path: str) -> tuple[str, str]:
+    line = gitops.git(repo, "ls-tree", commit, "--", path).strip()
+    meta, _, _name = line.partition("\t")
+    mode, _kind, sha = meta.split()
+    return mode, sha
+
+
+def apply_selected(
+    repo: Path, base: str, head: str, accepted: Collection[tuple[str, int]]
+) -> gitops.ApplyResult:
+    """Bring the accepted hunks into the developer's working tree, three-way, all or nothing."""
+    return gitops.apply_changes(repo, base, selection_commit(repo, base, head, accepted))
