@@ -16,7 +16,9 @@ from typing import Any
 from codexloop.core import gitops
 
 OPENAI_HOST = "api.openai.com"
-DEFAULT_OPENAI_MODEL = "gpt-5.1"
+DEFAULT_OPENAI_MODEL = "gpt-5.1-codex"
+APIS = ("auto", "responses", "chat")
+REASONING = ("low", "medium", "high")
 DEFAULT_MAX_ITERATIONS = 10
 DEFAULT_COMMAND_TIMEOUT = 120.0
 DEFAULT_TEST_TIMEOUT = 600.0
@@ -32,6 +34,8 @@ _FILE_KEYS = {
     "allow_network": bool,
     "max_tool_calls": int,
     "task": str,
+    "api": str,
+    "reasoning": str,
 }
 
 
@@ -54,6 +58,8 @@ class Settings:
     test_timeout: float | None = None
     allow_network: bool | None = None
     max_tool_calls: int | None = None
+    api: str | None = None
+    reasoning: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,8 @@ class Config:
     allow_network: bool = False
     max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS
     target_files: tuple[str, ...] = field(default=())
+    api: str = "auto"
+    reasoning: str | None = None
 
     @property
     def endpoint(self) -> str:
@@ -201,8 +209,17 @@ def load_config(
     if max_tool_calls < 1:
         raise ConfigError("max_tool_calls must be at least 1")
 
+    api = _first(settings.api, file_cfg.get("api"), "auto")
+    if api not in APIS:
+        raise ConfigError(f"api must be one of {', '.join(APIS)}, not {api!r}")
+    reasoning = _first(settings.reasoning, file_cfg.get("reasoning"))
+    if reasoning is not None and reasoning not in REASONING:
+        raise ConfigError(f"reasoning must be one of {', '.join(REASONING)}, not {reasoning!r}")
+
     return Config(
         repo=repo,
+        api=api,
+        reasoning=reasoning,
         targets=targets,
         target_files=target_files,
         model=str(model),

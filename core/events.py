@@ -42,6 +42,7 @@ class LoopStarted(Event):
     isolation: str = "none"
     isolation_reason: str = ""
     network: bool = False
+    api: str = "chat"
     trace: str = ""
 
 
@@ -110,6 +111,8 @@ class Usage(Event):
     output_tokens: int
     input_total: int
     output_total: int
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,15 @@ from codexloop.core import gitops
 from codexloop.core.config import Config
 from codexloop.core.exam import Exam
 from codexloop.core.gitops import ApplyResult
-from codexloop.core.model import BACKOFF_S, ChatModel, ModelError, Turn, make_client, tool_message
+from codexloop.core.model import (
+    BACKOFF_S,
+    AutoModel,
+    ModelError,
+    Turn,
+    choose_protocol,
+    make_client,
+    tool_message,
+)
 from codexloop.core.process import RunResult
 from codexloop.core.sandbox import Sandbox, find_python, session_name
 from codexloop.core.testrun import Verdict, default_command, judge, junit_env
@@ -91,7 +99,14 @@ class Loop:
     ) -> None:
         self.config = config
         self.client = client or make_client(config.base_url, config.api_key)
-        self.model = ChatModel(self.client, config.model, backoff=backoff)
+        self.model = AutoModel(
+            self.client,
+            config.model,
+            prefer=choose_protocol(config.api, config.base_url),
+            switchable=config.api == "auto",
+            backoff=backoff,
+            reasoning=config.reasoning,
+        )
         self.name = name or session_name(config.targets)
         self.write_trace = write_trace
         self.sandbox: Sandbox | None = None
@@ -197,6 +212,7 @@ class Loop:
                 isolation=isolation.level,
                 isolation_reason=isolation.reason,
                 network=config.allow_network,
+                api=self.model.protocol,
                 trace=str(self.trace.path) if self.trace else "",
             )
         )
@@ -424,6 +440,9 @@ class Loop:
         async def on_retry(attempt: int, reason: str, delay: float) -> None:
             await self.emit(ev.ModelRetry(attempt, reason, delay))
 
+        async def on_notice(message: str) -> None:
+            await self.emit(ev.Notice("warning", message))
+
         async def on_discard() -> None:
             await self.emit(
                 ev.Notice(
@@ -438,12 +457,24 @@ class Loop:
             on_reasoning=on_reasoning,
             on_retry=on_retry,
             on_discard=on_discard,
+            on_notice=on_notice,
         )
         self.tokens_in += turn.input_tokens
         self.tokens_out += turn.output_tokens
         await self.emit(
-            ev.Usage(turn.input_tokens, turn.output_tokens, self.tokens_in, self.tokens_out)
+            ev.Usage(
+                turn.input_tokens,
+                turn.output_tokens,
+                self.tokens_in,
+                self.tokens_out,
+                turn.cached_tokens,
+                turn.reasoning_tokens,
+            )
         )
+        if turn.finish_reason and turn.finish_reason.startswith("incomplete"):
+            await self.emit(
+                ev.Notice("warning", f"the model's answer was cut off ({turn.finish_reason})")
+            )
         return turn
 
     async def _run_model_command(self, command: str) -> RunResult:

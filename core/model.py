@@ -1,10 +1,16 @@
-"""The model: an OpenAI-compatible endpoint over Chat Completions streaming.
+"""The model: one interface, two wire protocols.
 
-One call of :meth:`ChatModel.turn` streams one assistant turn: text deltas go to a
-callback as they arrive, tool-call deltas are assembled per index, usage is
-counted. Connection failures, dropped streams, rate limits and server errors are
-retried with backoff (and reported through ``on_retry``); errors no retry can fix
-raise :class:`ModelError` with a message for people.
+:class:`ChatModel` speaks Chat Completions (every OpenAI-compatible server does);
+:class:`ResponsesModel` speaks the Responses API (OpenAI's codex models are served
+only there); :class:`AutoModel` picks one by endpoint and switches once when the
+endpoint says the model needs the other. The loop keeps its conversation in the Chat
+Completions shape; the Responses side converts it on every request.
+
+One call of ``turn`` streams one assistant turn: text deltas go to a callback as they
+arrive, function-call arguments are assembled per call, usage is counted. Connection
+failures, dropped streams, rate limits and server errors are retried with backoff
+(reported through ``on_retry``); errors no retry can fix raise :class:`ModelError`
+with a message for people.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import openai
@@ -26,6 +33,14 @@ BACKOFF_S = (1.0, 2.0, 4.0)
 
 class ModelError(Exception):
     """The endpoint refused in a way no retry fixes (bad key, unknown model, bad request)."""
+
+
+class WrongProtocol(ModelError):
+    """The endpoint says this model (or server) needs the other wire protocol."""
+
+
+NoticeCallback = Callable[[str], Awaitable[None]]
+PRIVATE_PREFIX = "codexloop_"  # message keys of ours, never sent to a server
 
 
 @dataclass(frozen=True)
@@ -42,10 +57,15 @@ class Turn:
     input_tokens: int
     output_tokens: int
     finish_reason: str | None = None
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    items: tuple[dict[str, Any], ...] = ()  # Responses output items, replayed as they came
 
     def message(self) -> dict[str, Any]:
         """The assistant message to append to the conversation."""
         msg: dict[str, Any] = {"role": "assistant", "content": self.text or None}
+        if self.items:
+            msg[PRIVATE_PREFIX + "items"] = list(self.items)
         if self.tool_calls:
             msg["tool_calls"] = [
                 {
@@ -97,16 +117,23 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, Exception)
 
 
-class ChatModel:
-    """Chat Completions streaming with function tools."""
+class _StreamingModel:
+    """The retry loop shared by both protocols."""
+
+    protocol = ""
 
     def __init__(
-        self, client: openai.AsyncOpenAI, model: str, *, backoff: tuple[float, ...] = BACKOFF_S
+        self,
+        client: openai.AsyncOpenAI,
+        model: str,
+        *,
+        backoff: tuple[float, ...] = BACKOFF_S,
+        reasoning: str | None = None,
     ) -> None:
         self.client = client
         self.model = model
         self.backoff = backoff
-        self._usage_in_stream = True
+        self.reasoning = reasoning
 
     async def turn(
         self,
@@ -117,6 +144,7 @@ class ChatModel:
         on_reasoning: TextCallback | None = None,
         on_retry: RetryCallback | None = None,
         on_discard: Callable[[], Awaitable[None]] | None = None,
+        on_notice: NoticeCallback | None = None,
     ) -> Turn:
         attempt = 0
         while True:
@@ -151,17 +179,40 @@ class ChatModel:
         on_text: TextCallback,
         on_reasoning: TextCallback | None,
     ) -> Turn:
+        raise NotImplementedError
+
+
+class ChatModel(_StreamingModel):
+    """Chat Completions streaming with function tools."""
+
+    protocol = "chat"
+
+    def __init__(self, client: openai.AsyncOpenAI, model: str, **kwargs: Any) -> None:
+        super().__init__(client, model, **kwargs)
+        self._usage_in_stream = True
+
+    async def _stream(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        on_text: TextCallback,
+        on_reasoning: TextCallback | None,
+    ) -> Turn:
         kwargs: dict[str, Any] = {
             "model": self.model,
-            "messages": messages,
+            "messages": [_public(m) for m in messages],
             "tools": tools,
             "stream": True,
         }
         if self._usage_in_stream:
             kwargs["stream_options"] = {"include_usage": True}
+        if self.reasoning:
+            kwargs["reasoning_effort"] = self.reasoning
         try:
             stream = await self.client.chat.completions.create(**kwargs)
         except openai.BadRequestError as exc:
+            if _error_code(exc) == "unsupported_api_for_model":
+                raise WrongProtocol(describe_error(exc)) from exc
             if self._usage_in_stream and "stream_options" in str(exc):
                 self._usage_in_stream = False  # an older server: ask again without it
                 return await self._stream(messages, tools, on_text, on_reasoning)
@@ -210,6 +261,259 @@ class ChatModel:
             for index, p in sorted(calls.items())
         )
         return Turn(full_text, tool_calls, input_tokens, output_tokens, finish)
+
+
+class ResponsesModel(_StreamingModel):
+    """The Responses API, stateless: the full input every time, ``store`` off.
+
+    Stateless rather than ``previous_response_id``: nothing is kept on the server (so it
+    works for zero-data-retention organisations and for replays), and the conversation
+    stays ours to trim. Reasoning carries over turns as encrypted reasoning items, sent
+    back without their server ids (which only name stored items).
+    """
+
+    protocol = "responses"
+
+    async def _stream(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        on_text: TextCallback,
+        on_reasoning: TextCallback | None,
+    ) -> Turn:
+        instructions, items = to_responses_input(messages)
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "input": items,
+            "tools": [responses_tool(t) for t in tools],
+            "stream": True,
+            "store": False,
+        }
+        if instructions:
+            kwargs["instructions"] = instructions
+        if self.reasoning or is_reasoning_model(self.model):
+            kwargs["reasoning"] = {
+                "summary": "auto",
+                **({"effort": self.reasoning} if self.reasoning else {}),
+            }
+            kwargs["include"] = ["reasoning.encrypted_content"]
+        try:
+            stream = await self.client.responses.create(**kwargs)
+        except openai.NotFoundError as exc:
+            if _error_code(exc) == "model_not_found":
+                raise ModelError(describe_error(exc)) from exc
+            raise WrongProtocol(
+                f"this endpoint has no Responses API ({describe_error(exc)})"
+            ) from exc
+        except openai.APIStatusError as exc:
+            if not _retryable(exc):
+                raise ModelError(describe_error(exc)) from exc
+            raise
+        text: list[str] = []
+        arguments: dict[str, list[str]] = {}
+        done_items: list[dict[str, Any]] = []
+        usage: Any = None
+        finish: str | None = None
+        async with stream:
+            async for event in stream:
+                kind = event.type
+                if kind == "response.output_text.delta":
+                    text.append(event.delta)
+                    await on_text(event.delta)
+                elif kind == "response.reasoning_summary_text.delta":
+                    if on_reasoning is not None:
+                        await on_reasoning(event.delta)
+                elif kind == "response.function_call_arguments.delta":
+                    arguments.setdefault(event.item_id, []).append(event.delta)
+                elif kind == "response.output_item.done":
+                    done_items.append(event.item.model_dump(exclude_none=True))
+                elif kind == "response.completed":
+                    usage, finish = event.response.usage, "completed"
+                elif kind == "response.incomplete":
+                    usage = event.response.usage
+                    details = event.response.incomplete_details
+                    finish = f"incomplete: {getattr(details, 'reason', None) or 'unknown reason'}"
+                elif kind == "response.failed":
+                    error = event.response.error
+                    message = getattr(error, "message", None) or "the response failed"
+                    code = getattr(error, "code", None) or ""
+                    if code in ("server_error", "rate_limit_exceeded", "vector_store_timeout"):
+                        raise _StreamFailed(f"{code}: {message}")
+                    raise ModelError(f"{code}: {message}" if code else message)
+                elif kind == "error":
+                    raise _StreamFailed(f"{getattr(event, 'code', '') or 'error'}: {event.message}")
+        if finish is None:
+            raise _StreamFailed("the stream ended before the response completed")
+        calls = []
+        for item in done_items:
+            if item.get("type") == "function_call":
+                args = item.get("arguments")
+                if args is None:
+                    args = "".join(arguments.get(item.get("id", ""), []))
+                calls.append(
+                    ToolCallRequest(
+                        item.get("call_id") or item.get("id", ""), item.get("name", ""), args
+                    )
+                )
+        full_text = "".join(text)
+        input_tokens = getattr(usage, "input_tokens", 0) or 0
+        output_tokens = getattr(usage, "output_tokens", 0) or (
+            len(full_text) // 4 if full_text else 0
+        )
+        cached = getattr(getattr(usage, "input_tokens_details", None), "cached_tokens", 0) or 0
+        reasoning = (
+            getattr(getattr(usage, "output_tokens_details", None), "reasoning_tokens", 0) or 0
+        )
+        return Turn(
+            full_text,
+            tuple(calls),
+            input_tokens,
+            output_tokens,
+            finish,
+            cached,
+            reasoning,
+            tuple(replayable(done_items)),
+        )
+
+
+class _StreamFailed(Exception):
+    """A stream that ended in an error a retry may fix."""
+
+
+class AutoModel:
+    """Chat Completions or Responses, chosen by endpoint; switches once if told to."""
+
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        model: str,
+        *,
+        prefer: str,
+        switchable: bool = True,
+        backoff: tuple[float, ...] = BACKOFF_S,
+        reasoning: str | None = None,
+    ) -> None:
+        self._kwargs: dict[str, Any] = {"backoff": backoff, "reasoning": reasoning}
+        self.client = client
+        self.model = model
+        self.switchable = switchable
+        self.current: _StreamingModel = self._make(prefer)
+
+    def _make(self, protocol: str) -> _StreamingModel:
+        kind = ResponsesModel if protocol == "responses" else ChatModel
+        return kind(self.client, self.model, **self._kwargs)
+
+    @property
+    def protocol(self) -> str:
+        return self.current.protocol
+
+    async def turn(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], **callbacks: Any
+    ) -> Turn:
+        try:
+            return await self.current.turn(messages, tools, **callbacks)
+        except WrongProtocol as exc:
+            other = "chat" if self.protocol == "responses" else "responses"
+            if not self.switchable:
+                raise ModelError(f"{exc} — try --api {other} (or --api auto)") from exc
+            self.switchable = False
+            self.current = self._make(other)
+            notice = callbacks.get("on_notice")
+            if notice is not None:
+                name = "Responses API" if other == "responses" else "Chat Completions API"
+                await notice(f"{exc}; switching to the {name} for this session")
+            return await self.current.turn(messages, tools, **callbacks)
+
+
+def choose_protocol(api: str, base_url: str | None) -> str:
+    """``auto``: the Responses API on OpenAI's own endpoint, Chat Completions elsewhere."""
+    if api in ("chat", "responses"):
+        return api
+    if base_url is None:
+        return "responses"
+    host = urlsplit(base_url).hostname or ""
+    return "responses" if host == "api.openai.com" else "chat"
+
+
+def is_reasoning_model(model: str) -> bool:
+    name = model.lower().rsplit("/", 1)[-1]
+    return name.startswith(("gpt-5", "o1", "o3", "o4", "codex")) or "codex" in name
+
+
+def responses_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """A Chat Completions function tool in the Responses shape."""
+    fn = tool["function"]
+    return {
+        "type": "function",
+        "name": fn["name"],
+        "description": fn.get("description", ""),
+        "parameters": fn["parameters"],
+        "strict": False,
+    }
+
+
+def replayable(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Output items as input for the next stateless request: no server ids, no bare reasoning."""
+    kept = []
+    for item in items:
+        item = {k: v for k, v in item.items() if k != "id"}
+        if item.get("type") == "reasoning":
+            if not item.get("encrypted_content"):
+                continue
+            item = {k: item[k] for k in ("type", "summary", "encrypted_content") if k in item}
+        kept.append(item)
+    return kept
+
+
+def to_responses_input(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """(instructions, input items) from a conversation in the Chat Completions shape."""
+    instructions: list[str] = []
+    items: list[dict[str, Any]] = []
+    for message in messages:
+        role = message["role"]
+        content = message.get("content")
+        if role == "system":
+            instructions.append(content or "")
+        elif role == "user":
+            items.append({"role": "user", "content": content or ""})
+        elif role == "assistant":
+            raw = message.get(PRIVATE_PREFIX + "items")
+            if raw is not None:
+                items.extend(raw)
+                continue
+            if content:
+                items.append({"role": "assistant", "content": content})
+            for call in message.get("tool_calls") or ():
+                items.append(
+                    {
+                        "type": "function_call",
+                        "call_id": call["id"],
+                        "name": call["function"]["name"],
+                        "arguments": call["function"]["arguments"],
+                    }
+                )
+        elif role == "tool":
+            items.append(
+                {
+                    "type": "function_call_output",
+                    "call_id": message["tool_call_id"],
+                    "output": content or "",
+                }
+            )
+    return "\n\n".join(instructions), items
+
+
+def _public(message: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in message.items() if not k.startswith(PRIVATE_PREFIX)}
+
+
+def _error_code(exc: openai.APIStatusError) -> str | None:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("code"):
+            return str(inner["code"])
+    return getattr(exc, "code", None)
 
 
 def tool_message(call_id: str, content: str) -> dict[str, Any]:

@@ -110,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="time limit of a test run (default 600)",
     )
     parser.add_argument(
+        "--api",
+        choices=("auto", "responses", "chat"),
+        help="wire protocol: Responses API on OpenAI's endpoint, Chat Completions elsewhere (default auto)",
+    )
+    parser.add_argument(
+        "--reasoning",
+        choices=("low", "medium", "high"),
+        help="reasoning effort for models that reason (default: the model's own)",
+    )
+    parser.add_argument(
         "--allow-network",
         action="store_true",
         default=None,
@@ -175,6 +185,8 @@ def run_loop(args: argparse.Namespace) -> int:
         command_timeout=args.command_timeout,
         test_timeout=args.test_timeout,
         allow_network=args.allow_network,
+        api=args.api,
+        reasoning=args.reasoning,
     )
     from codexloop.core.gitops import GitError
 
