@@ -48,6 +48,7 @@ class Exam:
     base: str
     target_files: tuple[str, ...]
     attempts: int = 0
+    from_checkout: bool = True  # False for a replay: the exam as it was recorded
     _targets: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -87,7 +88,7 @@ class Exam:
 
     def original(self, rel: str) -> bytes | None:
         """The developer's version: their checkout for target files, the snapshot for config."""
-        if rel in self._targets:
+        if rel in self._targets and self.from_checkout:
             path = self.repo / rel
             if path.is_file():
                 return path.read_bytes()

@@ -96,6 +96,7 @@ class Loop:
         backoff: tuple[float, ...] = BACKOFF_S,
         write_trace: bool = True,
         accept_all: bool = False,
+        base: str | None = None,
     ) -> None:
         self.config = config
         self.client = client or make_client(config.base_url, config.api_key)
@@ -119,6 +120,8 @@ class Loop:
         self.state: ev.State = "starting"
         self._iteration = 0
         self.accept_all = accept_all
+        self.base = base  # replay: start from this commit, the exam as recorded
+        self.test_outcomes: list[bool] = []
         self._exam_seen: dict[str, bytes | None] = {}
         self._exam_note: str | None = None
         self._exam_lock = anyio.Lock()
@@ -180,9 +183,9 @@ class Loop:
     ) -> LoopResult:
         self._events = events
         config = self.config
-        sandbox = await anyio.to_thread.run_sync(Sandbox.create, config.repo, self.name)
+        sandbox = await anyio.to_thread.run_sync(Sandbox.create, config.repo, self.name, self.base)
         self.sandbox = sandbox
-        exam = Exam(config.repo, sandbox.base, config.target_files)
+        exam = Exam(config.repo, sandbox.base, config.target_files, from_checkout=self.base is None)
         python = find_python(config.repo)
         test_command = config.test_cmd or default_command(python, config.targets)
         isolation = await anyio.to_thread.run_sync(
@@ -198,7 +201,18 @@ class Loop:
             trace_path = traces_dir() / f"{self.name}.jsonl"
             self.trace = TraceWriter(
                 trace_path,
-                {"repo": str(config.repo), "model": config.model, "targets": list(config.targets)},
+                {
+                    "repo": str(config.repo),
+                    "base": sandbox.base,
+                    "branch": sandbox.branch,
+                    "model": config.model,
+                    "targets": list(config.targets),
+                    "target_files": list(config.target_files),
+                    "test_cmd": config.test_cmd,
+                    "task": config.task,
+                    "max_iterations": config.max_iterations,
+                    "max_tool_calls": config.max_tool_calls,
+                },
             )
         await self.emit(
             ev.LoopStarted(
@@ -511,6 +525,7 @@ class Loop:
             extra_env=junit_env(junit),
         )
         verdict = await anyio.to_thread.run_sync(judge, self.config.targets, run, junit)
+        self.test_outcomes.append(verdict.passed)
         await self.emit(
             ev.TestFinished(
                 iteration,

@@ -130,10 +130,16 @@ class Sandbox:
     layout: Layout | None = None
 
     @classmethod
-    def create(cls, repo: Path, name: str) -> Sandbox:
-        """Snapshot the working tree and open a worktree on ``codexloop/<name>`` (blocking)."""
+    def create(cls, repo: Path, name: str, base: str | None = None) -> Sandbox:
+        """Snapshot the working tree (or take ``base``) and open a worktree on ``codexloop/<name>``.
+
+        Blocking.
+        """
         home = state_home()
-        base = gitops.snapshot(repo)
+        if base is None:
+            base = gitops.snapshot(repo)
+        elif gitops.git(repo, "cat-file", "-t", base, check=False).strip() != "commit":
+            raise gitops.GitError(f"commit {base[:12]} is not in the repository {repo}")
         worktree = home / "worktrees" / repo_key(repo) / name
         branch = f"codexloop/{name}"
         gitops.create_worktree(repo, base, branch, worktree)

@@ -278,7 +278,7 @@ class Tools:
         self._guard(rel, data, updated.encode())
         path.write_bytes(updated.encode())
         line = text[: text.index(old_text)].count("\n") + 1
-        removed, added = old_text.count("\n") + 1, new_text.count("\n") + 1
+        removed, added = len(old_text.splitlines()), len(new_text.splitlines())
         return ToolOutcome(
             True,
             f"edited {rel} at line {line}",

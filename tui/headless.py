@@ -45,15 +45,22 @@ def _read_stdin(
 
 
 async def headless_session(
-    config: Config, out: TextIO, *, accept_all: bool = False, read_stdin: bool = True
+    config: Config,
+    out: TextIO,
+    *,
+    accept_all: bool = False,
+    read_stdin: bool = True,
+    loop: Loop | None = None,
 ) -> int:
-    client = make_client(config.base_url, config.api_key)
-    try:
-        await check_endpoint(client)
-    except ModelError as exc:
-        print(f"codexloop: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    loop = Loop(config, client=client, accept_all=accept_all)
+    """Run one session, printing its events; ``loop`` lets demo and replay bring their own."""
+    if loop is None:
+        client = make_client(config.base_url, config.api_key)
+        try:
+            await check_endpoint(client)
+        except ModelError as exc:
+            print(f"codexloop: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        loop = Loop(config, client=client, accept_all=accept_all)
     send_events, receive_events = event_channel()
     send_commands, receive_commands = event_channel()
     interrupted = False
@@ -92,10 +99,10 @@ async def headless_session(
     return EXIT_RED
 
 
-def run_headless(config: Config, *, accept_all: bool = False) -> int:
+def run_headless(config: Config, *, accept_all: bool = False, loop: Loop | None = None) -> int:
     try:
         return anyio.run(
-            functools.partial(headless_session, config, sys.stdout, accept_all=accept_all)
+            functools.partial(headless_session, config, sys.stdout, accept_all=accept_all, loop=loop)
         )
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -1,0 +1,158 @@
+"""First minute: the scripted demo from a wheel install, and replaying a recorded session."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+from loophelpers import KATA, make_config, run_loop
+from scripted_openai import Call, Reply
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(
+    python: str, *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [python, "-m", "codexloop.tui.cli", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
+def events_of(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def wheel_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fresh venv holding codexloop from its wheel (not the editable checkout)."""
+    root = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(root / "dist"),
+            str(ROOT),
+        ],
+        check=True,
+    )
+    [wheel] = (root / "dist").glob("codexloop-*.whl")
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+    # Dependencies (textual, openai, pytest...) from our environment, without its editable codexloop.
+    (site / "_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return str(venv / "bin" / "python")
+
+
+def test_the_wheel_is_what_runs(wheel_python: str, tmp_path: Path) -> None:
+    code = (
+        "import codexloop, importlib.resources as r; print(codexloop.__file__); "
+        "print(r.files('codexloop.styles').joinpath('app.tcss').is_file())"
+    )
+    done = subprocess.run(
+        [wheel_python, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    location, has_css = done.stdout.split()
+    assert "site-packages" in location and str(ROOT) not in location
+    assert has_css == "True"
+
+
+def test_demo_goes_red_then_green_from_a_wheel_with_no_key(
+    wheel_python: str, tmp_path: Path
+) -> None:
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "XDG_STATE_HOME": str(tmp_path / "state")}
+    env_clean = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI")}
+    done = subprocess.run(
+        [wheel_python, "-m", "codexloop.tui.cli", "demo", "--headless", "--speed", "max"],
+        cwd=tmp_path,
+        env={**env_clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    events = events_of(done.stdout)
+    assert events[0]["type"] == "loop_started" and events[0]["model"] == "scripted-demo"
+    assert [e["passed"] for e in events if e["type"] == "test_finished"] == [False, False, True]
+    assert events[-1]["type"] == "loop_finished" and events[-1]["status"] == "passed"
+    assert "kata repository at" in done.stderr
+
+
+def test_replay_reproduces_the_recorded_outcomes(
+    make_repo, scripted_openai, tmp_path: Path
+) -> None:
+    import anyio
+
+    repo = make_repo(KATA)
+    scripted_openai.add(
+        Reply(
+            tool_calls=[
+                Call("edit_file", {"path": "calc.py", "old_text": "a - b", "new_text": "a * b"})
+            ]
+        ),
+        Reply(text="multiplied"),
+        Reply(
+            tool_calls=[
+                Call("edit_file", {"path": "calc.py", "old_text": "a * b", "new_text": "a + b"})
+            ]
+        ),
+        Reply(text="added"),
+    )
+    result, _ = anyio.run(run_loop, make_config(repo, scripted_openai.base_url))
+    assert result.trace is not None and result.status == "passed"
+    # The developer moves on: the checkout changes, yet the replay starts from the recorded state.
+    (repo / "calc.py").write_text("def add(a, b):\n    raise NotImplementedError\n")
+    done = cli(
+        sys.executable, "replay", str(result.trace), "--headless", "--speed", "max", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    events = events_of(done.stdout)
+    assert [e["passed"] for e in events if e["type"] == "test_finished"] == [False, False, True]
+    assert "diverged" not in done.stderr
+    assert (repo / "calc.py").read_text() == "def add(a, b):\n    raise NotImplementedError\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ('{"type": "trace_header", "version": 99}\n', "newer codexloop"),
+        ('{"type": "trace_header", "version": 1}\n{not json\n', "line 2 is not valid JSON"),
+        ('{"type": "model_text", "text": "x"}\n', "not a codexloop trace"),
+        ('{"type": "trace_header", "version": 1}\n', "lacks the repository"),
+    ],
+)
+def test_a_trace_that_cannot_be_replayed_gets_one_clear_line(
+    tmp_path: Path, content: str, needle: str
+) -> None:
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(content)
+    done = cli(sys.executable, "replay", str(trace), "--headless", cwd=tmp_path)
+    assert done.returncode == 2
+    assert needle in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_missing_trace(tmp_path: Path) -> None:
+    done = cli(sys.executable, "replay", str(tmp_path / "nope.jsonl"), cwd=tmp_path)
+    assert done.returncode == 2 and "no such trace" in done.stderr
