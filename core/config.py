@@ -32,6 +32,7 @@ _FILE_KEYS = {
     "command_timeout": (int, float),
     "test_timeout": (int, float),
     "allow_network": bool,
+    "warm": bool,
     "max_tool_calls": int,
     "task": str,
     "api": str,
@@ -57,6 +58,7 @@ class Settings:
     command_timeout: float | None = None
     test_timeout: float | None = None
     allow_network: bool | None = None
+    warm: bool | None = None
     max_tool_calls: int | None = None
     api: str | None = None
     reasoning: str | None = None
@@ -75,6 +77,7 @@ class Config:
     command_timeout: float = DEFAULT_COMMAND_TIMEOUT
     test_timeout: float = DEFAULT_TEST_TIMEOUT
     allow_network: bool = False
+    warm: bool = True
     max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS
     target_files: tuple[str, ...] = field(default=())
     api: str = "auto"
@@ -231,6 +234,7 @@ def load_config(
         max_iterations=max_iterations,
         command_timeout=command_timeout,
         test_timeout=test_timeout,
+        warm=bool(_first(settings.warm, file_cfg.get("warm"), True)),
         allow_network=bool(_first(settings.allow_network, file_cfg.get("allow_network"), False)),
         max_tool_calls=max_tool_calls,
     )

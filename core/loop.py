@@ -38,9 +38,10 @@ from codexloop.core.model import (
 )
 from codexloop.core.process import RunResult
 from codexloop.core.sandbox import Sandbox, find_python, session_name
-from codexloop.core.testrun import Verdict, default_command, judge, junit_env
+from codexloop.core.testrun import Verdict, default_args, default_command, judge, junit_env
 from codexloop.core.tools import TOOL_SCHEMAS, Tools
 from codexloop.core.trace import TraceWriter, traces_dir
+from codexloop.core.warm import WarmError, WarmRunner
 
 EXAM_CHARS = 12_000
 OLD_TOOL_RESULT_CHARS = 600
@@ -122,6 +123,7 @@ class Loop:
         self.accept_all = accept_all
         self.base = base  # replay: start from this commit, the exam as recorded
         self.test_outcomes: list[bool] = []
+        self.warm: WarmRunner | None = None
         self._exam_seen: dict[str, bytes | None] = {}
         self._exam_note: str | None = None
         self._exam_lock = anyio.Lock()
@@ -191,6 +193,8 @@ class Loop:
         isolation = await anyio.to_thread.run_sync(
             lambda: sandbox.isolate([python], exam.protected_files(), network=config.allow_network)
         )
+        if config.warm and config.test_cmd is None:
+            self.warm = WarmRunner(sandbox, python)
         tools = Tools(
             sandbox.worktree,
             exam,
@@ -252,6 +256,8 @@ class Loop:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
+                if self.warm is not None:
+                    await self.warm.stop()
                 head = await self._final_commit(status)
                 iterations = max(iterations, self._iteration)
                 final_state: ev.State = {"passed": "green", "failed": "red", "stopped": "stopped"}[
@@ -518,12 +524,27 @@ class Loop:
         async def on_output(text: str) -> None:
             await self.emit(ev.TestOutput(text))
 
-        run = await sandbox.run(
-            test_command,
-            timeout=self.config.test_timeout,
-            on_output=on_output,
-            extra_env=junit_env(junit),
-        )
+        run = None
+        if self.warm is not None:
+            try:
+                run = await self.warm.run(
+                    default_args(self.config.targets),
+                    extra_env=junit_env(junit),
+                    timeout=self.config.test_timeout,
+                    on_output=on_output,
+                )
+            except WarmError as exc:
+                self.warm = None
+                await self.emit(
+                    ev.Notice("warning", f"warm test runs are off for this session: {exc}")
+                )
+        if run is None:
+            run = await sandbox.run(
+                test_command,
+                timeout=self.config.test_timeout,
+                on_output=on_output,
+                extra_env=junit_env(junit),
+            )
         verdict = await anyio.to_thread.run_sync(judge, self.config.targets, run, junit)
         self.test_outcomes.append(verdict.passed)
         await self.emit(

@@ -39,20 +39,13 @@ class Verdict:
     cases: tuple[Case, ...] = field(default=())
 
 
+def default_args(targets: tuple[str, ...]) -> list[str]:
+    """pytest's arguments: the targets, quiet, with colours, no cache written into the sandbox."""
+    return ["-q", "--color=yes", "-p", "no:cacheprovider", "--rootdir=.", *targets]
+
+
 def default_command(python: str, targets: tuple[str, ...]) -> str:
-    """pytest on the targets, quiet, with colours, no cache written into the sandbox."""
-    parts = [
-        python,
-        "-m",
-        "pytest",
-        "-q",
-        "--color=yes",
-        "-p",
-        "no:cacheprovider",
-        "--rootdir=.",
-        *targets,
-    ]
-    return shlex.join(parts)
+    return shlex.join([python, "-m", "pytest", *default_args(targets)])
 
 
 def junit_env(junit_path: Path) -> dict[str, str]:

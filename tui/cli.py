@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="time limit of a test run (default 600)",
     )
     parser.add_argument(
+        "--no-warm",
+        dest="warm",
+        action="store_false",
+        default=None,
+        help="run every pytest cold (default: warm re-runs, forked from a preloaded process)",
+    )
+    parser.add_argument(
         "--api",
         choices=("auto", "responses", "chat"),
         help="wire protocol: Responses API on OpenAI's endpoint, Chat Completions elsewhere (default auto)",
@@ -187,6 +194,7 @@ def run_loop(args: argparse.Namespace) -> int:
         allow_network=args.allow_network,
         api=args.api,
         reasoning=args.reasoning,
+        warm=args.warm,
     )
     from codexloop.core.gitops import GitError
 

@@ -1,0 +1,153 @@
+"""Warm pytest runs: a long-lived process that forks a fresh child per run.
+
+Runs inside the sandbox with the project's own interpreter, as a standalone script (it
+imports nothing of codexloop, which the project's interpreter may not have). It imports
+pytest and the third-party modules the tests use once; every run is a fork, so the
+project's own modules are always imported fresh and no state leaks between runs.
+
+Protocol on a Unix socket, one request per connection: the client sends one JSON line
+``{"args": [...], "env": {...}}``; the server answers with frames ``O<len:4><bytes>``
+(output) and finally ``X<code:4>`` (exit status; 255 when the child died of a signal).
+The client closing the connection early kills the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+
+# Modules under these roots are the project's: never imported by the server itself.
+PROJECT_ROOTS: list[str] = []
+
+
+def _third_party(names: list[str]) -> list[str]:
+    """Modules that live outside the project (site-packages, the standard library)."""
+    keep = []
+    for name in names:
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None) or ""
+        if not path or any(os.path.realpath(path).startswith(root) for root in PROJECT_ROOTS):
+            continue
+        if name.startswith(("_pytest.assertion.rewrite",)):
+            continue
+        keep.append(name)
+    return keep
+
+
+def _child(conn: socket.socket, request: dict, report_fd: int) -> None:
+    """In the forked child: run pytest with output on a pipe, report modules, exit."""
+    os.setsid()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the run itself, so that its output pipe closes when it ends
+        os.close(read_end)
+        os.dup2(write_end, 1)
+        os.dup2(write_end, 2)
+        os.environ.clear()
+        os.environ.update(request.get("env", {}))
+        os.chdir(request.get("cwd", os.getcwd()))
+        sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+        sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+        import importlib
+
+        importlib.invalidate_caches()  # files the model created since the last run
+        import pytest
+
+        code = pytest.main(list(request["args"]))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.write(report_fd, (json.dumps(_third_party(list(sys.modules))) + "\n").encode())
+        os._exit(int(code))
+    os.close(write_end)
+    while True:
+        chunk = os.read(read_end, 65536)
+        if not chunk:
+            break
+        conn.sendall(b"O" + struct.pack(">I", len(chunk)) + chunk)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    conn.sendall(b"X" + struct.pack(">i", code if code >= 0 else 255))
+    os._exit(0)
+
+
+def _drain(fd: int) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 20)
+        except BlockingIOError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def serve(path: str) -> None:
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)
+    import pytest  # noqa: F401  (warm: the runner itself)
+
+    print("ready", flush=True)
+    # Nobody reads our output after this: imports that print must not fill a pipe.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+
+    report_r, report_w = os.pipe()
+    os.set_blocking(report_r, False)
+    pending = b""
+    while True:
+        conn, _ = server.accept()
+        line = b""
+        while not line.endswith(b"\n"):
+            part = conn.recv(65536)
+            if not part:
+                break
+            line += part
+        if not line:
+            conn.close()
+            continue
+        request = json.loads(line)
+        if request.get("command") == "quit":
+            conn.close()
+            return
+        pid = os.fork()
+        if pid == 0:
+            server.close()
+            _child(conn, request, report_w)
+        # Parent: drain the module report (a full pipe would block the run) and watch the
+        # client: if it goes away, kill the run's whole group.
+        while True:
+            done_pid, _ = os.waitpid(pid, os.WNOHANG)
+            if done_pid:
+                break
+            ready, _, _ = select.select([conn, report_r], [], [], 0.05)
+            if report_r in ready:
+                pending += _drain(report_r)
+            if conn in ready and not conn.recv(1, socket.MSG_PEEK):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                break
+        conn.close()
+        pending += _drain(report_r)
+        # Import what the last run used from outside the project: the next fork has it warm.
+        while b"\n" in pending:
+            raw, pending = pending.split(b"\n", 1)
+            for name in json.loads(raw):
+                if name not in sys.modules:
+                    with contextlib.suppress(Exception):
+                        __import__(name)
+
+
+if __name__ == "__main__":
+    PROJECT_ROOTS.extend(os.path.realpath(p) + os.sep for p in sys.argv[2:])
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    serve(sys.argv[1])

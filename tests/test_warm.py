@@ -1,0 +1,110 @@
+"""Warm runs agree with cold runs: same verdicts, same messages, nothing leaks between runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from codexloop.core.exam import Exam
+from codexloop.core.sandbox import Sandbox, find_python
+from codexloop.core.testrun import default_args, default_command, judge, junit_env
+from codexloop.core.warm import WarmRunner
+
+pytestmark = pytest.mark.anyio
+
+FILES = {
+    "calc.py": "def add(a, b):\n    return a - b\n",
+    "tests/test_calc.py": (
+        "import json\n\nfrom calc import add\n\n\n"
+        "def test_add():\n    assert add(2, 3) == 5, 'addition is broken'\n\n\n"
+        "def test_global_state_is_fresh():\n"
+        "    # json is preloaded in the warm server; a mutation must not survive the run\n"
+        "    assert not hasattr(json, 'poked')\n    json.poked = True\n"
+    ),
+}
+TARGETS = ("tests/test_calc.py",)
+
+
+@pytest.fixture
+async def runner(make_repo):
+    repo = make_repo(FILES)
+    box = Sandbox.create(repo, "warm")
+    python = find_python(repo)
+    exam = Exam(repo, box.base, TARGETS)
+    box.isolate([python], exam.protected_files(), network=False)
+    warm = WarmRunner(box, python)
+    yield warm
+    await warm.stop()
+    box.remove(delete_branch=True)
+
+
+async def both(warm: WarmRunner, name: str):
+    box = warm.sandbox
+    junit_cold, junit_warm = box.tmp / f"{name}-cold.xml", box.tmp / f"{name}-warm.xml"
+    cold = await box.run(
+        default_command(warm.python, TARGETS), timeout=60, extra_env=junit_env(junit_cold)
+    )
+    hot = await warm.run(default_args(TARGETS), extra_env=junit_env(junit_warm), timeout=60)
+    return judge(TARGETS, cold, junit_cold), judge(TARGETS, hot, junit_warm), hot
+
+
+def messages(verdict) -> list[tuple[str, str, str]]:
+    return [(c.label, c.outcome, c.message) for c in verdict.cases]
+
+
+async def test_warm_and_cold_agree_red_then_green(runner: WarmRunner) -> None:
+    cold, warm, run = await both(runner, "red")
+    assert not cold.passed and not warm.passed
+    assert messages(cold) == messages(warm)
+    assert "addition is broken" in warm.digest
+    assert "test_add" in run.output  # the output streamed back
+    (runner.sandbox.worktree / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+    cold, warm, _ = await both(runner, "green")  # the project module is imported fresh
+    assert cold.passed and warm.passed
+    assert messages(cold) == messages(warm)
+    assert runner.starts == 1
+
+
+async def test_no_state_leaks_between_runs_and_new_modules_are_found(runner: WarmRunner) -> None:
+    box = runner.sandbox
+    (box.worktree / "calc.py").write_text(
+        "from helpers import plus\n\n\ndef add(a, b):\n    return plus(a, b)\n"
+    )
+    (box.worktree / "helpers.py").write_text(
+        "def plus(a, b):\n    return a + b\n"
+    )  # created between runs
+    for round_ in range(3):
+        junit = box.tmp / f"leak-{round_}.xml"
+        run = await runner.run(default_args(TARGETS), extra_env=junit_env(junit), timeout=60)
+        verdict = judge(TARGETS, run, junit)
+        assert verdict.passed, verdict.digest
+    assert runner.starts == 1
+
+
+async def test_a_conftest_change_restarts_the_server(runner: WarmRunner) -> None:
+    box = runner.sandbox
+    junit = box.tmp / "a.xml"
+    await runner.run(default_args(TARGETS), extra_env=junit_env(junit), timeout=60)
+    (box.worktree / "tests" / "conftest.py").write_text("import pytest\n")
+    await runner.run(default_args(TARGETS), extra_env=junit_env(junit), timeout=60)
+    assert runner.starts == 2
+    await runner.run(default_args(TARGETS), extra_env=junit_env(junit), timeout=60)
+    assert runner.starts == 2
+
+
+async def test_a_hanging_warm_run_is_killed_at_its_timeout(runner: WarmRunner) -> None:
+    box = runner.sandbox
+    (box.worktree / "calc.py").write_text("import time\n\n\ndef add(a, b):\n    time.sleep(300)\n")
+    junit = box.tmp / "hang.xml"
+    run = await runner.run(default_args(TARGETS), extra_env=junit_env(junit), timeout=1)
+    assert run.timed_out and "time limit" in run.output
+    # The server itself survives and serves the next run.
+    (box.worktree / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+    run = await runner.run(default_args(TARGETS), extra_env=junit_env(junit), timeout=60)
+    assert judge(TARGETS, run, junit).passed
+    assert runner.starts == 1
+
+
+def test_the_server_script_imports_nothing_of_codexloop() -> None:
+    source = (Path(__file__).parent.parent / "core" / "warm_server.py").read_text()
+    assert "codexloop" not in source.split('"""', 2)[2]
