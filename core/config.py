@@ -24,7 +24,7 @@ DEFAULT_COMMAND_TIMEOUT = 120.0
 DEFAULT_TEST_TIMEOUT = 600.0
 DEFAULT_MAX_TOOL_CALLS = 40
 
-_FILE_KEYS = {
+_FILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "model": str,
     "base_url": str,
     "max_iterations": int,

@@ -94,8 +94,17 @@ def parse_diff(text: str) -> list[FileChange]:
     def close_hunk() -> None:
         nonlocal hunk
         if current is not None and hunk is not None:
+            old_start, old_count, new_start, new_count = hunk["nums"]
             current["hunks"].append(
-                Hunk(len(current["hunks"]), hunk["header"], *hunk["nums"], tuple(hunk["lines"]))
+                Hunk(
+                    len(current["hunks"]),
+                    hunk["header"],
+                    old_start,
+                    old_count,
+                    new_start,
+                    new_count,
+                    tuple(hunk["lines"]),
+                )
             )
         hunk = None
 

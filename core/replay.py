@@ -150,8 +150,8 @@ class ReplayServer:
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        port = self._server.server_address[1]
+        return f"http://127.0.0.1:{port}/v1"
 
     def next_turn(self) -> RecordedTurn | None:
         with self._lock:

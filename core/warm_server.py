@@ -128,10 +128,10 @@ def serve(path: str) -> None:
             done_pid, _ = os.waitpid(pid, os.WNOHANG)
             if done_pid:
                 break
-            ready, _, _ = select.select([conn, report_r], [], [], 0.05)
+            ready, _, _ = select.select([conn.fileno(), report_r], [], [], 0.05)
             if report_r in ready:
                 pending += _drain(report_r)
-            if conn in ready and not conn.recv(1, socket.MSG_PEEK):
+            if conn.fileno() in ready and not conn.recv(1, socket.MSG_PEEK):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
