@@ -150,6 +150,9 @@ async def measure(iterations: int) -> None:
         f"engine overhead       p50 {percentile(ms, 50):7.1f} ms   p99 {percentile(ms, 99):7.1f} ms"
         f"   mean {statistics.mean(ms):7.1f} ms"
     )
+    print("where the engine's time goes (median per call, calls):")
+    for phase, times in sorted(loop.timings.items(), key=lambda kv: -statistics.median(kv[1])):
+        print(f"  {phase:28s} {statistics.median(times) * 1000:7.1f} ms  x{len(times)}")
     print(
         f"iterations per minute, model time excluded: {60 / statistics.mean([w - m for w, m in zip(walls, model_times, strict=True)]):.0f}"
     )

@@ -12,9 +12,11 @@ Front ends consume :mod:`codexloop.core.events` from a memory stream and send
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +126,7 @@ class Loop:
         self.base = base  # replay: start from this commit, the exam as recorded
         self.test_outcomes: list[bool] = []
         self.warm: WarmRunner | None = None
+        self.timings: dict[str, list[float]] = {}  # engine phases, for bench/iteration.py
         self._exam_seen: dict[str, bytes | None] = {}
         self._exam_note: str | None = None
         self._exam_lock = anyio.Lock()
@@ -162,6 +165,14 @@ class Loop:
             elif isinstance(command, ev.Steer) and command.text.strip():
                 control.steering.append(command.text.strip())
 
+    @contextlib.contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings.setdefault(phase, []).append(time.perf_counter() - started)
+
     async def checkpoint(self) -> None:
         """A safe point: honour pause and stop here."""
         control = self._control
@@ -185,14 +196,20 @@ class Loop:
     ) -> LoopResult:
         self._events = events
         config = self.config
-        sandbox = await anyio.to_thread.run_sync(Sandbox.create, config.repo, self.name, self.base)
+        with self._timed("sandbox setup"):
+            sandbox = await anyio.to_thread.run_sync(
+                Sandbox.create, config.repo, self.name, self.base
+            )
         self.sandbox = sandbox
         exam = Exam(config.repo, sandbox.base, config.target_files, from_checkout=self.base is None)
         python = find_python(config.repo)
         test_command = config.test_cmd or default_command(python, config.targets)
-        isolation = await anyio.to_thread.run_sync(
-            lambda: sandbox.isolate([python], exam.protected_files(), network=config.allow_network)
-        )
+        with self._timed("isolation probe"):
+            isolation = await anyio.to_thread.run_sync(
+                lambda: sandbox.isolate(
+                    [python], exam.protected_files(), network=config.allow_network
+                )
+            )
         if config.warm and config.test_cmd is None:
             self.warm = WarmRunner(sandbox, python)
         tools = Tools(
@@ -334,10 +351,11 @@ class Loop:
             await self._model_work(iteration, messages, tools)
             await self.checkpoint()
             verdict = await self._run_tests(iteration, exam, test_command)
-            commit = await anyio.to_thread.run_sync(
-                self.sandbox.commit,  # type: ignore[union-attr]
-                f"codexloop iteration {iteration}: {'green' if verdict.passed else 'red'} ({verdict.summary})",
-            )
+            with self._timed("commit"):
+                commit = await anyio.to_thread.run_sync(
+                    self.sandbox.commit,  # type: ignore[union-attr]
+                    f"codexloop iteration {iteration}: {'green' if verdict.passed else 'red'} ({verdict.summary})",
+                )
             await self.emit(
                 ev.IterationFinished(
                     iteration,
@@ -434,7 +452,8 @@ class Loop:
                     continue
                 calls_left -= 1
                 await self._set_state("tool")
-                outcome = await tools.execute(call.name, call.arguments)
+                with self._timed(f"tool {call.name}"):
+                    outcome = await tools.execute(call.name, call.arguments)
                 messages.append(tool_message(call.id, outcome.content))
                 await self.emit(
                     ev.ToolResult(call.name, outcome.ok, outcome.summary, call.id, outcome.refused)
@@ -511,9 +530,10 @@ class Loop:
     async def _run_tests(self, iteration: int, exam: Exam, test_command: str) -> Verdict:
         sandbox = self.sandbox
         assert sandbox is not None
-        await self._sync_exam(exam)
-        changed = await anyio.to_thread.run_sync(sandbox.changed_paths)
-        restored = await anyio.to_thread.run_sync(exam.restore, sandbox.worktree, changed)
+        with self._timed("exam check and restore"):
+            await self._sync_exam(exam)
+            changed = await anyio.to_thread.run_sync(sandbox.changed_paths)
+            restored = await anyio.to_thread.run_sync(exam.restore, sandbox.worktree, changed)
         if restored:
             await self.emit(ev.ExamRestored(tuple(restored)))
         await self._set_state("testing")
@@ -545,7 +565,8 @@ class Loop:
                 on_output=on_output,
                 extra_env=junit_env(junit),
             )
-        verdict = await anyio.to_thread.run_sync(judge, self.config.targets, run, junit)
+        with self._timed("verdict"):
+            verdict = await anyio.to_thread.run_sync(judge, self.config.targets, run, junit)
         self.test_outcomes.append(verdict.passed)
         await self.emit(
             ev.TestFinished(
