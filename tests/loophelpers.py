@@ -17,13 +17,8 @@ TARGET = "tests/test_calc.py::test_add"
 
 
 def make_config(repo: Path, base_url: str, *targets: str, **overrides: Any) -> Config:
-    settings = Settings(
-        targets=targets or (TARGET,),
-        repo=repo,
-        base_url=base_url,
-        model="scripted-model",
-        **overrides,
-    )
+    overrides.setdefault("model", "scripted-model")
+    settings = Settings(targets=targets or (TARGET,), repo=repo, base_url=base_url, **overrides)
     return load_config(settings, env={}, cwd=repo)
 
 
@@ -35,6 +30,23 @@ async def run_loop(
     collected: list[ev.Event] = []
     kwargs.setdefault("backoff", (0.0,))
     loop = Loop(config, **kwargs)
+
+    async def collect() -> None:
+        async with receive:
+            async for event in receive:
+                collected.append(event)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(collect)
+        async with send:
+            result = await loop.run(send)
+    return result, collected
+
+
+async def event_channel_run(loop: Loop) -> tuple[LoopResult, list[ev.Event]]:
+    """Run an already built loop to the end, collecting its events."""
+    send, receive = event_channel()
+    collected: list[ev.Event] = []
 
     async def collect() -> None:
         async with receive:

@@ -1,7 +1,8 @@
 """A scripted OpenAI-compatible HTTP server for tests that drive the real `openai` client.
 
-Tests queue turns (`Reply`, `HTTPError`, `Drop`, or a callable returning one); each
-POST /v1/chat/completions consumes the next turn. Standard library only.
+Tests queue turns (`Reply`, `HTTPError`, `Drop`, `Incomplete`, `Failed`, or a callable
+returning one); each POST /v1/chat/completions or POST /v1/responses consumes the next
+turn of the one shared queue. Standard library only.
 """
 
 from __future__ import annotations
@@ -18,9 +19,23 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeAlias
 
-__all__ = ["Call", "Drop", "HTTPError", "Reply", "ScriptedOpenAI", "Turn"]
+__all__ = [
+    "Call",
+    "Drop",
+    "Failed",
+    "HTTPError",
+    "Incomplete",
+    "Reply",
+    "ScriptedOpenAI",
+    "Turn",
+]
 
 HOLD_TIMEOUT = 30.0
+CHAT_PATH = "/v1/chat/completions"
+RESPONSES_PATH = "/v1/responses"
+UNSUPPORTED_API_MESSAGE = (
+    "This model is only supported in v1/responses and not in v1/chat/completions."
+)
 _DISCONNECTS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -71,7 +86,23 @@ class Drop:
     after_chunks: int = 2
 
 
-Turn: TypeAlias = Reply | HTTPError | Drop
+@dataclass
+class Incomplete:
+    """Responses: stream `reply`, then end with `response.incomplete` (chat: finish "length")."""
+
+    reply: Reply
+    reason: str = "max_output_tokens"
+
+
+@dataclass
+class Failed:
+    """Responses: `response.created`, then `response.failed` (chat: HTTP 500 `message`)."""
+
+    message: str
+    code: str = "server_error"
+
+
+Turn: TypeAlias = Reply | HTTPError | Drop | Incomplete | Failed
 _Scripted: TypeAlias = Turn | Callable[[dict[str, Any]], Turn]
 
 
@@ -88,20 +119,37 @@ def _arguments(call: Call) -> str:
     return call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments)
 
 
-def _error_body(status: int, message: str, code: str | None = None) -> dict[str, Any]:
+def _error_body(
+    status: int, message: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
     kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 class ScriptedOpenAI:
     """OpenAI-compatible server on 127.0.0.1 answering from a queue of scripted turns."""
 
-    def __init__(self, models: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        models: list[str] | None = None,
+        *,
+        reject_chat_models: set[str] | frozenset[str] = frozenset(),
+        responses_enabled: bool = True,
+    ) -> None:
         self.models: list[str] = list(models) if models is not None else ["scripted-model"]
+        # Chat requests for these models get OpenAI's 400 "unsupported_api_for_model".
+        self.reject_chat_models: set[str] | frozenset[str] = reject_chat_models
+        # False: /v1/responses answers 404, like a server speaking Chat Completions only.
+        self.responses_enabled = responses_enabled
+        # Every request that consumed a turn, in arrival order (both endpoints).
         self.requests: list[dict[str, Any]] = []
+        self.chat_requests: list[dict[str, Any]] = []
+        self.responses_requests: list[dict[str, Any]] = []
+        # (path, body) of requests refused by the switches above; they consume no turn.
+        self.rejected_requests: list[tuple[str, dict[str, Any]]] = []
         self._turns: deque[_Scripted] = deque()
         self._cond = threading.Condition()
-        self._ids = itertools.count(1)
+        self._ids: dict[str, itertools.count[int]] = {}
         self._closing = threading.Event()
         self._closed = False
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
@@ -122,7 +170,7 @@ class ScriptedOpenAI:
             self._turns.extend(turns)
 
     def wait_for_requests(self, n: int, timeout: float = 10.0) -> bool:
-        """Block until at least `n` chat requests arrived; False on timeout."""
+        """Block until at least `n` requests (chat or responses) arrived; False on timeout."""
         with self._cond:
             return self._cond.wait_for(lambda: len(self.requests) >= n, timeout=timeout)
 
@@ -145,16 +193,27 @@ class ScriptedOpenAI:
 
     # -- used by the handler -------------------------------------------------
 
-    def _record(self, body: dict[str, Any]) -> tuple[int, _Scripted | None]:
+    def _record(self, body: dict[str, Any], path: str = CHAT_PATH) -> tuple[int, _Scripted | None]:
         with self._cond:
             self.requests.append(body)
+            (self.responses_requests if path == RESPONSES_PATH else self.chat_requests).append(body)
             number = len(self.requests)
             turn = self._turns.popleft() if self._turns else None
             self._cond.notify_all()
         return number, turn
 
+    def _reject(self, path: str, body: dict[str, Any]) -> None:
+        with self._cond:
+            self.rejected_requests.append((path, body))
+            self._cond.notify_all()
+
+    def _next_id(self, prefix: str) -> str:
+        with self._cond:
+            counter = self._ids.setdefault(prefix, itertools.count(1))
+            return f"{prefix}_{next(counter)}"
+
     def _next_call_id(self) -> str:
-        return f"call_{next(self._ids)}"
+        return self._next_id("call")
 
 
 class _Server(ThreadingHTTPServer):
@@ -203,7 +262,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _post(self) -> None:
         raw = self._read_body()
-        if self._path() != "/v1/chat/completions":
+        path = self._path()
+        scripted = self.server.scripted
+        if path not in (CHAT_PATH, RESPONSES_PATH):
             self._not_found()
             return
         try:
@@ -214,8 +275,16 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             self._send_json(400, _error_body(400, "scripted server: body must be a JSON object"))
             return
-        scripted = self.server.scripted
-        number, entry = scripted._record(body)
+        if path == RESPONSES_PATH and not scripted.responses_enabled:
+            scripted._reject(path, body)
+            self._not_found()
+            return
+        if path == CHAT_PATH and body.get("model") in scripted.reject_chat_models:
+            scripted._reject(path, body)
+            error = _error_body(400, UNSUPPORTED_API_MESSAGE, "unsupported_api_for_model", "model")
+            self._send_json(400, error)
+            return
+        number, entry = scripted._record(body, path)
         if entry is None:
             message = f"scripted server: no turn left for request #{number}"
             self._send_json(500, _error_body(500, message), {"x-should-retry": "false"})
@@ -226,18 +295,26 @@ class _Handler(BaseHTTPRequestHandler):
             message = f"scripted server: turn callable failed for request #{number}: {err!r}"
             self._send_json(500, _error_body(500, message), {"x-should-retry": "false"})
             return
+        if isinstance(turn, Failed) and path == CHAT_PATH:
+            turn = HTTPError(500, turn.message)
         if isinstance(turn, HTTPError):
             self._send_json(turn.status, _error_body(turn.status, turn.message, turn.code))
             return
-        reply, drop_after = (
-            (turn.reply, turn.after_chunks) if isinstance(turn, Drop) else (turn, None)
+        answer: Reply | Incomplete | Failed = turn.reply if isinstance(turn, Drop) else turn
+        drop_after = turn.after_chunks if isinstance(turn, Drop) else None
+        if path == RESPONSES_PATH:
+            self._respond(number, body, answer, drop_after)
+            return
+        assert not isinstance(answer, Failed)
+        reply, finish = (
+            (answer.reply, "length") if isinstance(answer, Incomplete) else (answer, None)
         )
         if body.get("stream"):
             options = body.get("stream_options") or {}
             include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-            self._stream(number, body, reply, drop_after, include_usage)
+            self._stream(number, body, reply, drop_after, include_usage, finish)
         else:
-            self._complete(number, body, reply, drop_after)
+            self._complete(number, body, reply, drop_after, finish)
 
     def _not_found(self) -> None:
         message = f"scripted server: unknown path {self.command} {self.path}"
@@ -302,15 +379,10 @@ class _Handler(BaseHTTPRequestHandler):
         reply: Reply,
         drop_after: int | None,
         include_usage: bool,
+        finish: str | None = None,
     ) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("Connection", "close")
-        self.end_headers()
-
-        chunks = self._chunks(number, body, reply, include_usage)
+        self._start_event_stream()
+        chunks = self._chunks(number, body, reply, include_usage, finish)
         for sent, chunk in enumerate(chunks):
             if drop_after is not None and sent >= drop_after:
                 raise _Aborted
@@ -322,12 +394,26 @@ class _Handler(BaseHTTPRequestHandler):
         self._write_event("[DONE]")
         self.wfile.write(b"0\r\n\r\n")
 
-    def _write_event(self, data: str) -> None:
-        event = f"data: {data}\n\n".encode()
+    def _start_event_stream(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+
+    def _write_event(self, data: str, event_type: str | None = None) -> None:
+        head = f"event: {event_type}\n" if event_type else ""
+        event = f"{head}data: {data}\n\n".encode()
         self.wfile.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
 
     def _chunks(
-        self, number: int, body: dict[str, Any], reply: Reply, include_usage: bool
+        self,
+        number: int,
+        body: dict[str, Any],
+        reply: Reply,
+        include_usage: bool,
+        finish: str | None = None,
     ) -> list[dict[str, Any]]:
         size = reply.chunk_size
         deltas: list[dict[str, Any]] = [
@@ -361,7 +447,7 @@ class _Handler(BaseHTTPRequestHandler):
             "model": body.get("model") or "scripted-model",
             "system_fingerprint": None,
         }
-        finish = "tool_calls" if reply.tool_calls else "stop"
+        finish = finish or ("tool_calls" if reply.tool_calls else "stop")
         chunks = [
             {**base, "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}]}
             for d in deltas
@@ -377,7 +463,12 @@ class _Handler(BaseHTTPRequestHandler):
         return chunks
 
     def _complete(
-        self, number: int, body: dict[str, Any], reply: Reply, drop_after: int | None
+        self,
+        number: int,
+        body: dict[str, Any],
+        reply: Reply,
+        drop_after: int | None,
+        finish: str | None = None,
     ) -> None:
         self._hold(reply)
         message: dict[str, Any] = {
@@ -407,11 +498,15 @@ class _Handler(BaseHTTPRequestHandler):
                     "index": 0,
                     "message": message,
                     "logprobs": None,
-                    "finish_reason": "tool_calls" if reply.tool_calls else "stop",
+                    "finish_reason": finish or ("tool_calls" if reply.tool_calls else "stop"),
                 }
             ],
             "usage": _usage(reply),
         }
+        self._send_json_or_cut(payload, drop_after)
+
+    def _send_json_or_cut(self, payload: dict[str, Any], drop_after: int | None) -> None:
+        """Send `payload`; with `drop_after` set, only its first half, then cut."""
         if drop_after is None:
             self._send_json(200, payload)
             return
@@ -424,11 +519,197 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data[: len(data) // 2])
         raise _Aborted
 
+    # -- responses -------------------------------------------------------------
+
+    def _respond(
+        self,
+        number: int,
+        body: dict[str, Any],
+        turn: Reply | Incomplete | Failed,
+        drop_after: int | None,
+    ) -> None:
+        events = _ResponseEvents(self.server.scripted, number, body).build(turn)
+        reply = turn.reply if isinstance(turn, Incomplete) else turn
+        hold = reply if isinstance(reply, Reply) else None
+        if not body.get("stream"):
+            if hold is not None:
+                self._hold(hold)
+            self._send_json_or_cut(events[-1]["response"], drop_after)
+            return
+        self._start_event_stream()
+        for sent, event in enumerate(events):
+            if drop_after is not None and sent >= drop_after:
+                raise _Aborted
+            self._write_event(json.dumps(event), event["type"])
+            if sent == 0 and hold is not None:
+                self._hold(hold)
+        if drop_after is not None:
+            raise _Aborted
+        self.wfile.write(b"0\r\n\r\n")
+
+
+class _ResponseEvents:
+    """The Responses API event sequence of one scripted turn."""
+
+    def __init__(self, scripted: ScriptedOpenAI, number: int, body: dict[str, Any]) -> None:
+        self.scripted = scripted
+        self.body = body
+        self.id = f"resp_scripted_{number}"
+        self.created_at = int(time.time())
+        include = body.get("include")
+        self.encrypted = isinstance(include, list) and "reasoning.encrypted_content" in include
+        self.events: list[dict[str, Any]] = []
+
+    def build(self, turn: Reply | Incomplete | Failed) -> list[dict[str, Any]]:
+        self._emit("response.created", response=self._response("in_progress", []))
+        if isinstance(turn, Failed):
+            error = {"code": turn.code, "message": turn.message}
+            self._emit("response.failed", response=self._response("failed", [], error=error))
+            return self.events
+        self._emit("response.in_progress", response=self._response("in_progress", []))
+        reply = turn.reply if isinstance(turn, Incomplete) else turn
+        output: list[dict[str, Any]] = []
+        if reply.reasoning:
+            output.append(self._reasoning(len(output), reply))
+        if reply.text:
+            output.append(self._message(len(output), reply))
+        for call in reply.tool_calls:
+            output.append(self._function_call(len(output), call, reply.chunk_size))
+        usage = _responses_usage(reply)
+        if isinstance(turn, Incomplete):
+            details = {"reason": turn.reason}
+            final = self._response("incomplete", output, usage=usage, incomplete_details=details)
+            self._emit("response.incomplete", response=final)
+        else:
+            final = self._response("completed", output, usage=usage)
+            final["completed_at"] = self.created_at
+            self._emit("response.completed", response=final)
+        return self.events
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        self.events.append({"type": kind, "sequence_number": len(self.events), **fields})
+
+    def _response(
+        self,
+        status: str,
+        output: list[dict[str, Any]],
+        *,
+        usage: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        incomplete_details: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        body = self.body
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "background": False,
+            "error": error,
+            "incomplete_details": incomplete_details,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "metadata": body.get("metadata") or {},
+            "model": body.get("model") or "scripted-model",
+            "output": [dict(item) for item in output],
+            "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            "previous_response_id": body.get("previous_response_id"),
+            "reasoning": body.get("reasoning") or {"effort": None, "summary": None},
+            "store": body.get("store", True),
+            "temperature": body.get("temperature", 1.0),
+            "text": body.get("text") or {"format": {"type": "text"}},
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools") or [],
+            "top_p": body.get("top_p", 1.0),
+            "truncation": body.get("truncation", "disabled"),
+            "usage": usage,
+            "user": body.get("user"),
+        }
+
+    def _reasoning(self, index: int, reply: Reply) -> dict[str, Any]:
+        item_id = self.scripted._next_id("rs")
+        item: dict[str, Any] = {"id": item_id, "type": "reasoning", "summary": []}
+        if self.encrypted:
+            item["encrypted_content"] = "enc-" + item_id.removeprefix("rs_")
+        where = {"item_id": item_id, "output_index": index, "summary_index": 0}
+        text = reply.reasoning
+        self._emit("response.output_item.added", output_index=index, item=dict(item))
+        part = {"type": "summary_text", "text": ""}
+        self._emit("response.reasoning_summary_part.added", **where, part=part)
+        for piece in _pieces(text, reply.chunk_size):
+            self._emit("response.reasoning_summary_text.delta", **where, delta=piece)
+        self._emit("response.reasoning_summary_text.done", **where, text=text)
+        part = {"type": "summary_text", "text": text}
+        self._emit("response.reasoning_summary_part.done", **where, part=part)
+        item["summary"] = [{"type": "summary_text", "text": text}]
+        self._emit("response.output_item.done", output_index=index, item=item)
+        return item
+
+    def _message(self, index: int, reply: Reply) -> dict[str, Any]:
+        item_id = self.scripted._next_id("msg")
+        added = {
+            "id": item_id,
+            "type": "message",
+            "status": "in_progress",
+            "content": [],
+            "role": "assistant",
+        }
+        where = {"item_id": item_id, "output_index": index, "content_index": 0}
+        text = reply.text
+        self._emit("response.output_item.added", output_index=index, item=added)
+        part: dict[str, Any] = {
+            "type": "output_text",
+            "annotations": [],
+            "logprobs": [],
+            "text": "",
+        }
+        self._emit("response.content_part.added", **where, part=part)
+        for piece in _pieces(text, reply.chunk_size):
+            self._emit("response.output_text.delta", **where, delta=piece, logprobs=[])
+        self._emit("response.output_text.done", **where, text=text, logprobs=[])
+        part = {**part, "text": text}
+        self._emit("response.content_part.done", **where, part=part)
+        item = {**added, "status": "completed", "content": [part]}
+        self._emit("response.output_item.done", output_index=index, item=item)
+        return item
+
+    def _function_call(self, index: int, call: Call, chunk_size: int) -> dict[str, Any]:
+        item_id = self.scripted._next_id("fc")
+        call_id = call.id if call.id is not None else self.scripted._next_call_id()
+        arguments = _arguments(call)
+        added = {
+            "id": item_id,
+            "type": "function_call",
+            "status": "in_progress",
+            "arguments": "",
+            "call_id": call_id,
+            "name": call.name,
+        }
+        where = {"item_id": item_id, "output_index": index}
+        self._emit("response.output_item.added", output_index=index, item=added)
+        for piece in _pieces(arguments, chunk_size):
+            self._emit("response.function_call_arguments.delta", **where, delta=piece)
+        self._emit("response.function_call_arguments.done", **where, arguments=arguments)
+        item = {**added, "status": "completed", "arguments": arguments}
+        self._emit("response.output_item.done", output_index=index, item=item)
+        return item
+
 
 def _usage(reply: Reply) -> dict[str, int]:
     prompt, completion = reply.usage
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _responses_usage(reply: Reply) -> dict[str, Any]:
+    prompt, completion = reply.usage
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": len(reply.reasoning) // 4},
         "total_tokens": prompt + completion,
     }
