@@ -255,3 +255,22 @@ def apply_selected(
 ) -> gitops.ApplyResult:
     """Bring the accepted hunks into the developer's working tree, three-way, all or nothing."""
     return gitops.apply_changes(repo, base, selection_commit(repo, base, head, accepted))
+
+
+def revert_hunk(text: str, hunk: Hunk) -> str | None:
+    """``text`` (a file that contains the hunk's new side) with the hunk undone, or None.
+
+    Tries the recorded position first, then a unique match of the new side anywhere
+    (the file may have moved on since the diff was taken).
+    """
+    before, after = hunk.sides()
+    lines = text.splitlines(keepends=True)
+    start = hunk.new_start if hunk.new_count == 0 else hunk.new_start - 1
+    if lines[start : start + len(after)] != after:
+        found = [
+            i for i in range(len(lines) - len(after) + 1) if lines[i : i + len(after)] == after
+        ]
+        if len(found) != 1 or not after:
+            return None
+        start = found[0]
+    return "".join(lines[:start] + before + lines[start + len(after) :])

@@ -195,6 +195,24 @@ class UserMessage(Event):
 
 
 @dataclass(frozen=True)
+class ReviewReady(Event):
+    """Green, and waiting for the developer's review (only when the front end asked)."""
+
+    type: ClassVar[str] = "review_ready"
+    iteration: int
+    commit: str | None
+
+
+@dataclass(frozen=True)
+class HunksReverted(Event):
+    """Rejected hunks put back as they were in the sandbox."""
+
+    type: ClassVar[str] = "hunks_reverted"
+    paths: tuple[str, ...]
+    failed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Notice(Event):
     type: ClassVar[str] = "notice"
     level: Literal["info", "warning", "error"]
@@ -245,3 +263,24 @@ class Stop(Command):
 @dataclass(frozen=True)
 class Steer(Command):
     text: str
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A hunk the reviewer rejected; the comment goes back to the model."""
+
+    path: str
+    hunk: Any  # codexloop.core.diff.Hunk
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class Feedback(Command):
+    """Rejected hunks: reverted in the sandbox, told to the model, and the loop goes on."""
+
+    rejections: tuple[Rejection, ...]
+
+
+@dataclass(frozen=True)
+class Finish(Command):
+    """The developer is done reviewing: the session ends as it stands."""

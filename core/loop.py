@@ -27,6 +27,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from codexloop.core import events as ev
 from codexloop.core import gitops
 from codexloop.core.config import Config
+from codexloop.core.diff import revert_hunk
 from codexloop.core.exam import Exam
 from codexloop.core.gitops import ApplyResult
 from codexloop.core.model import (
@@ -81,6 +82,9 @@ class _Control:
     resume: anyio.Event = field(default_factory=anyio.Event)
     stop_reason: str | None = None
     steering: list[str] = field(default_factory=list)
+    feedback: list[ev.Rejection] = field(default_factory=list)
+    finish: bool = False
+    wake: anyio.Event = field(default_factory=anyio.Event)
 
 
 class _Stopped(Exception):
@@ -100,6 +104,7 @@ class Loop:
         write_trace: bool = True,
         accept_all: bool = False,
         base: str | None = None,
+        review: bool = False,
     ) -> None:
         self.config = config
         self.client = client or make_client(config.base_url, config.api_key)
@@ -125,6 +130,7 @@ class Loop:
         self.accept_all = accept_all
         self.base = base  # replay: start from this commit, the exam as recorded
         self.test_outcomes: list[bool] = []
+        self.review = review  # after green, wait for the developer's review (the app)
         self.warm: WarmRunner | None = None
         self.timings: dict[str, list[float]] = {}  # engine phases, for bench/iteration.py
         self._exam_seen: dict[str, bytes | None] = {}
@@ -164,6 +170,12 @@ class Loop:
                     self._work_scope.cancel()
             elif isinstance(command, ev.Steer) and command.text.strip():
                 control.steering.append(command.text.strip())
+            elif isinstance(command, ev.Feedback) and command.rejections:
+                control.feedback.extend(command.rejections)
+                control.wake.set()
+            elif isinstance(command, ev.Finish):
+                control.finish = True
+                control.wake.set()
 
     @contextlib.contextmanager
     def _timed(self, phase: str) -> Iterator[None]:
@@ -342,7 +354,10 @@ class Loop:
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": self._first_message(exam, test_command, baseline)},
         ]
-        for iteration in range(1, config.max_iterations + 1):
+        iteration = 0
+        budget_end = config.max_iterations
+        while iteration < budget_end:
+            iteration += 1
             self._iteration = iteration
             started = time.perf_counter()
             tokens_before = (self.tokens_in, self.tokens_out)
@@ -367,17 +382,53 @@ class Loop:
                 )
             )
             if verdict.passed:
-                return "passed", iteration, ""
+                if not self.review or not await self._await_review(iteration, commit):
+                    return "passed", iteration, ""
+                budget_end = iteration + config.max_iterations  # a fresh budget for the feedback
+                continue
             _compact(messages, compact_from)
             await self._sync_exam(exam)
             note = self._take_exam_note()
             digest = verdict.digest + "\n\nFix the code so the tests pass."
             messages.append({"role": "user", "content": f"{note}\n\n{digest}" if note else digest})
-        return (
-            "failed",
-            config.max_iterations,
-            f"not green after {config.max_iterations} iterations",
+        return "failed", iteration, f"not green after {config.max_iterations} iterations"
+
+    async def _await_review(self, iteration: int, commit: str | None) -> bool:
+        """Green: wait for the developer. True when rejected hunks send the loop on."""
+        control = self._control
+        await self._set_state("green")
+        await self.emit(ev.ReviewReady(iteration, commit))
+        while not control.feedback and not control.finish:
+            await control.wake.wait()
+            control.wake = anyio.Event()
+        return bool(control.feedback)
+
+    async def _apply_feedback(self, messages: list[dict[str, Any]]) -> None:
+        """Revert rejected hunks in the sandbox and tell the model why."""
+        rejections, self._control.feedback = self._control.feedback, []
+        if not rejections:
+            return
+        assert self.sandbox is not None
+        failed = await anyio.to_thread.run_sync(_revert_all, self.sandbox, rejections)
+        await self.emit(
+            ev.HunksReverted(
+                tuple(dict.fromkeys(r.path for r in rejections if r.path not in failed)),
+                tuple(failed),
+            )
         )
+        await self.emit(ev.SandboxChanged(tuple(r.path for r in rejections)))
+        for rejection in rejections:
+            text = f"The reviewer rejected this change of {rejection.path}"
+            text += f": {rejection.comment}" if rejection.comment else "."
+            if rejection.hunk is not None:
+                text += "\n```diff\n" + "\n".join(rejection.hunk.lines) + "\n```"
+            text += (
+                "\nIt could not be reverted automatically: undo it yourself."
+                if rejection.path in failed
+                else "\nIt has been reverted in the sandbox."
+            )
+            messages.append({"role": "user", "content": text})
+            await self.emit(ev.UserMessage(text))
 
     async def _sync_exam(self, exam: Exam) -> None:
         """Notice a change of the exam in the developer's checkout; the model hears of it next."""
@@ -434,6 +485,7 @@ class Loop:
                 messages.append({"role": "user", "content": f"Message from the developer: {text}"})
                 await self.emit(ev.UserMessage(text))
             self._control.steering.clear()
+            await self._apply_feedback(messages)
             await self._set_state("thinking")
             await self.emit(ev.ModelTurnStarted(iteration))
             turn = await self._model_turn(messages)
@@ -581,6 +633,32 @@ class Loop:
         if not verdict.passed:
             await self._set_state("red")
         return verdict
+
+
+def _revert_all(sandbox: Sandbox, rejections: list[ev.Rejection]) -> list[str]:
+    """Undo rejected hunks (or whole files) in the sandbox; return the paths that failed."""
+    failed: list[str] = []
+    for rejection in rejections:
+        path = sandbox.worktree / rejection.path
+        if rejection.hunk is None:  # a whole file: back to the snapshot's version
+            original = gitops.read_blob(sandbox.repo, sandbox.base, rejection.path)
+            if original is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(original)
+            continue
+        try:
+            current = path.read_bytes().decode("utf-8", "surrogateescape")
+        except OSError:
+            failed.append(rejection.path)
+            continue
+        reverted = revert_hunk(current, rejection.hunk)
+        if reverted is None:
+            failed.append(rejection.path)
+        else:
+            path.write_bytes(reverted.encode("utf-8", "surrogateescape"))
+    return failed
 
 
 def _unified(old: bytes | None, new: bytes | None, rel: str) -> str:
