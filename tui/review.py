@@ -1,0 +1,289 @@
+"""Review: the preview branch's change, hunk by hunk; keep what you like.
+
+Files on the left with their counts, hunks on the right, each pending, accepted or
+rejected. ``enter`` applies the accepted hunks to the working tree three-way (a
+conflict changes nothing and is shown); rejected hunks with a comment go back to the
+model, and the loop goes on from there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from codexloop.core import events as ev
+from codexloop.core.diff import FileChange, Hunk, apply_selected, changes
+from codexloop.core.gitops import ApplyResult
+from codexloop.tui.css import stylesheet
+from rich.syntax import Syntax
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Footer, Input, Label, OptionList, Static
+from textual.widgets.option_list import Option
+
+Decision = Literal["pending", "accepted", "rejected"]
+MARKS = {"pending": ("·", "dim"), "accepted": ("✓", "bold green"), "rejected": ("✗", "bold red")}
+
+
+@dataclass
+class Item:
+    """One reviewable piece: a hunk, or a whole file (binary, added, deleted, renamed)."""
+
+    change: FileChange
+    hunk: Hunk | None
+    decision: Decision = "pending"
+    comment: str = ""
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.change.path, self.hunk.index if self.hunk is not None else -1)
+
+    def text(self) -> str:
+        if self.hunk is not None:
+            return "\n".join([self.hunk.header, *self.hunk.lines])
+        change = self.change
+        if change.status == "renamed":
+            return f"renamed {change.old_path} → {change.path}" + "".join(
+                "\n" + "\n".join([h.header, *h.lines]) for h in change.hunks
+            )
+        kind = "binary file" if change.binary else "file"
+        body = "".join("\n" + "\n".join([h.header, *h.lines]) for h in change.hunks)
+        return f"{change.status} {kind} {change.path}{body}"
+
+
+@dataclass
+class ReviewOutcome:
+    """What the review ended with: what was applied, and what goes back to the model."""
+
+    applied: ApplyResult | None
+    kept: int
+    dropped: int
+    feedback: tuple[ev.Rejection, ...] = field(default=())
+
+
+class CommentScreen(ModalScreen[str | None]):
+    """Why the hunk is rejected: this goes to the model as its next instruction."""
+
+    CSS_PATH = stylesheet("review.tcss")
+    BINDINGS: ClassVar = [Binding("escape", "cancel", "Cancel")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="comment-box"):
+            yield Label("Reject with a comment (enter sends it to the model, escape cancels)")
+            yield Input(placeholder="e.g. keep the public signature", id="comment-input")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class HunkView(Static):
+    """One hunk, highlighted, with its decision."""
+
+    def __init__(self, item: Item, number: int) -> None:
+        super().__init__(id=f"hunk-{number}", classes="hunk")
+        self.item = item
+        self.refresh_view()
+
+    def refresh_view(self) -> None:
+        mark, style = MARKS[self.item.decision]
+        title = Text.assemble(
+            (f" {mark} {self.item.decision} ", style), (f" {self.item.change.path}", "bold")
+        )
+        if self.item.comment:
+            title.append(f"  “{self.item.comment}”", style="italic")
+        self.border_title = title
+        self.set_classes(f"hunk {self.item.decision}")
+        self.update(Syntax(self.item.text(), "diff", theme="ansi_dark", word_wrap=True))
+
+
+class ReviewScreen(Screen[ReviewOutcome | None]):
+    """Hunk by hunk: j/k move, a accept, x reject, c reject with a comment, A accept all, enter apply."""
+
+    CSS_PATH = stylesheet("review.tcss")
+    BINDINGS: ClassVar = [
+        Binding("down,j", "move(1)", "Next", priority=True),
+        Binding("up,k", "move(-1)", "Previous", priority=True),
+        Binding("a", "decide('accepted')", "Accept", priority=True),
+        Binding("x", "decide('rejected')", "Reject", priority=True),
+        Binding("c", "comment", "Reject + comment", priority=True),
+        Binding("A", "accept_all", "Accept all", priority=True),
+        Binding("enter", "apply", "Apply", priority=True),
+        Binding("escape", "close", "Back"),
+    ]
+
+    def __init__(self, repo: Path, base: str, head: str) -> None:
+        super().__init__()
+        self.repo = repo
+        self.base = base
+        self.head = head
+        self.items: list[Item] = []
+        self.cursor = 0
+
+    def compose(self) -> ComposeResult:
+        yield Label("Review · loading the change…", id="review-title")
+        with Horizontal(id="review-body"):
+            yield OptionList(id="review-files")
+            yield VerticalScroll(id="review-hunks")
+        yield Label("", id="review-status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#review-files", OptionList).can_focus = False  # keys belong to the hunks
+        self.query_one("#review-hunks", VerticalScroll).focus()
+        self.load()
+
+    @work(thread=True, exclusive=True)
+    def load(self) -> list[FileChange]:
+        return changes(self.repo, self.base, self.head)
+
+    def on_worker_state_changed(self, event: object) -> None:
+        from textual.worker import WorkerState
+
+        worker = getattr(event, "worker", None)
+        if worker is None or getattr(event, "state", None) != WorkerState.SUCCESS:
+            return
+        if worker.name == "load":
+            self._show(worker.result)
+        elif worker.name == "apply_now":
+            self._applied(worker.result)
+
+    def _show(self, found: list[FileChange]) -> None:
+        self.items = []
+        for change in found:
+            if change.whole:
+                self.items.append(Item(change, None))
+            else:
+                self.items.extend(Item(change, hunk) for hunk in change.hunks)
+        files = self.query_one("#review-files", OptionList)
+        files.clear_options()
+        for change in found:
+            added = sum(h.added for h in change.hunks)
+            removed = sum(h.removed for h in change.hunks)
+            label = Text.assemble((change.path, "bold"), f"  +{added} -{removed}")
+            if change.status != "modified" or change.binary:
+                label.append(
+                    f"  {'binary ' if change.binary else ''}{change.status}", style="italic"
+                )
+            files.add_option(Option(label, id=change.path))
+        hunks = self.query_one("#review-hunks", VerticalScroll)
+        hunks.remove_children()
+        hunks.mount_all(HunkView(item, n) for n, item in enumerate(self.items))
+        title = f"Review · {len(found)} files, {len(self.items)} hunks against the snapshot"
+        self.query_one("#review-title", Label).update(
+            title if self.items else "Review · no changes"
+        )
+        self._focus_cursor()
+
+    # -- decisions -----------------------------------------------------------------
+
+    def _view(self, index: int) -> HunkView:
+        return self.query_one(f"#hunk-{index}", HunkView)
+
+    def _focus_cursor(self) -> None:
+        if not self.items:
+            return
+        for n in range(len(self.items)):
+            self._view(n).set_class(n == self.cursor, "cursor")
+        view = self._view(self.cursor)
+        self.query_one("#review-hunks", VerticalScroll).scroll_to_widget(view, animate=False)
+        files = self.query_one("#review-files", OptionList)
+        path = self.items[self.cursor].change.path
+        index = next(
+            (i for i in range(files.option_count) if files.get_option_at_index(i).id == path), None
+        )
+        files.highlighted = index
+        self._update_status()
+
+    def _update_status(self) -> None:
+        counts = {d: sum(i.decision == d for i in self.items) for d in MARKS}
+        self.query_one("#review-status", Label).update(
+            f"hunk {self.cursor + 1} of {len(self.items)} · {counts['accepted']} accepted · "
+            f"{counts['rejected']} rejected · {counts['pending']} pending · enter applies the accepted ones"
+        )
+
+    def action_move(self, step: int) -> None:
+        if self.items:
+            self.cursor = max(0, min(len(self.items) - 1, self.cursor + step))
+            self._focus_cursor()
+
+    def _set(self, decision: Decision, comment: str = "") -> None:
+        if not self.items:
+            return
+        item = self.items[self.cursor]
+        item.decision, item.comment = decision, comment
+        self._view(self.cursor).refresh_view()
+        if self.cursor < len(self.items) - 1:
+            self.cursor += 1
+        self._focus_cursor()
+
+    def action_decide(self, decision: Decision) -> None:
+        self._set(decision)
+
+    def action_comment(self) -> None:
+        if self.items:
+            self.app.push_screen(CommentScreen(), self._commented)
+
+    def _commented(self, comment: str | None) -> None:
+        if comment:
+            self._set("rejected", comment)
+
+    def action_accept_all(self) -> None:
+        for n, item in enumerate(self.items):
+            if item.decision == "pending":
+                item.decision = "accepted"
+                self._view(n).refresh_view()
+        self._update_status()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        index = next(
+            (n for n, i in enumerate(self.items) if i.change.path == event.option.id), None
+        )
+        if index is not None:
+            self.cursor = index
+            self._focus_cursor()
+
+    # -- applying -----------------------------------------------------------------
+
+    def action_apply(self) -> None:
+        if not self.items:
+            self.dismiss(ReviewOutcome(None, 0, 0))
+            return
+        self.query_one("#review-status", Label).update("applying…")
+        self.apply_now({i.key for i in self.items if i.decision == "accepted"})
+
+    @work(thread=True, exclusive=True)
+    def apply_now(self, accepted: set[tuple[str, int]]) -> ApplyResult | None:
+        if not accepted:
+            return None
+        return apply_selected(self.repo, self.base, self.head, accepted)
+
+    def _applied(self, result: ApplyResult | None) -> None:
+        if result is not None and not result.ok:
+            lines = "; ".join(f"{c.path}: {c.reason}" for c in result.conflicts)
+            self.query_one("#review-status", Label).update(
+                Text(
+                    f"nothing applied: conflicts with your working tree ({lines})", style="bold red"
+                )
+            )
+            self.notify(
+                f"Conflict: {lines}. Your working tree is unchanged.", severity="error", timeout=10
+            )
+            return
+        kept = sum(i.decision == "accepted" for i in self.items)
+        feedback = tuple(
+            ev.Rejection(i.change.path, i.hunk, i.comment)
+            for i in self.items
+            if i.decision == "rejected" and i.comment
+        )
+        self.dismiss(ReviewOutcome(result, kept, len(self.items) - kept, feedback))
+
+    def action_close(self) -> None:
+        self.dismiss(None)
