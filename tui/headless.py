@@ -102,7 +102,9 @@ async def headless_session(
 def run_headless(config: Config, *, accept_all: bool = False, loop: Loop | None = None) -> int:
     try:
         return anyio.run(
-            functools.partial(headless_session, config, sys.stdout, accept_all=accept_all, loop=loop)
+            functools.partial(
+                headless_session, config, sys.stdout, accept_all=accept_all, loop=loop
+            )
         )
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
