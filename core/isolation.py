@@ -15,6 +15,7 @@ start-up probe runs the exact flag set once and says which level is in force, an
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -115,7 +116,8 @@ def bwrap_flags(
 
 
 def interpreter_paths(pythons: Iterable[str]) -> list[Path]:
-    """Folders an interpreter needs: its venv, its real installation, codexloop's own."""
+    """Folders an interpreter needs: its venv, its real installation, every folder on its
+    ``sys.path`` (``.pth`` files may point anywhere), and codexloop's own."""
     paths: list[Path] = []
     for python in pythons:
         exe = Path(python)
@@ -123,8 +125,25 @@ def interpreter_paths(pythons: Iterable[str]) -> list[Path]:
         paths.append(venv)
         real = Path(os.path.realpath(exe))
         paths.append(real.parent.parent)
+        paths.extend(_sys_path(python))
     paths += [Path(sys.prefix), Path(os.path.realpath(sys.base_prefix))]
     return list(dict.fromkeys(p for p in paths if p.exists()))
+
+
+def _sys_path(python: str) -> list[Path]:
+    code = "import json, sys; print(json.dumps([p for p in sys.path if p]))"
+    try:
+        done = subprocess.run(
+            [python, "-I", "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            stdin=subprocess.DEVNULL,
+        )
+        entries = json.loads(done.stdout) if done.returncode == 0 else []
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return []
+    return [Path(os.path.realpath(p)) for p in entries if Path(p).is_dir()]
 
 
 def path_dirs(path_variable: str) -> list[Path]:

@@ -24,6 +24,17 @@ import sys
 
 # Modules under these roots are the project's: never imported by the server itself.
 PROJECT_ROOTS: list[str] = []
+# pytest plugins (entry points): pytest imports them itself, and warns if they come preloaded.
+PLUGIN_PACKAGES: set[str] = set()
+
+
+def _plugin_packages() -> set[str]:
+    try:
+        from importlib.metadata import entry_points
+
+        return {ep.value.split(":")[0].split(".")[0] for ep in entry_points(group="pytest11")}
+    except Exception:
+        return set()
 
 
 def _third_party(names: list[str]) -> list[str]:
@@ -34,7 +45,7 @@ def _third_party(names: list[str]) -> list[str]:
         path = getattr(module, "__file__", None) or ""
         if not path or any(os.path.realpath(path).startswith(root) for root in PROJECT_ROOTS):
             continue
-        if name.startswith(("_pytest.assertion.rewrite",)):
+        if name.split(".")[0] in PLUGIN_PACKAGES or name.startswith("_pytest.assertion.rewrite"):
             continue
         keep.append(name)
     return keep
@@ -149,5 +160,6 @@ def serve(path: str) -> None:
 
 if __name__ == "__main__":
     PROJECT_ROOTS.extend(os.path.realpath(p) + os.sep for p in sys.argv[2:])
+    PLUGIN_PACKAGES.update(_plugin_packages())
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     serve(sys.argv[1])
