@@ -11,6 +11,8 @@ import shutil
 import socket
 import sys
 import threading
+import time
+import uuid
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -143,10 +145,19 @@ async def test_the_exam_and_git_pointer_are_read_only_inside(sandbox: Sandbox) -
 
 
 async def test_no_process_outlives_its_command(sandbox: Sandbox) -> None:
-    marker = "codexloop-survivor-test"
-    await run(sandbox, f"setsid nohup sleep 300 --{marker} >/dev/null 2>&1 & echo started")
-    survivors = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, marker)]
-    assert survivors == []
+    marker = f"codexloop-survivor-{uuid.uuid4().hex}"
+    result = await run(
+        sandbox, f"(exec -a {marker} setsid nohup sleep 300 >/dev/null 2>&1 &); echo started"
+    )
+    assert "started" in result.output
+
+    def survivors() -> list[Path]:
+        return [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, marker)]
+
+    deadline = time.monotonic() + 5  # SIGKILL is delivered asynchronously: wait, bounded
+    while survivors() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert survivors() == []
 
 
 def _cmdline_has(proc: Path, needle: str) -> bool:
