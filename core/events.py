@@ -149,6 +149,13 @@ class ExamChanged(Event):
 
 
 @dataclass(frozen=True)
+class TargetsChanged(Event):
+    type: ClassVar[str] = "targets_changed"
+    targets: tuple[str, ...]
+    test_command: str
+
+
+@dataclass(frozen=True)
 class TestStarted(Event):
     type: ClassVar[str] = "test_started"
     __test__: ClassVar[bool] = False
@@ -263,6 +270,14 @@ class Stop(Command):
 @dataclass(frozen=True)
 class Steer(Command):
     text: str
+
+
+@dataclass(frozen=True)
+class SetTargets(Command):
+    """New targets (checked by the front end, e.g. with config.resolve_targets)."""
+
+    targets: tuple[str, ...]
+    files: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,10 @@ class Exam:
     def __post_init__(self) -> None:
         self._targets = frozenset(self.target_files)
 
+    def set_targets(self, target_files: tuple[str, ...]) -> None:
+        self.target_files = target_files
+        self._targets = frozenset(target_files)
+
     def protection(self, rel: str) -> str | None:
         """Why ``rel`` (posix, relative to the sandbox root) may not be touched, or None."""
         path = PurePosixPath(rel)

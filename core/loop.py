@@ -13,6 +13,7 @@ Front ends consume :mod:`codexloop.core.events` from a memory stream and send
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import math
 import time
@@ -85,6 +86,7 @@ class _Control:
     feedback: list[ev.Rejection] = field(default_factory=list)
     finish: bool = False
     wake: anyio.Event = field(default_factory=anyio.Event)
+    targets: ev.SetTargets | None = None
 
 
 class _Stopped(Exception):
@@ -173,6 +175,8 @@ class Loop:
             elif isinstance(command, ev.Feedback) and command.rejections:
                 control.feedback.extend(command.rejections)
                 control.wake.set()
+            elif isinstance(command, ev.SetTargets) and command.targets:
+                control.targets = command
             elif isinstance(command, ev.Finish):
                 control.finish = True
                 control.wake.set()
@@ -215,7 +219,9 @@ class Loop:
         self.sandbox = sandbox
         exam = Exam(config.repo, sandbox.base, config.target_files, from_checkout=self.base is None)
         python = find_python(config.repo)
-        test_command = config.test_cmd or default_command(python, config.targets)
+        self.python = python
+        self.test_command = config.test_cmd or default_command(python, config.targets)
+        test_command = self.test_command
         with self._timed("isolation probe"):
             isolation = await anyio.to_thread.run_sync(
                 lambda: sandbox.isolate(
@@ -274,7 +280,7 @@ class Loop:
                     tg.start_soon(self._read_commands, commands)
                 with anyio.CancelScope() as self._work_scope:
                     try:
-                        status, iterations, reason = await self._iterate(exam, tools, test_command)
+                        status, iterations, reason = await self._iterate(exam, tools)
                     except _Stopped:
                         status, reason = "stopped", self._control.stop_reason or "stopped"
                     except ModelError as exc:
@@ -342,17 +348,15 @@ class Loop:
                 )
             )
 
-    async def _iterate(
-        self, exam: Exam, tools: Tools, test_command: str
-    ) -> tuple[ev.FinalStatus, int, str]:
+    async def _iterate(self, exam: Exam, tools: Tools) -> tuple[ev.FinalStatus, int, str]:
         config = self.config
-        baseline = await self._run_tests(0, exam, test_command)
+        baseline = await self._run_tests(0, exam)
         if baseline.passed:
             await self.emit(ev.Notice("info", "the target tests already pass: nothing to do"))
             return "passed", 0, "already green"
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": self._first_message(exam, test_command, baseline)},
+            {"role": "user", "content": self._first_message(exam, baseline)},
         ]
         iteration = 0
         budget_end = config.max_iterations
@@ -365,7 +369,7 @@ class Loop:
             compact_from = len(messages)
             await self._model_work(iteration, messages, tools)
             await self.checkpoint()
-            verdict = await self._run_tests(iteration, exam, test_command)
+            verdict = await self._run_tests(iteration, exam)
             with self._timed("commit"):
                 commit = await anyio.to_thread.run_sync(
                     self.sandbox.commit,  # type: ignore[union-attr]
@@ -392,6 +396,20 @@ class Loop:
             digest = verdict.digest + "\n\nFix the code so the tests pass."
             messages.append({"role": "user", "content": f"{note}\n\n{digest}" if note else digest})
         return "failed", iteration, f"not green after {config.max_iterations} iterations"
+
+    async def _apply_targets(self, exam: Exam) -> None:
+        """New targets from the developer, at a safe point: same protection, new test command."""
+        change, self._control.targets = self._control.targets, None
+        if change is None:
+            return
+        self.config = dataclasses.replace(
+            self.config, targets=change.targets, target_files=change.files
+        )
+        exam.set_targets(change.files)
+        if self.config.test_cmd is None:
+            self.test_command = default_command(self.python, change.targets)
+        await self.emit(ev.TargetsChanged(change.targets, self.test_command))
+        await self._sync_exam(exam)
 
     async def _await_review(self, iteration: int, commit: str | None) -> bool:
         """Green: wait for the developer. True when rejected hunks send the loop on."""
@@ -455,13 +473,13 @@ class Loop:
         note, self._exam_note = self._exam_note, None
         return note
 
-    def _first_message(self, exam: Exam, test_command: str, baseline: Verdict) -> str:
+    def _first_message(self, exam: Exam, baseline: Verdict) -> str:
         config = self.config
         parts = []
         if config.task:
             parts.append(f"Task from the developer: {config.task}\n")
         parts.append("Target tests (all must pass): " + ", ".join(config.targets))
-        parts.append(f"Test command (run by the engine): {test_command}\n")
+        parts.append(f"Test command (run by the engine): {self.test_command}\n")
         for rel in config.target_files:
             self._exam_seen[rel] = exam.original(rel)
             source = (self._exam_seen[rel] or b"").decode("utf-8", errors="replace")
@@ -478,6 +496,7 @@ class Loop:
         calls_left = self.config.max_tool_calls
         while True:
             await self.checkpoint()
+            await self._apply_targets(tools.exam)
             await self._sync_exam(tools.exam)
             if (note := self._take_exam_note()) is not None:
                 messages.append({"role": "user", "content": note})
@@ -579,7 +598,9 @@ class Loop:
             command, timeout=self.config.command_timeout, on_output=on_output
         )
 
-    async def _run_tests(self, iteration: int, exam: Exam, test_command: str) -> Verdict:
+    async def _run_tests(self, iteration: int, exam: Exam) -> Verdict:
+        await self._apply_targets(exam)
+        test_command = self.test_command
         sandbox = self.sandbox
         assert sandbox is not None
         with self._timed("exam check and restore"):

@@ -62,3 +62,71 @@ async def test_an_untouched_exam_sends_no_change_note(make_repo, scripted_openai
     assert result.status == "passed"
     assert of_type(events, ev.ExamChanged) == []
     assert all("changed the exam" not in user_texts(r) for r in scripted_openai.requests)
+
+
+async def test_a_target_added_mid_loop_is_protected_run_and_shown_to_the_model(
+    make_repo, scripted_openai
+) -> None:
+    import anyio
+    from codexloop.core.config import resolve_targets
+    from codexloop.core.loop import Loop, event_channel
+
+    sub = "from calc import sub\n\n\ndef test_sub():\n    assert sub(5, 3) == 2\n"
+    repo = make_repo({**KATA, "tests/test_sub.py": sub})
+    targets, files = resolve_targets(
+        repo, repo, ("tests/test_calc.py::test_add", "tests/test_sub.py::test_sub")
+    )
+    commands_send, commands_receive = event_channel()
+
+    def add_a_target_while_the_model_works(request: dict[str, Any]) -> Reply:
+        commands_send.send_nowait(ev.SetTargets(targets, files))
+        return Reply(tool_calls=[edit("calc.py", "a - b", "a + b")])
+
+    scripted_openai.add(
+        add_a_target_while_the_model_works,
+        Reply(text="add fixed"),
+        Reply(
+            tool_calls=[
+                Call(
+                    "write_file", {"path": "tests/test_sub.py", "content": "def test_sub(): pass\n"}
+                )
+            ]
+        ),
+        Reply(
+            tool_calls=[
+                Call(
+                    "write_file",
+                    {
+                        "path": "calc.py",
+                        "content": KATA["calc.py"].replace("a - b", "a + b")
+                        + "\n\ndef sub(a, b):\n    return a - b\n",
+                    },
+                )
+            ]
+        ),
+        Reply(text="sub added"),
+    )
+    loop = Loop(make_config(repo, scripted_openai.base_url), backoff=(0.0,))
+    send, receive = event_channel()
+    events: list[ev.Event] = []
+
+    async def collect() -> None:
+        async with receive:
+            async for event in receive:
+                events.append(event)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(collect)
+        async with send:
+            result = await loop.run(send, commands_receive)
+    assert result.status == "passed" and result.iterations == 2
+    changed = of_type(events, ev.TargetsChanged)
+    assert (
+        changed
+        and changed[0].targets == targets
+        and "tests/test_sub.py::test_sub" in changed[0].test_command
+    )
+    # Iteration 1 fixed add but not sub: red, because sub is now part of the exam.
+    assert [f.passed for f in of_type(events, ev.TestFinished)] == [False, False, True]
+    assert [r.refused for r in of_type(events, ev.ToolResult)] == [False, True, False]
+    assert "def test_sub" in user_texts(scripted_openai.requests[2])
