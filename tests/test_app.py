@@ -1,0 +1,609 @@
+"""The app, driven by Pilot against the scripted OpenAI server; snapshots at 120x40."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+import shlex
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from codexloop.core import events as ev
+from codexloop.core.config import Config
+from codexloop.core.loop import Loop
+from codexloop.tui.app import CodexloopApp, run_app
+from codexloop.tui.diff_pane import diff_stats, highlight_diff
+from codexloop.tui.linebuffer import LineBuffer
+from codexloop.tui.review import ReviewScreen
+from codexloop.tui.screens import DiffScreen, HelpScreen, IterationScreen, MessageScreen, QuitScreen
+from codexloop.tui.terminal_pane import TerminalPane, short_command
+from loophelpers import KATA, make_config, user_texts
+from scripted_openai import Call, Reply
+from textual.app import App, ComposeResult
+from textual.pilot import Pilot
+from textual.worker import WorkerFailed
+
+SESSION = "test_add"
+
+
+def edit(old: str, new: str) -> Call:
+    return Call("edit_file", {"path": "calc.py", "old_text": old, "new_text": new})
+
+
+class StableLoop(Loop):
+    """A loop whose events carry nothing that changes between runs (for snapshots)."""
+
+    async def emit(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Notice) and "isolation" in event.message:
+            return  # machine-dependent: bubblewrap may or may not be available
+        if isinstance(event, ev.LoopStarted):
+            event = dataclasses.replace(event, isolation="full", isolation_reason="")
+        elif isinstance(event, ev.TestStarted):
+            event = dataclasses.replace(event, command=f"python -m pytest -q {SESSION}")
+        elif isinstance(event, ev.TestOutput):
+            event = ev.TestOutput(re.sub(r" in \d+\.\d+s", " in 0.01s", event.text))
+        elif isinstance(event, ev.TestFinished | ev.IterationFinished):
+            event = dataclasses.replace(event, duration_s=0.5)
+        await super().emit(event)
+
+
+# Snapshots: no third-party pytest plugins in the sandboxed run (their warnings vary by machine).
+STABLE_TEST_CMD = (
+    f"PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 {shlex.quote(sys.executable)} -m pytest -q --color=yes "
+    "-p no:cacheprovider -p no:warnings --rootdir=. tests/test_calc.py::test_add"
+)
+
+
+def stable_config(repo: Path, base_url: str, **overrides: Any) -> Config:
+    return make_config(repo, base_url, test_cmd=STABLE_TEST_CMD, **overrides)
+
+
+def make_app(config: Config, *, stable: bool = False) -> CodexloopApp:
+    kind = StableLoop if stable else Loop
+
+    def factory(cfg: Config) -> Loop:
+        return kind(cfg, name=SESSION, backoff=(0.0,))
+
+    return CodexloopApp(config, loop_factory=factory, clock=lambda: 0.0)
+
+
+def red_then_green() -> list[Reply]:
+    return [
+        Reply(text="The test wants 5; maybe it multiplies.", tool_calls=[edit("a - b", "a * b")]),
+        Reply(text="Now add multiplies."),
+        Reply(text="6 is not 5: it must add.", tool_calls=[edit("a * b", "a + b")]),
+        Reply(text="Now add adds."),
+    ]
+
+
+async def finish(app: CodexloopApp, pilot: Pilot[Any]) -> ev.LoopFinished:
+    finished = await app.wait_for_event(ev.LoopFinished)
+    await app.settle()
+    await pilot.pause()
+    return finished
+
+
+async def stop(app: CodexloopApp, pilot: Pilot[Any]) -> None:
+    """Leave a test with the loop stopped cleanly (a held reply is abandoned)."""
+    if app.loop_running:
+        app.stop_then_exit("test over")
+        await app.wait_for_event(ev.LoopFinished)
+        await pilot.pause()
+
+
+pytestmark = pytest.mark.anyio
+
+
+# -- the loop in the app ----------------------------------------------------------------------
+
+
+async def test_runs_to_green_with_all_panes_filled(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(*red_then_green())
+    app = make_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        finished = await finish(app, pilot)
+        assert finished.status == "passed" and finished.iterations == 2
+        assert "assert add(2, 3) == 5" in app.exam_pane.text
+        model = app.model_pane.text
+        assert "The test wants 5; maybe it multiplies." in model
+        assert "edit_file" in model and "iteration 2 of 10" in model
+        terminal = app.terminal_pane.text
+        assert "assert -1 == 5" in terminal and "assert 6 == 5" in terminal
+        assert "1 passed" in terminal
+        assert "generated xml file" not in terminal
+        assert "+    return a + b" in app.diff_pane.text
+        assert "-    return a - b" in app.diff_pane.text
+        assert app.diff_pane.border_subtitle == "1 file · +1 −1"
+        assert [r.passed for r in app.timeline.records.values()] == [False, False, True]
+        status = app.status_line.render_info().plain
+        assert "GREEN" in status and "iteration 2/10" in status
+        assert "tokens 400 in · 80 out" in status
+        await pilot.press("q")  # finished: quits at once
+        await pilot.pause()
+    assert app.exit_status == 0 and app.return_code == 0
+    assert "green after 2 iteration(s)" in app.summary()
+
+
+async def test_budget_spent_ends_red_and_exits_1(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(
+        Reply(tool_calls=[edit("a - b", "a * b")]),
+        Reply(text="Multiplies."),
+        Reply(tool_calls=[edit("a * b", "a ** b")]),
+        Reply(text="Raises."),
+    )
+    app = make_app(make_config(repo, scripted_openai.base_url, max_iterations=2))
+    async with app.run_test(size=(120, 40)) as pilot:
+        finished = await finish(app, pilot)
+        assert finished.status == "failed"
+        assert "RED" in app.status_line.render_info().plain
+        assert "+    return a ** b" in app.diff_pane.text
+        await pilot.press("q")
+        await pilot.pause()
+    assert app.exit_status == 1
+
+
+async def test_pause_shows_pausing_then_paused_then_resumes(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    hold = threading.Event()
+    scripted_openai.add(
+        Reply(
+            text="Reading first.", tool_calls=[Call("read_file", {"path": "calc.py"})], hold=hold
+        ),
+        Reply(tool_calls=[edit("a - b", "a + b")]),
+        Reply(text="Fixed."),
+    )
+    app = make_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.wait_for_event(ev.ModelTurnStarted)
+        await pilot.press("space")
+        assert app.status_line.info.transition == "pausing…"
+        assert "PAUSING…" in app.status_line.render_info().plain  # shown at once
+        hold.set()  # the turn ends; the engine pauses at its next safe point
+        await app.wait_for_event(ev.StateChanged, lambda e: e.state == "paused")
+        await pilot.pause()
+        assert "PAUSED" in app.status_line.render_info().plain
+        assert len(scripted_openai.requests) == 1  # no model turn while paused
+        await pilot.press("space")
+        await app.wait_for_event(ev.ModelTurnStarted, lambda e: len(scripted_openai.requests) > 1)
+        assert "PAUSED" not in app.status_line.render_info().plain
+        finished = await finish(app, pilot)
+        assert finished.status == "passed"
+
+
+async def test_a_message_reaches_the_next_model_request(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    hold = threading.Event()
+    scripted_openai.add(
+        Reply(text="Looking.", tool_calls=[Call("read_file", {"path": "calc.py"})], hold=hold),
+        Reply(tool_calls=[edit("a - b", "a + b")]),
+        Reply(text="Fixed."),
+    )
+    app = make_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.wait_for_event(ev.ModelTurnStarted)
+        await pilot.press("m")
+        assert isinstance(app.screen, MessageScreen)
+        await pilot.press(*"use plus")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert not isinstance(app.screen, MessageScreen)
+        hold.set()
+        await app.wait_for_event(ev.UserMessage)
+        await finish(app, pilot)
+        assert "Message from the developer: use plus" in user_texts(scripted_openai.requests[1])
+        assert "Message from the developer" not in user_texts(scripted_openai.requests[0])
+        assert "you" in app.model_pane.text and "use plus" in app.model_pane.text
+
+
+async def test_escape_cancels_a_message(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    hold = threading.Event()
+    scripted_openai.add(Reply(text="Thinking.", hold=hold))
+    app = make_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.wait_for_event(ev.ModelTurnStarted)
+        await pilot.press("m", "x", "escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, MessageScreen)
+        await stop(app, pilot)
+    assert not any("Message from the developer" in user_texts(r) for r in scripted_openai.requests)
+
+
+async def test_quit_while_running_asks_and_names_the_branch(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    hold = threading.Event()
+    scripted_openai.add(Reply(text="Thinking hard.", hold=hold))
+    app = make_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        started = await app.wait_for_event(ev.LoopStarted)
+        await app.wait_for_event(ev.ModelTurnStarted)
+        await pilot.press("q")
+        await pilot.pause()
+        assert isinstance(app.screen, QuitScreen)
+        shown = str(app.screen.query_one("#quit-where").render())
+        assert f"codexloop/{SESSION}" in shown and started.branch in shown
+        assert started.worktree in shown
+        await pilot.press("n")  # keep going
+        await pilot.pause()
+        assert not isinstance(app.screen, QuitScreen) and app.loop_running
+        await pilot.press("q")
+        await pilot.pause()
+        await pilot.press("y")
+        finished = await app.wait_for_event(ev.LoopFinished)
+        await pilot.pause()
+        assert finished.status == "stopped"
+    assert app.exit_status == 1 and app.return_code == 1
+
+
+async def test_ctrl_c_stops_the_loop_and_exits_130(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    hold = threading.Event()
+    scripted_openai.add(Reply(text="Thinking hard.", hold=hold))
+    app = make_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.wait_for_event(ev.ModelTurnStarted)
+        await pilot.press("ctrl+c")
+        finished = await app.wait_for_event(ev.LoopFinished)
+        await pilot.pause()
+        assert finished.status == "stopped" and finished.reason == "interrupted"
+    assert app.exit_status == 130 and app.return_code == 130
+
+
+async def test_help_screen_opens_and_closes(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(Reply(tool_calls=[edit("a - b", "a + b")]), Reply(text="Fixed."))
+    app = make_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+        await pilot.press("f1")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        await finish(app, pilot)
+
+
+async def workers_named(app: CodexloopApp, pilot: Pilot[Any], *names: str) -> None:
+    """Wait for the named workers (the loop's own keep running while it awaits review)."""
+    running = [w for w in app.workers if w.name in names]
+    if running:  # (finished workers leave the manager; an empty list would mean all of them)
+        await app.workers.wait_for_complete(running)
+    await pilot.pause()
+
+
+def review_app(config: Config) -> CodexloopApp:
+    return CodexloopApp(
+        config,
+        loop_factory=lambda cfg: Loop(cfg, name=SESSION, backoff=(0.0,), review=True),
+        clock=lambda: 0.0,
+    )
+
+
+async def test_review_after_green_applies_the_accepted_hunks(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(Reply(tool_calls=[edit("a - b", "a + b")]), Reply(text="Fixed."))
+    app = review_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.wait_for_event(ev.ReviewReady)
+        await pilot.pause()
+        assert app.loop_running  # green, and the loop waits for the review
+        assert "v to review · q to finish" in app.status_line.render_info().plain
+        await pilot.press("v")
+        await pilot.pause()
+        assert isinstance(app.screen, ReviewScreen)
+        await workers_named(app, pilot, "load")
+        await pilot.press("A", "enter")
+        await workers_named(app, pilot, "apply_now")
+        finished = await app.wait_for_event(ev.LoopFinished)  # applied, no comment: finished
+        await pilot.pause()
+        assert finished.status == "passed"
+        assert not isinstance(app.screen, ReviewScreen)
+        assert (repo / "calc.py").read_text().endswith("return a + b\n")
+        await pilot.press("q")
+        await pilot.pause()
+    assert app.exit_status == 0
+
+
+async def test_a_rejected_hunk_with_a_comment_sends_the_loop_on(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(
+        Reply(tool_calls=[edit("a - b", "a + b")]),
+        Reply(text="Fixed."),
+        Reply(tool_calls=[edit("a - b", "b + a")]),
+        Reply(text="Operands swapped, as asked."),
+    )
+    app = review_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.wait_for_event(ev.ReviewReady)
+        await pilot.press("v")
+        await pilot.pause()
+        await workers_named(app, pilot, "load")
+        await pilot.press("c")
+        await pilot.pause()
+        await pilot.press(*"write b + a", "enter")
+        await pilot.pause()
+        await pilot.press("enter")  # apply: nothing accepted, one comment for the model
+        await workers_named(app, pilot, "apply_now")
+        await app.wait_for_event(ev.HunksReverted)
+        await app.wait_for_event(ev.ReviewReady, lambda e: e.iteration == 2)
+        assert "The reviewer rejected this change of calc.py: write b + a" in user_texts(
+            scripted_openai.requests[2]
+        )
+        assert "rejected hunks reverted in calc.py" in app.model_pane.text
+        await pilot.press("q")  # green again: q finishes the session, no question asked
+        finished = await app.wait_for_event(ev.LoopFinished)
+        await pilot.pause()
+        assert finished.status == "passed"
+    assert app.exit_status == 0
+    assert (repo / "calc.py").read_text() == KATA["calc.py"]  # nothing accepted, nothing applied
+
+
+async def test_review_before_anything_is_recorded_shows_the_live_diff(
+    make_repo, scripted_openai
+) -> None:
+    repo = make_repo(KATA)
+    hold = threading.Event()
+    scripted_openai.add(Reply(tool_calls=[edit("a - b", "a + b")]), Reply(text="Fi", hold=hold))
+    app = make_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.wait_for_event(ev.SandboxChanged)
+        await app.settle()
+        assert "+    return a + b" in app.diff_pane.text
+        await pilot.press("v")
+        await pilot.pause()
+        assert isinstance(app.screen, DiffScreen)
+        assert "+    return a + b" in app.screen.query_one("#diff-full", LineBuffer).text
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, DiffScreen)
+        await stop(app, pilot)
+
+
+async def test_timeline_selection_shows_that_iterations_output_and_diff(
+    make_repo, scripted_openai
+) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(*red_then_green())
+    app = make_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await finish(app, pilot)
+        app.timeline.focus()
+        app.timeline.highlighted = 1  # iteration 1 (0 is the baseline)
+        await pilot.press("enter")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, IterationScreen) and screen.record.iteration == 1
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert "assert 6 == 5" in screen.query_one("#iteration-output", LineBuffer).text
+        diff = screen.query_one("#iteration-diff", LineBuffer).text
+        assert "+    return a * b" in diff and "a + b" not in diff
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, IterationScreen)
+
+
+async def test_command_palette_offers_the_actions(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(Reply(tool_calls=[edit("a - b", "a + b")]), Reply(text="Fixed."))
+    app = make_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for wanted in (
+            "Pause / resume the loop",
+            "Message the model",
+            "Review the change",
+            "Keys",
+            "Stop the loop and quit",
+        ):
+            assert wanted in titles
+        await finish(app, pilot)
+
+
+async def test_small_terminals_hide_the_timeline_and_t_toggles_it(
+    make_repo, scripted_openai
+) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(Reply(tool_calls=[edit("a - b", "a + b")]), Reply(text="Fixed."))
+    app = make_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await finish(app, pilot)
+        assert not app.timeline.display
+        for pane in (app.exam_pane, app.model_pane, app.terminal_pane, app.diff_pane):
+            assert pane.size.width >= 30 and pane.size.height >= 6
+        await pilot.press("t")
+        assert app.timeline.display
+        await pilot.resize_terminal(200, 50)
+        await pilot.pause()
+        assert app.timeline.display
+
+
+async def test_a_loop_that_cannot_start_is_reported_not_crashed(tmp_path: Path) -> None:
+    config = Config(
+        repo=tmp_path,
+        targets=("tests/test_x.py",),
+        model="m",
+        base_url="http://127.0.0.1:9/v1",
+        api_key="k",
+        target_files=("tests/test_x.py",),
+    )
+    app = make_app(config)  # tmp_path is not a git checkout: the sandbox cannot be created
+    async with app.run_test(size=(120, 40)) as pilot:
+        with contextlib.suppress(WorkerFailed):
+            await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert app.failure is not None and "the loop failed" in app.failure
+        assert "RED" in app.status_line.render_info().plain
+        assert "cannot read" in app.exam_pane.text
+        await pilot.press("q")
+        await pilot.pause()
+    assert app.exit_status == 1
+
+
+async def test_an_exam_changed_by_the_developer_is_shown_again(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    app = CodexloopApp(make_config(repo, scripted_openai.base_url), autostart=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await workers_named(app, pilot, "exam")
+        assert "assert add(2, 3) == 5" in app.exam_pane.text
+        (repo / "tests" / "test_calc.py").write_text(
+            KATA["tests/test_calc.py"] + "    assert add(1, 1) == 2\n"
+        )
+        app.handle_event(ev.ExamChanged(("tests/test_calc.py",), "+    assert add(1, 1) == 2\n"))
+        await workers_named(app, pilot, "exam")
+        assert "assert add(1, 1) == 2" in app.exam_pane.text
+        assert "you changed the exam: tests/test_calc.py" in app.model_pane.text
+
+
+def test_run_app_refuses_an_unreachable_endpoint(make_repo, capsys) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    repo = make_repo(KATA)
+    config = make_config(repo, f"http://127.0.0.1:{port}/v1")
+    assert run_app(config) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("codexloop: error: cannot reach")
+
+
+# -- the line buffer and the panes' pieces ----------------------------------------------------------
+
+
+class BufferApp(App[None]):
+    def __init__(self, buffer: LineBuffer) -> None:
+        super().__init__()
+        self.buffer = buffer
+
+    def compose(self) -> ComposeResult:
+        yield self.buffer
+
+
+async def test_line_buffer_streams_fragments_into_lines() -> None:
+    buffer = LineBuffer(max_lines=100)
+    async with BufferApp(buffer).run_test(size=(40, 10)) as pilot:
+        for piece in ("Hel", "lo wor", "ld\nsecond", " line\n\nthird"):
+            buffer.write(piece)
+        assert buffer.text == ""  # queued until the frame flush
+        assert buffer.flush()
+        assert buffer.text == "Hello world\nsecond line\n\nthird"
+        buffer.write_line("tool", tag="t1")
+        buffer.replace_line("t1", "tool done")
+        buffer.replace_line("t9", "other")
+        buffer.flush()
+        assert buffer.text.splitlines()[-3:] == ["third", "tool done", "other"]
+        await pilot.pause()
+        assert buffer.is_vertical_scroll_end
+
+
+async def test_line_buffer_wraps_to_width_and_rewraps_on_resize() -> None:
+    buffer = LineBuffer()
+    async with BufferApp(buffer).run_test(size=(21, 10)) as pilot:
+        buffer.write("word " * 20)
+        buffer.flush()
+        await pilot.pause()
+        width = buffer.scrollable_content_region.width
+        rows = buffer.virtual_size.height
+        assert rows >= 100 // width
+        await pilot.resize_terminal(41, 10)
+        await pilot.pause()
+        assert buffer.virtual_size.height < rows
+
+
+async def test_line_buffer_keeps_bounded_history() -> None:
+    buffer = LineBuffer(max_lines=1_000)
+    async with BufferApp(buffer).run_test(size=(40, 10)):
+        for n in range(5_000):
+            buffer.write(f"line {n}\n")
+            if n % 100 == 0:
+                buffer.flush()
+        buffer.flush()
+        assert buffer.line_count <= 1_100
+        assert buffer.text.splitlines()[-1] == "line 4999"
+        assert buffer.virtual_size.height == buffer.line_count
+
+
+async def test_terminal_pane_keeps_colours_and_handles_carriage_returns() -> None:
+    pane = TerminalPane()
+    async with BufferApp(pane).run_test(size=(60, 10)):
+        pane.write("\x1b[31mFAILED\x1b[0m tests/test_x.py\r")
+        pane.write("\nprogress 10%\rprogress 100%\n")
+        pane.write("----- generated xml file: /tmp/x/junit-1.xml -----\nafter\n")
+        pane.flush()
+        assert pane.text == "FAILED tests/test_x.py\nprogress 100%\nafter"
+        first = pane._lines[0]
+        assert [str(span.style) for span in first.spans] == ["color(1)"]  # ANSI red, kept
+
+
+def test_diff_highlighting_marks_lines_and_counts_them() -> None:
+    diff = (
+        "diff --git a/calc.py b/calc.py\nindex 1..2 100644\n--- a/calc.py\n+++ b/calc.py\n"
+        "@@ -1,2 +1,2 @@\n def add(a, b):\n-    return a - b\n+    return a + b\n"
+    )
+    lines = highlight_diff(diff)
+    assert lines[0].plain.startswith("━━ calc.py")
+    assert [line.plain for line in lines[-2:]] == ["-    return a - b", "+    return a + b"]
+    assert diff_stats(diff) == (1, 1, 1)
+
+
+def test_short_command_names_the_interpreter() -> None:
+    assert short_command("/x/.venv/bin/python -m pytest -q t.py") == "python -m pytest -q t.py"
+    assert short_command("make test") == "make test"
+
+
+# -- snapshots at 120x40 ---------------------------------------------------------------------------
+
+
+def test_snapshot_running(make_repo, scripted_openai, snap_compare) -> None:
+    repo = make_repo(KATA)
+    hold = threading.Event()
+    scripted_openai.add(
+        Reply(
+            text="The test wants add(2, 3) == 5 and gets -1: the operator is wrong.",
+            tool_calls=[edit("a - b", "a + b")],
+        ),
+        Reply(text="Fixed the operator: add returns a + b now.", chunk_size=20, hold=hold),
+    )
+    app = make_app(stable_config(repo, scripted_openai.base_url), stable=True)
+
+    async def running(pilot: Pilot[Any]) -> None:
+        await app.wait_until(lambda: "Fixed the operator: " in app.model_pane.text)
+        await app.settle()
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(120, 40), run_before=running)
+
+
+def test_snapshot_red(make_repo, scripted_openai, snap_compare) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(
+        Reply(text="Perhaps it multiplies.", tool_calls=[edit("a - b", "a * b")]),
+        Reply(text="Now add multiplies."),
+        Reply(text="Or a power.", tool_calls=[edit("a * b", "a ** b")]),
+        Reply(text="Now add raises a to b."),
+    )
+    app = make_app(stable_config(repo, scripted_openai.base_url, max_iterations=2), stable=True)
+
+    async def red(pilot: Pilot[Any]) -> None:
+        await finish(app, pilot)
+
+    assert snap_compare(app, terminal_size=(120, 40), run_before=red)
+
+
+def test_snapshot_green(make_repo, scripted_openai, snap_compare) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(*red_then_green())
+    app = make_app(stable_config(repo, scripted_openai.base_url), stable=True)
+
+    async def green(pilot: Pilot[Any]) -> None:
+        await finish(app, pilot)
+
+    assert snap_compare(app, terminal_size=(120, 40), run_before=green)

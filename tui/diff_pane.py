@@ -1,0 +1,117 @@
+"""The diff: what the sandbox changed against the base snapshot, file by file, highlighted."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from codexloop.tui.linebuffer import LineBuffer
+from pygments.lexers import get_lexer_for_filename
+from pygments.util import ClassNotFound
+from rich.syntax import Syntax
+from rich.text import Text
+
+SYNTAX_THEME = "ansi_dark"
+HIGHLIGHT_LINES = 4_000
+"""Beyond this many lines a diff is coloured by line kind only (no code highlighting)."""
+
+ADDED_BG = "on #0d2d1a"
+REMOVED_BG = "on #3a1114"
+
+
+@lru_cache(maxsize=64)
+def _syntax_for(path: str) -> Syntax | None:
+    try:
+        lexer = get_lexer_for_filename(path, stripnl=False, ensurenl=False)
+    except ClassNotFound:
+        return None
+    return Syntax("", lexer, theme=SYNTAX_THEME, background_color="default")
+
+
+def _code(syntax: Syntax | None, code: str) -> Text:
+    if syntax is None or not code.strip():
+        return Text(code)
+    text = syntax.highlight(code)
+    text.rstrip()
+    text.end = ""
+    return text
+
+
+def highlight_diff(diff: str) -> list[Text]:
+    """A unified diff as styled lines: headers, hunk markers, and highlighted code."""
+    lines = diff.splitlines()
+    highlight = len(lines) <= HIGHLIGHT_LINES
+    out: list[Text] = []
+    syntax: Syntax | None = None
+    for raw in lines:
+        if raw.startswith("diff --git "):
+            path = raw.split(" b/", 1)[-1] if " b/" in raw else raw[11:]
+            syntax = _syntax_for(path) if highlight else None
+            if out:
+                out.append(Text(""))
+            out.append(Text(f"━━ {path} ", style="bold reverse"))
+        elif raw.startswith(
+            ("index ", "--- ", "+++ ", "similarity ", "rename ", "old mode", "new mode")
+        ):
+            out.append(Text(raw, style="dim"))
+        elif raw.startswith(("new file", "deleted file", "Binary files")):
+            out.append(Text(raw, style="bold yellow"))
+        elif raw.startswith("@@"):
+            head, _, rest = raw.partition(" @@")
+            line = Text()
+            line.append(head + " @@", style="cyan")
+            if rest:
+                line.append(rest, style="dim")
+            out.append(line)
+        elif raw.startswith("+"):
+            line = Text()
+            line.append("+", style="bold green")
+            line.append_text(_code(syntax, raw[1:]))
+            line.stylize(ADDED_BG)
+            out.append(line)
+        elif raw.startswith("-"):
+            line = Text()
+            line.append("-", style="bold red")
+            line.append_text(_code(syntax, raw[1:]))
+            line.stylize(REMOVED_BG)
+            out.append(line)
+        elif raw.startswith("\\"):
+            out.append(Text(raw, style="dim italic"))
+        else:
+            line = Text(" ")
+            line.append_text(_code(syntax, raw[1:] if raw.startswith(" ") else raw))
+            out.append(line)
+    return out
+
+
+def diff_stats(diff: str) -> tuple[int, int, int]:
+    """(files, lines added, lines removed) of a unified diff."""
+    files = added = removed = 0
+    for raw in diff.splitlines():
+        if raw.startswith("diff --git "):
+            files += 1
+        elif raw.startswith("+") and not raw.startswith("+++ "):
+            added += 1
+        elif raw.startswith("-") and not raw.startswith("--- "):
+            removed += 1
+    return files, added, removed
+
+
+class DiffPane(LineBuffer):
+    """A highlighted diff, replaced as a whole when it is recomputed."""
+
+    def __init__(self, *, id: str | None = None, empty: str = "no changes yet") -> None:
+        super().__init__(id=id, wrap=False, auto_scroll=False, max_lines=1_000_000)
+        self.empty = empty
+        self.diff = ""
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        if not self.line_count:
+            self.set_lines([Text(self.empty, style="dim italic")])
+
+    def show(self, diff: str, lines: list[Text] | None = None) -> None:
+        self.diff = diff
+        if not diff.strip():
+            self.set_lines([Text(self.empty, style="dim italic")])
+            return
+        self.set_lines(lines if lines is not None else highlight_diff(diff))

@@ -1,0 +1,122 @@
+"""The model stream: streamed text, compact tool calls, iteration separators, your messages."""
+
+from __future__ import annotations
+
+import json
+
+from codexloop.core import events as ev
+from codexloop.tui.linebuffer import LineBuffer
+from rich.text import Text
+
+REASONING_STYLE = "dim italic"
+SUMMARY_CHARS = 160
+
+
+def call_subject(name: str, arguments: str) -> str:
+    """The one thing worth seeing of a tool call's arguments: a path, a command, a pattern."""
+    try:
+        data = json.loads(arguments)
+    except (json.JSONDecodeError, ValueError):
+        return _one_line(arguments, 60) if arguments.strip() else ""
+    if not isinstance(data, dict):
+        return _one_line(arguments, 60)
+    if name == "run_command" and isinstance(data.get("command"), str):
+        return _one_line(data["command"], 80)
+    if name == "grep" and isinstance(data.get("pattern"), str):
+        where = data.get("path") if isinstance(data.get("path"), str) else ""
+        return _one_line(f"{data['pattern']!r} {where}".strip(), 80)
+    path = data.get("path")
+    if isinstance(path, str):
+        return _one_line(path, 80)
+    if name == "list_files":
+        return "."
+    return _one_line(json.dumps(data), 60)
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def tool_call_line(call: ev.ToolCall) -> Text:
+    line = Text()
+    line.append("  ▸ ", style="yellow")
+    line.append(call.name, style="bold")
+    subject = call_subject(call.name, call.arguments)
+    if subject:
+        line.append(" " + subject, style="cyan")
+    return line
+
+
+def tool_result_line(call: ev.ToolCall | None, result: ev.ToolResult) -> Text:
+    if result.refused:
+        mark, style = "  ⊘ ", "bold magenta"
+    elif result.ok:
+        mark, style = "  ✓ ", "green"
+    else:
+        mark, style = "  ✗ ", "red"
+    line = Text()
+    line.append(mark, style=style)
+    line.append(result.name, style="bold")
+    if call is not None:
+        subject = call_subject(call.name, call.arguments)
+        if subject and subject.rstrip("…") not in result.summary:
+            line.append(" " + subject, style="cyan")
+    if result.summary:
+        line.append(" — ", style="dim")
+        summary = _one_line(result.summary, SUMMARY_CHARS)
+        line.append(
+            ("refused: " if result.refused else "") + summary, style=None if result.ok else style
+        )
+    return line
+
+
+class ModelPane(LineBuffer):
+    """What the model says and does, one block per model turn."""
+
+    def __init__(self, *, id: str | None = None, max_lines: int = 5_000) -> None:
+        super().__init__(id=id, max_lines=max_lines, wrap=True)
+        self._calls: dict[str, ev.ToolCall] = {}
+        self._in_text = False
+
+    def separator(self, label: str) -> None:
+        self._in_text = False
+        self.write_line("")
+        self.write_line(Text(f"── {label} ──", style="bold blue"))
+
+    def turn_started(self) -> None:
+        if self._in_text:
+            self.write_line("")
+        self._in_text = False
+
+    def model_text(self, text: str) -> None:
+        self._in_text = True
+        self.write(text)
+
+    def reasoning(self, text: str) -> None:
+        self._in_text = True
+        self.write(text, REASONING_STYLE)
+
+    def tool_call(self, call: ev.ToolCall) -> None:
+        self._in_text = False
+        key = call.call_id or f"{call.name}:{call.arguments}"
+        self._calls[key] = call
+        self.write_line(tool_call_line(call), tag=key)
+
+    def tool_result(self, result: ev.ToolResult) -> None:
+        key = result.call_id or next(
+            (k for k, c in reversed(self._calls.items()) if c.name == result.name), ""
+        )
+        call = self._calls.pop(key, None)
+        self.replace_line(key, tool_result_line(call, result))
+
+    def user_message(self, text: str) -> None:
+        self._in_text = False
+        line = Text()
+        line.append(" you ", style="bold reverse magenta")
+        line.append(" " + text, style="bold magenta")
+        self.write_line(line)
+
+    def note(self, text: str, style: str = "dim") -> None:
+        self._in_text = False
+        self.write_line(Text(text, style=style))
