@@ -430,6 +430,8 @@ class CodexloopApp(App[int]):
         )
         self._update_status()
         self.refresh_bindings()
+        if self.screen is self.screen_stack[0]:  # offered at once, unless a dialog is open
+            self.action_review()
 
     def _on_hunks_reverted(self, event: ev.HunksReverted) -> None:
         if event.paths:

@@ -145,7 +145,7 @@ def demo(argv: Sequence[str]) -> int:
             api="chat",
             max_iterations=5,
         )
-        loop = Loop(config, client=make_client(server.base_url, "demo"))
+        loop = Loop(config, client=make_client(server.base_url, "demo"), review=not args.headless)
         return _run_front(
             config, loop, headless=args.headless, banner="scripted demo: not a live model"
         )
