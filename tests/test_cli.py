@@ -364,3 +364,32 @@ def test_sigint_stops_cleanly_with_exit_130(make_repo, scripted_openai) -> None:
     assert rest[-1]["status"] == "stopped"
     assert run_git(repo, "branch", "--list", rest[-1]["branch"]).strip()  # the preview branch stays
     assert run_git(repo, "status", "--porcelain") == ""
+
+
+def test_branches_lists_and_clean_removes_preview_branches(
+    make_repo, scripted_openai, tmp_path: Path
+) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(
+        Reply(
+            tool_calls=[
+                Call("edit_file", {"path": "calc.py", "old_text": "a - b", "new_text": "a + b"})
+            ]
+        ),
+        Reply(text="fixed"),
+    )
+    done = codexloop(
+        TARGET, "--headless", "--base-url", scripted_openai.base_url, "--model", "m", cwd=repo
+    )
+    started = events_of(done.stdout)[0]
+    listed = codexloop("branches", cwd=repo)
+    assert listed.returncode == 0
+    assert started["branch"] in listed.stdout and started["worktree"] in listed.stdout
+    unknown = codexloop("clean", "codexloop/nope", cwd=repo)
+    assert unknown.returncode == 2 and "no preview branch named" in unknown.stderr
+    cleaned = codexloop("clean", cwd=repo)
+    assert cleaned.returncode == 0 and f"removed {started['branch']}" in cleaned.stdout
+    assert run_git(repo, "branch", "--list", "codexloop/*") == ""
+    assert not Path(started["worktree"]).exists()
+    assert codexloop("branches", cwd=repo).stdout.strip() == "no preview branches"
+    assert codexloop("branches", cwd=tmp_path).returncode == 2  # not a checkout

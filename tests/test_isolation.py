@@ -6,6 +6,7 @@ Each case asserts containment under bubblewrap. In CI bubblewrap is installed by
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -214,3 +215,21 @@ def test_a_socket_is_available_to_the_host_side() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         assert s.getsockname()[1] > 0
+
+
+async def test_a_command_failing_for_lack_of_network_says_so(sandbox: Sandbox) -> None:
+    from codexloop.core.tools import Tools
+
+    exam = Exam(sandbox.repo, sandbox.base, ("tests/test_calc.py",))
+
+    async def run_command(command: str):
+        return await sandbox.run(command, timeout=30)
+
+    tools = Tools(sandbox.worktree, exam, run_command, network_off=True)
+    # Name resolution fails at once inside the sandbox: no packet leaves it.
+    code = "import socket; socket.getaddrinfo('pypi.org', 443)"
+    outcome = await tools.execute(
+        "run_command", json.dumps({"command": f'{sys.executable} -c "{code}"'})
+    )
+    assert not outcome.ok
+    assert "the sandbox has no network access; this is not an outage" in outcome.content
