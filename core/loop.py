@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import difflib
 import math
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from codexloop.core.tools import TOOL_SCHEMAS, Tools
 from codexloop.core.trace import TraceWriter, traces_dir
 from codexloop.core.warm import WarmError, WarmRunner
 
+_JUNIT_NOTE = re.compile(r"-* ?generated xml file: \S+ ?-*\n?")
 EXAM_CHARS = 12_000
 OLD_TOOL_RESULT_CHARS = 600
 
@@ -615,7 +617,9 @@ class Loop:
         junit.unlink(missing_ok=True)
 
         async def on_output(text: str) -> None:
-            await self.emit(ev.TestOutput(text))
+            text = _JUNIT_NOTE.sub("", text)  # our own --junitxml is nobody's business
+            if text:
+                await self.emit(ev.TestOutput(text))
 
         run = None
         if self.warm is not None:
