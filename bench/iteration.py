@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import anyio
+from _repo import git_repo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -33,22 +33,13 @@ from scripted_openai import Call, Reply, ScriptedOpenAI
 
 
 def make_repo(root: Path) -> Path:
-    repo = root / "repo"
-    (repo / "tests").mkdir(parents=True)
-    (repo / "calc.py").write_text("OFFSET = 1\n\n\ndef add(a, b):\n    return a + b + OFFSET\n")
-    (repo / "tests" / "test_calc.py").write_text(
-        "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
+    return git_repo(
+        root,
+        {
+            "calc.py": "OFFSET = 1\n\n\ndef add(a, b):\n    return a + b + OFFSET\n",
+            "tests/test_calc.py": "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n",
+        },
     )
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "b",
-        "GIT_AUTHOR_EMAIL": "b@b",
-        "GIT_COMMITTER_NAME": "b",
-        "GIT_COMMITTER_EMAIL": "b@b",
-    }
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "init"]):
-        subprocess.run(["git", *args], cwd=repo, env=env, check=True)
-    return repo
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import anyio
+from _repo import git_repo
 from codexloop.core.exam import Exam
 from codexloop.core.sandbox import Sandbox, find_python
 from codexloop.core.testrun import default_args, default_command, judge, junit_env
@@ -29,31 +30,23 @@ TARGETS = ("tests/test_report.py::test_summary",)
 
 
 def make_repo(root: Path) -> Path:
-    repo = root / "repo"
-    (repo / "tests").mkdir(parents=True)
-    (repo / ".gitignore").write_text(".venv/\n")
-    (repo / "report.py").write_text(
-        "import heavylib\n\n\ndef summary(xs):\n    return heavylib.total(xs)\n"
+    repo = git_repo(
+        root,
+        {
+            ".gitignore": ".venv/\n",
+            "report.py": "import heavylib\n\n\ndef summary(xs):\n    return heavylib.total(xs)\n",
+            "tests/test_report.py": (
+                "from report import summary\n\n\ndef test_summary():\n    assert summary([1, 2, 3]) == 6\n"
+            ),
+        },
     )
-    (repo / "tests" / "test_report.py").write_text(
-        "from report import summary\n\n\ndef test_summary():\n    assert summary([1, 2, 3]) == 6\n"
-    )
-    venv = repo / ".venv"
+    venv = repo / ".venv"  # ignored: the project's own interpreter, with a heavy package
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     site = next((venv / "lib").glob("python3*/site-packages"))
     (site / "_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # pytest
     (site / "heavylib.py").write_text(
         "import time\n\ntime.sleep(1.0)  # a heavy import\n\ntotal = sum\n"
     )
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "b",
-        "GIT_AUTHOR_EMAIL": "b@b",
-        "GIT_COMMITTER_NAME": "b",
-        "GIT_COMMITTER_EMAIL": "b@b",
-    }
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "init"]):
-        subprocess.run(["git", *args], cwd=repo, env=env, check=True)
     return repo
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from anyio.abc import ObjectReceiveStream
 from codexloop.core import events as ev
 from codexloop.core.config import Config, Settings, load_config
 from codexloop.core.loop import Loop, LoopResult, event_channel
@@ -22,14 +23,18 @@ def make_config(repo: Path, base_url: str, *targets: str, **overrides: Any) -> C
     return load_config(settings, env={}, cwd=repo)
 
 
-async def run_loop(
-    config: Config, commands: list[ev.Command] | None = None, **kwargs: Any
+async def run_loop(config: Config, **kwargs: Any) -> tuple[LoopResult, list[ev.Event]]:
+    """Build a loop (no backoff between retries) and run it to the end, collecting its events."""
+    kwargs.setdefault("backoff", (0.0,))
+    return await event_channel_run(Loop(config, **kwargs))
+
+
+async def event_channel_run(
+    loop: Loop, commands: ObjectReceiveStream[ev.Command] | None = None
 ) -> tuple[LoopResult, list[ev.Event]]:
     """Run a loop to the end, collecting every event it emits."""
     send, receive = event_channel()
     collected: list[ev.Event] = []
-    kwargs.setdefault("backoff", (0.0,))
-    loop = Loop(config, **kwargs)
 
     async def collect() -> None:
         async with receive:
@@ -39,24 +44,7 @@ async def run_loop(
     async with anyio.create_task_group() as tg:
         tg.start_soon(collect)
         async with send:
-            result = await loop.run(send)
-    return result, collected
-
-
-async def event_channel_run(loop: Loop) -> tuple[LoopResult, list[ev.Event]]:
-    """Run an already built loop to the end, collecting its events."""
-    send, receive = event_channel()
-    collected: list[ev.Event] = []
-
-    async def collect() -> None:
-        async with receive:
-            async for event in receive:
-                collected.append(event)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(collect)
-        async with send:
-            result = await loop.run(send)
+            result = await loop.run(send, commands)
     return result, collected
 
 

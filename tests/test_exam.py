@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 from codexloop.core import events as ev
 from conftest import run_git
-from loophelpers import KATA, TEST_CALC, make_config, of_type, run_loop, user_texts
+from loophelpers import (
+    KATA,
+    TEST_CALC,
+    event_channel_run,
+    make_config,
+    of_type,
+    run_loop,
+    user_texts,
+)
 from scripted_openai import Call, Reply
 
 pytestmark = pytest.mark.anyio
@@ -67,7 +75,6 @@ async def test_an_untouched_exam_sends_no_change_note(make_repo, scripted_openai
 async def test_a_target_added_mid_loop_is_protected_run_and_shown_to_the_model(
     make_repo, scripted_openai
 ) -> None:
-    import anyio
     from codexloop.core.config import resolve_targets
     from codexloop.core.loop import Loop, event_channel
 
@@ -107,18 +114,7 @@ async def test_a_target_added_mid_loop_is_protected_run_and_shown_to_the_model(
         Reply(text="sub added"),
     )
     loop = Loop(make_config(repo, scripted_openai.base_url), backoff=(0.0,))
-    send, receive = event_channel()
-    events: list[ev.Event] = []
-
-    async def collect() -> None:
-        async with receive:
-            async for event in receive:
-                events.append(event)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(collect)
-        async with send:
-            result = await loop.run(send, commands_receive)
+    result, events = await event_channel_run(loop, commands_receive)
     assert result.status == "passed" and result.iterations == 2
     changed = of_type(events, ev.TargetsChanged)
     assert (
