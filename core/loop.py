@@ -26,6 +26,7 @@ from typing import Any
 import anyio
 import openai
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from codexloop.core import events as ev
 from codexloop.core import gitops
 from codexloop.core.config import Config
@@ -707,7 +708,9 @@ def _compact(messages: list[dict[str, Any]], before: int) -> None:
             )
 
 
-def event_channel(size: float = math.inf) -> tuple[ObjectSendStream[Any], ObjectReceiveStream[Any]]:
+def event_channel(
+    size: float = math.inf,
+) -> tuple[MemoryObjectSendStream[Any], MemoryObjectReceiveStream[Any]]:
     """A memory object stream for events or commands."""
     send, receive = anyio.create_memory_object_stream[Any](size)
     return send, receive

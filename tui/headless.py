@@ -14,7 +14,8 @@ import threading
 from typing import TextIO
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.abc import ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectSendStream
 from codexloop.core import events as ev
 from codexloop.core.config import Config
 from codexloop.core.gitops import GitError
@@ -32,7 +33,7 @@ async def print_events(events: ObjectReceiveStream[ev.Event], out: TextIO) -> No
 
 
 def _read_stdin(
-    commands: ObjectSendStream[ev.Command], token: anyio.lowlevel.EventLoopToken
+    commands: MemoryObjectSendStream[ev.Command], token: anyio.lowlevel.EventLoopToken
 ) -> None:
     """Thread: every line of stdin is a steering message."""
     try:
