@@ -380,8 +380,7 @@ async def test_timeline_selection_shows_that_iterations_output_and_diff(
         await pilot.pause()
         screen = app.screen
         assert isinstance(screen, IterationScreen) and screen.record.iteration == 1
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await workers_named(app, pilot, "iteration-diff")  # (the exam watcher runs on)
         assert "assert 6 == 5" in screen.query_one("#iteration-output", LineBuffer).text
         diff = screen.query_one("#iteration-diff", LineBuffer).text
         assert "+    return a * b" in diff and "a + b" not in diff

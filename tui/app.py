@@ -6,13 +6,22 @@ on a second channel. Streamed fragments (model text, test and command output) ar
 only queued when they arrive; a frame-rate timer flushes them to the panes, which
 re-wrap and repaint just the lines that changed. Git and diff work runs in thread
 workers. Every worker's failure lands in one handler, :meth:`on_worker_state_changed`.
+
+The exam stays the developer's: ``e`` edits a target file in place (the loop pauses
+meanwhile), ``E`` opens ``$EDITOR`` on it, a watcher shows any change made in the
+checkout at once, and the command palette adds or removes targets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
+import os
+import signal
+import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -26,29 +35,37 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectSendStream
 from codexloop.core import events as ev
 from codexloop.core import gitops
-from codexloop.core.config import Config
+from codexloop.core.config import Config, ConfigError, resolve_targets
 from codexloop.core.diff import sandbox_diff
 from codexloop.core.loop import Loop, LoopResult, event_channel
 from codexloop.core.model import ModelError, make_client
 from codexloop.core.model import check_endpoint as probe_endpoint
 from codexloop.tui.css import stylesheet
 from codexloop.tui.diff_pane import DiffPane, diff_stats, highlight_diff
+from codexloop.tui.exam_editor import (
+    ExamEditor,
+    editor_command,
+    read_exam_file,
+    write_atomic,
+)
 from codexloop.tui.exam_pane import ExamPane, load_exam
 from codexloop.tui.linebuffer import LineBuffer
 from codexloop.tui.model_pane import ModelPane
 from codexloop.tui.review import ReviewOutcome, ReviewScreen
 from codexloop.tui.screens import DiffScreen, HelpScreen, IterationScreen, MessageScreen, QuitScreen
 from codexloop.tui.status_line import StatusLine
+from codexloop.tui.targets import AddTargetScreen, ChoiceScreen
 from codexloop.tui.terminal_pane import TerminalPane
 from codexloop.tui.timeline import IterationRecord, Timeline
 from rich.text import Text
-from textual import events
-from textual.app import App, ComposeResult, SystemCommand
+from textual import events, work
+from textual.app import App, ComposeResult, SuspendNotSupported, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, OptionList
 from textual.worker import Worker, WorkerState
+from watchfiles import awatch
 
 EXIT_GREEN, EXIT_RED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -65,6 +82,18 @@ PANE_LINES = 5_000
 LoopFactory = Callable[[Config], Loop]
 
 
+@dataclasses.dataclass
+class _Edit:
+    """An edit of one exam file in the exam pane."""
+
+    rel: str
+    path: Path
+    paused: bool
+    """Whether this edit paused the loop (then saving or cancelling resumes it)."""
+    editor: ExamEditor | None = None
+    saving: bool = False
+
+
 class CodexloopApp(App[int]):
     """codexloop's screen: exam | model on top, terminal | diff below, timeline on the side."""
 
@@ -74,6 +103,8 @@ class CodexloopApp(App[int]):
         Binding("space", "toggle_pause", "Pause/Resume"),
         Binding("m", "message", "Message"),
         Binding("v", "review", "Review"),
+        Binding("e", "edit_exam", "Edit exam"),
+        Binding("E", "external_editor", "$EDITOR"),
         Binding("t", "toggle_timeline", "Timeline", show=False),
         Binding("z", "zoom", "Zoom", show=False),
         Binding("question_mark,f1", "help", "Help"),
@@ -137,6 +168,13 @@ class CodexloopApp(App[int]):
         self._diff_idle.set()
         self._on_result: dict[Worker[Any], Callable[[Any], None]] = {}
         self._timeline_choice: bool | None = None
+        self._editing: _Edit | None = None
+        self._pending_targets: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        """Targets sent to the loop, not applied yet (it applies them before a test run)."""
+        self._watch_stop: asyncio.Event | None = None
+        self.exam_watching = False
+        """The watcher of the exam files is in place (changes from now on are seen)."""
+        self._conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self.stream_events = 0
         """Streamed fragments received (model text, reasoning, test and command output)."""
         self.stream_flushed = 0
@@ -165,6 +203,7 @@ class CodexloopApp(App[int]):
             ev.ReviewReady: self._on_review_ready,
             ev.HunksReverted: self._on_hunks_reverted,
             ev.ExamChanged: self._on_exam_changed,
+            ev.TargetsChanged: self._on_targets_changed,
             ev.LoopFinished: self._on_loop_finished,
         }
 
@@ -196,7 +235,7 @@ class CodexloopApp(App[int]):
         self.diff_pane = self.query_one("#diff", DiffPane)
         self._stream_panes: tuple[LineBuffer, ...] = (self.model_pane, self.terminal_pane)
         self.timeline.border_title = "iterations"
-        self.exam_pane.border_title = "exam · " + " ".join(self.config.targets)
+        self._exam_title()
         self.model_pane.border_title = f"model · {self.config.model}"
         if self.banner:
             self.model_pane.border_title += f" · {self.banner}"
@@ -206,20 +245,31 @@ class CodexloopApp(App[int]):
         self.status_line.info.max_iterations = self.config.max_iterations
         self.set_interval(STATUS_S, self._tick, name="status")
         self.load_exam()
+        self.watch_exam()
         self._apply_layout()
         self._update_status()
         self.model_pane.focus()
         if self.autostart:
             self.start_loop()
 
+    def on_unmount(self) -> None:
+        self._stop_watching()
+
+    def _exam_title(self) -> None:
+        self.exam_pane.border_title = "exam · " + " ".join(self.config.targets)
+
     def load_exam(self) -> None:
         """(Re)read the exam from the developer's checkout, off the event loop."""
         self._spawn(
             partial(load_exam, self.config.repo, self.config.target_files),
             "exam",
-            self.exam_pane.set_lines,
+            self._exam_loaded,
             thread=True,
         )
+
+    def _exam_loaded(self, lines: list[Text]) -> None:
+        self.exam_pane.set_lines(lines)
+        self._check_conditions()
 
     def on_resize(self, event: events.Resize) -> None:
         if hasattr(self, "timeline"):
@@ -286,7 +336,7 @@ class CodexloopApp(App[int]):
             handler = self._handlers.get(kind)
             if handler is not None:
                 handler(event)
-        if self._waiters:
+        if self._waiters or self._conditions:
             self._resolve_waiters(event)
 
     def _schedule_flush(self) -> None:
@@ -312,6 +362,12 @@ class CodexloopApp(App[int]):
             self.stream_flushed = self.stream_events
             if self.flush_hook is not None:
                 self.flush_hook(self.stream_flushed)
+
+    def note(self, text: str, style: str = "dim") -> None:
+        """A note in the model pane from the app itself (not an engine event): shown next frame."""
+        self.model_pane.note(text, style)
+        if self._flush_handle is None:
+            self._schedule_flush()
 
     def _send(self, command: ev.Command) -> bool:
         if self._commands is None:
@@ -450,6 +506,22 @@ class CodexloopApp(App[int]):
         )
         self.load_exam()
 
+    def _on_targets_changed(self, event: ev.TargetsChanged) -> None:
+        pending = self._pending_targets
+        if pending is not None and pending[0] == event.targets:
+            files = pending[1]
+            self._pending_targets = None
+        else:  # an earlier change (a later one is still pending): name its files again
+            try:
+                files = resolve_targets(self.config.repo, self.config.repo, event.targets)[1]
+            except ConfigError:
+                files = self.config.target_files
+        self.config = dataclasses.replace(self.config, targets=event.targets, target_files=files)
+        self._exam_title()
+        self.model_pane.note("◎ the exam's targets now: " + " ".join(event.targets), "magenta")
+        self.load_exam()
+        self.watch_exam()
+
     def _on_loop_finished(self, event: ev.LoopFinished) -> None:
         self.finished = event
         self.review_ready = None
@@ -542,6 +614,19 @@ class CodexloopApp(App[int]):
             )
         elif worker.name == "exam":
             self.exam_pane.set_lines([Text(f"cannot show the exam: {message}", style="red")])
+        elif worker.name == "exam-read":
+            self.notify(str(error), severity="error", timeout=8)
+            self._end_edit()
+        elif worker.name == "exam-save":
+            if self._editing is not None:
+                self._editing.saving = False  # the editor stays open: nothing is lost
+            self.notify(f"not saved: {message}", severity="error", timeout=10)
+        elif worker.name == "watch":
+            self.note(
+                f"⚠ cannot watch the exam files ({message}): your edits still count, at the "
+                "next test run",
+                "yellow",
+            )
         else:
             self.notify(f"{worker.name}: {message}", severity="error", timeout=8)
 
@@ -567,6 +652,269 @@ class CodexloopApp(App[int]):
                 self.exit_status if code is None else code,
                 message,
             )
+
+    # -- the exam: watched in the checkout, edited in place or in $EDITOR ------------------------
+
+    def watch_exam(self) -> None:
+        """Watch the exam's files in the checkout (again, after the targets changed)."""
+        self._stop_watching()
+        self.exam_watching = False
+        self._watch_stop = asyncio.Event()
+        self._watch_exam(self.config.repo, self.config.target_files, self._watch_stop)
+
+    def _stop_watching(self) -> None:
+        """Stop the watcher's thread now: it checks this event every 50 ms.
+
+        (Its own timeout is 5 s; awatch sets the event itself when its task is cancelled,
+        but only if the cancellation reaches it, so the app does not rely on that.)
+        """
+        if self._watch_stop is not None:
+            self._watch_stop.set()
+            self._watch_stop = None
+
+    @work(exclusive=True, group="watch", name="watch", exit_on_error=False)
+    async def _watch_exam(self, repo: Path, files: tuple[str, ...], stop: asyncio.Event) -> None:
+        wanted: dict[str, str] = {}
+        for rel in files:
+            path = repo / rel
+            wanted[os.path.join(os.path.realpath(path.parent), path.name)] = rel
+        folders = sorted(
+            {folder for folder in map(os.path.dirname, wanted) if os.path.isdir(folder)}
+        )
+        if not folders or stop.is_set():
+            return
+        # From here to awatch's first wait nothing yields: whoever sees the flag runs after
+        # the watches are in place.
+        self.exam_watching = True
+        self._check_conditions()
+        async for changes in awatch(
+            *folders,
+            watch_filter=lambda _change, path: path in wanted,
+            stop_event=stop,
+            recursive=False,
+        ):
+            self._exam_changed_on_disk(sorted({wanted[path] for _change, path in changes}))
+
+    def _exam_changed_on_disk(self, rels: list[str]) -> None:
+        self.load_exam()
+        note = "✎ exam changed in your checkout: " + ", ".join(rels)
+        if self.loop_running:
+            note += "; the next test run uses it"
+        self.note(note, "magenta")
+        edit = self._editing
+        if edit is not None and not edit.saving and edit.rel in rels:
+            self.notify(
+                f"{edit.rel} changed on disk while you edit it: ctrl+s overwrites that change, "
+                "escape keeps it",
+                severity="warning",
+                timeout=10,
+            )
+
+    @property
+    def exam_editor(self) -> ExamEditor | None:
+        """The editor in the exam pane, while the developer edits the exam."""
+        return self._editing.editor if self._editing is not None else None
+
+    def _on_main_screen(self) -> bool:
+        return bool(self.screen_stack) and self.screen is self.screen_stack[0]
+
+    def _choose_exam_file(self, title: str, then: Callable[[str], None]) -> None:
+        """The exam's only file, or the one the developer picks."""
+        files = self.config.target_files
+        if not files:
+            self.notify("no test files among the targets: nothing to edit", severity="warning")
+        elif len(files) == 1:
+            then(files[0])
+        else:
+
+            def chosen(rel: str | None) -> None:
+                if rel is not None:
+                    then(rel)
+
+            self.push_screen(ChoiceScreen(title, files), chosen)
+
+    def _pause_for_edit(self) -> bool:
+        """Ask the loop to pause at its next safe point; True when this edit did it."""
+        if not self.loop_running or self.review_ready is not None:
+            return False  # finished, or green and waiting for the review: nothing to pause
+        if self.state == "paused" or self._transition in ("pausing…", "stopping…"):
+            return False  # paused already (by the developer): it stays so after the edit
+        if not self._send(ev.Pause()):
+            return False
+        self._transition = "pausing…"
+        self._update_status()
+        return True
+
+    def _resume_after_edit(self) -> None:
+        if not self.loop_running or self._transition == "stopping…":
+            return
+        if self._send(ev.Resume()):
+            self._transition = "resuming…" if self.state == "paused" else ""
+            self._update_status()
+
+    def action_edit_exam(self) -> None:
+        """The exam pane becomes an editor of a target file; the loop pauses meanwhile."""
+        if self._editing is not None:
+            if self._editing.editor is not None:
+                self._editing.editor.focus()
+            return
+        if self._on_main_screen():
+            self._choose_exam_file("Edit which file of the exam?", self._edit_in_app)
+
+    def _edit_in_app(self, rel: str) -> None:
+        if self._editing is not None:
+            return
+        path = self.config.repo / rel
+        edit = self._editing = _Edit(rel, path, self._pause_for_edit())
+        self.refresh_bindings()
+        self._spawn(
+            partial(read_exam_file, path),
+            "exam-read",
+            lambda text: self._open_editor(edit, text),
+            thread=True,
+        )
+
+    def _open_editor(self, edit: _Edit, text: str) -> None:
+        if self._editing is not edit:
+            return
+        editor = edit.editor = ExamEditor(edit.rel, text, id="exam-editor")
+        editor.border_title = f"editing {edit.rel}"
+        editor.border_subtitle = "ctrl+s save · escape cancel"
+        self.exam_pane.display = False
+        self.query_one("#top").mount(editor, before=self.model_pane)
+        editor.focus()
+        self.refresh_bindings()
+        self._check_conditions()
+
+    def on_exam_editor_closed(self, message: ExamEditor.Closed) -> None:
+        edit = self._editing
+        editor = edit.editor if edit is not None else None
+        if edit is None or editor is None or editor is not message.editor or edit.saving:
+            return
+        if not message.save:
+            self._end_edit()
+            self.notify("edit cancelled: the exam is as it was")
+        elif not editor.changed:
+            self._end_edit()
+            self.notify("nothing changed: nothing saved")
+        else:
+            edit.saving = True
+            self._spawn(
+                partial(write_atomic, edit.path, editor.text),
+                "exam-save",
+                lambda _none: self._saved(edit),
+                thread=True,
+            )
+
+    def _saved(self, edit: _Edit) -> None:
+        if self._editing is edit:
+            self._end_edit()
+        later = "; the next test run uses it" if self.loop_running else ""
+        self.notify(f"saved {edit.rel} in your checkout{later}")
+
+    def _end_edit(self) -> None:
+        """Back to the highlighted exam; the loop resumes if the edit paused it."""
+        edit, self._editing = self._editing, None
+        if edit is None:
+            return
+        if edit.editor is not None:
+            edit.editor.remove()
+            self.exam_pane.display = True
+            self.exam_pane.focus()
+        self.load_exam()
+        if edit.paused:
+            self._resume_after_edit()
+        self.refresh_bindings()
+        self._check_conditions()
+
+    def action_external_editor(self) -> None:
+        """``$EDITOR`` on a target file, the app suspended meanwhile; the loop pauses."""
+        if self._editing is not None:
+            self.notify("finish the edit in the exam pane first (ctrl+s or escape)")
+            return
+        if self._on_main_screen():
+            self._choose_exam_file("Open which file of the exam in $EDITOR?", self._edit_outside)
+
+    def _edit_outside(self, rel: str) -> None:
+        command = [*editor_command(), str(self.config.repo / rel)]
+        paused = self._pause_for_edit()
+        # Synchronous, as with every suspend: while the editor runs, nothing may draw
+        # (the app's output is stopped), so the event loop, and the engine with it, wait.
+        outcome: int | str
+        try:
+            with self.suspend():
+                outcome = _run_editor(command, headless=False)
+        except SuspendNotSupported:
+            if self.is_headless:  # tests: there is no terminal to hand over
+                outcome = _run_editor(command, headless=True)
+            else:
+                outcome = "this terminal cannot hand the screen over to an editor"
+        self.load_exam()
+        if paused:
+            self._resume_after_edit()
+        if isinstance(outcome, str):
+            self.notify(outcome, severity="error", timeout=8)
+        elif outcome != 0:
+            self.notify(f"the editor exited with status {outcome}", severity="warning")
+
+    # -- targets ---------------------------------------------------------------------------------
+
+    def _current_targets(self) -> tuple[str, ...]:
+        return self._pending_targets[0] if self._pending_targets else self.config.targets
+
+    def action_add_target(self) -> None:
+        if not self.loop_running:
+            self.notify("the loop is not running: the targets cannot change now")
+            return
+        self.push_screen(AddTargetScreen(self._current_targets()), self._target_entered)
+
+    def _target_entered(self, target: str | None) -> None:
+        if target:
+            self.change_targets((*self._current_targets(), target))
+
+    def action_remove_target(self) -> None:
+        if not self.loop_running:
+            self.notify("the loop is not running: the targets cannot change now")
+            return
+        current = self._current_targets()
+        if len(current) < 2:
+            self.notify(
+                "the exam keeps at least one target: add another one first", severity="warning"
+            )
+            return
+        self.push_screen(
+            ChoiceScreen(
+                "Remove which target?",
+                current,
+                "enter to remove it (from the next test run on) · escape to cancel",
+            ),
+            self._target_removed,
+        )
+
+    def _target_removed(self, target: str | None) -> None:
+        if target:
+            self.change_targets(tuple(t for t in self._current_targets() if t != target))
+
+    def change_targets(self, targets: tuple[str, ...]) -> bool:
+        """Check new targets as the command line does, then send them to the loop.
+
+        The loop applies them at its next test run (then ``TargetsChanged`` comes back).
+        """
+        try:
+            node_ids, files = resolve_targets(self.config.repo, self.config.repo, targets)
+        except ConfigError as exc:
+            self.notify(str(exc), severity="error", timeout=8)
+            return False
+        node_ids = tuple(dict.fromkeys(node_ids))
+        if node_ids == self._current_targets():
+            self.notify("the targets are unchanged")
+            return False
+        if not self.loop_running or not self._send(ev.SetTargets(node_ids, files)):
+            self.notify("the loop is not running: the targets cannot change now")
+            return False
+        self._pending_targets = (node_ids, files)
+        self.note("◎ targets from the next test run on: " + " ".join(node_ids), "magenta")
+        return True
 
     # -- diff ------------------------------------------------------------------------------
 
@@ -644,10 +992,27 @@ class CodexloopApp(App[int]):
         return future.result()
 
     async def wait_until(self, condition: Callable[[], bool], timeout: float = 30.0) -> None:
-        """Wait until ``condition()`` holds after an event was handled (panes flushed)."""
+        """Wait until ``condition()`` holds (panes flushed).
+
+        Checked after every handled event and after the app's own changes (the exam
+        reloaded, the editor opened or closed, the exam watcher in place).
+        """
         self.flush_panes()
-        if not condition():
-            await self.wait_for_event(ev.Event, lambda _event: condition(), timeout)
+        if condition():
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (condition, future)
+        self._conditions.append(entry)
+        deadline = time.monotonic() + timeout
+        try:
+            while not future.done() and not condition():
+                if not self.is_running:
+                    raise RuntimeError("the app stopped before the condition held")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the condition did not hold within {timeout:.0f}s")
+                await asyncio.wait({future}, timeout=0.1)
+        finally:
+            self._conditions = [c for c in self._conditions if c is not entry]
 
     def _resolve_waiters(self, event: ev.Event) -> None:
         self.flush_panes()
@@ -657,6 +1022,12 @@ class CodexloopApp(App[int]):
                 self._waiters.remove(waiter)
                 if not future.done():
                     future.set_result(event)
+        self._check_conditions()
+
+    def _check_conditions(self) -> None:
+        for condition, future in list(self._conditions):
+            if not future.done() and condition():
+                future.set_result(None)
 
     async def settle(self, timeout: float = 30.0) -> None:
         """Wait until no diff is pending, then flush: what the screen shows is complete."""
@@ -694,6 +1065,12 @@ class CodexloopApp(App[int]):
         self.status_line.update_info()
 
     # -- actions ---------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """While the exam is edited in place, only the editor's keys (and ctrl+c) act."""
+        if self._editing is not None and action in _IDLE_WHILE_EDITING:
+            return False
+        return action not in ("edit_exam", "external_editor") or self._on_main_screen()
 
     def action_toggle_pause(self) -> None:
         if not self.loop_running:
@@ -749,7 +1126,7 @@ class CodexloopApp(App[int]):
         if outcome.applied is not None:
             written = len(outcome.applied.written) + len(outcome.applied.deleted)
             summary += f"; {written} file(s) changed in your working tree"
-        self.model_pane.note(summary, "cyan")
+        self.note(summary, "cyan")
         self.notify(summary)
         if outcome.feedback:
             if self.loop_running and self._send(ev.Feedback(outcome.feedback)):
@@ -906,6 +1283,26 @@ class CodexloopApp(App[int]):
             self.action_review,
         )
         yield SystemCommand(
+            "Edit the exam",
+            "In the exam pane; the loop pauses; ctrl+s saves to your checkout, escape cancels",
+            self.action_edit_exam,
+        )
+        yield SystemCommand(
+            "Edit the exam in $EDITOR",
+            "The app steps aside while your editor runs; the loop pauses",
+            self.action_external_editor,
+        )
+        yield SystemCommand(
+            "Add a target…",
+            "A test or test file for the exam, from the next test run on",
+            self.action_add_target,
+        )
+        yield SystemCommand(
+            "Remove a target…",
+            "From the next test run on; at least one stays",
+            self.action_remove_target,
+        )
+        yield SystemCommand(
             "Timeline: show / hide", "The iterations, red or green", self.action_toggle_timeline
         )
         yield SystemCommand("Keys", "What every key does", self.action_help)
@@ -928,6 +1325,40 @@ class CodexloopApp(App[int]):
         if self.finished.worktree:
             line += f" (worktree {self.finished.worktree})"
         return line
+
+
+_IDLE_WHILE_EDITING = frozenset(
+    {
+        "toggle_pause",
+        "message",
+        "review",
+        "edit_exam",
+        "external_editor",
+        "toggle_timeline",
+        "zoom",
+        "help",
+        "request_quit",
+    }
+)
+
+
+def _run_editor(command: list[str], *, headless: bool) -> int | str:
+    """Blocking: the developer's editor to its end; its exit status, or why it did not run."""
+    previous: Any = None
+    if not headless and threading.current_thread() is threading.main_thread():
+        # The terminal is the editor's now: a ctrl+c there must not interrupt the app.
+        previous = signal.signal(signal.SIGINT, lambda *_args: None)
+    try:
+        if headless:
+            done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True)
+        else:
+            done = subprocess.run(command)
+    except OSError as exc:
+        return f"cannot run the editor {command[0]!r}: {exc.strerror or exc}"
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return done.returncode
 
 
 def _compute_diff(worktree: Path, base: str, exclude: Path | None) -> tuple[str, list[Text]]:

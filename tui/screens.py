@@ -24,6 +24,12 @@ KEYS = (
     ),
     ("m", "message the model: your text joins the conversation at its next turn"),
     ("v", "review: the whole diff against the base snapshot, full screen"),
+    (
+        "e",
+        "edit the exam in its pane (the loop pauses): ctrl+s saves to your checkout and "
+        "resumes, escape cancels",
+    ),
+    ("E", "edit the exam in $EDITOR (the app steps aside; the loop pauses meanwhile)"),
     ("t", "show / hide the iteration timeline"),
     ("enter", "on the timeline: that iteration's test output and diff"),
     ("tab", "move between panes (arrows, page up/down, home/end scroll)"),
@@ -51,8 +57,10 @@ class HelpScreen(ModalScreen[None]):
             yield Label("codexloop · keys", id="help-title")
             yield Static(table, id="help-keys")
             yield Static(
-                "The exam (target tests) is protected: the model cannot change it. Your checkout "
-                "is untouched; the sandbox's work is on the preview branch.",
+                "The exam (target tests) is protected: the model cannot change it. It stays "
+                "yours: an edit in your checkout, here or in your own editor, counts from the "
+                "next test run on; ctrl+p adds or removes targets. Your checkout is otherwise "
+                "untouched; the sandbox's work is on the preview branch.",
                 id="help-note",
             )
             yield Label("escape to close", id="help-close")
