@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -12,7 +12,14 @@ from typing import Any, Literal
 from codexloop.core import gitops
 
 
-def sandbox_diff(worktree: Path, base: str, exclude_file: Path | None = None) -> str:
+def leave_out_spec(paths: Sequence[str]) -> list[str]:
+    """A pathspec for everything but ``paths`` (the exam: the developer's own, never a change)."""
+    return ["--", ".", *(f":(exclude,literal){p}" for p in paths)] if paths else []
+
+
+def sandbox_diff(
+    worktree: Path, base: str, exclude_file: Path | None = None, leave_out: Sequence[str] = ()
+) -> str:
     """Unified diff of the worktree's files (untracked ones included) against ``base``.
 
     Uses a temporary index, so it never races the engine's commits on the sandbox's own
@@ -26,7 +33,14 @@ def sandbox_diff(worktree: Path, base: str, exclude_file: Path | None = None) ->
         gitops.git(worktree, "read-tree", base, env=env)
         gitops.git(worktree, *args, "add", "-A", env=env)
         return gitops.git(
-            worktree, "diff", "--cached", "--no-color", "--find-renames", base, env=env
+            worktree,
+            "diff",
+            "--cached",
+            "--no-color",
+            "--find-renames",
+            base,
+            *leave_out_spec(leave_out),
+            env=env,
         )
 
 
@@ -168,10 +182,23 @@ def parse_diff(text: str) -> list[FileChange]:
     return files
 
 
-def changes(repo: Path, base: str, head: str) -> list[FileChange]:
-    """The preview branch's changes against the snapshot, as files and hunks (blocking)."""
+def changes(repo: Path, base: str, head: str, leave_out: Sequence[str] = ()) -> list[FileChange]:
+    """The preview branch's changes against the snapshot, as files and hunks (blocking).
+
+    ``leave_out``: paths not to show (the exam files, which only the developer changes).
+    """
     text = gitops.git(
-        repo, "diff", "--no-color", "--no-ext-diff", "--find-renames", "-U3", base, head
+        repo,
+        "-c",
+        "core.quotepath=false",
+        "diff",
+        "--no-color",
+        "--no-ext-diff",
+        "--find-renames",
+        "-U3",
+        base,
+        head,
+        *leave_out_spec(leave_out),
     )
     return parse_diff(text)
 

@@ -131,3 +131,19 @@ def test_sandbox_diff_shows_untracked_files_too(make_repo) -> None:
     assert (
         run_git(wt, "status", "--porcelain").count("??") == 1
     )  # the sandbox's own index untouched
+
+
+def test_the_exam_is_left_out_of_the_review_and_the_diff(make_repo) -> None:
+    repo = make_repo({"calc.py": "x = 1\n", "tests/test_calc.py": "def test(): pass\n"})
+
+    def edit(wt: Path) -> None:
+        (wt / "calc.py").write_text("x = 2\n")
+        (wt / "tests" / "test_calc.py").write_text(
+            "def test(): assert True\n"
+        )  # the developer's edit
+
+    base, head = preview(repo, edit)
+    assert [c.path for c in changes(repo, base, head)] == ["calc.py", "tests/test_calc.py"]
+    assert [c.path for c in changes(repo, base, head, ("tests/test_calc.py",))] == ["calc.py"]
+    text = sandbox_diff(repo.parent / "wt", base, leave_out=("tests/test_calc.py",))
+    assert [c.path for c in parse_diff(text)] == ["calc.py"]

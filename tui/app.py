@@ -36,7 +36,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from codexloop.core import events as ev
 from codexloop.core import gitops
 from codexloop.core.config import Config, ConfigError, resolve_targets
-from codexloop.core.diff import sandbox_diff
+from codexloop.core.diff import leave_out_spec, sandbox_diff
 from codexloop.core.loop import Loop, LoopResult, event_channel
 from codexloop.core.model import ModelError, make_client
 from codexloop.core.model import check_endpoint as probe_endpoint
@@ -943,7 +943,13 @@ class CodexloopApp(App[int]):
         sandbox = self.loop.sandbox if self.loop is not None else None
         exclude = sandbox.exclude_file if sandbox is not None else None
         self._spawn(
-            partial(_compute_diff, Path(self.started.worktree), self.started.base, exclude),
+            partial(
+                _compute_diff,
+                Path(self.started.worktree),
+                self.started.base,
+                exclude,
+                self.config.target_files,
+            ),
             "diff",
             self._show_diff,
             thread=True,
@@ -1110,7 +1116,10 @@ class CodexloopApp(App[int]):
                 )
             )
             return
-        self.push_screen(ReviewScreen(self.config.repo, self.started.base, head), self._review_done)
+        self.push_screen(
+            ReviewScreen(self.config.repo, self.started.base, head, self.config.target_files),
+            self._review_done,
+        )
 
     def _review_head(self) -> str | None:
         if self.review_ready is not None and self.review_ready.commit:
@@ -1166,7 +1175,13 @@ class CodexloopApp(App[int]):
             screen.show_diff("", None)
             return
         self._spawn(
-            partial(_commit_diff, Path(self.started.worktree), self.started.base, commit),
+            partial(
+                _commit_diff,
+                Path(self.started.worktree),
+                self.started.base,
+                commit,
+                self.config.target_files,
+            ),
             "iteration-diff",
             lambda result: screen.show_diff(*result),
             thread=True,
@@ -1361,15 +1376,21 @@ def _run_editor(command: list[str], *, headless: bool) -> int | str:
     return done.returncode
 
 
-def _compute_diff(worktree: Path, base: str, exclude: Path | None) -> tuple[str, list[Text]]:
-    """Blocking (thread): the sandbox's diff against the base, and its highlighted lines."""
-    text = sandbox_diff(worktree, base, exclude)
+def _compute_diff(
+    worktree: Path, base: str, exclude: Path | None, exam: tuple[str, ...]
+) -> tuple[str, list[Text]]:
+    """Blocking (thread): the sandbox's diff against the base (the exam left out), highlighted."""
+    text = sandbox_diff(worktree, base, exclude, exam)
     return text, highlight_diff(text)
 
 
-def _commit_diff(worktree: Path, base: str, commit: str) -> tuple[str, list[Text]]:
-    """Blocking (thread): an iteration's recorded state against the base."""
-    text = gitops.git(worktree, "diff", "--no-color", "--find-renames", base, commit)
+def _commit_diff(
+    worktree: Path, base: str, commit: str, exam: tuple[str, ...]
+) -> tuple[str, list[Text]]:
+    """Blocking (thread): an iteration's recorded state against the base (the exam left out)."""
+    text = gitops.git(
+        worktree, "diff", "--no-color", "--find-renames", base, commit, *leave_out_spec(exam)
+    )
     return text, highlight_diff(text)
 
 

@@ -119,11 +119,12 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
         Binding("escape", "close", "Back"),
     ]
 
-    def __init__(self, repo: Path, base: str, head: str) -> None:
+    def __init__(self, repo: Path, base: str, head: str, leave_out: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.repo = repo
         self.base = base
         self.head = head
+        self.leave_out = leave_out  # the exam: the developer's own edits are not up for review
         self.items: list[Item] = []
         self.cursor = 0
 
@@ -142,7 +143,7 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
 
     @work(thread=True, exclusive=True)
     def load(self) -> list[FileChange]:
-        return changes(self.repo, self.base, self.head)
+        return changes(self.repo, self.base, self.head, self.leave_out)
 
     def on_worker_state_changed(self, event: object) -> None:
         from textual.worker import WorkerState
