@@ -140,6 +140,7 @@ class Loop:
         self.timings: dict[str, list[float]] = {}  # engine phases, for bench/iteration.py
         self._exam_seen: dict[str, bytes | None] = {}
         self._exam_note: str | None = None
+        self._exam_in_sandbox: dict[str, bytes | None] = {}
         self._exam_lock = anyio.Lock()
         self.applied: ApplyResult | None = None
 
@@ -609,9 +610,16 @@ class Loop:
         with self._timed("exam check and restore"):
             await self._sync_exam(exam)
             changed = await anyio.to_thread.run_sync(sandbox.changed_paths)
+            held = await anyio.to_thread.run_sync(
+                _read_targets, sandbox, exam, self._exam_in_sandbox
+            )
             restored = await anyio.to_thread.run_sync(exam.restore, sandbox.worktree, changed)
-        if restored:
-            await self.emit(ev.ExamRestored(tuple(restored)))
+            # What the sandbox holds of the exam now, if the model leaves it alone.
+            self._exam_in_sandbox = {rel: held[rel][2] for rel in held}
+        # Only what the model did counts as an attempt; the developer's own edits are not one.
+        attempts = [p for p in restored if p not in held or held[p][0] != held[p][1]]
+        if attempts:
+            await self.emit(ev.ExamRestored(tuple(attempts)))
         await self._set_state("testing")
         await self.emit(ev.TestStarted(iteration, test_command))
         junit = sandbox.tmp / f"junit-{iteration}.xml"
@@ -659,6 +667,23 @@ class Loop:
         if not verdict.passed:
             await self._set_state("red")
         return verdict
+
+
+def _read_targets(
+    sandbox: Sandbox, exam: Exam, expected: dict[str, bytes | None]
+) -> dict[str, tuple[bytes | None, bytes | None, bytes | None]]:
+    """For each target file: what the sandbox holds, what it held when the engine last wrote
+    it (the snapshot's version at first), and the developer's version now."""
+    held: dict[str, tuple[bytes | None, bytes | None, bytes | None]] = {}
+    for rel in exam.target_files:
+        path = sandbox.worktree / rel
+        now = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+        if rel in expected:
+            want = expected[rel]
+        else:
+            want = gitops.read_blob(sandbox.repo, sandbox.base, rel)
+        held[rel] = (now, want, exam.original(rel))
+    return held
 
 
 def _revert_all(sandbox: Sandbox, rejections: list[ev.Rejection]) -> list[str]:

@@ -50,6 +50,7 @@ async def test_an_exam_tightened_during_the_model_stream_is_what_the_next_run_us
     changed = of_type(events, ev.ExamChanged)
     assert len(changed) == 1 and changed[0].paths == ("tests/test_calc.py",)
     assert "+    assert add(1, 1) == 2" in changed[0].diff
+    assert of_type(events, ev.ExamRestored) == []  # the developer's edit is no attempt of the model
     # The model heard of it in its next request, with the change itself.
     told = user_texts(scripted_openai.requests[2])
     assert "The developer changed the exam" in told and "add(1, 1) == 2" in told

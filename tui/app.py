@@ -189,7 +189,7 @@ class CodexloopApp(App[int]):
             ev.IterationStarted: self._on_iteration_started,
             ev.ModelTurnStarted: lambda e: self.model_pane.turn_started(),
             ev.ToolCall: lambda e: self.model_pane.tool_call(e),
-            ev.ToolResult: lambda e: self.model_pane.tool_result(e),
+            ev.ToolResult: self._on_tool_result,
             ev.Usage: self._on_usage,
             ev.ModelRetry: self._on_retry,
             ev.SandboxChanged: lambda e: self.schedule_diff(),
@@ -421,7 +421,15 @@ class CodexloopApp(App[int]):
             "yellow",
         )
 
+    def _on_tool_result(self, event: ev.ToolResult) -> None:
+        self.model_pane.tool_result(event)
+        if event.refused and "is protected" in event.summary:
+            self.status_line.info.exam_attempts += 1
+            self._update_status()
+
     def _on_exam_restored(self, event: ev.ExamRestored) -> None:
+        self.status_line.info.exam_attempts += len(event.paths)
+        self._update_status()
         self.model_pane.note(
             "⛨ the exam was put back before the test run: " + ", ".join(event.paths), "magenta"
         )

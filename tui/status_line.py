@@ -56,6 +56,7 @@ class StatusInfo:
     final: str | None = None  # passed | failed | stopped
     final_note: str = ""
     hint: str = ""  # e.g. green and waiting for the review
+    exam_attempts: int = 0  # changes of the exam the model tried (refused or undone)
 
 
 class StatusLine(Widget):
@@ -116,4 +117,7 @@ class StatusLine(Widget):
                 )
             if info.network:
                 line.append(" · network on", style="yellow")
+        if info.exam_attempts:
+            line.append("  ")
+            line.append(f"⛨ exam guarded ×{info.exam_attempts}", style="bold magenta")
         return line
