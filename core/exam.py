@@ -47,7 +47,6 @@ class Exam:
     repo: Path
     base: str
     target_files: tuple[str, ...]
-    attempts: int = 0
     from_checkout: bool = True  # False for a replay: the exam as it was recorded
     _targets: frozenset[str] = field(init=False)
 

@@ -173,7 +173,6 @@ class Tools:
     def _guard(self, rel: str, old: bytes | None, new: bytes | None) -> None:
         reason = self.exam.check_write(rel, old, new)
         if reason is not None:
-            self.exam.attempts += 1
             raise Refused(
                 f"{rel} is protected: {reason}. The tests define success and cannot be "
                 "changed; change the code under test instead."

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +14,7 @@ from anyio.abc import ObjectReceiveStream
 from codexloop.core import events as ev
 from codexloop.core.config import Config, Settings, load_config
 from codexloop.core.loop import Loop, LoopResult, event_channel
+from scripted_openai import Call
 
 CALC = "def add(a, b):\n    return a - b\n"
 TEST_CALC = "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
@@ -46,6 +51,37 @@ async def event_channel_run(
         async with send:
             result = await loop.run(send, commands)
     return result, collected
+
+
+def edit(path: str, old: str, new: str) -> Call:
+    """The model's ``edit_file`` call."""
+    return Call("edit_file", {"path": path, "old_text": old, "new_text": new})
+
+
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``codexloop ARGS`` as a user runs it: a real process, no model configured unless given."""
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "CODEXLOOP_MODEL")
+    }
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "codexloop.tui.cli", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+    )
+
+
+def events_of(stdout: str) -> list[dict[str, Any]]:
+    """The JSON events of a headless run's standard output."""
+    return [json.loads(line) for line in stdout.splitlines()]
 
 
 def of_type(events: list[ev.Event], kind: type[ev.Event]) -> list[Any]:

@@ -11,32 +11,9 @@ from pathlib import Path
 
 import pytest
 from conftest import run_git
-from loophelpers import KATA, TARGET
+from loophelpers import KATA, TARGET, events_of
+from loophelpers import run_cli as codexloop
 from scripted_openai import Call, Reply
-
-
-def codexloop(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    full_env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "CODEXLOOP_MODEL")
-    }
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "codexloop.tui.cli", *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=timeout,
-    )
-
-
-def events_of(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines()]
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess[str], *needles: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,28 +10,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from loophelpers import KATA, make_config, run_loop
+from loophelpers import KATA, events_of, make_config, run_cli, run_loop
 from scripted_openai import Call, Reply
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli(
-    python: str, *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [python, "-m", "codexloop.tui.cli", *args],
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-    )
-
-
-def events_of(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +105,7 @@ def test_replay_reproduces_the_recorded_outcomes(
     assert result.trace is not None and result.status == "passed"
     # The developer moves on: the checkout changes, yet the replay starts from the recorded state.
     (repo / "calc.py").write_text("def add(a, b):\n    raise NotImplementedError\n")
-    done = cli(
-        sys.executable, "replay", str(result.trace), "--headless", "--speed", "max", cwd=tmp_path
-    )
+    done = run_cli("replay", str(result.trace), "--headless", "--speed", "max", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     events = events_of(done.stdout)
     assert [e["passed"] for e in events if e["type"] == "test_finished"] == [False, False, True]
@@ -148,11 +127,11 @@ def test_a_trace_that_cannot_be_replayed_gets_one_clear_line(
 ) -> None:
     trace = tmp_path / "t.jsonl"
     trace.write_text(content)
-    done = cli(sys.executable, "replay", str(trace), "--headless", cwd=tmp_path)
+    done = run_cli("replay", str(trace), "--headless", cwd=tmp_path)
     assert done.returncode == 2
     assert needle in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_missing_trace(tmp_path: Path) -> None:
-    done = cli(sys.executable, "replay", str(tmp_path / "nope.jsonl"), cwd=tmp_path)
+    done = run_cli("replay", str(tmp_path / "nope.jsonl"), cwd=tmp_path)
     assert done.returncode == 2 and "no such trace" in done.stderr

@@ -10,6 +10,7 @@ from conftest import run_git
 from loophelpers import (
     KATA,
     TEST_CALC,
+    edit,
     event_channel_run,
     make_config,
     of_type,
@@ -21,10 +22,6 @@ from scripted_openai import Call, Reply
 pytestmark = pytest.mark.anyio
 
 TIGHTER = TEST_CALC + "    assert add(1, 1) == 2\n"
-
-
-def edit(path: str, old: str, new: str) -> Call:
-    return Call("edit_file", {"path": path, "old_text": old, "new_text": new})
 
 
 async def test_an_exam_tightened_during_the_model_stream_is_what_the_next_run_uses(

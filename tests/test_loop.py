@@ -11,14 +11,19 @@ from typing import Any
 import pytest
 from codexloop.core import events as ev
 from conftest import run_git
-from loophelpers import KATA, TEST_CALC, make_config, of_type, run_loop, tool_results, user_texts
+from loophelpers import (
+    KATA,
+    TEST_CALC,
+    edit,
+    make_config,
+    of_type,
+    run_loop,
+    tool_results,
+    user_texts,
+)
 from scripted_openai import Call, Drop, HTTPError, Reply
 
 pytestmark = pytest.mark.anyio
-
-
-def edit(path: str, old: str, new: str) -> Call:
-    return Call("edit_file", {"path": path, "old_text": old, "new_text": new})
 
 
 async def test_red_then_green_feeds_the_failure_back(make_repo, scripted_openai) -> None:
