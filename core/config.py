@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from codexloop.core import gitops
+from codexloop.core.limits import DEFAULT_MAX_PROCESSES, MIN_MAX_PROCESSES
 
 OPENAI_HOST = "api.openai.com"
 DEFAULT_OPENAI_MODEL = "gpt-5.1-codex"
@@ -34,6 +35,7 @@ _FILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "allow_network": bool,
     "warm": bool,
     "max_tool_calls": int,
+    "max_processes": int,
     "task": str,
     "api": str,
     "reasoning": str,
@@ -60,6 +62,7 @@ class Settings:
     allow_network: bool | None = None
     warm: bool | None = None
     max_tool_calls: int | None = None
+    max_processes: int | None = None
     api: str | None = None
     reasoning: str | None = None
 
@@ -79,6 +82,7 @@ class Config:
     allow_network: bool = False
     warm: bool = True
     max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS
+    max_processes: int = DEFAULT_MAX_PROCESSES
     target_files: tuple[str, ...] = field(default=())
     api: str = "auto"
     reasoning: str | None = None
@@ -211,6 +215,11 @@ def load_config(
     )
     if max_tool_calls < 1:
         raise ConfigError("max_tool_calls must be at least 1")
+    max_processes = int(
+        _first(settings.max_processes, file_cfg.get("max_processes"), DEFAULT_MAX_PROCESSES)
+    )
+    if max_processes < MIN_MAX_PROCESSES:
+        raise ConfigError(f"--max-processes must be at least {MIN_MAX_PROCESSES}")
 
     api = _first(settings.api, file_cfg.get("api"), "auto")
     if api not in APIS:
@@ -237,4 +246,5 @@ def load_config(
         warm=bool(_first(settings.warm, file_cfg.get("warm"), True)),
         allow_network=bool(_first(settings.allow_network, file_cfg.get("allow_network"), False)),
         max_tool_calls=max_tool_calls,
+        max_processes=max_processes,
     )

@@ -41,6 +41,8 @@ class LoopStarted(Event):
     max_iterations: int
     isolation: str = "none"
     isolation_reason: str = ""
+    max_processes: int | None = None  # None: no process-count limit could be set
+    process_limit: str = ""  # how the limit is enforced, or why there is none
     network: bool = False
     api: str = "chat"
     trace: str = ""

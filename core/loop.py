@@ -229,7 +229,10 @@ class Loop:
         with self._timed("isolation probe"):
             isolation = await anyio.to_thread.run_sync(
                 lambda: sandbox.isolate(
-                    [python], exam.protected_files(), network=config.allow_network
+                    [python],
+                    exam.protected_files(),
+                    network=config.allow_network,
+                    max_processes=config.max_processes,
                 )
             )
         if config.warm and config.test_cmd is None:
@@ -268,6 +271,8 @@ class Loop:
                 max_iterations=config.max_iterations,
                 isolation=isolation.level,
                 isolation_reason=isolation.reason,
+                max_processes=sandbox.limit.maximum,
+                process_limit=sandbox.limit.reason,
                 network=config.allow_network,
                 api=self.model.protocol,
                 trace=str(self.trace.path) if self.trace else "",
@@ -275,6 +280,8 @@ class Loop:
         )
         if not isolation.active:
             await self.emit(ev.Notice("warning", f"no process isolation: {isolation.reason}"))
+        elif sandbox.limit.maximum is None:
+            await self.emit(ev.Notice("info", sandbox.limit.reason))
         status: ev.FinalStatus = "failed"
         reason = ""
         iterations = 0

@@ -15,10 +15,11 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from codexloop.core import gitops, process
+import anyio
+from codexloop.core import gitops, limits, process
 from codexloop.core.isolation import (
     MEMORY_LIMIT_KB,
     Isolation,
@@ -72,6 +73,19 @@ _EXCLUDES = (
     )
     + "\n"
 )
+
+
+def limit_notes(group: limits.PidsGroup | None, survivors: int) -> str:
+    """What a command's result says about the process limit and what outlived it."""
+    notes = ""
+    if group is not None and group.hit_since_mark():
+        notes += (
+            f"\n[codexloop: the sandbox's limit of {group.maximum} processes was reached; "
+            "further forks failed]"
+        )
+    if survivors:
+        notes += f"\n[codexloop: {survivors} process(es) outlived the command and were killed]"
+    return notes
 
 
 def state_home() -> Path:
@@ -128,6 +142,9 @@ class Sandbox:
     tmp: Path
     isolation: Isolation = field(default_factory=lambda: Isolation("none", "not probed"))
     layout: Layout | None = None
+    limit: limits.ProcessLimit = field(
+        default_factory=lambda: limits.ProcessLimit("none", None, "not probed")
+    )
 
     @classmethod
     def create(cls, repo: Path, name: str, base: str | None = None) -> Sandbox:
@@ -183,6 +200,28 @@ class Sandbox:
             env.update(extra)
         return env
 
+    def command_argv(
+        self, command: str, extra_env: Mapping[str, str] | None = None
+    ) -> tuple[list[str], dict[str, str]]:
+        """How a shell command is started in this sandbox: its argv and environment."""
+        shell = shutil.which("bash") or "/bin/sh"
+        env = self.environment(extra_env)
+        # Hard limits the command cannot raise: a memory bomb gets MemoryError, a fork bomb
+        # EAGAIN (when the process limit works through RLIMIT_NPROC).
+        prefix = f"ulimit -v {MEMORY_LIMIT_KB} 2>/dev/null; {self.limit.shell_prefix()}"
+        argv = [shell, "-c", prefix + command]
+        if self.isolation.active and self.layout is not None:
+            argv = self.isolation.wrap(argv, self.layout, env)
+            env = {"PATH": env["PATH"]}
+        return argv, env
+
+    def process_group(self) -> limits.PidsGroup | None:
+        """A pids cgroup for one command, when that is how processes are limited here."""
+        try:
+            return self.limit.group()
+        except OSError:
+            return None  # the probe worked, so this is transient: run unlimited this once
+
     async def run(
         self,
         command: str,
@@ -192,16 +231,21 @@ class Sandbox:
         extra_env: Mapping[str, str] | None = None,
     ) -> RunResult:
         """Run a shell command in the worktree."""
-        shell = shutil.which("bash") or "/bin/sh"
-        env = self.environment(extra_env)
-        # A hard address-space limit the command cannot raise: a memory bomb gets MemoryError.
-        argv = [shell, "-c", f"ulimit -v {MEMORY_LIMIT_KB} 2>/dev/null; {command}"]
-        if self.isolation.active and self.layout is not None:
-            argv = self.isolation.wrap(argv, self.layout, env)
-            env = {"PATH": env["PATH"]}
-        return await process.run(
-            argv, cwd=self.worktree, env=env, timeout=timeout, on_output=on_output
-        )
+        argv, env = self.command_argv(command, extra_env)
+        group = self.process_group()
+        if group is not None:
+            argv = group.join(argv)
+        survivors = 0
+        try:
+            result = await process.run(
+                argv, cwd=self.worktree, env=env, timeout=timeout, on_output=on_output
+            )
+        finally:
+            if group is not None:
+                with anyio.CancelScope(shield=True):
+                    survivors = await group.close()
+        notes = limit_notes(group, survivors)
+        return replace(result, output=result.output + notes) if notes else result
 
     def isolate(
         self,
@@ -209,9 +253,11 @@ class Sandbox:
         protected: list[str],
         *,
         network: bool,
+        max_processes: int = limits.DEFAULT_MAX_PROCESSES,
         search_path: str | None = None,
     ) -> Isolation:
-        """Probe process isolation with this sandbox's exact layout and use it from now on (blocking)."""
+        """Probe process isolation with this sandbox's exact layout and use it from now on,
+        with the best process-count limit the system allows (blocking)."""
         home = self.tmp / "home"
         home.mkdir(parents=True, exist_ok=True)
         readonly = [*interpreter_paths(pythons), *path_dirs(self.environment()["PATH"])]
@@ -225,6 +271,7 @@ class Sandbox:
             network=network,
         )
         self.isolation = probe_isolation(self.layout, self.environment(), search_path=search_path)
+        self.limit = limits.probe(max_processes, user_namespace=self.isolation.active)
         return self.isolation
 
     def remove(self, *, delete_branch: bool = False) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import anyio
 from anyio.abc import Process
-from codexloop.core.isolation import MEMORY_LIMIT_KB
+from codexloop.core.limits import PidsGroup
 from codexloop.core.process import (
     DEFAULT_KEEP,
     OutputCallback,
@@ -30,7 +30,7 @@ from codexloop.core.process import (
     _HeadTail,
     sanitize_terminal,
 )
-from codexloop.core.sandbox import Sandbox
+from codexloop.core.sandbox import Sandbox, limit_notes
 
 SERVER_SCRIPT = Path(__file__).with_name("warm_server.py")
 CONFIG_NAMES = ("conftest.py", "pytest.ini", "tox.ini", "setup.cfg", "pyproject.toml")
@@ -64,6 +64,7 @@ class WarmRunner:
         self.fingerprint: str | None = None
         self._site: list[Path] | None = None
         self.starts = 0
+        self.group: PidsGroup | None = None
 
     def _fingerprint(self) -> str:
         """What the server's state depends on: test configuration and installed packages."""
@@ -91,15 +92,14 @@ class WarmRunner:
         script = self.sandbox.tmp / "codexloop_warm_server.py"
         shutil.copyfile(SERVER_SCRIPT, script)  # visible inside the sandbox whatever the install
         self.socket_path.unlink(missing_ok=True)
-        env = self.sandbox.environment()
         command = (
-            f"ulimit -v {MEMORY_LIMIT_KB} 2>/dev/null; exec {shlex.quote(self.python)} {shlex.quote(str(script))} "
+            f"exec {shlex.quote(self.python)} {shlex.quote(str(script))} "
             f"{shlex.quote(str(self.socket_path))} {shlex.quote(str(self.sandbox.worktree))}"
         )
-        argv = [shutil.which("bash") or "/bin/sh", "-c", command]
-        if self.sandbox.isolation.active and self.sandbox.layout is not None:
-            argv = self.sandbox.isolation.wrap(argv, self.sandbox.layout, env)
-            env = {"PATH": env["PATH"]}
+        argv, env = self.sandbox.command_argv(command)
+        self.group = self.sandbox.process_group()  # the server and every run it forks
+        if self.group is not None:
+            argv = self.group.join(argv)
         self.process = await anyio.open_process(
             argv,
             cwd=self.sandbox.worktree,
@@ -124,6 +124,7 @@ class WarmRunner:
 
     async def stop(self) -> None:
         process, self.process = self.process, None
+        group, self.group = self.group, None
         if process is None:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -131,6 +132,8 @@ class WarmRunner:
         with anyio.CancelScope(shield=True):
             await process.wait()
             await process.aclose()
+            if group is not None:
+                await group.close(settle_s=0)
 
     async def run(
         self,
@@ -150,6 +153,8 @@ class WarmRunner:
             await self._start()
             self.fingerprint = fingerprint
         started = time.perf_counter()
+        if self.group is not None:
+            self.group.mark()
         env = {**self.sandbox.environment(extra_env)}
         request = {"args": args, "env": env, "cwd": str(self.sandbox.worktree)}
         kept = _HeadTail(DEFAULT_KEEP)
@@ -183,7 +188,7 @@ class WarmRunner:
                         if on_output is not None:
                             await on_output(sanitize_terminal(text))
             timed_out = scope.cancelled_caught  # closing the connection kills the run
-        output = sanitize_terminal(kept.text())
+        output = sanitize_terminal(kept.text()) + limit_notes(self.group, 0)
         if timed_out:
             output += f"\n[codexloop: stopped after the {timeout:g} s time limit; the process tree was killed]"
         elif code is None:

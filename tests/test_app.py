@@ -38,10 +38,18 @@ class StableLoop(Loop):
     """A loop whose events carry nothing that changes between runs (for snapshots)."""
 
     async def emit(self, event: ev.Event) -> None:
-        if isinstance(event, ev.Notice) and "isolation" in event.message:
-            return  # machine-dependent: bubblewrap may or may not be available
+        if isinstance(event, ev.Notice) and (
+            "isolation" in event.message or "process-count" in event.message
+        ):
+            return  # machine-dependent: bubblewrap or a process limit may be unavailable
         if isinstance(event, ev.LoopStarted):
-            event = dataclasses.replace(event, isolation="full", isolation_reason="")
+            event = dataclasses.replace(
+                event,
+                isolation="full",
+                isolation_reason="bubblewrap",
+                max_processes=1024,
+                process_limit="at most 1024 processes per command",
+            )
         elif isinstance(event, ev.TestStarted):
             event = dataclasses.replace(event, command=f"python -m pytest -q {SESSION}")
         elif isinstance(event, ev.TestOutput):

@@ -394,6 +394,10 @@ class CodexloopApp(App[int]):
         note.append("loop started", style="bold")
         note.append(f" · preview branch {event.branch}", style="dim")
         self.model_pane.write_line(note)
+        sandbox = f"sandbox: {event.isolation} isolation"
+        sandbox += f" — {event.isolation_reason}" if event.isolation_reason else ""
+        sandbox += f"; {event.process_limit}" if event.process_limit else ""
+        self.model_pane.write_line(Text(sandbox, style="dim"))
         info.network = bool(getattr(event, "network", False))
         self._update_status()
 

@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="time limit of a test run (default 600)",
     )
     parser.add_argument(
+        "--max-processes",
+        type=_positive_int,
+        metavar="N",
+        help="most processes and threads a sandboxed command may have at once, where the system "
+        "allows a limit (default 1024)",
+    )
+    parser.add_argument(
         "--no-warm",
         dest="warm",
         action="store_false",
@@ -190,6 +197,7 @@ def run_loop(args: argparse.Namespace) -> int:
         base_url=args.base_url,
         max_iterations=args.max_iterations,
         command_timeout=args.command_timeout,
+        max_processes=args.max_processes,
         test_timeout=args.test_timeout,
         allow_network=args.allow_network,
         api=args.api,

@@ -1,0 +1,313 @@
+"""A process-count limit for sandboxed commands, where the system allows one.
+
+Two ways, tried in this order at start-up:
+
+``cgroup``
+    A pids cgroup per command (cgroup v2 where ``pids`` is delegated to us, else a
+    writable cgroup v1 ``pids`` hierarchy, as for root on many hosts). ``pids.max``
+    bounds the tasks (processes and threads); after the command every task still in
+    the group is killed and the group removed, so nothing outlives a command even if
+    it left the process group and the pid namespace.
+``rlimit``
+    ``ulimit -u`` inside the sandbox's own user namespace. Since Linux 5.14 the kernel
+    counts ``RLIMIT_NPROC`` per user namespace, so only the sandbox's processes count
+    (before that, and outside a user namespace, it would count every process of the
+    user and starve their desktop). Not enforced for root.
+
+Otherwise ``none``, with the reason, which the loop reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import platform
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import anyio
+
+Method = Literal["cgroup", "rlimit", "none"]
+
+DEFAULT_MAX_PROCESSES = 1024
+MIN_MAX_PROCESSES = 16
+
+_PREFIX = "codexloop-"
+_JOIN = (
+    '{ echo $$ > "$0"; } 2>/dev/null'
+    ' || { echo "codexloop: cannot enter the pids cgroup $0" >&2; exit 125; }; exec "$@"'
+)
+_counter = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class CgroupDir:
+    """Where our process sits in a hierarchy with the pids controller."""
+
+    path: Path
+    version: int  # 1 or 2
+
+
+def find_pids_cgroups(mountinfo: str, self_cgroup: str) -> list[CgroupDir]:
+    """Folders of the pids controller that hold this process, v2 first.
+
+    ``mountinfo`` is ``/proc/self/mountinfo``, ``self_cgroup`` is ``/proc/self/cgroup``.
+    """
+    v1_paths: dict[str, str] = {}
+    v2_path: str | None = None
+    for line in self_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        if hierarchy == "0" and controllers == "":
+            v2_path = path
+        elif "pids" in controllers.split(","):
+            v1_paths["pids"] = path
+    found: list[CgroupDir] = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        after = line.split(" - ", 1)[1].split()
+        if len(after) < 3:
+            continue
+        fstype, options = after[0], after[2].split(",")
+        root, mount_point = _unescape(fields[3]), _unescape(fields[4])
+        if fstype == "cgroup2" and v2_path is not None:
+            relative = _relative(v2_path, root)
+            if relative is not None:
+                found.insert(0, CgroupDir(Path(mount_point, relative), 2))
+        elif fstype == "cgroup" and "pids" in options and "pids" in v1_paths:
+            relative = _relative(v1_paths["pids"], root)
+            if relative is not None:
+                found.append(CgroupDir(Path(mount_point, relative), 1))
+    return found
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+def _relative(path: str, root: str) -> str | None:
+    """``path`` (as /proc/self/cgroup names it) relative to a mount of the hierarchy's ``root``."""
+    if root == "/":
+        return path.lstrip("/")
+    if path == root or path.startswith(root.rstrip("/") + "/"):
+        return path[len(root) :].lstrip("/")
+    return None  # our cgroup is not visible through this mount
+
+
+def kernel_counts_nproc_per_namespace(release: str | None = None) -> bool:
+    """Linux 5.14 moved RLIMIT_NPROC onto per-user-namespace counts ("ucounts")."""
+    match = re.match(r"(\d+)\.(\d+)", release or platform.release())
+    return bool(match) and (int(match.group(1)), int(match.group(2))) >= (5, 14)  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True)
+class ProcessLimit:
+    method: Method
+    maximum: int | None
+    reason: str
+    cgroup: CgroupDir | None = None
+
+    def shell_prefix(self) -> str:
+        """What the sandbox's shell runs before the command."""
+        if self.method == "rlimit":
+            return f"ulimit -u {self.maximum} 2>/dev/null; "
+        return ""
+
+    def group(self) -> PidsGroup | None:
+        """A fresh pids cgroup for one command (or one warm server), when the method is cgroup."""
+        if self.method != "cgroup" or self.cgroup is None or self.maximum is None:
+            return None
+        return PidsGroup.create(self.cgroup, self.maximum)
+
+
+class PidsGroup:
+    """One command's pids cgroup: created before it starts, emptied and removed after."""
+
+    def __init__(self, path: Path, version: int, maximum: int) -> None:
+        self.path = path
+        self.version = version
+        self.maximum = maximum
+        self._hits_before = 0
+        self._hits_at_close: int | None = None
+
+    @classmethod
+    def create(cls, where: CgroupDir, maximum: int) -> PidsGroup:
+        """Make the group (blocking, a few system calls); raises OSError when refused."""
+        if where.version == 2:
+            _enable_pids(where.path)
+        path = where.path / f"{_PREFIX}{os.getpid()}-{next(_counter)}"
+        path.mkdir()
+        try:
+            (path / "pids.max").write_text(str(maximum))
+        except OSError:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+            raise
+        return cls(path, where.version, maximum)
+
+    def join(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` entering the group before anything else runs (so no fork escapes it)."""
+        return ["/bin/sh", "-c", _JOIN, str(self.path / "cgroup.procs"), *argv]
+
+    def pids(self) -> list[int]:
+        try:
+            text = (self.path / "cgroup.procs").read_text()
+        except OSError:
+            return []
+        return [int(word) for word in text.split()]
+
+    def limit_hits(self) -> int:
+        """How many forks the limit refused so far."""
+        try:
+            for line in (self.path / "pids.events").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "max":
+                    return int(value)
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def mark(self) -> None:
+        """Remember the refusals so far; ``hit_since_mark`` tells about new ones."""
+        self._hits_before = self.limit_hits()
+
+    def hit_since_mark(self) -> bool:
+        hits = self._hits_at_close if self._hits_at_close is not None else self.limit_hits()
+        return hits > self._hits_before
+
+    def kill_all(self) -> None:
+        kill = self.path / "cgroup.kill"
+        if self.version == 2 and kill.exists():
+            with contextlib.suppress(OSError):
+                kill.write_text("1")
+                return
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+    def _try_remove(self) -> bool:
+        self.kill_all()
+        try:
+            self.path.rmdir()
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False  # killed tasks leave the group once they are reaped
+        return True
+
+    async def close(self, *, settle_s: float = 0.2, grace_s: float = 3.0) -> int:
+        """Kill whatever is left in the group, wait until it is empty, remove it.
+
+        Tasks of a finished command leave by themselves within moments (a pid namespace
+        is torn down, zombies are reaped); whatever is still there after ``settle_s`` had
+        outlived its command and is killed. Returns how many did (0 when all went with it).
+        """
+        self._hits_at_close = self.limit_hits()
+        with anyio.move_on_after(settle_s):
+            while self.pids():
+                await anyio.sleep(0.005)
+        survivors = len(self.pids())
+        with anyio.move_on_after(grace_s):
+            while not self._try_remove():
+                await anyio.sleep(0.01)
+        return survivors
+
+    def close_blocking(self, *, grace_s: float = 3.0) -> None:
+        deadline = time.monotonic() + grace_s
+        while not self._try_remove() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def _enable_pids(path: Path) -> None:
+    control = path / "cgroup.subtree_control"
+    if "pids" not in control.read_text().split():
+        control.write_text("+pids")
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def remove_stale_groups(where: CgroupDir) -> None:
+    """Empty groups left by a codexloop that died before cleaning up (best effort)."""
+    with contextlib.suppress(OSError):
+        for child in where.path.iterdir():
+            match = re.fullmatch(rf"{_PREFIX}(\d+)-\d+", child.name)
+            if match and not _alive(int(match.group(1))):
+                with contextlib.suppress(OSError):
+                    child.rmdir()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _cgroup_works(where: CgroupDir, maximum: int) -> str | None:
+    """None when a group can be made there and a process can enter it; else why not."""
+    if where.version == 2 and "pids" not in _read(str(where.path / "cgroup.controllers")).split():
+        return f"cgroup v2 at {where.path} does not offer the pids controller"
+    try:
+        group = PidsGroup.create(where, maximum)
+    except OSError as exc:
+        return f"cgroup v{where.version} pids at {where.path} is not writable ({exc.strerror})"
+    try:
+        done = subprocess.run(
+            group.join(["true"]), capture_output=True, timeout=10, stdin=subprocess.DEVNULL
+        )
+        if done.returncode != 0:
+            return f"cannot move a process into {group.path}"
+        return None
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"cannot move a process into {group.path} ({exc})"
+    finally:
+        group.close_blocking()
+
+
+def probe(maximum: int, *, user_namespace: bool) -> ProcessLimit:
+    """Pick the best process-count limit this system allows (blocking)."""
+    refusals: list[str] = []
+    for where in find_pids_cgroups(_read("/proc/self/mountinfo"), _read("/proc/self/cgroup")):
+        remove_stale_groups(where)
+        why_not = _cgroup_works(where, maximum)
+        if why_not is None:
+            return ProcessLimit(
+                "cgroup",
+                maximum,
+                f"at most {maximum} processes per command (cgroup v{where.version} pids controller)",
+                where,
+            )
+        refusals.append(why_not)
+    no_cgroup = "; ".join(refusals) or "no pids cgroup controller is mounted"
+    if not user_namespace:
+        why = "without a user namespace RLIMIT_NPROC would count every process of your user"
+    elif os.geteuid() == 0:
+        why = "RLIMIT_NPROC is not enforced for root"
+    elif not kernel_counts_nproc_per_namespace():
+        why = "before Linux 5.14 RLIMIT_NPROC counts every process of your user"
+    else:
+        return ProcessLimit(
+            "rlimit",
+            maximum,
+            f"at most {maximum} processes per command (RLIMIT_NPROC in the sandbox's user namespace)",
+        )
+    return ProcessLimit("none", None, f"no process-count limit: {no_cgroup}, and {why}")

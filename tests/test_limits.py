@@ -1,0 +1,234 @@
+"""The process-count limit: found where the system allows one, enforced, and cleaned up."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from codexloop.core import limits
+from codexloop.core.exam import Exam
+from codexloop.core.sandbox import Sandbox, find_python
+from codexloop.core.testrun import default_args, junit_env
+from codexloop.core.warm import WarmRunner
+from loophelpers import KATA
+
+# Forks until refused (or 200 children), then prints how many it got. Children just wait.
+FORKER = (
+    "import os, sys, time\n"
+    "n = 0\n"
+    "for _ in range(200):\n"
+    "    try:\n"
+    "        pid = os.fork()\n"
+    "    except OSError:\n"
+    "        break\n"
+    "    if pid == 0:\n"
+    "        time.sleep(5)\n"
+    "        os._exit(0)\n"
+    "    n += 1\n"
+    "print('forked', n, flush=True)\n"
+)
+
+V1_MOUNTINFO = (
+    "25 20 0:22 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755\n"
+    "33 25 0:29 / /sys/fs/cgroup/pids rw,relatime shared:14 - cgroup cgroup rw,pids\n"
+    "34 25 0:30 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
+    "35 25 0:31 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"
+)
+V1_CGROUP = "8:pids:/user.slice\n4:memory:/x\n0::/\n"
+CONTAINER_MOUNTINFO = (
+    "40 30 0:35 /docker/abc /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+    "41 30 0:36 / /mnt/my\\040cgroups rw - cgroup2 cgroup2 rw\n"
+)
+CONTAINER_CGROUP = "0::/docker/abc/session\n"
+
+
+def test_cgroup_folders_are_found_in_mountinfo_v2_first() -> None:
+    found = limits.find_pids_cgroups(V1_MOUNTINFO, V1_CGROUP)
+    assert found == [
+        limits.CgroupDir(Path("/sys/fs/cgroup/unified"), 2),
+        limits.CgroupDir(Path("/sys/fs/cgroup/pids/user.slice"), 1),
+    ]
+
+
+def test_a_container_mount_root_is_taken_off_our_cgroup_path() -> None:
+    found = limits.find_pids_cgroups(CONTAINER_MOUNTINFO, CONTAINER_CGROUP)
+    assert found[-1] == limits.CgroupDir(Path("/sys/fs/cgroup/session"), 2)
+    # The second mount shows the whole hierarchy (escaped space in its mount point).
+    assert found[0] == limits.CgroupDir(Path("/mnt/my cgroups/docker/abc/session"), 2)
+    assert limits.find_pids_cgroups(CONTAINER_MOUNTINFO, "0::/elsewhere\n")[0].path == Path(
+        "/mnt/my cgroups/elsewhere"
+    )
+
+
+@pytest.mark.parametrize(
+    ("release", "per_namespace"),
+    [("5.13.19-generic", False), ("5.14.0", True), ("6.18.44-fc-v669", True), ("4.19", False)],
+)
+def test_rlimit_nproc_is_per_namespace_from_linux_5_14(release: str, per_namespace: bool) -> None:
+    assert limits.kernel_counts_nproc_per_namespace(release) is per_namespace
+
+
+def test_the_rlimit_method_prefixes_ulimit_and_the_others_do_not() -> None:
+    assert limits.ProcessLimit("rlimit", 64, "").shell_prefix() == "ulimit -u 64 2>/dev/null; "
+    assert limits.ProcessLimit("cgroup", 64, "").shell_prefix() == ""
+    assert limits.ProcessLimit("none", None, "").group() is None
+
+
+@pytest.fixture
+def limited(make_repo):
+    """A sandbox whose commands may have at most 24 processes, if the system allows a limit."""
+    repo = make_repo(KATA)
+    box = Sandbox.create(repo, "limited")
+    exam = Exam(repo, box.base, ("tests/test_calc.py",))
+    box.isolate([find_python(repo)], exam.protected_files(), network=False, max_processes=24)
+    if box.limit.method == "none":
+        box.remove(delete_branch=True)
+        pytest.skip(box.limit.reason)
+    yield box
+    box.remove(delete_branch=True)
+
+
+def our_groups(box: Sandbox) -> list[Path]:
+    where = box.limit.cgroup
+    if where is None:
+        return []
+    return sorted(where.path.glob(f"codexloop-{os.getpid()}-*"))
+
+
+@pytest.mark.anyio
+async def test_a_fork_bomb_is_bounded_and_the_model_is_told(limited: Sandbox) -> None:
+    script = limited.worktree / "forker.py"
+    script.write_text(FORKER)
+    result = await limited.run(f"{find_python(limited.repo)} forker.py", timeout=60)
+    forked = int(result.output.split("forked", 1)[1].split()[0])
+    assert forked < 24
+    assert "limit of 24 processes was reached" in result.output
+    assert our_groups(limited) == []  # the command's group is gone with it
+
+
+@pytest.mark.anyio
+async def test_a_normal_command_has_no_limit_note(limited: Sandbox) -> None:
+    result = await limited.run("echo fine", timeout=30)
+    assert result.output.strip() == "fine"
+    assert our_groups(limited) == []
+
+
+@pytest.mark.anyio
+async def test_a_warm_run_is_bounded_too(limited: Sandbox) -> None:
+    python = find_python(limited.repo)
+    test = limited.worktree / "tests" / "test_forks.py"
+    test.write_text(
+        "import subprocess, sys\n\n\ndef test_forks():\n"
+        f"    subprocess.run([sys.executable, '-c', {FORKER!r}], check=True)\n"
+    )
+    warm = WarmRunner(limited, python)
+    try:
+        target = ["tests/test_forks.py"]
+        run = await warm.run(
+            default_args(target), extra_env=junit_env(limited.tmp / "j.xml"), timeout=60
+        )
+        assert "limit of 24 processes was reached" in run.output
+        again = await warm.run(
+            default_args(["tests/test_calc.py"]),
+            extra_env=junit_env(limited.tmp / "k.xml"),
+            timeout=60,
+        )
+        assert "processes was reached" not in again.output  # a new run starts unmarked
+    finally:
+        await warm.stop()
+    if limited.limit.method == "cgroup":
+        assert our_groups(limited) == []
+
+
+@pytest.mark.anyio
+async def test_without_isolation_an_escaped_process_is_still_killed(
+    make_repo, no_bwrap: Path
+) -> None:
+    """No pid namespace here: a setsid'd process leaves the process group; the cgroup catches it."""
+    repo = make_repo(KATA)
+    box = Sandbox.create(repo, "escape")
+    try:
+        box.isolate([find_python(repo)], [], network=False)
+        assert box.isolation.level == "none"
+        if box.limit.method != "cgroup":
+            pytest.skip(box.limit.reason)
+        marker = f"codexloop-escapee-{uuid.uuid4().hex}"
+        result = await box.run(
+            f"(exec -a {marker} setsid nohup sleep 300 >/dev/null 2>&1 &); echo started",
+            timeout=30,
+        )
+        assert "1 process(es) outlived the command and were killed" in result.output
+        deadline = time.monotonic() + 5  # SIGKILL is delivered asynchronously: wait, bounded
+        while _running(marker) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _running(marker)
+    finally:
+        box.remove(delete_branch=True)
+
+
+def _running(marker: str) -> bool:
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes().decode(
+                errors="replace"
+            ):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0
+    or shutil.which("setpriv") is None
+    or shutil.which("bwrap") is None
+    or not Path(SYSTEM_PYTHON).exists()
+    or not limits.kernel_counts_nproc_per_namespace(),
+    reason="needs root (to act as another user), setpriv, bwrap, /usr/bin/python3, Linux 5.14+",
+)
+def test_rlimit_counts_only_the_sandboxs_processes() -> None:
+    """The premise of the rlimit method, checked on this kernel as an unprivileged user:
+    with 30 processes of the user running outside, a sandbox limited to 20 still gets ~18."""
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    outside = [subprocess.Popen([*nobody, "sleep", "30"]) for _ in range(30)]
+    try:
+        prefix = limits.ProcessLimit("rlimit", 20, "").shell_prefix()
+        done = subprocess.run(
+            [
+                *nobody,
+                "bwrap",
+                "--unshare-user",
+                "--unshare-pid",
+                "--die-with-parent",
+                "--ro-bind",
+                "/",
+                "/",
+                "--dev",
+                "/dev",
+                "--proc",
+                "/proc",
+                "--",
+                "bash",
+                "-c",
+                f"{prefix}{SYSTEM_PYTHON} -c {shlex.quote(FORKER)}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        forked = int(done.stdout.split("forked", 1)[1].split()[0])
+        assert 10 <= forked < 20
+    finally:
+        for process in outside:
+            process.kill()
+            process.wait()
