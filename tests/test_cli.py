@@ -57,6 +57,10 @@ def test_headless_red_to_green_prints_one_event_per_line(make_repo, scripted_ope
     started = events[0]
     assert started["type"] == "loop_started"
     assert started["branch"].startswith("codexloop/") and started["base"] and started["worktree"]
+    # The process-count limit in force (or why there is none) is part of the start event.
+    assert started["process_limit"]
+    if started["max_processes"] is not None:
+        assert started["max_processes"] == 1024 and "1024 processes" in started["process_limit"]
     finished = events[-1]
     assert finished == {**finished, "type": "loop_finished", "status": "passed", "iterations": 1}
     tests = [e for e in events if e["type"] == "test_finished"]
@@ -188,6 +192,7 @@ def test_an_unreachable_endpoint(make_repo) -> None:
         ([TARGET, "--max-iterations", "0"], "--max-iterations"),
         ([TARGET, "--test-timeout", "soon"], "--test-timeout"),
         ([TARGET, "--accept", "some"], "--accept"),
+        ([TARGET, "--max-processes", "4"], "--max-processes must be at least 16"),
         ([TARGET, "--frobnicate"], "--frobnicate"),
     ],
 )
@@ -221,6 +226,13 @@ def test_config_precedence_flags_env_file(make_repo) -> None:
         Settings(targets=(TARGET,), repo=repo), env={"OPENAI_BASE_URL": "http://h/v1"}, cwd=repo
     )
     assert env_url.base_url == "http://h/v1" and env_url.model == "from-file"
+    assert config.max_processes == 1024
+    limited = make_repo(
+        {**KATA, "pyproject.toml": "[tool.codexloop]\nmax_processes = 64\n"}, name="limited"
+    )
+    keyed = {"OPENAI_API_KEY": "k"}
+    from_file = load_config(Settings(targets=(TARGET,), repo=limited), env=keyed, cwd=limited)
+    assert from_file.max_processes == 64
 
 
 def test_help_is_instant_and_names_every_option(tmp_path: Path) -> None:
@@ -370,3 +382,29 @@ def test_branches_lists_and_clean_removes_preview_branches(
     assert not Path(started["worktree"]).exists()
     assert codexloop("branches", cwd=repo).stdout.strip() == "no preview branches"
     assert codexloop("branches", cwd=tmp_path).returncode == 2  # not a checkout
+
+
+def test_a_closed_standard_output_stops_the_loop_without_a_traceback(
+    make_repo, scripted_openai
+) -> None:
+    """`codexloop --headless ... | head -1`: the reader goes away; the loop stops cleanly."""
+    import threading
+
+    repo = make_repo(KATA)
+    hold = threading.Event()
+    scripted_openai.add(Reply(text="A thought that goes on. " * 40, hold=hold, chunk_size=8))
+    proc = _popen_headless(repo, scripted_openai.base_url)
+    try:
+        _read_until(proc, "model_text")
+        assert proc.stdout is not None
+        proc.stdout.close()
+        hold.set()  # more events now meet a closed pipe
+        assert proc.wait(timeout=60) == 1
+        assert proc.stderr is not None
+        errors = proc.stderr.read()
+    finally:
+        hold.set()
+        proc.kill()
+    assert "standard output was closed; stopping the loop" in errors
+    assert "Traceback" not in errors and "BrokenPipe" not in errors
+    assert run_git(repo, "status", "--porcelain") == ""

@@ -6,11 +6,14 @@ model. SIGINT or SIGTERM stops the loop cleanly (exit 130).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import signal
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from typing import TextIO
 
 import anyio
@@ -25,11 +28,33 @@ from codexloop.core.model import ModelError, check_endpoint, make_client
 EXIT_GREEN, EXIT_RED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-async def print_events(events: ObjectReceiveStream[ev.Event], out: TextIO) -> None:
+async def print_events(
+    events: ObjectReceiveStream[ev.Event],
+    out: TextIO,
+    on_closed: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Print every event; if the reader goes away (``| head``), say so once and drain quietly."""
+    closed = False
     async with events:
         async for event in events:
-            out.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
-            out.flush()
+            if closed:
+                continue
+            try:
+                out.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
+                out.flush()
+            except BrokenPipeError:
+                closed = True
+                _silence(out)
+                if on_closed is not None:
+                    await on_closed()
+
+
+def _silence(out: TextIO) -> None:
+    """Point the closed stream at /dev/null so nothing fails again when Python exits."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
 
 
 def _read_stdin(
@@ -64,7 +89,13 @@ async def headless_session(
         loop = Loop(config, client=client, accept_all=accept_all)
     send_events, receive_events = event_channel()
     send_commands, receive_commands = event_channel()
-    interrupted = False
+    interrupted = output_closed = False
+
+    async def stop_for_closed_output() -> None:
+        nonlocal output_closed
+        output_closed = True
+        print("codexloop: standard output was closed; stopping the loop", file=sys.stderr)
+        await send_commands.send(ev.Stop("standard output was closed"))
 
     async def watch_signals() -> None:
         nonlocal interrupted
@@ -76,7 +107,7 @@ async def headless_session(
                 await send_commands.send(ev.Stop("interrupted"))
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(print_events, receive_events, out)
+        tg.start_soon(print_events, receive_events, out, stop_for_closed_output)
         async with anyio.create_task_group() as inner:
             inner.start_soon(watch_signals)
             if read_stdin and sys.stdin is not None and not sys.stdin.isatty():
@@ -95,7 +126,11 @@ async def headless_session(
         return EXIT_USAGE
     if interrupted:
         return EXIT_INTERRUPTED
-    if result.status == "passed" and (loop.applied is None or loop.applied.ok):
+    if (
+        result.status == "passed"
+        and not output_closed
+        and (loop.applied is None or loop.applied.ok)
+    ):
         return EXIT_GREEN
     return EXIT_RED
 
