@@ -3,11 +3,13 @@
 Two ways, tried in this order at start-up:
 
 ``cgroup``
-    A pids cgroup per command (cgroup v2 where ``pids`` is delegated to us, else a
-    writable cgroup v1 ``pids`` hierarchy, as for root on many hosts). ``pids.max``
-    bounds the tasks (processes and threads); after the command every task still in
-    the group is killed and the group removed, so nothing outlives a command even if
-    it left the process group and the pid namespace.
+    A pids cgroup per command, where a cgroup v1 ``pids`` hierarchy is writable (root
+    on hosts that still mount v1). ``pids.max`` bounds the tasks (processes and
+    threads); after the command every task still in the group is killed and the group
+    removed, so nothing outlives a command even if it left the process group and the
+    pid namespace. (cgroup v2 is not used: a process may not start children in
+    sub-groups of a cgroup it sits in itself once ``pids`` is enabled there — the
+    thread-root rule — so v2 would need a cgroup manager round trip per command.)
 ``rlimit``
     ``ulimit -u`` inside the sandbox's own user namespace. Since Linux 5.14 the kernel
     counts ``RLIMIT_NPROC`` per user namespace, so only the sandbox's processes count
@@ -47,49 +49,29 @@ _JOIN = (
 _counter = itertools.count(1)
 
 
-@dataclass(frozen=True)
-class CgroupDir:
-    """Where our process sits in a hierarchy with the pids controller."""
-
-    path: Path
-    version: int  # 1 or 2
-
-
-def find_pids_cgroups(mountinfo: str, self_cgroup: str) -> list[CgroupDir]:
-    """Folders of the pids controller that hold this process, v2 first.
+def find_pids_cgroup(mountinfo: str, self_cgroup: str) -> Path | None:
+    """The folder of this process in a mounted cgroup v1 ``pids`` hierarchy, if any.
 
     ``mountinfo`` is ``/proc/self/mountinfo``, ``self_cgroup`` is ``/proc/self/cgroup``.
     """
-    v1_paths: dict[str, str] = {}
-    v2_path: str | None = None
+    ours = None
     for line in self_cgroup.splitlines():
         parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        hierarchy, controllers, path = parts
-        if hierarchy == "0" and controllers == "":
-            v2_path = path
-        elif "pids" in controllers.split(","):
-            v1_paths["pids"] = path
-    found: list[CgroupDir] = []
+        if len(parts) == 3 and "pids" in parts[1].split(","):
+            ours = parts[2]
+    if ours is None:
+        return None
     for line in mountinfo.splitlines():
         fields = line.split()
         if " - " not in line or len(fields) < 5:
             continue
         after = line.split(" - ", 1)[1].split()
-        if len(after) < 3:
+        if len(after) < 3 or after[0] != "cgroup" or "pids" not in after[2].split(","):
             continue
-        fstype, options = after[0], after[2].split(",")
-        root, mount_point = _unescape(fields[3]), _unescape(fields[4])
-        if fstype == "cgroup2" and v2_path is not None:
-            relative = _relative(v2_path, root)
-            if relative is not None:
-                found.insert(0, CgroupDir(Path(mount_point, relative), 2))
-        elif fstype == "cgroup" and "pids" in options and "pids" in v1_paths:
-            relative = _relative(v1_paths["pids"], root)
-            if relative is not None:
-                found.append(CgroupDir(Path(mount_point, relative), 1))
-    return found
+        relative = _relative(ours, _unescape(fields[3]))
+        if relative is not None:
+            return Path(_unescape(fields[4]), relative)
+    return None
 
 
 def _unescape(text: str) -> str:
@@ -116,7 +98,7 @@ class ProcessLimit:
     method: Method
     maximum: int | None
     reason: str
-    cgroup: CgroupDir | None = None
+    cgroup: Path | None = None  # the folder per-command groups are made in
 
     def shell_prefix(self) -> str:
         """What the sandbox's shell runs before the command."""
@@ -134,19 +116,16 @@ class ProcessLimit:
 class PidsGroup:
     """One command's pids cgroup: created before it starts, emptied and removed after."""
 
-    def __init__(self, path: Path, version: int, maximum: int) -> None:
+    def __init__(self, path: Path, maximum: int) -> None:
         self.path = path
-        self.version = version
         self.maximum = maximum
         self._hits_before = 0
         self._hits_at_close: int | None = None
 
     @classmethod
-    def create(cls, where: CgroupDir, maximum: int) -> PidsGroup:
+    def create(cls, where: Path, maximum: int) -> PidsGroup:
         """Make the group (blocking, a few system calls); raises OSError when refused."""
-        if where.version == 2:
-            _enable_pids(where.path)
-        path = where.path / f"{_PREFIX}{os.getpid()}-{next(_counter)}"
+        path = where / f"{_PREFIX}{os.getpid()}-{next(_counter)}"
         path.mkdir()
         try:
             (path / "pids.max").write_text(str(maximum))
@@ -154,7 +133,7 @@ class PidsGroup:
             with contextlib.suppress(OSError):
                 path.rmdir()
             raise
-        return cls(path, where.version, maximum)
+        return cls(path, maximum)
 
     def join(self, argv: Sequence[str]) -> list[str]:
         """``argv`` entering the group before anything else runs (so no fork escapes it)."""
@@ -187,11 +166,6 @@ class PidsGroup:
         return hits > self._hits_before
 
     def kill_all(self) -> None:
-        kill = self.path / "cgroup.kill"
-        if self.version == 2 and kill.exists():
-            with contextlib.suppress(OSError):
-                kill.write_text("1")
-                return
         for pid in self.pids():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
@@ -229,12 +203,6 @@ class PidsGroup:
             time.sleep(0.01)
 
 
-def _enable_pids(path: Path) -> None:
-    control = path / "cgroup.subtree_control"
-    if "pids" not in control.read_text().split():
-        control.write_text("+pids")
-
-
 def _read(path: str) -> str:
     try:
         return Path(path).read_text()
@@ -242,10 +210,10 @@ def _read(path: str) -> str:
         return ""
 
 
-def remove_stale_groups(where: CgroupDir) -> None:
+def remove_stale_groups(where: Path) -> None:
     """Empty groups left by a codexloop that died before cleaning up (best effort)."""
     with contextlib.suppress(OSError):
-        for child in where.path.iterdir():
+        for child in where.iterdir():
             match = re.fullmatch(rf"{_PREFIX}(\d+)-\d+", child.name)
             if match and not _alive(int(match.group(1))):
                 with contextlib.suppress(OSError):
@@ -262,14 +230,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _cgroup_works(where: CgroupDir, maximum: int) -> str | None:
+def _cgroup_works(where: Path, maximum: int) -> str | None:
     """None when a group can be made there and a process can enter it; else why not."""
-    if where.version == 2 and "pids" not in _read(str(where.path / "cgroup.controllers")).split():
-        return f"cgroup v2 at {where.path} does not offer the pids controller"
     try:
         group = PidsGroup.create(where, maximum)
     except OSError as exc:
-        return f"cgroup v{where.version} pids at {where.path} is not writable ({exc.strerror})"
+        return f"the pids cgroup {where} is not writable ({exc.strerror})"
     try:
         done = subprocess.run(
             group.join(["true"]), capture_output=True, timeout=10, stdin=subprocess.DEVNULL
@@ -285,19 +251,20 @@ def _cgroup_works(where: CgroupDir, maximum: int) -> str | None:
 
 def probe(maximum: int, *, user_namespace: bool) -> ProcessLimit:
     """Pick the best process-count limit this system allows (blocking)."""
-    refusals: list[str] = []
-    for where in find_pids_cgroups(_read("/proc/self/mountinfo"), _read("/proc/self/cgroup")):
+    where = find_pids_cgroup(_read("/proc/self/mountinfo"), _read("/proc/self/cgroup"))
+    if where is None:
+        no_cgroup = "no cgroup v1 pids hierarchy is mounted"
+    else:
         remove_stale_groups(where)
         why_not = _cgroup_works(where, maximum)
         if why_not is None:
             return ProcessLimit(
                 "cgroup",
                 maximum,
-                f"at most {maximum} processes per command (cgroup v{where.version} pids controller)",
+                f"at most {maximum} processes per command (a pids cgroup per command)",
                 where,
             )
-        refusals.append(why_not)
-    no_cgroup = "; ".join(refusals) or "no pids cgroup controller is mounted"
+        no_cgroup = why_not
     if not user_namespace:
         why = "without a user namespace RLIMIT_NPROC would count every process of your user"
     elif os.geteuid() == 0:

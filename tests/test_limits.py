@@ -34,36 +34,27 @@ FORKER = (
     "print('forked', n, flush=True)\n"
 )
 
-V1_MOUNTINFO = (
+MOUNTINFO = (
     "25 20 0:22 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755\n"
     "33 25 0:29 / /sys/fs/cgroup/pids rw,relatime shared:14 - cgroup cgroup rw,pids\n"
     "34 25 0:30 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
     "35 25 0:31 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"
 )
-V1_CGROUP = "8:pids:/user.slice\n4:memory:/x\n0::/\n"
-CONTAINER_MOUNTINFO = (
-    "40 30 0:35 /docker/abc /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
-    "41 30 0:36 / /mnt/my\\040cgroups rw - cgroup2 cgroup2 rw\n"
-)
-CONTAINER_CGROUP = "0::/docker/abc/session\n"
+CGROUP = "8:pids:/user.slice\n4:memory:/x\n0::/\n"
+# A container: the hierarchy's /docker/abc is mounted (its mount point has an escaped space).
+CONTAINER_MOUNTINFO = "41 30 0:36 /docker/abc /mnt/my\\040cgroups rw - cgroup cgroup rw,pids\n"
 
 
-def test_cgroup_folders_are_found_in_mountinfo_v2_first() -> None:
-    found = limits.find_pids_cgroups(V1_MOUNTINFO, V1_CGROUP)
-    assert found == [
-        limits.CgroupDir(Path("/sys/fs/cgroup/unified"), 2),
-        limits.CgroupDir(Path("/sys/fs/cgroup/pids/user.slice"), 1),
-    ]
+def test_the_pids_hierarchy_is_found_in_mountinfo() -> None:
+    assert limits.find_pids_cgroup(MOUNTINFO, CGROUP) == Path("/sys/fs/cgroup/pids/user.slice")
+    assert limits.find_pids_cgroup(MOUNTINFO, "0::/user.slice\n") is None  # cgroup v2 only
+    assert limits.find_pids_cgroup(MOUNTINFO.replace("rw,pids", "rw,cpu"), CGROUP) is None
 
 
 def test_a_container_mount_root_is_taken_off_our_cgroup_path() -> None:
-    found = limits.find_pids_cgroups(CONTAINER_MOUNTINFO, CONTAINER_CGROUP)
-    assert found[-1] == limits.CgroupDir(Path("/sys/fs/cgroup/session"), 2)
-    # The second mount shows the whole hierarchy (escaped space in its mount point).
-    assert found[0] == limits.CgroupDir(Path("/mnt/my cgroups/docker/abc/session"), 2)
-    assert limits.find_pids_cgroups(CONTAINER_MOUNTINFO, "0::/elsewhere\n")[0].path == Path(
-        "/mnt/my cgroups/elsewhere"
-    )
+    found = limits.find_pids_cgroup(CONTAINER_MOUNTINFO, "3:pids:/docker/abc/session\n")
+    assert found == Path("/mnt/my cgroups/session")
+    assert limits.find_pids_cgroup(CONTAINER_MOUNTINFO, "3:pids:/elsewhere\n") is None
 
 
 @pytest.mark.parametrize(
@@ -98,7 +89,7 @@ def our_groups(box: Sandbox) -> list[Path]:
     where = box.limit.cgroup
     if where is None:
         return []
-    return sorted(where.path.glob(f"codexloop-{os.getpid()}-*"))
+    return sorted(where.glob(f"codexloop-{os.getpid()}-*"))
 
 
 @pytest.mark.anyio
@@ -159,8 +150,10 @@ async def test_without_isolation_an_escaped_process_is_still_killed(
         if box.limit.method != "cgroup":
             pytest.skip(box.limit.reason)
         marker = f"codexloop-escapee-{uuid.uuid4().hex}"
+        # The command ends only once the escapee is in a session of its own.
+        escape = f"setsid bash -c 'echo up > escaped; exec -a {marker} sleep 300' >/dev/null 2>&1"
         result = await box.run(
-            f"(exec -a {marker} setsid nohup sleep 300 >/dev/null 2>&1 &); echo started",
+            f"({escape} &); while [ ! -s escaped ]; do sleep 0.01; done; echo started",
             timeout=30,
         )
         assert "1 process(es) outlived the command and were killed" in result.output
