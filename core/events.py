@@ -275,6 +275,13 @@ class Steer(Command):
 
 
 @dataclass(frozen=True)
+class SetColumns(Command):
+    """How wide the front end shows command output: test runs and commands format for it."""
+
+    columns: int
+
+
+@dataclass(frozen=True)
 class SetTargets(Command):
     """New targets (checked by the front end, e.g. with config.resolve_targets)."""
 

@@ -143,6 +143,7 @@ class Loop:
         self._exam_in_sandbox: dict[str, bytes | None] = {}
         self._exam_lock = anyio.Lock()
         self.applied: ApplyResult | None = None
+        self.columns: int | None = None  # the front end's terminal width (SetColumns)
 
     # -- plumbing --------------------------------------------------------------
 
@@ -184,6 +185,8 @@ class Loop:
             elif isinstance(command, ev.Finish):
                 control.finish = True
                 control.wake.set()
+            elif isinstance(command, ev.SetColumns) and command.columns > 0:
+                self.columns = command.columns
 
     @contextlib.contextmanager
     def _timed(self, phase: str) -> Iterator[None]:
@@ -606,8 +609,15 @@ class Loop:
 
         await self.emit(ev.CommandOutput(f"$ {command}\n"))
         return await self.sandbox.run(
-            command, timeout=self.config.command_timeout, on_output=on_output
+            command,
+            timeout=self.config.command_timeout,
+            on_output=on_output,
+            extra_env=self._display_env(),
         )
+
+    def _display_env(self) -> dict[str, str]:
+        """``COLUMNS`` of the front end's terminal pane, once it said (pytest formats for it)."""
+        return {"COLUMNS": str(self.columns)} if self.columns else {}
 
     async def _run_tests(self, iteration: int, exam: Exam) -> Verdict:
         await self._apply_targets(exam)
@@ -642,7 +652,7 @@ class Loop:
             try:
                 run = await self.warm.run(
                     default_args(self.config.targets),
-                    extra_env=junit_env(junit),
+                    extra_env={**junit_env(junit), **self._display_env()},
                     timeout=self.config.test_timeout,
                     on_output=on_output,
                 )
@@ -656,7 +666,7 @@ class Loop:
                 test_command,
                 timeout=self.config.test_timeout,
                 on_output=on_output,
-                extra_env=junit_env(junit),
+                extra_env={**junit_env(junit), **self._display_env()},
             )
         with self._timed("verdict"):
             verdict = await anyio.to_thread.run_sync(judge, self.config.targets, run, junit)

@@ -137,6 +137,23 @@ async def test_runs_to_green_with_all_panes_filled(make_repo, scripted_openai) -
     assert "green after 2 iteration(s)" in app.summary()
 
 
+async def test_test_output_is_formatted_for_the_terminal_panes_width(
+    make_repo, scripted_openai
+) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(Reply(text="Looking."), Reply(text="Still looking."))
+    config = make_config(
+        repo, scripted_openai.base_url, test_cmd='echo "cols=$COLUMNS"; exit 1', max_iterations=2
+    )
+    app = make_app(config)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await finish(app, pilot)
+        wide = app.terminal_pane.columns
+        assert 20 < wide < 120
+        assert f"cols={wide}" in app.terminal_pane.text
+    assert app.loop is not None and app.loop.columns == wide
+
+
 async def test_budget_spent_ends_red_and_exits_1(make_repo, scripted_openai) -> None:
     repo = make_repo(KATA)
     scripted_openai.add(

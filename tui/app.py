@@ -250,7 +250,9 @@ class CodexloopApp(App[int]):
         self._update_status()
         self.model_pane.focus()
         if self.autostart:
-            self.start_loop()
+            # After the first layout, so the loop knows the terminal pane's width from its
+            # very first test run (pytest formats its output for it).
+            self.call_after_refresh(self.start_loop)
 
     def on_unmount(self) -> None:
         self._stop_watching()
@@ -289,8 +291,13 @@ class CodexloopApp(App[int]):
         send_events, receive_events = event_channel()
         commands, receive_commands = event_channel()
         self._commands = cast(MemoryObjectSendStream[ev.Command], commands)
+        if self.terminal_pane.columns > 0:
+            self._send(ev.SetColumns(self.terminal_pane.columns))
         self.consume_events(receive_events)
         self._spawn(self._drive(self.loop, send_events, receive_commands), "loop", self._loop_done)
+
+    def on_terminal_pane_resized(self, message: TerminalPane.Resized) -> None:
+        self._send(ev.SetColumns(message.columns))
 
     def consume_events(self, receive: ObjectReceiveStream[ev.Event]) -> None:
         """Feed the panes from an event stream (the loop's, or a benchmark's)."""
@@ -711,8 +718,11 @@ class CodexloopApp(App[int]):
         self.load_exam()
         note = "✎ exam changed in your checkout: " + ", ".join(rels)
         if self.loop_running:
-            note += "; the next test run uses it"
-        self.note(note, "magenta")
+            # The engine notes it in the model pane at its next safe point (exam_changed);
+            # a note from here could land mid-sentence of a streaming answer.
+            self.notify(note[2:] + "; the next test run uses it", title="exam")
+        else:
+            self.note(note, "magenta")
         edit = self._editing
         if edit is not None and not edit.saving and edit.rel in rels:
             self.notify(

@@ -9,6 +9,8 @@ from pathlib import PurePath
 from codexloop.core import events as ev
 from codexloop.tui.linebuffer import LineBuffer
 from rich.text import Text
+from textual import events
+from textual.message import Message
 
 _JUNIT_NOTE = re.compile(r"^-+ generated xml file: .* -+$")
 
@@ -49,9 +51,26 @@ def test_verdict_line(finished: ev.TestFinished) -> Text:
 class TerminalPane(LineBuffer):
     """Output of test runs and ``run_command``: colours kept, history capped."""
 
+    class Resized(Message):
+        """The pane's text width changed: commands should format their output for it."""
+
+        def __init__(self, columns: int) -> None:
+            super().__init__()
+            self.columns = columns
+
     def __init__(self, *, id: str | None = None, max_lines: int = 5_000) -> None:
         super().__init__(id=id, max_lines=max_lines, wrap=True, ansi=True)
         self.line_filter = keep_line
+
+    @property
+    def columns(self) -> int:
+        """Characters per line of output (0 before the first layout)."""
+        return self.scrollable_content_region.width
+
+    def on_resize(self, event: events.Resize) -> None:
+        super().on_resize(event)
+        if self.columns > 0:
+            self.post_message(self.Resized(self.columns))
 
     def test_started(self, started: ev.TestStarted) -> None:
         label = (
