@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from codexloop.core import gitops
+from codexloop.core.context import DEFAULT_CONTEXT_TOKENS, MIN_CONTEXT_TOKENS
 from codexloop.core.limits import DEFAULT_MAX_PROCESSES, MIN_MAX_PROCESSES
 
 OPENAI_HOST = "api.openai.com"
@@ -36,6 +37,7 @@ _FILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "warm": bool,
     "max_tool_calls": int,
     "max_processes": int,
+    "context_tokens": int,
     "task": str,
     "api": str,
     "reasoning": str,
@@ -63,6 +65,7 @@ class Settings:
     warm: bool | None = None
     max_tool_calls: int | None = None
     max_processes: int | None = None
+    context_tokens: int | None = None
     api: str | None = None
     reasoning: str | None = None
 
@@ -83,6 +86,7 @@ class Config:
     warm: bool = True
     max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS
     max_processes: int = DEFAULT_MAX_PROCESSES
+    context_tokens: int = DEFAULT_CONTEXT_TOKENS
     target_files: tuple[str, ...] = field(default=())
     api: str = "auto"
     reasoning: str | None = None
@@ -220,6 +224,11 @@ def load_config(
     )
     if max_processes < MIN_MAX_PROCESSES:
         raise ConfigError(f"--max-processes must be at least {MIN_MAX_PROCESSES}")
+    context_tokens = int(
+        _first(settings.context_tokens, file_cfg.get("context_tokens"), DEFAULT_CONTEXT_TOKENS)
+    )
+    if context_tokens < MIN_CONTEXT_TOKENS:
+        raise ConfigError(f"--context-tokens must be at least {MIN_CONTEXT_TOKENS}")
 
     api = _first(settings.api, file_cfg.get("api"), "auto")
     if api not in APIS:
@@ -247,4 +256,5 @@ def load_config(
         allow_network=bool(_first(settings.allow_network, file_cfg.get("allow_network"), False)),
         max_tool_calls=max_tool_calls,
         max_processes=max_processes,
+        context_tokens=context_tokens,
     )

@@ -30,12 +30,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from codexloop.core import events as ev
 from codexloop.core import gitops
 from codexloop.core.config import Config
+from codexloop.core.context import CHARS_PER_TOKEN, MIN_CONTEXT_TOKENS, conversation_size, fit
 from codexloop.core.diff import revert_hunk
 from codexloop.core.exam import Exam
 from codexloop.core.gitops import ApplyResult
 from codexloop.core.model import (
     BACKOFF_S,
     AutoModel,
+    ContextOverflow,
     ModelError,
     Turn,
     choose_protocol,
@@ -52,6 +54,7 @@ from codexloop.core.warm import WarmError, WarmRunner
 _JUNIT_NOTE = re.compile(r"-* ?generated xml file: \S+ ?-*\n?")
 EXAM_CHARS = 12_000
 OLD_TOOL_RESULT_CHARS = 600
+MAX_CONTEXT_SHRINKS = 2  # a refused request is shortened and sent again at most this often
 
 SYSTEM_PROMPT = """\
 You are a coding agent working inside a sandboxed copy of a software project (a git worktree).
@@ -144,6 +147,8 @@ class Loop:
         self._exam_lock = anyio.Lock()
         self.applied: ApplyResult | None = None
         self.columns: int | None = None  # the front end's terminal width (SetColumns)
+        self._context_budget: int | None = None  # characters, once the endpoint refused more
+        self._context_noted = False
 
     # -- plumbing --------------------------------------------------------------
 
@@ -574,15 +579,45 @@ class Loop:
                 )
             )
 
-        turn = await self.model.turn(
-            messages,
-            TOOL_SCHEMAS,
-            on_text=on_text,
-            on_reasoning=on_reasoning,
-            on_retry=on_retry,
-            on_discard=on_discard,
-            on_notice=on_notice,
-        )
+        shrinks = 0
+        while True:
+            budget = self._context_budget or self.config.context_tokens * CHARS_PER_TOKEN
+            saved = fit(messages, budget)
+            if saved and not self._context_noted:
+                self._context_noted = True
+                await self.emit(
+                    ev.Notice(
+                        "info",
+                        f"the conversation reached its budget of about {budget // CHARS_PER_TOKEN} "
+                        "tokens: older tool results are shortened from now on",
+                    )
+                )
+            try:
+                turn = await self.model.turn(
+                    messages,
+                    TOOL_SCHEMAS,
+                    on_text=on_text,
+                    on_reasoning=on_reasoning,
+                    on_retry=on_retry,
+                    on_discard=on_discard,
+                    on_notice=on_notice,
+                )
+                break
+            except ContextOverflow as exc:
+                if shrinks == MAX_CONTEXT_SHRINKS:
+                    raise  # shortened twice and still too long: nothing more to give
+                shrinks += 1
+                smaller = conversation_size(messages) * 3 // 5
+                self._context_budget = max(MIN_CONTEXT_TOKENS * CHARS_PER_TOKEN, smaller)
+                self._context_noted = True
+                await self.emit(
+                    ev.Notice(
+                        "warning",
+                        f"the conversation did not fit the model's context ({exc}); older tool "
+                        f"results shortened to about {self._context_budget // CHARS_PER_TOKEN} "
+                        "tokens and asked again",
+                    )
+                )
         self.tokens_in += turn.input_tokens
         self.tokens_out += turn.output_tokens
         await self.emit(

@@ -16,6 +16,7 @@ with a message for people.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,31 @@ BACKOFF_S = (1.0, 2.0, 4.0)
 
 class ModelError(Exception):
     """The endpoint refused in a way no retry fixes (bad key, unknown model, bad request)."""
+
+
+class ContextOverflow(ModelError):
+    """The conversation is longer than the model's context window: shorten it and ask again."""
+
+
+_OVERFLOW = re.compile(
+    r"context[ _](length|window|size)|maximum context|too many tokens|prompt is too long"
+    r"|exceeds? the (available )?context|input is too long|reduce the length",
+    re.IGNORECASE,
+)
+
+
+def looks_like_overflow(code: str | None, message: str) -> bool:
+    """Is this refusal the endpoint saying the conversation is too long for the model?"""
+    return code in ("context_length_exceeded", "string_above_max_length") or bool(
+        _OVERFLOW.search(message)
+    )
+
+
+def _refusal(exc: openai.APIStatusError) -> ModelError:
+    text = describe_error(exc)
+    if looks_like_overflow(_error_code(exc), text):
+        return ContextOverflow(text)
+    return ModelError(text)
 
 
 class WrongProtocol(ModelError):
@@ -216,10 +242,10 @@ class ChatModel(_StreamingModel):
             if self._usage_in_stream and "stream_options" in str(exc):
                 self._usage_in_stream = False  # an older server: ask again without it
                 return await self._stream(messages, tools, on_text, on_reasoning)
-            raise ModelError(describe_error(exc)) from exc
+            raise _refusal(exc) from exc
         except openai.APIStatusError as exc:
             if not _retryable(exc):
-                raise ModelError(describe_error(exc)) from exc
+                raise _refusal(exc) from exc
             raise
         text: list[str] = []
         calls: dict[int, _PartialCall] = {}
@@ -307,7 +333,7 @@ class ResponsesModel(_StreamingModel):
             ) from exc
         except openai.APIStatusError as exc:
             if not _retryable(exc):
-                raise ModelError(describe_error(exc)) from exc
+                raise _refusal(exc) from exc
             raise
         text: list[str] = []
         arguments: dict[str, list[str]] = {}
@@ -339,7 +365,10 @@ class ResponsesModel(_StreamingModel):
                     code = getattr(error, "code", None) or ""
                     if code in ("server_error", "rate_limit_exceeded", "vector_store_timeout"):
                         raise _StreamFailed(f"{code}: {message}")
-                    raise ModelError(f"{code}: {message}" if code else message)
+                    failure = f"{code}: {message}" if code else message
+                    if looks_like_overflow(code, message):
+                        raise ContextOverflow(failure)
+                    raise ModelError(failure)
                 elif kind == "error":
                     raise _StreamFailed(f"{getattr(event, 'code', '') or 'error'}: {event.message}")
         if finish is None:

@@ -193,6 +193,7 @@ def test_an_unreachable_endpoint(make_repo) -> None:
         ([TARGET, "--test-timeout", "soon"], "--test-timeout"),
         ([TARGET, "--accept", "some"], "--accept"),
         ([TARGET, "--max-processes", "4"], "--max-processes must be at least 16"),
+        ([TARGET, "--context-tokens", "100"], "--context-tokens must be at least 2000"),
         ([TARGET, "--frobnicate"], "--frobnicate"),
     ],
 )

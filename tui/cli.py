@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
         "allows a limit (default 1024)",
     )
     parser.add_argument(
+        "--context-tokens",
+        type=_positive_int,
+        metavar="N",
+        help="the conversation sent to the model is kept under about N tokens, older tool "
+        "results shortened first (default 100000)",
+    )
+    parser.add_argument(
         "--no-warm",
         dest="warm",
         action="store_false",
@@ -198,6 +205,7 @@ def run_loop(args: argparse.Namespace) -> int:
         max_iterations=args.max_iterations,
         command_timeout=args.command_timeout,
         max_processes=args.max_processes,
+        context_tokens=args.context_tokens,
         test_timeout=args.test_timeout,
         allow_network=args.allow_network,
         api=args.api,
