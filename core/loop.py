@@ -690,6 +690,7 @@ class Loop:
                     extra_env={**junit_env(junit), **self._display_env()},
                     timeout=self.config.test_timeout,
                     on_output=on_output,
+                    changed=changed,
                 )
             except WarmError as exc:
                 self.warm = None

@@ -18,7 +18,8 @@ import shutil
 import struct
 import subprocess
 import time
-from pathlib import Path
+from collections.abc import Iterable
+from pathlib import Path, PurePath
 
 import anyio
 from anyio.abc import Process
@@ -63,24 +64,46 @@ class WarmRunner:
         self.socket_path = sandbox.tmp / "warm.sock"
         self.fingerprint: str | None = None
         self._site: list[Path] | None = None
+        self._known_config: list[str] | None = None
         self.starts = 0
         self.group: PidsGroup | None = None
 
-    def _fingerprint(self) -> str:
-        """What the server's state depends on: test configuration and installed packages."""
-        digest = hashlib.sha256()
+    def _config_files(self) -> list[str]:
+        """Every test-configuration file of the worktree (a walk: done once per session)."""
         root = self.sandbox.worktree
+        found: list[str] = []
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = [
                 d
                 for d in dirnames
                 if not d.startswith(".") and d not in ("__pycache__", "node_modules")
             ]
-            for name in sorted(filenames):
-                if name in CONFIG_NAMES:
-                    path = Path(dirpath, name)
-                    digest.update(str(path.relative_to(root)).encode())
-                    digest.update(path.read_bytes())
+            found += [
+                str(Path(dirpath, name).relative_to(root))
+                for name in filenames
+                if name in CONFIG_NAMES
+            ]
+        return found
+
+    def _fingerprint(self, changed: Iterable[str] | None = None) -> str:
+        """What the server's state depends on: test configuration and installed packages.
+
+        ``changed``: the paths the sandbox changed since its base. With them, the files found
+        by one walk at the start plus the changed ones are read, not the whole tree again.
+        """
+        if changed is None or self._known_config is None:
+            self._known_config = self._config_files()
+        paths = set(self._known_config)
+        if changed is not None:
+            paths |= {p for p in changed if PurePath(p).name in CONFIG_NAMES}
+        digest = hashlib.sha256()
+        root = self.sandbox.worktree
+        for rel in sorted(paths):
+            digest.update(rel.encode() + b"\0")
+            try:
+                digest.update((root / rel).read_bytes())
+            except OSError:
+                digest.update(b"\0missing")
         if self._site is None:
             self._site = site_packages(self.python)
         for folder in self._site:
@@ -142,9 +165,13 @@ class WarmRunner:
         extra_env: dict[str, str],
         timeout: float,
         on_output: OutputCallback | None = None,
+        changed: Iterable[str] | None = None,
     ) -> RunResult:
-        """One pytest run in a fresh fork of the warm server."""
-        fingerprint = await anyio.to_thread.run_sync(self._fingerprint)
+        """One pytest run in a fresh fork of the warm server.
+
+        ``changed``: the sandbox's changed paths, when the caller has them (saves a walk).
+        """
+        fingerprint = await anyio.to_thread.run_sync(self._fingerprint, changed)
         if (
             self.process is None
             or self.process.returncode is not None

@@ -92,6 +92,30 @@ async def test_a_conftest_change_restarts_the_server(runner: WarmRunner) -> None
     assert runner.starts == 2
 
 
+async def test_changed_paths_spare_the_walk_and_still_see_a_new_conftest(
+    runner: WarmRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    box = runner.sandbox
+    junit = box.tmp / "c.xml"
+    await runner.run(default_args(TARGETS), extra_env=junit_env(junit), timeout=60, changed=[])
+    walks = 0
+    original = runner._config_files
+
+    def counted() -> list[str]:
+        nonlocal walks
+        walks += 1
+        return original()
+
+    monkeypatch.setattr(runner, "_config_files", counted)
+    (box.worktree / "tests" / "conftest.py").write_text("import pytest\n")
+    changed = ["tests/conftest.py"]
+    await runner.run(default_args(TARGETS), extra_env=junit_env(junit), timeout=60, changed=changed)
+    assert runner.starts == 2  # the new conftest.py restarted the server
+    await runner.run(default_args(TARGETS), extra_env=junit_env(junit), timeout=60, changed=changed)
+    assert runner.starts == 2
+    assert walks == 0  # the tree was walked once, at the first run only
+
+
 async def test_a_hanging_warm_run_is_killed_at_its_timeout(runner: WarmRunner) -> None:
     box = runner.sandbox
     (box.worktree / "calc.py").write_text("import time\n\n\ndef add(a, b):\n    time.sleep(300)\n")
