@@ -79,7 +79,22 @@ def _module_of(file_rel: str) -> str:
 
 
 def cases_for_target(target: str, cases: list[Case]) -> list[Case]:
-    """The JUnit test cases a pytest node id (or file, or folder) stands for."""
+    """The JUnit test cases a pytest node id (or file, or folder) stands for.
+
+    Node ids are relative to the repository; a custom test command that runs pytest from a
+    subfolder (``cd backend && pytest``) reports them relative to that folder: when nothing
+    matches, the target's leading folders are dropped one by one.
+    """
+    file_part, separator, rest = target.partition("::")
+    parts = PurePosixPath(file_part).parts
+    for start in range(len(parts)):
+        found = _cases_for(str(PurePosixPath(*parts[start:])) + separator + rest, cases)
+        if found:
+            return found
+    return []
+
+
+def _cases_for(target: str, cases: list[Case]) -> list[Case]:
     file_part, _, rest = target.partition("::")
     if file_part.endswith(".py"):
         module = _module_of(file_part)

@@ -136,5 +136,26 @@ async def test_a_collection_error_is_red_with_its_message(tmp_path: Path) -> Non
     assert "missing_module_xyz" in verdict.digest
 
 
+async def test_a_custom_command_running_pytest_from_a_subfolder_is_judged(
+    tmp_path: Path,
+) -> None:
+    """`cd backend && pytest ...`: JUnit names are relative to backend/, the targets to the repo."""
+    repo = tmp_path / "proj"
+    (repo / "backend" / "tests").mkdir(parents=True)
+    (repo / "backend" / "tests" / "test_mod.py").write_text(TESTS)
+    junit = tmp_path / "junit.xml"
+    command = f"cd backend && {sys.executable} -m pytest -q -p no:cacheprovider tests/test_mod.py"
+    env = {"PATH": "/usr/bin:/bin", **junit_env(junit)}
+    run = await process.run(["bash", "-c", command], cwd=repo, env=env, timeout=60)
+    ok = judge(("backend/tests/test_mod.py::test_ok",), run, junit)
+    assert "not collected" not in ok.digest
+    bad = judge(("backend/tests/test_mod.py::test_bad",), run, junit)
+    assert not bad.passed and "rounding is off" in bad.digest
+    assert "not collected" in judge(("backend/tests/test_mod.py::test_gone",), run, junit).digest
+    # A whole file and a folder as targets too.
+    assert "not collected" not in judge(("backend/tests/test_mod.py",), run, junit).digest
+    assert "not collected" not in judge(("backend/tests",), run, junit).digest
+
+
 def test_anyio_is_the_runner() -> None:
     assert anyio.get_all_backends()
