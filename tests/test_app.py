@@ -395,10 +395,13 @@ async def test_timeline_selection_shows_that_iterations_output_and_diff(
     make_repo, scripted_openai
 ) -> None:
     repo = make_repo(KATA)
-    scripted_openai.add(*red_then_green())
+    probe = Call("run_command", {"command": "echo probing-the-sandbox"})
+    first, *rest = red_then_green()
+    scripted_openai.add(Reply(text=first.text, tool_calls=[*first.tool_calls, probe]), *rest)
     app = make_app(make_config(repo, scripted_openai.base_url))
     async with app.run_test(size=(120, 40)) as pilot:
         await finish(app, pilot)
+        assert "probing-the-sandbox" not in "".join(app.timeline.records[2].command_output)
         app.timeline.focus()
         app.timeline.highlighted = 1  # iteration 1 (0 is the baseline)
         await pilot.press("enter")
@@ -406,7 +409,10 @@ async def test_timeline_selection_shows_that_iterations_output_and_diff(
         screen = app.screen
         assert isinstance(screen, IterationScreen) and screen.record.iteration == 1
         await workers_named(app, pilot, "iteration-diff")  # (the exam watcher runs on)
-        assert "assert 6 == 5" in screen.query_one("#iteration-output", LineBuffer).text
+        output = screen.query_one("#iteration-output", LineBuffer).text
+        assert "assert 6 == 5" in output
+        # The model's own command of that iteration, before its test run.
+        assert output.index("probing-the-sandbox") < output.index("── test run ──")
         diff = screen.query_one("#iteration-diff", LineBuffer).text
         assert "+    return a * b" in diff and "a + b" not in diff
         await pilot.press("escape")

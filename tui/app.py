@@ -155,6 +155,7 @@ class CodexloopApp(App[int]):
         self._rate_chars = 0
         self._records: dict[int, IterationRecord] = {}
         self._testing: IterationRecord | None = None
+        self._working: IterationRecord | None = None  # the iteration the model works in
         self._event_log: deque[ev.Event] = deque(maxlen=5_000)
         self._waiters: list[
             tuple[type[ev.Event], Callable[[Any], bool] | None, asyncio.Future[Any]]
@@ -338,6 +339,8 @@ class CodexloopApp(App[int]):
         elif kind is ev.CommandOutput:
             self.stream_events += 1
             self.terminal_pane.write(event.text)  # type: ignore[attr-defined]
+            if self._working is not None:
+                self._working.add_command_output(event.text)  # type: ignore[attr-defined]
         else:
             self._event_log.append(event)
             handler = self._handlers.get(kind)
@@ -419,7 +422,7 @@ class CodexloopApp(App[int]):
         self.status_line.info.iteration = event.iteration
         total = self.started.max_iterations if self.started else self.config.max_iterations
         self.model_pane.separator(f"iteration {event.iteration} of {total}")
-        self._record(event.iteration)
+        self._working = self._record(event.iteration)
         self._update_status()
 
     def _on_usage(self, event: ev.Usage) -> None:

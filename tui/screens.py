@@ -193,7 +193,7 @@ class IterationScreen(Screen[None]):
         yield Static(title, id="iteration-title")
         with Grid(id="iteration-panes"):
             output = TerminalPane(id="iteration-output")
-            output.border_title = "test output"
+            output.border_title = "sandbox terminal at this iteration"
             yield output
             diff = DiffPane(id="iteration-diff", empty="loading the diff…")
             diff.border_title = "diff vs base at this iteration"
@@ -202,9 +202,15 @@ class IterationScreen(Screen[None]):
 
     def on_mount(self) -> None:
         output = self.query_one(TerminalPane)
-        for chunk in self.record.test_output:
+        record = self.record
+        if record.command_output:
+            output.write_line(Text("── the model's commands ──", style="bold blue"))
+            for chunk in record.command_output:
+                output.write(chunk)
+            output.write_line(Text("── test run ──", style="bold blue"))
+        for chunk in record.test_output:
             output.write(chunk)
-        if not self.record.test_output:
+        if not record.test_output:
             output.write("(no test output recorded)")
         output.flush()
 

@@ -10,7 +10,14 @@ from textual.widgets import OptionList
 from textual.widgets.option_list import Option, OptionDoesNotExist
 
 TEST_OUTPUT_CHARS = 200_000
-"""Test output kept per iteration (the tail)."""
+"""Test output kept per iteration (the tail); as much again of the model's commands."""
+
+
+def _keep_tail(chunks: list[str], chars: int) -> int:
+    """Drop the oldest chunks past the cap; returns the characters left."""
+    while chars > TEST_OUTPUT_CHARS and len(chunks) > 1:
+        chars -= len(chunks.pop(0))
+    return chars
 
 
 @dataclass
@@ -23,13 +30,17 @@ class IterationRecord:
     output_tokens: int = 0
     summary: str = ""
     test_output: list[str] = field(default_factory=list)
+    command_output: list[str] = field(default_factory=list)  # the model's run_command calls
     _chars: int = 0
+    _command_chars: int = 0
 
     def add_output(self, text: str) -> None:
         self.test_output.append(text)
-        self._chars += len(text)
-        while self._chars > TEST_OUTPUT_CHARS and len(self.test_output) > 1:
-            self._chars -= len(self.test_output.pop(0))
+        self._chars = _keep_tail(self.test_output, self._chars + len(text))
+
+    def add_command_output(self, text: str) -> None:
+        self.command_output.append(text)
+        self._command_chars = _keep_tail(self.command_output, self._command_chars + len(text))
 
     @property
     def label(self) -> str:
