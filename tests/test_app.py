@@ -548,6 +548,17 @@ async def test_line_buffer_wraps_to_width_and_rewraps_on_resize() -> None:
         assert buffer.virtual_size.height < rows
 
 
+def test_the_private_textual_call_the_line_buffer_relies_on_is_there() -> None:
+    """LineBuffer grows its virtual size without a screen reflow through ScrollView's
+    ``_scroll_update`` (private). Without it the buffer falls back to the public setter,
+    correct but slower: an upgrade of Textual that removes it must be noticed here."""
+    import inspect
+
+    fast = getattr(LineBuffer, "_scroll_update", None)
+    assert callable(fast)
+    assert list(inspect.signature(fast).parameters) == ["self", "virtual_size"]
+
+
 async def test_line_buffer_keeps_bounded_history() -> None:
     buffer = LineBuffer(max_lines=1_000)
     async with BufferApp(buffer).run_test(size=(40, 10)):

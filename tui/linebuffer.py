@@ -325,8 +325,12 @@ class LineBuffer(ScrollView, can_focus=True):
                 # Wrapped: the scrollbars never come or go (overflow-x hidden, overflow-y
                 # scroll), so a new height needs no layout of the screen, which would cost a
                 # full reflow per frame. Update the reactive and the scrollbars only.
-                self.set_reactive(ScrollView.virtual_size, size)
-                self._scroll_update(size)
+                fast = getattr(self, "_scroll_update", None)  # private Textual API
+                if fast is not None:
+                    self.set_reactive(ScrollView.virtual_size, size)
+                    fast(size)
+                else:
+                    self.virtual_size = size
             else:
                 self.virtual_size = size
         if self.auto_scroll and at_end and not keep_position:
