@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from codexloop.core.replay import Fragment, RecordedCall, RecordedTurn
 
@@ -124,6 +125,47 @@ def demo_turns() -> list[RecordedTurn]:
             17,
         ),
     ]
+
+
+REVIEW_PREFIX = "The reviewer rejected this change of "
+
+
+def answer_review(request: dict[str, Any]) -> RecordedTurn | None:
+    """After the recording: answer a rejected hunk the way a model would, as far as a script can.
+
+    The rejected change was reverted in the sandbox; the script says it cannot follow the
+    comment, puts the exact-decimal total back (so there is something to review again) and
+    ends its turn once the write is done.
+    """
+    messages = request.get("messages") or []
+    if not messages:
+        return None
+    last = messages[-1]
+    if last.get("role") == "tool":
+        return RecordedTurn(
+            _say("The exact-decimal total is back; the tests decide, then you review again."),
+            [],
+            2400,
+            15,
+        )
+    comments = [
+        str(m.get("content") or "").split("\n", 1)[0].removeprefix(REVIEW_PREFIX)
+        for m in messages[-5:]
+        if m.get("role") == "user" and str(m.get("content") or "").startswith(REVIEW_PREFIX)
+    ]
+    if not comments:
+        return None
+    heard = "; ".join(comments)
+    return RecordedTurn(
+        _say(
+            f"You rejected the change of {heard}. This is a scripted demo, so I cannot act on your words "
+            "(a live model would: try codexloop demo --live). I will put the exact-decimal "
+            "total back so you can review it again."
+        ),
+        [_call(100 + len(messages), "write_file", path="invoice.py", content=FIX_NEW)],
+        2300,
+        160,
+    )
 
 
 def make_kata(root: Path) -> Path:

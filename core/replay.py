@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -131,13 +131,21 @@ class ReplayServer:
     """Serves recorded turns over Chat Completions streaming on 127.0.0.1, in order.
 
     ``speed`` scales the recorded timing: 1 plays it as it happened, ``None`` (max) as
-    fast as the client reads.
+    fast as the client reads. ``after``, given the request, answers once the recording is
+    played out (the demo uses it to answer review feedback); without it, or when it
+    returns None, the request is refused.
     """
 
     def __init__(
-        self, turns: list[RecordedTurn], *, speed: float | None = None, model: str = "replay"
+        self,
+        turns: list[RecordedTurn],
+        *,
+        speed: float | None = None,
+        model: str = "replay",
+        after: Callable[[dict[str, Any]], RecordedTurn | None] | None = None,
     ) -> None:
         self._turns = list(turns)
+        self._after = after
         self._lock = threading.Lock()
         self.speed = speed
         self.model = model
@@ -153,12 +161,14 @@ class ReplayServer:
         port = self._server.server_address[1]
         return f"http://127.0.0.1:{port}/v1"
 
-    def next_turn(self) -> RecordedTurn | None:
+    def next_turn(self, request: dict[str, Any] | None = None) -> RecordedTurn | None:
         with self._lock:
             if self.served >= len(self._turns):
-                return None
-            turn = self._turns[self.served]
-            self.served += 1
+                turn = self._after(request or {}) if self._after is not None else None
+            else:
+                turn = self._turns[self.served]
+            if turn is not None:
+                self.served += 1
             return turn
 
     def close(self) -> None:
@@ -222,7 +232,7 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             )
             return
-        turn = self.replay.next_turn()
+        turn = self.replay.next_turn(body)
         if turn is None:
             self._json(
                 400,

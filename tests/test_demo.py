@@ -135,3 +135,57 @@ def test_a_trace_that_cannot_be_replayed_gets_one_clear_line(
 def test_a_missing_trace(tmp_path: Path) -> None:
     done = run_cli("replay", str(tmp_path / "nope.jsonl"), cwd=tmp_path)
     assert done.returncode == 2 and "no such trace" in done.stderr
+
+
+@pytest.mark.anyio
+async def test_the_demo_answers_a_rejected_hunk_and_offers_a_new_review(tmp_path: Path) -> None:
+    """The first minute includes the feedback path: reject with a comment, review again."""
+    import anyio
+    from codexloop.core import events as ev
+    from codexloop.core.config import Config
+    from codexloop.core.demo import TARGET, answer_review, demo_turns, make_kata
+    from codexloop.core.diff import changes
+    from codexloop.core.loop import Loop, event_channel
+    from codexloop.core.model import make_client
+    from codexloop.core.replay import ReplayServer
+
+    repo = make_kata(tmp_path)
+    with ReplayServer(demo_turns(), model="scripted-demo", after=answer_review) as server:
+        config = Config(
+            repo=repo,
+            targets=(TARGET,),
+            target_files=("tests/test_invoice.py",),
+            model="scripted-demo",
+            base_url=server.base_url,
+            api_key="demo",
+            api="chat",
+            max_iterations=5,
+        )
+        loop = Loop(config, client=make_client(server.base_url, "demo"), review=True)
+        send, receive = event_channel()
+        commands_send, commands_receive = event_channel()
+        seen: list[ev.Event] = []
+        reviews: list[ev.ReviewReady] = []
+
+        async def consume() -> None:
+            async with receive:
+                async for event in receive:
+                    seen.append(event)
+                    if isinstance(event, ev.ReviewReady):
+                        reviews.append(event)
+                        if len(reviews) > 1:
+                            await commands_send.send(ev.Finish())
+                            continue
+                        assert loop.sandbox is not None
+                        [change] = changes(repo, loop.sandbox.base, event.commit or "HEAD")
+                        rejection = ev.Rejection("invoice.py", change.hunks[0], "keep floats")
+                        await commands_send.send(ev.Feedback((rejection,)))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            async with send:
+                result = await loop.run(send, commands_receive)
+    assert result.status == "passed" and len(reviews) == 2
+    said = "".join(e.text for e in seen if isinstance(e, ev.ModelText))
+    assert "You rejected the change of invoice.py: keep floats." in said
+    assert [e.passed for e in seen if isinstance(e, ev.TestFinished)] == [False, False, True, True]

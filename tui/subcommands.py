@@ -95,7 +95,7 @@ def _run_front(config: Config, loop: Loop, *, headless: bool, banner: str) -> in
 
 def demo(argv: Sequence[str]) -> int:
     from codexloop.core.config import Config, ConfigError, Settings, load_config
-    from codexloop.core.demo import TARGET, demo_turns, make_kata
+    from codexloop.core.demo import TARGET, answer_review, demo_turns, make_kata
     from codexloop.core.loop import Loop
     from codexloop.core.model import make_client
     from codexloop.core.replay import ReplayServer
@@ -134,7 +134,9 @@ def demo(argv: Sequence[str]) -> int:
         from codexloop.tui.app import run_app
 
         return run_app(config)
-    with ReplayServer(demo_turns(), speed=args.speed, model="scripted-demo") as server:
+    with ReplayServer(
+        demo_turns(), speed=args.speed, model="scripted-demo", after=answer_review
+    ) as server:
         config = Config(
             repo=repo,
             targets=(TARGET,),
