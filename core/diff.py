@@ -11,6 +11,50 @@ from typing import Any, Literal
 
 from codexloop.core import gitops
 
+FILE_LINES_SHOWN = 2_000
+"""Lines of one file's diff shown in full; beyond, its head and a note (a 2-million-line
+file written by a model must not take the screen down)."""
+TOTAL_LINES_SHOWN = 20_000
+CLIPPED_HEAD = 200
+CLIP_MARK = "[... "
+
+
+def clip_diff(
+    diff: str, file_lines: int = FILE_LINES_SHOWN, total_lines: int = TOTAL_LINES_SHOWN
+) -> str:
+    """A unified diff cut for display: huge files keep their head, a huge diff its start.
+
+    Cuts are marked by lines starting with ``[... `` saying what was left out.
+    """
+    if diff.count("\n") <= min(file_lines, total_lines):
+        return diff
+    out: list[str] = []
+    sections = re.split(r"(?m)^(?=diff --git )", diff)
+    shown = 0
+    for number, section in enumerate(sections):
+        lines = section.splitlines()
+        if not lines:
+            continue
+        if shown >= total_lines:
+            rest = sum(max(len(s.splitlines()), 0) for s in sections[number:])
+            files = sum(1 for s in sections[number:] if s.startswith("diff --git "))
+            out.append(
+                f"{CLIP_MARK}the diff goes on: {rest} more lines in {files} more file(s) "
+                "not shown ...]"
+            )
+            break
+        if len(lines) > file_lines:
+            out.extend(lines[:CLIPPED_HEAD])
+            out.append(
+                f"{CLIP_MARK}{len(lines) - CLIPPED_HEAD} more lines of this file's diff "
+                "not shown ...]"
+            )
+            shown += CLIPPED_HEAD + 1
+        else:
+            out.extend(lines)
+            shown += len(lines)
+    return "\n".join(out) + "\n"
+
 
 def leave_out_spec(paths: Sequence[str]) -> list[str]:
     """A pathspec for everything but ``paths`` (the exam: the developer's own, never a change)."""

@@ -54,6 +54,7 @@ from codexloop.core.warm import WarmError, WarmRunner
 _JUNIT_NOTE = re.compile(r"-* ?generated xml file: \S+ ?-*\n?")
 EXAM_CHARS = 12_000
 OLD_TOOL_RESULT_CHARS = 600
+FEEDBACK_HUNK_LINES = 200  # of a rejected hunk quoted back to the model
 MAX_CONTEXT_SHRINKS = 2  # a refused request is shortened and sent again at most this often
 
 SYSTEM_PROMPT = """\
@@ -458,7 +459,11 @@ class Loop:
             text = f"The reviewer rejected this change of {rejection.path}"
             text += f": {rejection.comment}" if rejection.comment else "."
             if rejection.hunk is not None:
-                text += "\n```diff\n" + "\n".join(rejection.hunk.lines) + "\n```"
+                lines = rejection.hunk.lines
+                if len(lines) > FEEDBACK_HUNK_LINES:
+                    more = len(lines) - FEEDBACK_HUNK_LINES
+                    lines = [*lines[:FEEDBACK_HUNK_LINES], f"[... {more} more lines ...]"]
+                text += "\n```diff\n" + "\n".join(lines) + "\n```"
             text += (
                 "\nIt could not be reverted automatically: undo it yourself."
                 if rejection.path in failed

@@ -311,6 +311,36 @@ def review_app(config: Config) -> CodexloopApp:
     )
 
 
+async def test_a_huge_file_from_the_model_is_clipped_in_the_diff_and_the_review(
+    make_repo, scripted_openai
+) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(
+        Reply(
+            tool_calls=[
+                Call("run_command", {"command": "seq 300000 > big.txt"}),
+                edit("a - b", "a + b"),
+            ]
+        ),
+        Reply(text="Fixed, and wrote a big file."),
+    )
+    app = review_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.wait_for_event(ev.ReviewReady)
+        # The counts are the whole diff's (300,000 lines of big.txt and the fix).
+        await app.wait_until(lambda: "+300001 −1" in str(app.diff_pane.border_subtitle))
+        assert "more lines of this file's diff not shown" in app.diff_pane.text
+        assert app.diff_pane.line_count < 1_000
+        await pilot.press("v")
+        await pilot.pause()
+        review = app.screen
+        assert isinstance(review, ReviewScreen)
+        await workers_named(app, pilot, "load")
+        big = next(i for i in review.items if i.change.path == "big.txt")
+        assert "more lines not shown" in big.text() and big.text().count("\n") < 500
+        await stop(app, pilot)
+
+
 async def test_review_after_green_applies_the_accepted_hunks(make_repo, scripted_openai) -> None:
     repo = make_repo(KATA)
     scripted_openai.add(Reply(tool_calls=[edit("a - b", "a + b")]), Reply(text="Fixed."))

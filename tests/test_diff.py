@@ -147,3 +147,42 @@ def test_the_exam_is_left_out_of_the_review_and_the_diff(make_repo) -> None:
     assert [c.path for c in changes(repo, base, head, ("tests/test_calc.py",))] == ["calc.py"]
     text = sandbox_diff(repo.parent / "wt", base, leave_out=("tests/test_calc.py",))
     assert [c.path for c in parse_diff(text)] == ["calc.py"]
+
+
+# -- huge diffs are clipped for display --------------------------------------------------------
+
+
+def _file_diff(path: str, added: int) -> str:
+    body = "".join(f"+line {n}\n" for n in range(added))
+    return (
+        f"diff --git a/{path} b/{path}\nnew file mode 100644\nindex 0000000..1111111\n"
+        f"--- /dev/null\n+++ b/{path}\n@@ -0,0 +1,{added} @@\n{body}"
+    )
+
+
+def test_a_small_diff_is_shown_whole() -> None:
+    from codexloop.core.diff import clip_diff
+
+    diff = _file_diff("a.py", 10) + _file_diff("b.py", 10)
+    assert clip_diff(diff) == diff
+
+
+def test_a_huge_file_keeps_its_head_and_the_others_stay_whole() -> None:
+    from codexloop.core.diff import CLIPPED_HEAD, clip_diff
+
+    small = _file_diff("small.py", 5)
+    clipped = clip_diff(_file_diff("huge.txt", 100_000) + small)
+    lines = clipped.splitlines()
+    assert len(lines) < CLIPPED_HEAD + 20
+    assert "[... 99806 more lines of this file's diff not shown ...]" in lines
+    assert clipped.endswith(small)  # the next file is intact
+
+
+def test_a_diff_of_many_files_stops_with_a_count_of_what_is_left() -> None:
+    from codexloop.core.diff import clip_diff
+
+    diff = "".join(_file_diff(f"f{n}.py", 500) for n in range(100))
+    clipped = clip_diff(diff, total_lines=5_000)
+    assert len(clipped.splitlines()) < 5_600
+    last = clipped.splitlines()[-1]
+    assert last.startswith("[... the diff goes on: ") and "more file(s)" in last

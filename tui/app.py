@@ -980,10 +980,9 @@ class CodexloopApp(App[int]):
             thread=True,
         )
 
-    def _show_diff(self, result: tuple[str, list[Text]]) -> None:
-        self.diff, self._diff_lines = result
+    def _show_diff(self, result: tuple[str, list[Text], tuple[int, int, int]]) -> None:
+        self.diff, self._diff_lines, (files, added, removed) = result
         self.diff_pane.show(self.diff, self._diff_lines)
-        files, added, removed = diff_stats(self.diff)
         self.diff_pane.border_subtitle = (
             f"{files} file{'s' if files != 1 else ''} · +{added} −{removed}" if files else ""
         )
@@ -1403,10 +1402,11 @@ def _run_editor(command: list[str], *, headless: bool) -> int | str:
 
 def _compute_diff(
     worktree: Path, base: str, exclude: Path | None, exam: tuple[str, ...]
-) -> tuple[str, list[Text]]:
-    """Blocking (thread): the sandbox's diff against the base (the exam left out), highlighted."""
+) -> tuple[str, list[Text], tuple[int, int, int]]:
+    """Blocking (thread): the sandbox's diff against the base (the exam left out), highlighted
+    (clipped when huge), and its counts."""
     text = sandbox_diff(worktree, base, exclude, exam)
-    return text, highlight_diff(text)
+    return text, highlight_diff(text), diff_stats(text)
 
 
 def _commit_diff(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from codexloop.core.diff import CLIP_MARK, clip_diff
 from codexloop.tui.linebuffer import LineBuffer
 from pygments.lexers import get_lexer_for_filename
 from pygments.util import ClassNotFound
@@ -37,8 +38,11 @@ def _code(syntax: Syntax | None, code: str) -> Text:
 
 
 def highlight_diff(diff: str) -> list[Text]:
-    """A unified diff as styled lines: headers, hunk markers, and highlighted code."""
-    lines = diff.splitlines()
+    """A unified diff as styled lines: headers, hunk markers, and highlighted code.
+
+    Huge diffs are clipped first (see ``clip_diff``): what is left out is said in the pane.
+    """
+    lines = clip_diff(diff).splitlines()
     highlight = len(lines) <= HIGHLIGHT_LINES
     out: list[Text] = []
     syntax: Syntax | None = None
@@ -74,7 +78,7 @@ def highlight_diff(diff: str) -> list[Text]:
             line.append_text(_code(syntax, raw[1:]))
             line.stylize(REMOVED_BG)
             out.append(line)
-        elif raw.startswith("\\"):
+        elif raw.startswith(("\\", CLIP_MARK)):
             out.append(Text(raw, style="dim italic"))
         else:
             line = Text(" ")

@@ -27,6 +27,7 @@ from textual.widgets import Footer, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 Decision = Literal["pending", "accepted", "rejected"]
+SHOWN_LINES = 400  # of one hunk or file in the review; its decision still covers all of it
 MARKS = {"pending": ("·", "dim"), "accepted": ("✓", "bold green"), "rejected": ("✗", "bold red")}
 
 
@@ -44,6 +45,16 @@ class Item:
         return (self.change.path, self.hunk.index if self.hunk is not None else -1)
 
     def text(self) -> str:
+        """What the review shows of it (a huge hunk or file: its head, and a note)."""
+        full = self._full_text()
+        if full.count("\n") <= SHOWN_LINES:
+            return full
+        lines = full.split("\n")
+        return "\n".join(
+            [*lines[:SHOWN_LINES], f"[... {len(lines) - SHOWN_LINES} more lines not shown ...]"]
+        )
+
+    def _full_text(self) -> str:
         if self.hunk is not None:
             return "\n".join([self.hunk.header, *self.hunk.lines])
         change = self.change
