@@ -9,7 +9,8 @@ by shortening what the model needs least, oldest first:
 1. tool results (file contents, command output) to a short head;
 2. long string arguments of earlier tool calls (a ``write_file`` of a whole file);
 3. tool results to a line;
-4. the failure digests of earlier iterations.
+4. long answers of the model's earlier turns;
+5. the failure digests of earlier iterations.
 
 Nothing is ever removed, so every tool call keeps its result (both wire protocols
 insist on that). The system message, the first user message (task, exam and the
@@ -96,10 +97,16 @@ def _shorten_digest(message: dict[str, Any]) -> None:
         message["content"] = _elided(message["content"], 1_500, "an earlier message")
 
 
+def _shorten_answer(message: dict[str, Any]) -> None:
+    if message.get("role") == "assistant" and isinstance(message.get("content"), str):
+        message["content"] = _elided(message["content"], 1_000, "an earlier answer")
+
+
 _PASSES: tuple[Callable[[dict[str, Any]], None], ...] = (
     _shorten_result(600),
     _shorten_arguments,
     _shorten_result(120),
+    _shorten_answer,
     _shorten_digest,
 )
 

@@ -112,6 +112,14 @@ def test_responses_items_follow_the_shortened_arguments() -> None:
                 assert item["arguments"] == by_id[item["call_id"]]
 
 
+def test_a_long_winded_earlier_answer_gives_way_too() -> None:
+    messages = long_session(2)
+    messages[2]["content"] = "I think " * 20_000
+    fit(messages, 40_000)
+    assert conversation_size(messages) <= 40_000
+    assert "elided to fit the context" in messages[2]["content"]
+
+
 def test_one_message_bigger_than_the_budget_is_shortened_as_a_last_resort() -> None:
     messages = long_session(1)
     messages.append({"role": "tool", "tool_call_id": "r9", "content": "y" * 50_000})
