@@ -12,8 +12,10 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -73,6 +75,31 @@ _EXCLUDES = (
     )
     + "\n"
 )
+
+
+RUN_MARK = "CODEXLOOP_RUN"
+
+
+def kill_marked(marker: str) -> int:
+    """Kill every process whose environment carries this run's mark; how many there were.
+
+    The fallback for commands run without a pid namespace or a cgroup: a process that left
+    the process group (``setsid``) still inherits the environment. Blocking (reads /proc).
+    """
+    needle = f"{RUN_MARK}={marker}".encode()
+    killed = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as handle:
+                if needle not in handle.read().split(b"\0"):
+                    continue
+            os.kill(int(entry.name), signal.SIGKILL)
+            killed += 1
+        except (OSError, ValueError):
+            continue  # gone, or not ours to read
+    return killed
 
 
 def limit_notes(group: limits.PidsGroup | None, survivors: int) -> str:
@@ -231,8 +258,13 @@ class Sandbox:
         extra_env: Mapping[str, str] | None = None,
     ) -> RunResult:
         """Run a shell command in the worktree."""
-        argv, env = self.command_argv(command, extra_env)
         group = self.process_group()
+        # Neither a pid namespace nor a cgroup to account for what the command leaves behind:
+        # mark its environment, and look for the mark afterwards.
+        marker = None if self.isolation.active or group is not None else uuid.uuid4().hex
+        argv, env = self.command_argv(
+            command, {**(extra_env or {}), **({RUN_MARK: marker} if marker else {})}
+        )
         if group is not None:
             argv = group.join(argv)
         survivors = 0
@@ -241,9 +273,11 @@ class Sandbox:
                 argv, cwd=self.worktree, env=env, timeout=timeout, on_output=on_output
             )
         finally:
-            if group is not None:
-                with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
+                if group is not None:
                     survivors = await group.close()
+                elif marker is not None:
+                    survivors = await anyio.to_thread.run_sync(kill_marked, marker)
         notes = limit_notes(group, survivors)
         return replace(result, output=result.output + notes) if notes else result
 

@@ -165,6 +165,35 @@ async def test_without_isolation_an_escaped_process_is_still_killed(
         box.remove(delete_branch=True)
 
 
+@pytest.mark.anyio
+async def test_with_neither_isolation_nor_a_cgroup_an_escapee_is_found_by_its_environment(
+    make_repo, no_bwrap: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last line of defence: the run's mark in the environment, looked for in /proc."""
+    monkeypatch.setattr(
+        limits, "probe", lambda maximum, user_namespace: limits.ProcessLimit("none", None, "")
+    )
+    repo = make_repo(KATA)
+    box = Sandbox.create(repo, "marked")
+    try:
+        box.isolate([find_python(repo)], [], network=False)
+        assert box.isolation.level == "none" and box.limit.method == "none"
+        marker = f"codexloop-escapee-{uuid.uuid4().hex}"
+        escape = f"setsid bash -c 'echo up > escaped; exec -a {marker} sleep 300' >/dev/null 2>&1"
+        result = await box.run(
+            f"({escape} &); while [ ! -s escaped ]; do sleep 0.01; done; echo started",
+            timeout=30,
+        )
+        assert "1 process(es) outlived the command and were killed" in result.output
+        deadline = time.monotonic() + 5  # SIGKILL is delivered asynchronously: wait, bounded
+        while _running(marker) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _running(marker)
+        assert "outlived" not in (await box.run("echo calm", timeout=30)).output
+    finally:
+        box.remove(delete_branch=True)
+
+
 def _running(marker: str) -> bool:
     for proc in Path("/proc").iterdir():
         try:
