@@ -90,7 +90,9 @@ def _relative(path: str, root: str) -> str | None:
 def kernel_counts_nproc_per_namespace(release: str | None = None) -> bool:
     """Linux 5.14 moved RLIMIT_NPROC onto per-user-namespace counts ("ucounts")."""
     match = re.match(r"(\d+)\.(\d+)", release or platform.release())
-    return bool(match) and (int(match.group(1)), int(match.group(2))) >= (5, 14)  # type: ignore[union-attr]
+    if match is None:
+        return False
+    return (int(match.group(1)), int(match.group(2))) >= (5, 14)
 
 
 @dataclass(frozen=True)
