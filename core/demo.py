@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from codexloop.core.config import Config
 from codexloop.core.replay import Fragment, RecordedCall, RecordedTurn
 
 TARGET = "tests/test_invoice.py::test_total_rounds_half_up_to_cents"
@@ -165,6 +166,20 @@ def answer_review(request: dict[str, Any]) -> RecordedTurn | None:
         [_call(100 + len(messages), "write_file", path="invoice.py", content=FIX_NEW)],
         2300,
         160,
+    )
+
+
+def demo_config(repo: Path, base_url: str) -> Config:
+    """The kata's session against the scripted model served at ``base_url``."""
+    return Config(
+        repo=repo,
+        targets=(TARGET,),
+        target_files=("tests/test_invoice.py",),
+        model="scripted-demo",
+        base_url=base_url,
+        api_key="demo",
+        api="chat",
+        max_iterations=5,
     )
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,28 @@ async def run_loop(config: Config, **kwargs: Any) -> tuple[LoopResult, list[ev.E
     """Build a loop (no backoff between retries) and run it to the end, collecting its events."""
     kwargs.setdefault("backoff", (0.0,))
     return await event_channel_run(Loop(config, **kwargs))
+
+
+async def drive_review(
+    loop: Loop, on_review: Callable[[ev.ReviewReady, list[ev.Event]], ev.Command]
+) -> tuple[LoopResult, list[ev.Event]]:
+    """Run a reviewing loop to the end; every ``review_ready`` is answered by ``on_review``."""
+    send, receive = event_channel()
+    commands_send, commands_receive = event_channel()
+    seen: list[ev.Event] = []
+
+    async def consume() -> None:
+        async with receive:
+            async for event in receive:
+                seen.append(event)
+                if isinstance(event, ev.ReviewReady):
+                    await commands_send.send(on_review(event, seen))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consume)
+        async with send:
+            result = await loop.run(send, commands_receive)
+    return result, seen
 
 
 async def event_channel_run(

@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from loophelpers import KATA, events_of, make_config, run_cli, run_loop
+from loophelpers import KATA, drive_review, events_of, make_config, run_cli, run_loop
 from scripted_openai import Call, Reply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,51 +140,28 @@ def test_a_missing_trace(tmp_path: Path) -> None:
 @pytest.mark.anyio
 async def test_the_demo_answers_a_rejected_hunk_and_offers_a_new_review(tmp_path: Path) -> None:
     """The first minute includes the feedback path: reject with a comment, review again."""
-    import anyio
     from codexloop.core import events as ev
-    from codexloop.core.config import Config
-    from codexloop.core.demo import TARGET, answer_review, demo_turns, make_kata
+    from codexloop.core.demo import answer_review, demo_config, demo_turns, make_kata
     from codexloop.core.diff import changes
-    from codexloop.core.loop import Loop, event_channel
+    from codexloop.core.loop import Loop
     from codexloop.core.model import make_client
     from codexloop.core.replay import ReplayServer
 
     repo = make_kata(tmp_path)
     with ReplayServer(demo_turns(), model="scripted-demo", after=answer_review) as server:
-        config = Config(
-            repo=repo,
-            targets=(TARGET,),
-            target_files=("tests/test_invoice.py",),
-            model="scripted-demo",
-            base_url=server.base_url,
-            api_key="demo",
-            api="chat",
-            max_iterations=5,
-        )
+        config = demo_config(repo, server.base_url)
         loop = Loop(config, client=make_client(server.base_url, "demo"), review=True)
-        send, receive = event_channel()
-        commands_send, commands_receive = event_channel()
-        seen: list[ev.Event] = []
         reviews: list[ev.ReviewReady] = []
 
-        async def consume() -> None:
-            async with receive:
-                async for event in receive:
-                    seen.append(event)
-                    if isinstance(event, ev.ReviewReady):
-                        reviews.append(event)
-                        if len(reviews) > 1:
-                            await commands_send.send(ev.Finish())
-                            continue
-                        assert loop.sandbox is not None
-                        [change] = changes(repo, loop.sandbox.base, event.commit or "HEAD")
-                        rejection = ev.Rejection("invoice.py", change.hunks[0], "keep floats")
-                        await commands_send.send(ev.Feedback((rejection,)))
+        def review(event: ev.ReviewReady, seen: list[ev.Event]) -> ev.Command:
+            reviews.append(event)
+            if len(reviews) > 1:
+                return ev.Finish()
+            assert loop.sandbox is not None
+            [change] = changes(repo, loop.sandbox.base, event.commit or "HEAD")
+            return ev.Feedback((ev.Rejection("invoice.py", change.hunks[0], "keep floats"),))
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(consume)
-            async with send:
-                result = await loop.run(send, commands_receive)
+        result, seen = await drive_review(loop, review)
     assert result.status == "passed" and len(reviews) == 2
     said = "".join(e.text for e in seen if isinstance(e, ev.ModelText))
     assert "You rejected the change of invoice.py: keep floats." in said

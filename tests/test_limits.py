@@ -137,61 +137,47 @@ async def test_a_warm_run_is_bounded_too(limited: Sandbox) -> None:
         assert our_groups(limited) == []
 
 
-@pytest.mark.anyio
-async def test_without_isolation_an_escaped_process_is_still_killed(
-    make_repo, no_bwrap: Path
-) -> None:
-    """No pid namespace here: a setsid'd process leaves the process group; the cgroup catches it."""
+@pytest.fixture
+def bare_sandbox(make_repo, no_bwrap: Path):
+    """A sandbox without bubblewrap: no pid namespace to take leftovers down with it."""
     repo = make_repo(KATA)
-    box = Sandbox.create(repo, "escape")
-    try:
-        box.isolate([find_python(repo)], [], network=False)
-        assert box.isolation.level == "none"
-        if box.limit.method != "cgroup":
-            pytest.skip(box.limit.reason)
-        marker = f"codexloop-escapee-{uuid.uuid4().hex}"
-        # The command ends only once the escapee is in a session of its own.
-        escape = f"setsid bash -c 'echo up > escaped; exec -a {marker} sleep 300' >/dev/null 2>&1"
-        result = await box.run(
-            f"({escape} &); while [ ! -s escaped ]; do sleep 0.01; done; echo started",
-            timeout=30,
-        )
-        assert "1 process(es) outlived the command and were killed" in result.output
-        deadline = time.monotonic() + 5  # SIGKILL is delivered asynchronously: wait, bounded
-        while _running(marker) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert not _running(marker)
-    finally:
-        box.remove(delete_branch=True)
+    box = Sandbox.create(repo, "bare")
+    box.isolate([find_python(repo)], [], network=False)
+    assert box.isolation.level == "none"
+    yield box
+    box.remove(delete_branch=True)
+
+
+async def assert_an_escapee_is_killed(box: Sandbox) -> None:
+    marker = f"codexloop-escapee-{uuid.uuid4().hex}"
+    # The command ends only once the escapee is in a session of its own.
+    escape = f"setsid bash -c 'echo up > escaped; exec -a {marker} sleep 300' >/dev/null 2>&1"
+    result = await box.run(
+        f"({escape} &); while [ ! -s escaped ]; do sleep 0.01; done; echo started", timeout=30
+    )
+    assert "1 process(es) outlived the command and were killed" in result.output
+    deadline = time.monotonic() + 5  # SIGKILL is delivered asynchronously: wait, bounded
+    while _running(marker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _running(marker)
+    assert "outlived" not in (await box.run("echo calm", timeout=30)).output
+
+
+@pytest.mark.anyio
+async def test_without_isolation_an_escaped_process_is_still_killed(bare_sandbox: Sandbox) -> None:
+    """A setsid'd process leaves the process group, not the command's cgroup."""
+    if bare_sandbox.limit.method != "cgroup":
+        pytest.skip(bare_sandbox.limit.reason)
+    await assert_an_escapee_is_killed(bare_sandbox)
 
 
 @pytest.mark.anyio
 async def test_with_neither_isolation_nor_a_cgroup_an_escapee_is_found_by_its_environment(
-    make_repo, no_bwrap: Path, monkeypatch: pytest.MonkeyPatch
+    bare_sandbox: Sandbox,
 ) -> None:
     """The last line of defence: the run's mark in the environment, looked for in /proc."""
-    monkeypatch.setattr(
-        limits, "probe", lambda maximum, user_namespace: limits.ProcessLimit("none", None, "")
-    )
-    repo = make_repo(KATA)
-    box = Sandbox.create(repo, "marked")
-    try:
-        box.isolate([find_python(repo)], [], network=False)
-        assert box.isolation.level == "none" and box.limit.method == "none"
-        marker = f"codexloop-escapee-{uuid.uuid4().hex}"
-        escape = f"setsid bash -c 'echo up > escaped; exec -a {marker} sleep 300' >/dev/null 2>&1"
-        result = await box.run(
-            f"({escape} &); while [ ! -s escaped ]; do sleep 0.01; done; echo started",
-            timeout=30,
-        )
-        assert "1 process(es) outlived the command and were killed" in result.output
-        deadline = time.monotonic() + 5  # SIGKILL is delivered asynchronously: wait, bounded
-        while _running(marker) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert not _running(marker)
-        assert "outlived" not in (await box.run("echo calm", timeout=30)).output
-    finally:
-        box.remove(delete_branch=True)
+    bare_sandbox.limit = limits.ProcessLimit("none", None, "no limit (forced for this test)")
+    await assert_an_escapee_is_killed(bare_sandbox)
 
 
 def _running(marker: str) -> bool:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
 import pytest
 from codexloop.core import events as ev
 from codexloop.core.diff import changes
-from codexloop.core.loop import Loop, event_channel
+from codexloop.core.loop import Loop
 from conftest import run_git
-from loophelpers import make_config, user_texts
+from loophelpers import drive_review, make_config, user_texts
 from scripted_openai import Call, Reply
 
 pytestmark = pytest.mark.anyio
@@ -21,25 +20,6 @@ CALC = (
     + "\n\nVERSION = 1\n"
 )
 TEST = "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
-
-
-async def drive(loop: Loop, on_review) -> tuple[Any, list[ev.Event]]:
-    send, receive = event_channel()
-    commands_send, commands_receive = event_channel()
-    seen: list[ev.Event] = []
-
-    async def consume() -> None:
-        async with receive:
-            async for event in receive:
-                seen.append(event)
-                if isinstance(event, ev.ReviewReady):
-                    await commands_send.send(on_review(event, seen))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(consume)
-        async with send:
-            result = await loop.run(send, commands_receive)
-    return result, seen
 
 
 async def test_a_rejected_hunk_with_a_comment_goes_back_and_the_loop_continues(
@@ -78,7 +58,7 @@ async def test_a_rejected_hunk_with_a_comment_goes_back_and_the_loop_continues(
         bump = next(h for h in change.hunks if "+VERSION = 2" in h.lines)
         return ev.Feedback((ev.Rejection("calc.py", bump, "do not touch VERSION"),))
 
-    result, events = await drive(loop, review)
+    result, events = await drive_review(loop, review)
     assert result.status == "passed" and reviews == 2
     assert "do not touch VERSION" in told["text"] and "+VERSION = 2" in told["text"]
     assert "It has been reverted in the sandbox." in told["text"]
@@ -99,6 +79,6 @@ async def test_finishing_the_review_ends_the_session_green(make_repo, scripted_o
         Reply(text="fixed"),
     )
     loop = Loop(make_config(repo, scripted_openai.base_url), backoff=(0.0,), review=True)
-    result, events = await drive(loop, lambda event, seen: ev.Finish())
+    result, events = await drive_review(loop, lambda event, seen: ev.Finish())
     assert result.status == "passed" and result.iterations == 1
     assert isinstance(events[-1], ev.LoopFinished) and events[-1].status == "passed"

@@ -94,8 +94,8 @@ def _run_front(config: Config, loop: Loop, *, headless: bool, banner: str) -> in
 
 
 def demo(argv: Sequence[str]) -> int:
-    from codexloop.core.config import Config, ConfigError, Settings, load_config
-    from codexloop.core.demo import TARGET, answer_review, demo_turns, make_kata
+    from codexloop.core.config import ConfigError, Settings, load_config
+    from codexloop.core.demo import TARGET, answer_review, demo_config, demo_turns, make_kata
     from codexloop.core.loop import Loop
     from codexloop.core.model import make_client
     from codexloop.core.replay import ReplayServer
@@ -137,16 +137,7 @@ def demo(argv: Sequence[str]) -> int:
     with ReplayServer(
         demo_turns(), speed=args.speed, model="scripted-demo", after=answer_review
     ) as server:
-        config = Config(
-            repo=repo,
-            targets=(TARGET,),
-            target_files=("tests/test_invoice.py",),
-            model="scripted-demo",
-            base_url=server.base_url,
-            api_key="demo",
-            api="chat",
-            max_iterations=5,
-        )
+        config = demo_config(repo, server.base_url)
         loop = Loop(config, client=make_client(server.base_url, "demo"), review=not args.headless)
         return _run_front(
             config, loop, headless=args.headless, banner="scripted demo: not a live model"
