@@ -36,6 +36,8 @@ from codexloop.core.exam import Exam
 from codexloop.core.gitops import ApplyResult
 from codexloop.core.model import (
     BACKOFF_S,
+    CUT_FINISH,
+    MAX_TURN_CHARS,
     AutoModel,
     ContextOverflow,
     ModelError,
@@ -533,6 +535,15 @@ class Loop:
             await self.emit(ev.ModelTurnStarted(iteration))
             turn = await self._model_turn(messages)
             messages.append(turn.message())
+            if turn.finish_reason == CUT_FINISH:
+                messages.append(
+                    {
+                        "role": "user",
+                        "content": f"Your last answer ran past {MAX_TURN_CHARS} characters and "
+                        "was cut off (no tool call of it was run). Keep answers short and make "
+                        "changes with the tools.",
+                    }
+                )
             if not turn.tool_calls:
                 return
             for call in turn.tool_calls:

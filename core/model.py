@@ -29,6 +29,11 @@ TextCallback = Callable[[str], Awaitable[None]]
 RetryCallback = Callable[[int, str, float], Awaitable[None]]
 
 MAX_ATTEMPTS = 4
+MAX_TURN_CHARS = 200_000
+"""Text, reasoning and tool-call arguments one model turn may stream before it is cut: a
+model caught in a repetition loop (small local models are prone to it) would otherwise
+stream forever, and a headless run would never end."""
+CUT_FINISH = f"incomplete: the answer passed {MAX_TURN_CHARS} characters and was cut"
 BACKOFF_S = (1.0, 2.0, 4.0)
 
 
@@ -251,11 +256,16 @@ class ChatModel(_StreamingModel):
         calls: dict[int, _PartialCall] = {}
         input_tokens = output_tokens = 0
         finish: str | None = None
+        produced = 0
         async with stream:
             async for chunk in stream:
                 if chunk.usage is not None:
                     input_tokens = chunk.usage.prompt_tokens or 0
                     output_tokens = chunk.usage.completion_tokens or 0
+                if produced > MAX_TURN_CHARS:
+                    finish = CUT_FINISH
+                    calls.clear()  # a call cut short is no call
+                    break
                 for choice in chunk.choices:
                     delta = choice.delta
                     if choice.finish_reason:
@@ -266,8 +276,10 @@ class ChatModel(_StreamingModel):
                         delta, "reasoning", None
                     )
                     if reasoning and on_reasoning is not None and isinstance(reasoning, str):
+                        produced += len(reasoning)
                         await on_reasoning(reasoning)
                     if delta.content:
+                        produced += len(delta.content)
                         text.append(delta.content)
                         await on_text(delta.content)
                     for tc in delta.tool_calls or ():
@@ -278,6 +290,7 @@ class ChatModel(_StreamingModel):
                             if tc.function.name:
                                 partial.name += tc.function.name
                             if tc.function.arguments:
+                                produced += len(tc.function.arguments)
                                 partial.arguments.append(tc.function.arguments)
         full_text = "".join(text)
         if not output_tokens:
@@ -340,16 +353,24 @@ class ResponsesModel(_StreamingModel):
         done_items: list[dict[str, Any]] = []
         usage: Any = None
         finish: str | None = None
+        produced = 0
         async with stream:
             async for event in stream:
                 kind = event.type
+                if produced > MAX_TURN_CHARS:
+                    finish = CUT_FINISH
+                    done_items.clear()  # nothing of a cut answer is replayed or called
+                    break
                 if kind == "response.output_text.delta":
+                    produced += len(event.delta)
                     text.append(event.delta)
                     await on_text(event.delta)
                 elif kind == "response.reasoning_summary_text.delta":
+                    produced += len(event.delta)
                     if on_reasoning is not None:
                         await on_reasoning(event.delta)
                 elif kind == "response.function_call_arguments.delta":
+                    produced += len(event.delta)
                     arguments.setdefault(event.item_id, []).append(event.delta)
                 elif kind == "response.output_item.done":
                     done_items.append(event.item.model_dump(exclude_none=True))

@@ -166,3 +166,27 @@ async def test_incomplete_and_failed_responses(make_repo, scripted_openai) -> No
     assert result.status == "passed"
     assert [r.attempt for r in of_type(events, ev.ModelRetry)] == [1]
     assert any("cut off" in n.message for n in of_type(events, ev.Notice))
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+async def test_a_runaway_answer_is_cut_and_the_loop_goes_on(
+    make_repo, scripted_openai, api: str
+) -> None:
+    """A model stuck repeating itself: the turn is cut, its tool call not run, the model told."""
+    from codexloop.core.model import MAX_TURN_CHARS
+
+    repo = make_repo(KATA)
+    endless = "all work and no play " * (MAX_TURN_CHARS // 10)
+    scripted_openai.add(
+        Reply(text=endless, tool_calls=[edit("a - b", "a * b")], chunk_size=2_000),
+        Reply(tool_calls=[edit("a - b", "a + b")]),
+        Reply(text="Fixed."),
+    )
+    result, events = await run_loop(make_config(repo, scripted_openai.base_url, api=api))
+    assert result.status == "passed" and result.iterations == 2
+    notices = [n.message for n in of_type(events, ev.Notice)]
+    assert any("was cut" in n for n in notices)
+    said = "".join(e.text for e in of_type(events, ev.ModelText))
+    assert MAX_TURN_CHARS <= len(said) < MAX_TURN_CHARS + 10_000  # cut, not streamed to the end
+    assert not any("a * b" in call.arguments for call in of_type(events, ev.ToolCall))
+    assert "was cut off" in texts_sent(scripted_openai.requests[1])
