@@ -15,6 +15,7 @@ from typing import Any
 
 from codexloop.core import gitops
 from codexloop.core.context import DEFAULT_CONTEXT_TOKENS, MIN_CONTEXT_TOKENS
+from codexloop.core.isolation import DEFAULT_MAX_MEMORY_GIB
 from codexloop.core.limits import DEFAULT_MAX_PROCESSES, MIN_MAX_PROCESSES
 
 OPENAI_HOST = "api.openai.com"
@@ -38,6 +39,7 @@ _FILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "max_tool_calls": int,
     "max_processes": int,
     "context_tokens": int,
+    "max_memory": int,
     "task": str,
     "api": str,
     "reasoning": str,
@@ -66,6 +68,7 @@ class Settings:
     max_tool_calls: int | None = None
     max_processes: int | None = None
     context_tokens: int | None = None
+    max_memory: int | None = None
     api: str | None = None
     reasoning: str | None = None
 
@@ -87,6 +90,7 @@ class Config:
     max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS
     max_processes: int = DEFAULT_MAX_PROCESSES
     context_tokens: int = DEFAULT_CONTEXT_TOKENS
+    max_memory: int = DEFAULT_MAX_MEMORY_GIB  # GiB of address space per command; 0: no limit
     target_files: tuple[str, ...] = field(default=())
     api: str = "auto"
     reasoning: str | None = None
@@ -229,6 +233,11 @@ def load_config(
     )
     if context_tokens < MIN_CONTEXT_TOKENS:
         raise ConfigError(f"--context-tokens must be at least {MIN_CONTEXT_TOKENS}")
+    max_memory = int(
+        _first(settings.max_memory, file_cfg.get("max_memory"), DEFAULT_MAX_MEMORY_GIB)
+    )
+    if max_memory < 0:
+        raise ConfigError("--max-memory must be a number of GiB (0 for no limit)")
 
     api = _first(settings.api, file_cfg.get("api"), "auto")
     if api not in APIS:
@@ -257,4 +266,5 @@ def load_config(
         max_tool_calls=max_tool_calls,
         max_processes=max_processes,
         context_tokens=context_tokens,
+        max_memory=max_memory,
     )

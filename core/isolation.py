@@ -27,8 +27,10 @@ from typing import Literal
 
 Level = Literal["full", "reduced", "none"]
 
-# Address-space limit of every sandboxed command (a memory bomb gets MemoryError).
-MEMORY_LIMIT_KB = 8 * 1024 * 1024
+# Address-space limit of every sandboxed command, by default (a memory bomb gets MemoryError).
+# Programs that reserve much more address space than they use (WebAssembly in Node.js, the
+# JVM with a large heap, AddressSanitizer) need it raised, or off: --max-memory.
+DEFAULT_MAX_MEMORY_GIB = 8
 
 
 @dataclass(frozen=True)

@@ -244,6 +244,7 @@ class Loop:
                     exam.protected_files(),
                     network=config.allow_network,
                     max_processes=config.max_processes,
+                    max_memory_gib=config.max_memory,
                 )
             )
         if config.warm and config.test_cmd is None:
@@ -253,6 +254,7 @@ class Loop:
             exam,
             self._run_model_command,
             network_off=isolation.active and not config.allow_network,
+            max_memory_gib=config.max_memory,
         )
         if self.write_trace:
             trace_path = traces_dir() / f"{self.name}.jsonl"
@@ -284,6 +286,7 @@ class Loop:
                 isolation_reason=isolation.reason,
                 max_processes=sandbox.limit.maximum,
                 process_limit=sandbox.limit.reason,
+                max_memory_gib=config.max_memory or None,
                 network=config.allow_network,
                 api=self.model.protocol,
                 trace=str(self.trace.path) if self.trace else "",

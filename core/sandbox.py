@@ -23,7 +23,7 @@ from pathlib import Path
 import anyio
 from codexloop.core import gitops, limits, process
 from codexloop.core.isolation import (
-    MEMORY_LIMIT_KB,
+    DEFAULT_MAX_MEMORY_GIB,
     Isolation,
     Layout,
     interpreter_paths,
@@ -172,6 +172,7 @@ class Sandbox:
     limit: limits.ProcessLimit = field(
         default_factory=lambda: limits.ProcessLimit("none", None, "not probed")
     )
+    max_memory_gib: int = DEFAULT_MAX_MEMORY_GIB  # address space per command; 0: no limit
 
     @classmethod
     def create(cls, repo: Path, name: str, base: str | None = None) -> Sandbox:
@@ -235,7 +236,9 @@ class Sandbox:
         env = self.environment(extra_env)
         # Hard limits the command cannot raise: a memory bomb gets MemoryError, a fork bomb
         # EAGAIN (when the process limit works through RLIMIT_NPROC).
-        prefix = f"ulimit -v {MEMORY_LIMIT_KB} 2>/dev/null; {self.limit.shell_prefix()}"
+        prefix = self.limit.shell_prefix()
+        if self.max_memory_gib:
+            prefix = f"ulimit -v {self.max_memory_gib * 1024 * 1024} 2>/dev/null; {prefix}"
         argv = [shell, "-c", prefix + command]
         if self.isolation.active and self.layout is not None:
             argv = self.isolation.wrap(argv, self.layout, env)
@@ -288,6 +291,7 @@ class Sandbox:
         *,
         network: bool,
         max_processes: int = limits.DEFAULT_MAX_PROCESSES,
+        max_memory_gib: int = DEFAULT_MAX_MEMORY_GIB,
         search_path: str | None = None,
     ) -> Isolation:
         """Probe process isolation with this sandbox's exact layout and use it from now on,
@@ -306,6 +310,7 @@ class Sandbox:
         )
         self.isolation = probe_isolation(self.layout, self.environment(), search_path=search_path)
         self.limit = limits.probe(max_processes, user_namespace=self.isolation.active)
+        self.max_memory_gib = max_memory_gib
         return self.isolation
 
     def remove(self, *, delete_branch: bool = False) -> None:

@@ -128,12 +128,19 @@ class Tools:
     """Executes tool calls inside ``root``."""
 
     def __init__(
-        self, root: Path, exam: Exam, run_command: CommandRunner, *, network_off: bool = False
+        self,
+        root: Path,
+        exam: Exam,
+        run_command: CommandRunner,
+        *,
+        network_off: bool = False,
+        max_memory_gib: int = 0,
     ) -> None:
         self.root = root.resolve()
         self.exam = exam
         self.run_command = run_command
         self.network_off = network_off
+        self.max_memory_gib = max_memory_gib
 
     # -- paths -----------------------------------------------------------------
 
@@ -354,6 +361,11 @@ class Tools:
         content = f"[{status}, {result.duration_s:.1f} s]\n{_cut(result.output)}"
         if self.network_off and _looks_like_no_network(result.output):
             content += "\n[note: the sandbox has no network access; this is not an outage]"
+        if self.max_memory_gib and _looks_like_out_of_memory(result.output):
+            content += (
+                f"\n[note: sandboxed commands may reserve at most {self.max_memory_gib} GiB of "
+                "address space (the developer can change it with --max-memory)]"
+            )
         first = command.strip().splitlines()[0][:80]
         return ToolOutcome(result.exit_code == 0, content, f"$ {first} → {status}")
 
@@ -391,6 +403,17 @@ _NO_NET = re.compile(
     r"Could not resolve host|getaddrinfo failed|nodename nor servname",
     re.IGNORECASE,
 )
+
+
+_NO_MEMORY = re.compile(
+    r"MemoryError|Cannot allocate memory|could not allocate memory|out of memory"
+    r"|Could not reserve enough space|std::bad_alloc|failed to reserve",
+    re.IGNORECASE,
+)
+
+
+def _looks_like_out_of_memory(output: str) -> bool:
+    return bool(_NO_MEMORY.search(output))
 
 
 def _looks_like_no_network(output: str) -> bool:

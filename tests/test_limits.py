@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -240,3 +241,36 @@ def test_rlimit_counts_only_the_sandboxs_processes() -> None:
         for process in outside:
             process.kill()
             process.wait()
+
+
+# -- the address-space limit ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def plain_sandbox(make_repo):
+    repo = make_repo(KATA)
+    box = Sandbox.create(repo, "memory")
+    yield box
+    box.remove(delete_branch=True)
+
+
+@pytest.mark.anyio
+async def test_the_address_space_limit_is_set_and_can_be_lifted(plain_sandbox: Sandbox) -> None:
+    from codexloop.core.tools import Tools
+
+    box = plain_sandbox
+    python = find_python(box.repo)
+    box.isolate([python], [], network=False, max_memory_gib=1)
+    assert (await box.run("ulimit -v", timeout=30)).output.strip() == str(1024 * 1024)
+    exam = Exam(box.repo, box.base, ("tests/test_calc.py",))
+
+    async def run_command(command: str):
+        return await box.run(command, timeout=30)
+
+    tools = Tools(box.worktree, exam, run_command, max_memory_gib=1)
+    bomb = json.dumps({"command": f"{python} -c 'bytearray(2 * 1024**3)'"})
+    outcome = await tools.execute("run_command", bomb)
+    assert "MemoryError" in outcome.content
+    assert "at most 1 GiB of address space" in outcome.content and "--max-memory" in outcome.content
+    box.isolate([python], [], network=False, max_memory_gib=0)
+    assert (await box.run("ulimit -v", timeout=30)).output.strip() == "unlimited"

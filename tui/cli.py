@@ -61,6 +61,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="codexloop",
@@ -115,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="most processes and threads a sandboxed command may have at once, where the system "
         "allows a limit (default 1024)",
+    )
+    parser.add_argument(
+        "--max-memory",
+        type=_non_negative_int,
+        metavar="GIB",
+        help="address space a sandboxed command may reserve, in GiB; 0 for no limit "
+        "(default 8; raise it for WebAssembly in Node.js or a JVM with a large heap)",
     )
     parser.add_argument(
         "--context-tokens",
@@ -206,6 +223,7 @@ def run_loop(args: argparse.Namespace) -> int:
         command_timeout=args.command_timeout,
         max_processes=args.max_processes,
         context_tokens=args.context_tokens,
+        max_memory=args.max_memory,
         test_timeout=args.test_timeout,
         allow_network=args.allow_network,
         api=args.api,
