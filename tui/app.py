@@ -407,6 +407,8 @@ class CodexloopApp(App[int]):
         sandbox = f"sandbox: {event.isolation} isolation"
         sandbox += f" — {event.isolation_reason}" if event.isolation_reason else ""
         sandbox += f"; {event.process_limit}" if event.process_limit else ""
+        if event.max_memory_gib:
+            sandbox += f"; at most {event.max_memory_gib} GiB of address space per command"
         self.model_pane.write_line(Text(sandbox, style="dim"))
         info.network = bool(getattr(event, "network", False))
         self._update_status()
