@@ -40,6 +40,7 @@ _FILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "max_processes": int,
     "context_tokens": int,
     "max_memory": int,
+    "share": list,
     "task": str,
     "api": str,
     "reasoning": str,
@@ -69,6 +70,7 @@ class Settings:
     max_processes: int | None = None
     context_tokens: int | None = None
     max_memory: int | None = None
+    share: tuple[str, ...] | None = None
     api: str | None = None
     reasoning: str | None = None
 
@@ -91,6 +93,7 @@ class Config:
     max_processes: int = DEFAULT_MAX_PROCESSES
     context_tokens: int = DEFAULT_CONTEXT_TOKENS
     max_memory: int = DEFAULT_MAX_MEMORY_GIB  # GiB of address space per command; 0: no limit
+    share: tuple[str, ...] | None = None  # checkout paths the sandbox sees; None: the default
     target_files: tuple[str, ...] = field(default=())
     api: str = "auto"
     reasoning: str | None = None
@@ -163,6 +166,22 @@ def _first(*values: Any) -> Any:
         if value is not None:
             return value
     return None
+
+
+def _check_share(repo: Path, item: object) -> str:
+    """A path of the checkout to share with the sandbox: relative, inside, present."""
+    if not isinstance(item, str) or not item.strip():
+        raise ConfigError("share: each entry must be a path relative to the repository")
+    path = Path(item)
+    resolved = (repo / path).resolve()
+    if path.is_absolute() or (resolved != repo and repo not in resolved.parents):
+        raise ConfigError(f"share {item!r}: must be a path inside the repository")
+    if not resolved.exists():
+        raise ConfigError(f"share {item!r}: no such file or folder in {repo}")
+    rel = resolved.relative_to(repo).as_posix()
+    if rel in (".", ".git") or rel.startswith(".git/"):
+        raise ConfigError(f"share {item!r}: the repository itself cannot be shared")
+    return rel
 
 
 def load_config(
@@ -238,6 +257,9 @@ def load_config(
     )
     if max_memory < 0:
         raise ConfigError("--max-memory must be a number of GiB (0 for no limit)")
+    share = _first(settings.share, file_cfg.get("share"))
+    if share is not None:
+        share = tuple(_check_share(repo, item) for item in share)
 
     api = _first(settings.api, file_cfg.get("api"), "auto")
     if api not in APIS:
@@ -267,4 +289,5 @@ def load_config(
         max_processes=max_processes,
         context_tokens=context_tokens,
         max_memory=max_memory,
+        share=share,
     )

@@ -44,6 +44,7 @@ class LoopStarted(Event):
     max_processes: int | None = None  # None: no process-count limit could be set
     process_limit: str = ""  # how the limit is enforced, or why there is none
     max_memory_gib: int | None = None  # address space per command; None: no limit
+    shared: tuple[str, ...] = ()  # checkout paths shown read-only in the sandbox
     network: bool = False
     api: str = "chat"
     trace: str = ""

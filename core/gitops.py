@@ -286,6 +286,11 @@ def changed_paths(worktree: Path, base: str, exclude_file: Path | None = None) -
     return sorted(names)
 
 
+def is_ignored(repo: Path, path: str) -> bool:
+    """Whether git ignores ``path`` (relative to the repository) in the checkout."""
+    return _run(repo, ["check-ignore", "-q", "--", path], check=False).returncode == 0
+
+
 def read_blob(repo: Path, commit: str, path: str) -> bytes | None:
     """The content of ``path`` at ``commit`` as stored in git, or None if it is absent."""
     done = _run(repo, ["cat-file", "blob", f"{commit}:{path}"], check=False)

@@ -44,6 +44,7 @@ class Layout:
     ] = ()  # extra paths re-exposed read-only (interpreters, venvs, git dir)
     protected: tuple[Path, ...] = ()  # files inside the worktree bound read-only
     network: bool = False
+    shared: tuple[tuple[Path, Path], ...] = ()  # (checkout path, worktree path), read-only
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,8 @@ def bwrap_flags(
         if _under(path, masked) or path.is_symlink():
             flags += ["--ro-bind-try", str(path), str(path)]
     flags += ["--bind", str(layout.worktree), str(layout.worktree)]
+    for source, target in layout.shared:
+        flags += ["--ro-bind-try", str(source), str(target)]
     flags += ["--bind", str(layout.tmp), str(layout.tmp)]
     for path in layout.protected:
         flags += ["--ro-bind-try", str(path), str(path)]

@@ -245,6 +245,7 @@ class Loop:
                     network=config.allow_network,
                     max_processes=config.max_processes,
                     max_memory_gib=config.max_memory,
+                    shared=config.share,
                 )
             )
         if config.warm and config.test_cmd is None:
@@ -287,6 +288,9 @@ class Loop:
                 max_processes=sandbox.limit.maximum,
                 process_limit=sandbox.limit.reason,
                 max_memory_gib=config.max_memory or None,
+                shared=tuple(
+                    t.relative_to(sandbox.worktree).as_posix() for _s, t in sandbox.shared
+                ),
                 network=config.allow_network,
                 api=self.model.protocol,
                 trace=str(self.trace.path) if self.trace else "",

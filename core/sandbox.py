@@ -124,6 +124,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")[:40] or "loop"
 
 
+def default_shares(repo: Path) -> tuple[str, ...]:
+    """What a sandbox shares of the checkout unless told otherwise: ``node_modules`` at the
+    root, when it is there and git ignores it (a JavaScript project's tests need it, and a
+    worktree, being a checkout, starts without it)."""
+    if (repo / "node_modules").is_dir() and gitops.is_ignored(repo, "node_modules"):
+        return ("node_modules",)
+    return ()
+
+
 def session_name(targets: tuple[str, ...]) -> str:
     """A readable, unique-enough name: the first target's test and a timestamp."""
     first = targets[0]
@@ -173,6 +182,7 @@ class Sandbox:
         default_factory=lambda: limits.ProcessLimit("none", None, "not probed")
     )
     max_memory_gib: int = DEFAULT_MAX_MEMORY_GIB  # address space per command; 0: no limit
+    shared: tuple[tuple[Path, Path], ...] = ()  # checkout paths visible in the worktree
 
     @classmethod
     def create(cls, repo: Path, name: str, base: str | None = None) -> Sandbox:
@@ -292,10 +302,15 @@ class Sandbox:
         network: bool,
         max_processes: int = limits.DEFAULT_MAX_PROCESSES,
         max_memory_gib: int = DEFAULT_MAX_MEMORY_GIB,
+        shared: tuple[str, ...] | None = None,
         search_path: str | None = None,
     ) -> Isolation:
         """Probe process isolation with this sandbox's exact layout and use it from now on,
-        with the best process-count limit the system allows (blocking)."""
+        with the best process-count limit the system allows (blocking).
+
+        ``shared``: checkout paths git does not carry that commands need (dependency folders
+        such as ``node_modules``); None: the default (see :func:`default_shares`).
+        """
         home = self.tmp / "home"
         home.mkdir(parents=True, exist_ok=True)
         readonly = [*interpreter_paths(pythons), *path_dirs(self.environment()["PATH"])]
@@ -307,12 +322,47 @@ class Sandbox:
             readonly=tuple(dict.fromkeys(readonly)),
             protected=(self.worktree / ".git", *(self.worktree / rel for rel in protected)),
             network=network,
+            shared=self._prepare_shares(default_shares(self.repo) if shared is None else shared),
         )
         self.isolation = probe_isolation(self.layout, self.environment(), search_path=search_path)
+        if not self.isolation.active:
+            self._link_shares()
         self.limit = limits.probe(max_processes, user_namespace=self.isolation.active)
         self.max_memory_gib = max_memory_gib
         return self.isolation
 
+    def _prepare_shares(self, rels: tuple[str, ...]) -> tuple[tuple[Path, Path], ...]:
+        """Empty places in the worktree for the shared paths, kept out of every commit."""
+        pairs: list[tuple[Path, Path]] = []
+        for rel in rels:
+            source, target = self.repo / rel, self.worktree / rel
+            if target.exists() or target.is_symlink() or not source.exists():
+                continue  # git carries it, or there is nothing to share
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                target.mkdir()
+            else:
+                target.touch()
+            pairs.append((source, target))
+        if pairs:
+            own = state_home() / "excludes" / self.name
+            own.parent.mkdir(parents=True, exist_ok=True)
+            listed = "".join(f"/{t.relative_to(self.worktree).as_posix()}\n" for _s, t in pairs)
+            own.write_text(_EXCLUDES + listed)
+            self.exclude_file = own
+        self.shared = tuple(pairs)
+        return self.shared
+
+    def _link_shares(self) -> None:
+        """Without bubblewrap there are no bind mounts: symlinks to the checkout instead."""
+        for source, target in self.shared:
+            if target.is_dir() and not target.is_symlink():
+                target.rmdir()
+            else:
+                target.unlink(missing_ok=True)
+            target.symlink_to(source)
+
     def remove(self, *, delete_branch: bool = False) -> None:
         gitops.remove_worktree(self.repo, self.worktree, self.branch if delete_branch else None)
         shutil.rmtree(self.tmp, ignore_errors=True)
+        (state_home() / "excludes" / self.name).unlink(missing_ok=True)

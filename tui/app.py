@@ -409,6 +409,8 @@ class CodexloopApp(App[int]):
         sandbox += f"; {event.process_limit}" if event.process_limit else ""
         if event.max_memory_gib:
             sandbox += f"; at most {event.max_memory_gib} GiB of address space per command"
+        if event.shared:
+            sandbox += "; shared read-only from your checkout: " + ", ".join(event.shared)
         self.model_pane.write_line(Text(sandbox, style="dim"))
         info.network = bool(getattr(event, "network", False))
         self._update_status()

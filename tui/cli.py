@@ -134,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 8; raise it for WebAssembly in Node.js or a JVM with a large heap)",
     )
     parser.add_argument(
+        "--share",
+        action="append",
+        metavar="PATH",
+        help="a path of your checkout that git does not carry but commands need (a dependency "
+        "folder, built files), shown read-only in the sandbox; repeatable "
+        "(default: node_modules, when git ignores it)",
+    )
+    parser.add_argument(
         "--context-tokens",
         type=_positive_int,
         metavar="N",
@@ -224,6 +232,7 @@ def run_loop(args: argparse.Namespace) -> int:
         max_processes=args.max_processes,
         context_tokens=args.context_tokens,
         max_memory=args.max_memory,
+        share=tuple(args.share) if args.share else None,
         test_timeout=args.test_timeout,
         allow_network=args.allow_network,
         api=args.api,
