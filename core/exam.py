@@ -8,6 +8,9 @@ is what the next run uses.
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
 import shutil
 import tomllib
 from dataclasses import dataclass, field
@@ -27,6 +30,54 @@ PROTECTED_NAMES = frozenset(
     }
 )
 PYPROJECT = "pyproject.toml"
+PACKAGE_JSON = "package.json"
+# JavaScript test runners' configuration files.
+_JS_CONFIG = re.compile(
+    r"(?:(?:jest|vitest|ava|playwright|cypress|karma)\.config|karma\.conf|\.mocharc)"
+    r"(?:\.[a-z]+)?(?:\.(?:js|cjs|mjs|ts|cts|mts|json|jsonc|yaml|yml))?"
+)
+# The sections of package.json that decide how tests run.
+_PACKAGE_TEST_KEYS = ("scripts", "jest", "mocha", "ava", "vitest")
+_MAKEFILES = ("GNUmakefile", "makefile", "Makefile")
+
+
+def _package_test_sections(text: str | bytes | None) -> Any:
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return "<invalid JSON>"
+    if not isinstance(data, dict):
+        return None
+    return {key: data.get(key) for key in _PACKAGE_TEST_KEYS}
+
+
+def command_files(repo: Path, command: str | None) -> tuple[str, ...]:
+    """Files of the repository a custom test command names or implies (``make`` reads the
+    Makefile): they decide the verdict, so they are part of the exam."""
+    if not command:
+        return ()
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = command.split()
+    root = repo.resolve()
+    found: list[str] = []
+    for word in words:
+        candidates = [word.split("=", 1)[-1]] if "=" in word else [word]
+        if PurePosixPath(word).name == "make":
+            candidates += list(_MAKEFILES)
+        for candidate in candidates:
+            if not candidate or candidate.startswith("-"):
+                continue
+            try:
+                path = (root / candidate).resolve()
+            except (OSError, RuntimeError):
+                continue
+            if root in path.parents and path.is_file():
+                found.append(path.relative_to(root).as_posix())
+    return tuple(dict.fromkeys(found))
 
 
 def _pytest_section(text: str | bytes | None) -> Any:
@@ -48,6 +99,7 @@ class Exam:
     base: str
     target_files: tuple[str, ...]
     from_checkout: bool = True  # False for a replay: the exam as it was recorded
+    command_files: tuple[str, ...] = ()  # what a custom test command names (see command_files)
     _targets: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -68,6 +120,10 @@ class Exam:
             return f"{path.name} is test configuration"
         if path.suffix == ".pth":
             return ".pth files change how Python starts"
+        if _JS_CONFIG.fullmatch(path.name):
+            return f"{path.name} is test configuration"
+        if rel in self.command_files:
+            return "the test command runs it"
         return None
 
     def check_write(self, rel: str, old: bytes | None, new: bytes | None) -> str | None:
@@ -77,6 +133,8 @@ class Exam:
             return reason
         if rel == PYPROJECT and _pytest_section(old) != _pytest_section(new):
             return "the [tool.pytest] section of pyproject.toml is test configuration"
+        if rel == PACKAGE_JSON and _package_test_sections(old) != _package_test_sections(new):
+            return "the scripts and test-runner sections of package.json are test configuration"
         return None
 
     def protected_files(self) -> list[str]:
@@ -105,13 +163,16 @@ class Exam:
         """
         restored: list[str] = []
         for rel in sorted(set(changed) | self._targets):
-            if self.protection(rel) is None and rel != PYPROJECT:
+            if self.protection(rel) is None and rel not in (PYPROJECT, PACKAGE_JSON):
                 continue
             path = worktree / rel
             current = path.read_bytes() if path.is_file() and not path.is_symlink() else None
             wanted = self.original(rel)
             if rel == PYPROJECT:
                 if _pytest_section(current) == _pytest_section(wanted):
+                    continue
+            elif rel == PACKAGE_JSON:
+                if _package_test_sections(current) == _package_test_sections(wanted):
                     continue
             elif current == wanted and not (
                 path.is_symlink() or (current is None and path.exists())

@@ -20,6 +20,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from codexloop.core import gitops
 from codexloop.core.config import Config
 from codexloop.core.context import CHARS_PER_TOKEN, MIN_CONTEXT_TOKENS, conversation_size, fit
 from codexloop.core.diff import revert_hunk
-from codexloop.core.exam import Exam
+from codexloop.core.exam import Exam, command_files
 from codexloop.core.gitops import ApplyResult
 from codexloop.core.model import (
     BACKOFF_S,
@@ -232,7 +233,13 @@ class Loop:
                 Sandbox.create, config.repo, self.name, self.base
             )
         self.sandbox = sandbox
-        exam = Exam(config.repo, sandbox.base, config.target_files, from_checkout=self.base is None)
+        exam = Exam(
+            config.repo,
+            sandbox.base,
+            config.target_files,
+            from_checkout=self.base is None,
+            command_files=command_files(config.repo, config.test_cmd),
+        )
         python = find_python(config.repo)
         self.python = python
         self.test_command = config.test_cmd or default_command(python, config.targets)
@@ -728,7 +735,9 @@ class Loop:
                 extra_env={**junit_env(junit), **self._display_env()},
             )
         with self._timed("verdict"):
-            verdict = await anyio.to_thread.run_sync(judge, self.config.targets, run, junit)
+            verdict = await anyio.to_thread.run_sync(
+                partial(judge, self.config.targets, run, junit, strict=self.config.test_cmd is None)
+            )
         self.test_outcomes.append(verdict.passed)
         await self.emit(
             ev.TestFinished(

@@ -126,8 +126,26 @@ def _cut(text: str, limit: int) -> str:
     return f"{text[:half]}\n[... cut ...]\n{text[-half:]}"
 
 
-def judge(targets: tuple[str, ...], run: RunResult, junit_path: Path) -> Verdict:
-    """Decide green or red from the exit code and the JUnit report, and digest any failure."""
+def _by_exit_code(run: RunResult) -> Verdict:
+    if run.exit_code == 0:
+        return Verdict(True, "exit code 0 (no JUnit report: judged by the exit code)", "")
+    summary = f"exit code {run.exit_code} (no JUnit report: judged by the exit code)"
+    return Verdict(
+        False,
+        summary,
+        f"The test command failed ({summary}). Its output:\n{_cut(run.output, DIGEST_CHARS)}",
+    )
+
+
+def judge(
+    targets: tuple[str, ...], run: RunResult, junit_path: Path, *, strict: bool = True
+) -> Verdict:
+    """Decide green or red from the exit code and the JUnit report, and digest any failure.
+
+    ``strict``: a run without a JUnit report is red (the default pytest command always
+    writes one). A custom test command that runs no pytest (``npm test``, ``make check``)
+    writes none: with ``strict`` off it is judged by its exit code alone.
+    """
     if run.timed_out:
         return Verdict(
             False,
@@ -135,6 +153,8 @@ def judge(targets: tuple[str, ...], run: RunResult, junit_path: Path) -> Verdict
             "The test run timed out and was killed.\n" + _cut(run.output, DIGEST_CHARS),
         )
     cases = parse_junit(junit_path)
+    if cases is None and not strict:
+        return _by_exit_code(run)
     if cases is None:
         reason = f"exit code {run.exit_code}, no test report"
         return Verdict(
