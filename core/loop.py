@@ -330,6 +330,7 @@ class Loop:
                 if self.warm is not None:
                     await self.warm.stop()
                 head = await self._final_commit(status)
+                await anyio.to_thread.run_sync(sandbox.discard_scratch)
                 iterations = max(iterations, self._iteration)
                 final_state: ev.State = {"passed": "green", "failed": "red", "stopped": "stopped"}[
                     status

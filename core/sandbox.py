@@ -362,7 +362,17 @@ class Sandbox:
                 target.unlink(missing_ok=True)
             target.symlink_to(source)
 
+    def discard_scratch(self) -> None:
+        """The private temp folder (HOME, reports, the warm server's socket): the session is
+        over; the worktree and its branch stay for reference (blocking)."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
     def remove(self, *, delete_branch: bool = False) -> None:
         gitops.remove_worktree(self.repo, self.worktree, self.branch if delete_branch else None)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        (state_home() / "excludes" / self.name).unlink(missing_ok=True)
+        forget_session(self.name)
+
+
+def forget_session(name: str) -> None:
+    """What codexloop keeps of a session besides its worktree: scratch folder, exclude file."""
+    shutil.rmtree(state_home() / "tmp" / name, ignore_errors=True)
+    (state_home() / "excludes" / name).unlink(missing_ok=True)

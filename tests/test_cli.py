@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from codexloop.core.sandbox import state_home
 from conftest import run_git
 from loophelpers import KATA, TARGET, events_of
 from loophelpers import run_cli as codexloop
@@ -373,6 +374,12 @@ def test_branches_lists_and_clean_removes_preview_branches(
         TARGET, "--headless", "--base-url", scripted_openai.base_url, "--model", "m", cwd=repo
     )
     started = events_of(done.stdout)[0]
+    name = started["branch"].removeprefix("codexloop/")
+    scratch = state_home() / "tmp" / name
+    assert not scratch.exists()  # the session's scratch folder went with the session
+    scratch.mkdir(parents=True)  # as a crashed session would leave it
+    (state_home() / "excludes").mkdir(exist_ok=True)
+    (state_home() / "excludes" / name).write_text("/node_modules\n")
     listed = codexloop("branches", cwd=repo)
     assert listed.returncode == 0
     assert started["branch"] in listed.stdout and started["worktree"] in listed.stdout
@@ -382,6 +389,7 @@ def test_branches_lists_and_clean_removes_preview_branches(
     assert cleaned.returncode == 0 and f"removed {started['branch']}" in cleaned.stdout
     assert run_git(repo, "branch", "--list", "codexloop/*") == ""
     assert not Path(started["worktree"]).exists()
+    assert not scratch.exists() and not (state_home() / "excludes" / name).exists()
     assert codexloop("branches", cwd=repo).stdout.strip() == "no preview branches"
     assert codexloop("branches", cwd=tmp_path).returncode == 2  # not a checkout
 

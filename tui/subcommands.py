@@ -44,6 +44,7 @@ def branches(argv: Sequence[str]) -> int:
 
 def clean(argv: Sequence[str]) -> int:
     from codexloop.core import gitops
+    from codexloop.core.sandbox import forget_session
 
     parser = _Parser(
         prog="codexloop clean", description="Remove codexloop's preview branches and worktrees."
@@ -67,6 +68,7 @@ def clean(argv: Sequence[str]) -> int:
             gitops.remove_worktree(repo, branch.worktree, branch.name)
         else:
             gitops.git(repo, "branch", "-D", branch.name)
+        forget_session(branch.name.removeprefix("codexloop/"))
         print(f"removed {branch.name}")
     return 0
 
