@@ -57,6 +57,7 @@ from codexloop.core.warm import WarmError, WarmRunner
 _JUNIT_NOTE = re.compile(r"-* ?generated xml file: \S+ ?-*\n?")
 EXAM_CHARS = 12_000
 OLD_TOOL_RESULT_CHARS = 600
+PROJECT_FILES_LISTED = 200  # in the first message; the model lists the rest itself
 FEEDBACK_HUNK_LINES = 200  # of a rejected hunk quoted back to the model
 MAX_CONTEXT_SHRINKS = 2  # a refused request is shortened and sent again at most this often
 
@@ -65,12 +66,16 @@ You are a coding agent working inside a sandboxed copy of a software project (a 
 Your goal: make the target tests pass. The tests are the specification.
 
 Rules:
-- The target test files and test configuration (conftest.py, pytest.ini, tox.ini, setup.cfg, the
-  [tool.pytest] section of pyproject.toml) are protected: you cannot change them, and the engine
-  restores them before every test run. Change the code under test instead.
+- The target test files and the test setup (conftest.py, pytest.ini, tox.ini, setup.cfg, the
+  [tool.pytest] section of pyproject.toml, JavaScript test-runner configs, the scripts of
+  package.json, and any file the test command runs) are protected: you cannot change them, and
+  the engine restores them before every test run. Change the code under test instead.
 - Use the tools to read, search and edit files. Paths are relative to the project root.
+- run_command runs in the sandbox: time-limited, no network unless the developer allowed it,
+  nothing installed outside the project. Use it to explore or try things; the engine runs
+  the target tests itself.
 - When you think the code is fixed, reply with a short summary and no tool call: the engine then
-  runs the tests and tells you the result. You do not need to run the target tests yourself.
+  runs the tests and tells you the result.
 - Keep changes small and focused on what the tests require.
 """
 
@@ -391,9 +396,11 @@ class Loop:
         if baseline.passed:
             await self.emit(ev.Notice("info", "the target tests already pass: nothing to do"))
             return "passed", 0, "already green"
+        assert self.sandbox is not None
+        files = await anyio.to_thread.run_sync(_project_files, self.sandbox)
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": self._first_message(exam, baseline)},
+            {"role": "user", "content": self._first_message(exam, baseline, files)},
         ]
         iteration = 0
         budget_end = config.max_iterations
@@ -514,13 +521,17 @@ class Loop:
         note, self._exam_note = self._exam_note, None
         return note
 
-    def _first_message(self, exam: Exam, baseline: Verdict) -> str:
+    def _first_message(self, exam: Exam, baseline: Verdict, files: list[str]) -> str:
         config = self.config
         parts = []
         if config.task:
             parts.append(f"Task from the developer: {config.task}\n")
         parts.append("Target tests (all must pass): " + ", ".join(config.targets))
         parts.append(f"Test command (run by the engine): {self.test_command}\n")
+        listing = "\n".join(files[:PROJECT_FILES_LISTED])
+        if len(files) > PROJECT_FILES_LISTED:
+            listing += f"\n[... {len(files) - PROJECT_FILES_LISTED} more: use list_files]"
+        parts.append(f"Project files:\n{listing}\n")
         for rel in config.target_files:
             self._exam_seen[rel] = exam.original(rel)
             source = (self._exam_seen[rel] or b"").decode("utf-8", errors="replace")
@@ -753,6 +764,12 @@ class Loop:
         if not verdict.passed:
             await self._set_state("red")
         return verdict
+
+
+def _project_files(sandbox: Sandbox) -> list[str]:
+    """The files of the snapshot the sandbox started from (blocking)."""
+    listing = gitops.git(sandbox.repo, "ls-tree", "-r", "-z", "--name-only", sandbox.base)
+    return [rel for rel in listing.split("\0") if rel]
 
 
 def _read_targets(

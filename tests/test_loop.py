@@ -55,6 +55,8 @@ async def test_red_then_green_feeds_the_failure_back(make_repo, scripted_openai)
     # The first request shows the exam and the baseline failure; the third, iteration 1's failure.
     first = user_texts(scripted_openai.requests[0])
     assert TEST_CALC.strip() in first and "assert -1 == 5" in first
+    # ...and the project's files, so the first turn need not list them.
+    assert "Project files:\ncalc.py\ntests/test_calc.py\n" in first
     assert "assert 6 == 5" in seen["digest"]
     # The model read the real file; its text streamed in pieces.
     assert "return a - b" in tool_results(scripted_openai.requests[1])[0]
