@@ -1,4 +1,5 @@
-"""A process-count limit for sandboxed commands, where the system allows one.
+"""A process-count limit for sandboxed commands, where the system allows one, and what
+becomes of the processes a command leaves behind.
 
 Two ways, tried in this order at start-up:
 
@@ -280,3 +281,41 @@ def probe(maximum: int, *, user_namespace: bool) -> ProcessLimit:
             f"at most {maximum} processes per command (RLIMIT_NPROC in the sandbox's user namespace)",
         )
     return ProcessLimit("none", None, f"no process-count limit: {no_cgroup}, and {why}")
+
+
+RUN_MARK = "CODEXLOOP_RUN"
+
+
+def kill_marked(marker: str) -> int:
+    """Kill every process whose environment carries this run's mark; how many there were.
+
+    The fallback for commands run without a pid namespace or a cgroup: a process that left
+    the process group (``setsid``) still inherits the environment. Blocking (reads /proc).
+    """
+    needle = f"{RUN_MARK}={marker}".encode()
+    killed = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as handle:
+                if needle not in handle.read().split(b"\0"):
+                    continue
+            os.kill(int(entry.name), signal.SIGKILL)
+            killed += 1
+        except (OSError, ValueError):
+            continue  # gone, or not ours to read
+    return killed
+
+
+def limit_notes(group: PidsGroup | None, survivors: int) -> str:
+    """What a command's result says about the process limit and what outlived it."""
+    notes = ""
+    if group is not None and group.hit_since_mark():
+        notes += (
+            f"\n[codexloop: the sandbox's limit of {group.maximum} processes was reached; "
+            "further forks failed]"
+        )
+    if survivors:
+        notes += f"\n[codexloop: {survivors} process(es) outlived the command and were killed]"
+    return notes

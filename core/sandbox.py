@@ -12,7 +12,6 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import sys
 import time
 import uuid
@@ -75,44 +74,6 @@ _EXCLUDES = (
     )
     + "\n"
 )
-
-
-RUN_MARK = "CODEXLOOP_RUN"
-
-
-def kill_marked(marker: str) -> int:
-    """Kill every process whose environment carries this run's mark; how many there were.
-
-    The fallback for commands run without a pid namespace or a cgroup: a process that left
-    the process group (``setsid``) still inherits the environment. Blocking (reads /proc).
-    """
-    needle = f"{RUN_MARK}={marker}".encode()
-    killed = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as handle:
-                if needle not in handle.read().split(b"\0"):
-                    continue
-            os.kill(int(entry.name), signal.SIGKILL)
-            killed += 1
-        except (OSError, ValueError):
-            continue  # gone, or not ours to read
-    return killed
-
-
-def limit_notes(group: limits.PidsGroup | None, survivors: int) -> str:
-    """What a command's result says about the process limit and what outlived it."""
-    notes = ""
-    if group is not None and group.hit_since_mark():
-        notes += (
-            f"\n[codexloop: the sandbox's limit of {group.maximum} processes was reached; "
-            "further forks failed]"
-        )
-    if survivors:
-        notes += f"\n[codexloop: {survivors} process(es) outlived the command and were killed]"
-    return notes
 
 
 def state_home() -> Path:
@@ -276,7 +237,7 @@ class Sandbox:
         # mark its environment, and look for the mark afterwards.
         marker = None if self.isolation.active or group is not None else uuid.uuid4().hex
         argv, env = self.command_argv(
-            command, {**(extra_env or {}), **({RUN_MARK: marker} if marker else {})}
+            command, {**(extra_env or {}), **({limits.RUN_MARK: marker} if marker else {})}
         )
         if group is not None:
             argv = group.join(argv)
@@ -290,8 +251,8 @@ class Sandbox:
                 if group is not None:
                     survivors = await group.close()
                 elif marker is not None:
-                    survivors = await anyio.to_thread.run_sync(kill_marked, marker)
-        notes = limit_notes(group, survivors)
+                    survivors = await anyio.to_thread.run_sync(limits.kill_marked, marker)
+        notes = limits.limit_notes(group, survivors)
         return replace(result, output=result.output + notes) if notes else result
 
     def isolate(

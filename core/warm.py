@@ -23,7 +23,7 @@ from pathlib import Path, PurePath
 
 import anyio
 from anyio.abc import Process
-from codexloop.core.limits import PidsGroup
+from codexloop.core.limits import PidsGroup, limit_notes
 from codexloop.core.process import (
     DEFAULT_KEEP,
     OutputCallback,
@@ -31,7 +31,7 @@ from codexloop.core.process import (
     _HeadTail,
     sanitize_terminal,
 )
-from codexloop.core.sandbox import Sandbox, limit_notes
+from codexloop.core.sandbox import Sandbox
 
 SERVER_SCRIPT = Path(__file__).with_name("warm_server.py")
 CONFIG_NAMES = ("conftest.py", "pytest.ini", "tox.ini", "setup.cfg", "pyproject.toml")
