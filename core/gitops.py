@@ -163,11 +163,17 @@ def toplevel(path: Path) -> Path | None:
     return Path(out)
 
 
-def snapshot(repo: Path) -> str:
+MAX_UNTRACKED_BYTES = 50 << 20
+"""Untracked files larger than this stay out of the snapshot (a dataset nobody ignored would
+otherwise be hashed into the repository at every start)."""
+
+
+def snapshot(repo: Path, left_out: list[tuple[str, int]] | None = None) -> str:
     """A commit capturing the working tree as it is now, without touching index or files.
 
-    Tracked changes, deletions and untracked-not-ignored files are included. Its parent
-    is HEAD (none in a repository without commits).
+    Tracked changes, deletions and untracked-not-ignored files are included, but for
+    untracked files over ``MAX_UNTRACKED_BYTES``: those are appended to ``left_out`` as
+    (path, size). Its parent is HEAD (none in a repository without commits).
     """
     done = _run(
         repo,
@@ -189,9 +195,28 @@ def snapshot(repo: Path) -> str:
             # copy2 keeps the mtime, which git's racy-clean check compares entries against.
             shutil.copy2(real_index, tmp_index)
         env = {"GIT_INDEX_FILE": str(tmp_index)}
-        _run(repo, ["-c", "core.splitIndex=false", "add", "-A"], env)
+        big = _big_untracked(repo)
+        if left_out is not None:
+            left_out.extend(big)
+        spec = ["--", ".", *(f":(exclude,literal){rel}" for rel, _size in big)] if big else []
+        _run(repo, ["-c", "core.splitIndex=false", "add", "-A", *spec], env)
         tree = _text(_run(repo, ["write-tree"], env).stdout).strip()
     return _commit_tree(repo, tree, head, f"codexloop snapshot of {label} working tree", None)
+
+
+def _big_untracked(repo: Path) -> list[tuple[str, int]]:
+    listing = _run(repo, ["ls-files", "--others", "--exclude-standard", "-z"]).stdout
+    big: list[tuple[str, int]] = []
+    for rel in _text(listing).split("\0"):
+        if not rel:
+            continue
+        try:
+            size = os.lstat(repo / rel).st_size
+        except OSError:
+            continue
+        if size > MAX_UNTRACKED_BYTES:
+            big.append((rel, size))
+    return big
 
 
 def create_worktree(repo: Path, base: str, branch: str, path: Path) -> None:

@@ -308,6 +308,16 @@ class Loop:
                 trace=str(self.trace.path) if self.trace else "",
             )
         )
+        if sandbox.left_out:
+            listed = ", ".join(f"{rel} ({size / 2**20:.0f} MB)" for rel, size in sandbox.left_out)
+            await self.emit(
+                ev.Notice(
+                    "warning",
+                    f"left out of the sandbox (untracked and over "
+                    f"{gitops.MAX_UNTRACKED_BYTES >> 20} MB; add them to .gitignore or commit "
+                    f"them): {listed}",
+                )
+            )
         if not isolation.active:
             await self.emit(ev.Notice("warning", f"no process isolation: {isolation.reason}"))
         elif sandbox.limit.maximum is None:

@@ -144,6 +144,7 @@ class Sandbox:
     )
     max_memory_gib: int = DEFAULT_MAX_MEMORY_GIB  # address space per command; 0: no limit
     shared: tuple[tuple[Path, Path], ...] = ()  # checkout paths visible in the worktree
+    left_out: tuple[tuple[str, int], ...] = ()  # big untracked files not in the snapshot
 
     @classmethod
     def create(cls, repo: Path, name: str, base: str | None = None) -> Sandbox:
@@ -152,8 +153,9 @@ class Sandbox:
         Blocking.
         """
         home = state_home()
+        left_out: list[tuple[str, int]] = []
         if base is None:
-            base = gitops.snapshot(repo)
+            base = gitops.snapshot(repo, left_out)
         elif gitops.git(repo, "cat-file", "-t", base, check=False).strip() != "commit":
             raise gitops.GitError(f"commit {base[:12]} is not in the repository {repo}")
         worktree = home / "worktrees" / repo_key(repo) / name
@@ -165,7 +167,7 @@ class Sandbox:
             exclude.write_text(_EXCLUDES)
         tmp = home / "tmp" / name
         tmp.mkdir(parents=True, exist_ok=True)
-        return cls(repo, worktree, branch, base, name, exclude, tmp)
+        return cls(repo, worktree, branch, base, name, exclude, tmp, left_out=tuple(left_out))
 
     def commit(self, message: str) -> str | None:
         """Record the sandbox's state on the preview branch (blocking)."""

@@ -117,6 +117,19 @@ def test_snapshot_captures_working_tree_without_touching_it(make_repo: MakeRepo)
     assert run_git(repo, "rev-parse", "HEAD").strip() == head
 
 
+def test_big_untracked_files_stay_out_of_the_snapshot(make_repo: MakeRepo) -> None:
+    repo = make_repo({"a.py": "a\n"})
+    (repo / "data").mkdir()
+    with open(repo / "data" / "dump.bin", "wb") as handle:  # sparse: big, but costs no disk
+        handle.truncate(gitops.MAX_UNTRACKED_BYTES + 1)
+    (repo / "data" / "small.csv").write_text("x\n1\n")
+    left_out: list[tuple[str, int]] = []
+    sha = gitops.snapshot(repo, left_out)
+    assert head_files(repo, sha) == ["a.py", "data/small.csv"]
+    assert left_out == [("data/dump.bin", gitops.MAX_UNTRACKED_BYTES + 1)]
+    assert run_git(repo, "status", "--porcelain").splitlines() == ["?? data/"]
+
+
 def test_snapshot_in_repo_without_commits(make_repo: MakeRepo) -> None:
     repo = make_repo({"a.py": "a\n", "sub/b.py": "b\n"}, commit=False)
     sha = gitops.snapshot(repo)

@@ -325,3 +325,17 @@ async def test_every_event_lands_in_the_trace(make_repo, scripted_openai) -> Non
     lines = [json.loads(line) for line in result.trace.read_text().splitlines()]
     assert lines[0]["type"] == "trace_header"
     assert [line["type"] for line in lines[1:]] == [e.type for e in events]
+
+
+async def test_a_big_untracked_file_is_left_out_and_said(make_repo, scripted_openai) -> None:
+    from codexloop.core import gitops
+
+    repo = make_repo(KATA)
+    with open(repo / "dump.sql", "wb") as handle:  # sparse: big, but costs no disk
+        handle.truncate(gitops.MAX_UNTRACKED_BYTES + 1)
+    scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="Done."))
+    result, events = await run_loop(make_config(repo, scripted_openai.base_url))
+    assert result.status == "passed"
+    [note] = [n for n in of_type(events, ev.Notice) if "left out of the sandbox" in n.message]
+    assert note.level == "warning" and "dump.sql (50 MB)" in note.message
+    assert not (result.worktree / "dump.sql").exists()
