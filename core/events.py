@@ -206,6 +206,15 @@ class UserMessage(Event):
 
 
 @dataclass(frozen=True)
+class BudgetSpent(Event):
+    """Not green within the budget, and waiting: the developer may give more iterations,
+    review what there is, or finish (only when the front end asked)."""
+
+    type: ClassVar[str] = "budget_spent"
+    iterations: int
+
+
+@dataclass(frozen=True)
 class ReviewReady(Event):
     """Green, and waiting for the developer's review (only when the front end asked)."""
 
@@ -305,6 +314,13 @@ class Feedback(Command):
     """Rejected hunks: reverted in the sandbox, told to the model, and the loop goes on."""
 
     rejections: tuple[Rejection, ...]
+
+
+@dataclass(frozen=True)
+class MoreIterations(Command):
+    """After the budget was spent: go on for this many more, the conversation kept."""
+
+    iterations: int
 
 
 @dataclass(frozen=True)

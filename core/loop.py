@@ -100,6 +100,7 @@ class _Control:
     steering: list[str] = field(default_factory=list)
     feedback: list[ev.Rejection] = field(default_factory=list)
     finish: bool = False
+    more: int = 0  # iterations given after the budget was spent
     wake: anyio.Event = field(default_factory=anyio.Event)
     targets: ev.SetTargets | None = None
 
@@ -198,6 +199,9 @@ class Loop:
                 control.targets = command
             elif isinstance(command, ev.Finish):
                 control.finish = True
+                control.wake.set()
+            elif isinstance(command, ev.MoreIterations) and command.iterations > 0:
+                control.more += command.iterations
                 control.wake.set()
             elif isinstance(command, ev.SetColumns) and command.columns > 0:
                 self.columns = command.columns
@@ -414,7 +418,12 @@ class Loop:
         ]
         iteration = 0
         budget_end = config.max_iterations
-        while iteration < budget_end:
+        while True:
+            if iteration >= budget_end:
+                more = await self._await_more(iteration) if self.review else 0
+                if not more:
+                    break
+                budget_end = iteration + more
             iteration += 1
             self._iteration = iteration
             started = time.perf_counter()
@@ -449,7 +458,11 @@ class Loop:
             note = self._take_exam_note()
             digest = verdict.digest + "\n\nFix the code so the tests pass."
             messages.append({"role": "user", "content": f"{note}\n\n{digest}" if note else digest})
-        return "failed", iteration, f"not green after {config.max_iterations} iterations"
+        return (
+            "failed",
+            iteration,
+            f"not green after {iteration} iteration{'s' if iteration != 1 else ''}",
+        )
 
     async def _apply_targets(self, exam: Exam) -> None:
         """New targets from the developer, at a safe point: same protection, new test command."""
@@ -474,6 +487,20 @@ class Loop:
             await control.wake.wait()
             control.wake = anyio.Event()
         return bool(control.feedback)
+
+    async def _await_more(self, iteration: int) -> int:
+        """Red with the budget spent: wait for the developer. More iterations (a count, or a
+        fresh budget when rejected hunks came back), or 0 to finish."""
+        control = self._control
+        await self._set_state("red")
+        await self.emit(ev.BudgetSpent(iteration))
+        while not control.more and not control.feedback and not control.finish:
+            await control.wake.wait()
+            control.wake = anyio.Event()
+        if control.finish:
+            return 0
+        more, control.more = control.more, 0
+        return more or self.config.max_iterations
 
     async def _apply_feedback(self, messages: list[dict[str, Any]]) -> None:
         """Revert rejected hunks in the sandbox and tell the model why."""

@@ -36,9 +36,12 @@ async def run_loop(config: Config, **kwargs: Any) -> tuple[LoopResult, list[ev.E
 
 
 async def drive_review(
-    loop: Loop, on_review: Callable[[ev.ReviewReady, list[ev.Event]], ev.Command]
+    loop: Loop,
+    on_review: Callable[[ev.ReviewReady, list[ev.Event]], ev.Command],
+    on_budget: Callable[[ev.BudgetSpent, list[ev.Event]], ev.Command] | None = None,
 ) -> tuple[LoopResult, list[ev.Event]]:
-    """Run a reviewing loop to the end; every ``review_ready`` is answered by ``on_review``."""
+    """Run a reviewing loop to the end; every ``review_ready`` is answered by ``on_review``,
+    every ``budget_spent`` by ``on_budget`` (default: finish)."""
     send, receive = event_channel()
     commands_send, commands_receive = event_channel()
     seen: list[ev.Event] = []
@@ -49,6 +52,9 @@ async def drive_review(
                 seen.append(event)
                 if isinstance(event, ev.ReviewReady):
                     await commands_send.send(on_review(event, seen))
+                elif isinstance(event, ev.BudgetSpent):
+                    answer = on_budget(event, seen) if on_budget is not None else ev.Finish()
+                    await commands_send.send(answer)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(consume)

@@ -341,6 +341,37 @@ async def test_a_huge_file_from_the_model_is_clipped_in_the_diff_and_the_review(
         await stop(app, pilot)
 
 
+async def test_a_spent_budget_offers_more_iterations_on_c(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(*red_then_green())
+    app = review_app(make_config(repo, scripted_openai.base_url, max_iterations=1))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.wait_for_event(ev.BudgetSpent)
+        await pilot.pause()
+        assert app.loop_running and app.awaiting_developer
+        assert "c for 1 more · v to review · q to finish" in app.status_line.render_info().plain
+        assert "not green after 1 iteration: c gives it 1 more" in app.model_pane.text
+        await pilot.press("c")
+        await app.wait_for_event(ev.ReviewReady)  # iteration 2 went green
+        assert app.budget_spent is None
+        await pilot.press("escape", "q")  # out of the review, then finish
+        finished = await app.wait_for_event(ev.LoopFinished)
+        assert finished.status == "passed" and finished.iterations == 2
+
+
+async def test_q_at_a_spent_budget_finishes_red(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(*red_then_green())
+    app = review_app(make_config(repo, scripted_openai.base_url, max_iterations=1))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.wait_for_event(ev.BudgetSpent)
+        await pilot.press("q")  # no question: the loop is only waiting
+        finished = await app.wait_for_event(ev.LoopFinished)
+        assert finished.status == "failed"
+        await pilot.pause()
+    assert app.return_code == 1
+
+
 async def test_review_after_green_applies_the_accepted_hunks(make_repo, scripted_openai) -> None:
     repo = make_repo(KATA)
     scripted_openai.add(Reply(tool_calls=[edit("a - b", "a + b")]), Reply(text="Fixed."))

@@ -82,3 +82,47 @@ async def test_finishing_the_review_ends_the_session_green(make_repo, scripted_o
     result, events = await drive_review(loop, lambda event, seen: ev.Finish())
     assert result.status == "passed" and result.iterations == 1
     assert isinstance(events[-1], ev.LoopFinished) and events[-1].status == "passed"
+
+
+async def test_a_spent_budget_waits_and_more_iterations_keep_the_conversation(
+    make_repo, scripted_openai
+) -> None:
+    repo = make_repo({"calc.py": CALC, "tests/test_calc.py": TEST})
+    scripted_openai.add(
+        Reply(
+            tool_calls=[
+                Call("edit_file", {"path": "calc.py", "old_text": "a - b", "new_text": "a * b"})
+            ]
+        ),
+        Reply(text="Multiplying."),
+        Reply(
+            tool_calls=[
+                Call("edit_file", {"path": "calc.py", "old_text": "a * b", "new_text": "a + b"})
+            ]
+        ),
+        Reply(text="Adding."),
+    )
+    config = make_config(repo, scripted_openai.base_url, max_iterations=1)
+    loop = Loop(config, backoff=(0.0,), review=True)
+    budgets: list[ev.BudgetSpent] = []
+
+    def more(event: ev.BudgetSpent, seen: list[ev.Event]) -> ev.Command:
+        budgets.append(event)
+        return ev.MoreIterations(2)
+
+    result, seen = await drive_review(loop, lambda event, seen: ev.Finish(), more)
+    assert result.status == "passed" and result.iterations == 2
+    assert [b.iterations for b in budgets] == [1]
+    # The same conversation went on: the third request still holds the first turn's edit.
+    assert "a * b" in str(scripted_openai.requests[2]["messages"])
+
+
+async def test_finishing_at_a_spent_budget_ends_red(make_repo, scripted_openai) -> None:
+    repo = make_repo({"calc.py": CALC, "tests/test_calc.py": TEST})
+    scripted_openai.add(Reply(text="I give up."))
+    loop = Loop(
+        make_config(repo, scripted_openai.base_url, max_iterations=1), backoff=(0.0,), review=True
+    )
+    result, seen = await drive_review(loop, lambda event, seen: ev.Finish())
+    assert result.status == "failed" and result.reason == "not green after 1 iteration"
+    assert [type(e) for e in seen if isinstance(e, ev.BudgetSpent)] == [ev.BudgetSpent]

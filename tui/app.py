@@ -103,6 +103,7 @@ class CodexloopApp(App[int]):
         Binding("space", "toggle_pause", "Pause/Resume"),
         Binding("m", "message", "Message"),
         Binding("v", "review", "Review"),
+        Binding("c", "more_iterations", "More iterations"),
         Binding("e", "edit_exam", "Edit exam"),
         Binding("E", "external_editor", "$EDITOR"),
         Binding("t", "toggle_timeline", "Timeline", show=False),
@@ -130,6 +131,7 @@ class CodexloopApp(App[int]):
         )
         self.banner = banner
         self.review_ready: ev.ReviewReady | None = None
+        self.budget_spent: ev.BudgetSpent | None = None
         """Green, and the loop waits for the developer's review (``v``; ``q`` finishes)."""
         self.clock = clock
         self.autostart = autostart
@@ -202,6 +204,7 @@ class CodexloopApp(App[int]):
             ev.Notice: self._on_notice,
             ev.Applied: self._on_applied,
             ev.ReviewReady: self._on_review_ready,
+            ev.BudgetSpent: self._on_budget_spent,
             ev.HunksReverted: self._on_hunks_reverted,
             ev.ExamChanged: self._on_exam_changed,
             ev.TargetsChanged: self._on_targets_changed,
@@ -423,6 +426,7 @@ class CodexloopApp(App[int]):
 
     def _on_iteration_started(self, event: ev.IterationStarted) -> None:
         self.review_ready = None
+        self.budget_spent = None
         self.status_line.info.iteration = event.iteration
         total = self.started.max_iterations if self.started else self.config.max_iterations
         self.model_pane.separator(f"iteration {event.iteration} of {total}")
@@ -503,6 +507,34 @@ class CodexloopApp(App[int]):
             parts.append(f"{len(event.conflicts)} conflicts")
         self.model_pane.note("applied to your working tree: " + ", ".join(parts), "cyan")
 
+    @property
+    def awaiting_developer(self) -> bool:
+        """The loop waits for the developer: green for review, or red with the budget spent."""
+        return self.review_ready is not None or self.budget_spent is not None
+
+    def _on_budget_spent(self, event: ev.BudgetSpent) -> None:
+        self.budget_spent = event
+        self.model_pane.note(
+            f"✗ not green after {event.iterations} iteration"
+            f"{'s' if event.iterations != 1 else ''}: c gives it "
+            f"{self.config.max_iterations} more (the conversation goes on), v reviews what it "
+            "has, q finishes",
+            "bold red",
+        )
+        self._update_status()
+        self.refresh_bindings()
+
+    def action_more_iterations(self) -> None:
+        """Red with the budget spent: as many iterations again, the conversation kept."""
+        if self.budget_spent is None or not self.loop_running:
+            self.notify("more iterations are for a loop whose budget is spent")
+            return
+        if self._send(ev.MoreIterations(self.config.max_iterations)):
+            self.budget_spent = None
+            self.note(f"↻ {self.config.max_iterations} more iterations", "cyan")
+            self._update_status()
+            self.refresh_bindings()
+
     def _on_review_ready(self, event: ev.ReviewReady) -> None:
         self.review_ready = event
         self.model_pane.note(
@@ -551,6 +583,7 @@ class CodexloopApp(App[int]):
     def _on_loop_finished(self, event: ev.LoopFinished) -> None:
         self.finished = event
         self.review_ready = None
+        self.budget_spent = None
         self._ended_at = self.clock()
         if self._transition != "stopping…":
             self._transition = ""
@@ -764,8 +797,8 @@ class CodexloopApp(App[int]):
 
     def _pause_for_edit(self) -> bool:
         """Ask the loop to pause at its next safe point; True when this edit did it."""
-        if not self.loop_running or self.review_ready is not None:
-            return False  # finished, or green and waiting for the review: nothing to pause
+        if not self.loop_running or self.awaiting_developer:
+            return False  # finished, or waiting for the developer: nothing to pause
         if self.state == "paused" or self._transition in ("pausing…", "stopping…"):
             return False  # paused already (by the developer): it stays so after the edit
         if not self._send(ev.Pause()):
@@ -1095,15 +1128,21 @@ class CodexloopApp(App[int]):
         end = self._ended_at if self._ended_at is not None else self.clock()
         info.elapsed = end - self._started_at
         info.rate = self.token_rate()
-        info.hint = "v to review · q to finish" if self.review_ready is not None else ""
+        if self.budget_spent is not None:
+            info.hint = f"c for {self.config.max_iterations} more · v to review · q to finish"
+        else:
+            info.hint = "v to review · q to finish" if self.review_ready is not None else ""
         self.status_line.update_info()
 
     # -- actions ---------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """While the exam is edited in place, only the editor's keys (and ctrl+c) act."""
+        """While the exam is edited in place, only the editor's keys (and ctrl+c) act; "more
+        iterations" shows only when the budget is spent."""
         if self._editing is not None and action in _IDLE_WHILE_EDITING:
             return False
+        if action == "more_iterations":
+            return self.budget_spent is not None
         return action not in ("edit_exam", "external_editor") or self._on_main_screen()
 
     def action_toggle_pause(self) -> None:
@@ -1225,8 +1264,8 @@ class CodexloopApp(App[int]):
         if not self.loop_running:
             self._exit_with_status()
             return
-        if self.review_ready is not None and self._deferred_exit is None:
-            self._deferred_exit = (None, None, None)  # green, waiting for review: finish
+        if self.awaiting_developer and self._deferred_exit is None:
+            self._deferred_exit = (None, None, None)  # waiting for the developer: finish
             self._send(ev.Finish())
             self.set_timer(STOP_GRACE_S, self._force_exit)
             return
@@ -1267,8 +1306,8 @@ class CodexloopApp(App[int]):
         if self.session_over:
             self._maybe_exit_now()
             return
-        if self.review_ready is not None and not self._interrupted:
-            self._send(ev.Finish())  # green already: end the session as it stands
+        if self.awaiting_developer and not self._interrupted:
+            self._send(ev.Finish())  # waiting already: end the session as it stands
         else:
             self._transition = "stopping…"
             self._send(ev.Stop(reason))
@@ -1325,6 +1364,12 @@ class CodexloopApp(App[int]):
             "Hunk by hunk: accept, reject, comment; apply to your working tree",
             self.action_review,
         )
+        if self.budget_spent is not None:
+            yield SystemCommand(
+                "More iterations",
+                "The budget is spent and it is still red: as many again, the conversation kept",
+                self.action_more_iterations,
+            )
         yield SystemCommand(
             "Edit the exam",
             "In the exam pane; the loop pauses; ctrl+s saves to your checkout, escape cancels",
@@ -1375,6 +1420,7 @@ _IDLE_WHILE_EDITING = frozenset(
         "toggle_pause",
         "message",
         "review",
+        "more_iterations",
         "edit_exam",
         "external_editor",
         "toggle_timeline",

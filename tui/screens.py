@@ -23,6 +23,10 @@ KEYS = (
         "pause / resume the loop (it pauses at a safe point: after a tool call or before a test run)",
     ),
     ("m", "message the model: your text joins the conversation at its next turn"),
+    (
+        "c",
+        "budget spent, still red: give the loop as many iterations again (it keeps its conversation)",
+    ),
     ("v", "review: the whole diff against the base snapshot, full screen"),
     (
         "e",
