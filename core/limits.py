@@ -294,7 +294,11 @@ def kill_marked(marker: str) -> int:
     """
     needle = f"{RUN_MARK}={marker}".encode()
     killed = 0
-    for entry in os.scandir("/proc"):
+    try:
+        entries = list(os.scandir("/proc"))
+    except OSError:
+        return 0  # no /proc (macOS): the process group is all there is
+    for entry in entries:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:

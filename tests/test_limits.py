@@ -274,3 +274,13 @@ async def test_the_address_space_limit_is_set_and_can_be_lifted(plain_sandbox: S
     assert "at most 1 GiB of address space" in outcome.content and "--max-memory" in outcome.content
     box.isolate([python], [], network=False, max_memory_gib=0)
     assert (await box.run("ulimit -v", timeout=30)).output.strip() == "unlimited"
+
+
+def test_without_proc_the_environment_mark_finds_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS has no /proc: commands still run, the process group being the only net."""
+
+    def no_proc(path: str) -> None:
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(limits.os, "scandir", no_proc)
+    assert limits.kill_marked("anything") == 0
