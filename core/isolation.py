@@ -180,6 +180,12 @@ def _classify(stderr: str) -> str:
 
 def probe(layout: Layout, env: Mapping[str, str], *, search_path: str | None = None) -> Isolation:
     """Run the exact flag set once and say which level of isolation is in force."""
+    if not sys.platform.startswith("linux"):
+        return Isolation(
+            "none",
+            f"process isolation uses Linux namespaces (bubblewrap), not available on "
+            f"{sys.platform}: commands run in the worktree only",
+        )
     bwrap = shutil.which(
         "bwrap", path=search_path if search_path is not None else os.environ.get("PATH")
     )

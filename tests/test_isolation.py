@@ -210,6 +210,15 @@ def test_without_bubblewrap_the_level_is_none_and_says_why(make_repo, no_bwrap: 
     assert "bubblewrap (bwrap) is not installed" in isolation.reason
 
 
+def test_off_linux_the_level_is_none_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    from codexloop.core import isolation
+
+    monkeypatch.setattr(isolation.sys, "platform", "darwin")
+    layout = isolation.Layout(worktree=Path("/nowhere"), tmp=Path("/nowhere/tmp"))
+    found = isolation.probe(layout, {})
+    assert found.level == "none" and "not available on darwin" in found.reason
+
+
 def test_a_socket_is_available_to_the_host_side() -> None:
     # Sanity: the host itself can open loopback sockets, so the network test above means something.
     with socket.socket() as s:
