@@ -9,7 +9,7 @@ from codexloop.core import events as ev
 from codexloop.core.diff import changes
 from codexloop.core.loop import Loop
 from conftest import run_git
-from loophelpers import drive_review, make_config, user_texts
+from loophelpers import drive_review, edit, make_config, user_texts
 from scripted_openai import Call, Reply
 
 pytestmark = pytest.mark.anyio
@@ -89,17 +89,9 @@ async def test_a_spent_budget_waits_and_more_iterations_keep_the_conversation(
 ) -> None:
     repo = make_repo({"calc.py": CALC, "tests/test_calc.py": TEST})
     scripted_openai.add(
-        Reply(
-            tool_calls=[
-                Call("edit_file", {"path": "calc.py", "old_text": "a - b", "new_text": "a * b"})
-            ]
-        ),
+        Reply(tool_calls=[edit("calc.py", "a - b", "a * b")]),
         Reply(text="Multiplying."),
-        Reply(
-            tool_calls=[
-                Call("edit_file", {"path": "calc.py", "old_text": "a * b", "new_text": "a + b"})
-            ]
-        ),
+        Reply(tool_calls=[edit("calc.py", "a * b", "a + b")]),
         Reply(text="Adding."),
     )
     config = make_config(repo, scripted_openai.base_url, max_iterations=1)
