@@ -6,6 +6,8 @@ output) outgrows any context window, and costs more with every turn. Before each
 request the conversation is fitted to a budget of characters (about four per token)
 by shortening what the model needs least, oldest first:
 
+0. the encrypted reasoning of earlier turns (Responses API), which the model does not need
+   back once a turn is over;
 1. tool results (file contents, command output) to a short head;
 2. long string arguments of earlier tool calls (a ``write_file`` of a whole file);
 3. tool results to a line;
@@ -52,6 +54,13 @@ def _elided(text: str, keep: int, what: str) -> str:
     if len(text) <= keep + 80:
         return text
     return f"{text[:keep]}\n[... {len(text) - keep} characters of {what} elided to fit the context ...]"
+
+
+def _drop_reasoning(message: dict[str, Any]) -> None:
+    """Earlier turns' encrypted reasoning (Responses API): the model reasons afresh each turn."""
+    items = message.get(_ITEMS)
+    if message.get("role") == "assistant" and items:
+        message[_ITEMS] = [item for item in items if item.get("type") != "reasoning"]
 
 
 def _shorten_result(keep: int) -> Callable[[dict[str, Any]], None]:
@@ -103,6 +112,7 @@ def _shorten_answer(message: dict[str, Any]) -> None:
 
 
 _PASSES: tuple[Callable[[dict[str, Any]], None], ...] = (
+    _drop_reasoning,
     _shorten_result(600),
     _shorten_arguments,
     _shorten_result(120),

@@ -106,9 +106,9 @@ def test_responses_items_follow_the_shortened_arguments() -> None:
     for message in messages:
         if message["role"] == "assistant":
             by_id = {c["id"]: c["function"]["arguments"] for c in message["tool_calls"]}
-            items = message[PRIVATE_PREFIX + "items"]
-            assert items[0] == {"type": "reasoning", "encrypted_content": "opaque"}
-            for item in items[1:]:
+            calls = [i for i in message[PRIVATE_PREFIX + "items"] if i["type"] == "function_call"]
+            assert len(calls) == len(by_id)
+            for item in calls:
                 assert item["arguments"] == by_id[item["call_id"]]
 
 
@@ -118,6 +118,24 @@ def test_a_long_winded_earlier_answer_gives_way_too() -> None:
     fit(messages, 40_000)
     assert conversation_size(messages) <= 40_000
     assert "elided to fit the context" in messages[2]["content"]
+
+
+def test_old_encrypted_reasoning_goes_first_and_the_recent_stays() -> None:
+    messages = long_session(4)
+    reasoning = {"type": "reasoning", "encrypted_content": "z" * 20_000}
+    for message in messages:
+        if message["role"] == "assistant":
+            message[PRIVATE_PREFIX + "items"] = [dict(reasoning)]
+    size = conversation_size(messages)
+    fit(messages, size - 30_000)  # two turns' worth of reasoning too much
+    kinds = [
+        [i["type"] for i in m[PRIVATE_PREFIX + "items"]]
+        for m in messages
+        if m["role"] == "assistant"
+    ]
+    assert kinds[0] == [] and kinds[1] == []  # the oldest turns' reasoning dropped
+    assert kinds[-1] == ["reasoning"]  # the latest turn keeps its own
+    assert all("elided" not in str(m.get("content")) for m in messages)  # nothing else needed
 
 
 def test_one_message_bigger_than_the_budget_is_shortened_as_a_last_resort() -> None:
