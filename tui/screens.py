@@ -27,7 +27,11 @@ KEYS = (
         "c",
         "budget spent, still red: give the loop as many iterations again (it keeps its conversation)",
     ),
-    ("v", "review: the whole diff against the base snapshot, full screen"),
+    (
+        "v",
+        "review hunk by hunk: a accept, x reject, c reject with a comment for the model, "
+        "A accept all, enter apply the accepted ones to your checkout",
+    ),
     (
         "e",
         "edit the exam in its pane (the loop pauses): ctrl+s saves to your checkout and "
@@ -35,12 +39,12 @@ KEYS = (
     ),
     ("E", "edit the exam in $EDITOR (the app steps aside; the loop pauses meanwhile)"),
     ("t", "show / hide the iteration timeline"),
-    ("enter", "on the timeline: that iteration's test output and diff"),
+    ("enter", "on the timeline: that iteration's commands, test output and diff"),
     ("tab", "move between panes (arrows, page up/down, home/end scroll)"),
     ("z", "zoom the focused pane (again to restore)"),
     ("ctrl+p", "command palette: the same actions by name"),
     ("? / f1", "this help"),
-    ("q", "quit: while the loop runs, asks first, then stops it"),
+    ("q", "quit: while the loop runs, asks first, then stops it; when it waits for you, finishes"),
     ("ctrl+c", "interrupt: stop the loop now and exit with status 130"),
 )
 
