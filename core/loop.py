@@ -44,6 +44,7 @@ from codexloop.core.model import (
     ModelError,
     Turn,
     choose_protocol,
+    context_window,
     make_client,
     tool_message,
 )
@@ -412,6 +413,7 @@ class Loop:
             return "passed", 0, "already green"
         assert self.sandbox is not None
         files = await anyio.to_thread.run_sync(_project_files, self.sandbox)
+        await self._fit_to_window()
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": self._first_message(exam, baseline, files)},
@@ -487,6 +489,25 @@ class Loop:
             await control.wake.wait()
             control.wake = anyio.Event()
         return bool(control.feedback)
+
+    async def _fit_to_window(self) -> None:
+        """A budget inside the model's context window, when the endpoint says how big it is
+        (local servers do; OpenAI's listing does not, so it is not asked)."""
+        if self.config.base_url is None or "api.openai.com" in self.config.base_url:
+            return
+        window = await context_window(self.client, self.config.model)
+        if window is None:
+            return
+        tokens = window * 3 // 4  # the rest for the answer
+        if tokens < self.config.context_tokens:
+            self._context_budget = max(MIN_CONTEXT_TOKENS, tokens) * CHARS_PER_TOKEN
+            await self.emit(
+                ev.Notice(
+                    "info",
+                    f"{self.config.model} has a context window of {window} tokens: the "
+                    f"conversation is kept under about {self._context_budget // CHARS_PER_TOKEN}",
+                )
+            )
 
     async def _await_more(self, iteration: int) -> int:
         """Red with the budget spent: wait for the developer. More iterations (a count, or a

@@ -586,6 +586,39 @@ def pretty_arguments(arguments: str, limit: int = 200) -> str:
     return arguments[:limit]
 
 
+_WINDOW_KEYS = ("max_model_len", "context_length", "context_window", "max_context_length")
+
+
+def window_of(entry: dict[str, Any]) -> int | None:
+    """A model's context window, as OpenAI-compatible servers put it in their /models listing:
+    vLLM ``max_model_len``, OpenRouter and LM Studio ``context_length`` (or under
+    ``top_provider``), others ``context_window``; llama.cpp ``meta.n_ctx_train``."""
+    nested = [entry, entry.get("top_provider"), entry.get("meta")]
+    for source in nested:
+        if not isinstance(source, dict):
+            continue
+        for key in (*_WINDOW_KEYS, "n_ctx", "n_ctx_train"):
+            value = source.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+async def context_window(
+    client: openai.AsyncOpenAI, model: str, timeout: float = 3.0
+) -> int | None:
+    """The model's context window if the endpoint's model listing says it, else None."""
+    try:
+        with anyio.fail_after(timeout + 1):
+            page = await client.with_options(timeout=timeout).models.list()
+    except Exception:  # a listing is a courtesy: no answer, no window
+        return None
+    for entry in page.data:
+        if entry.id == model:
+            return window_of(entry.model_dump())
+    return None
+
+
 async def check_endpoint(client: openai.AsyncOpenAI, timeout: float = 5.0) -> None:
     """Fail fast, before any model call, when the endpoint is unreachable or refuses the key.
 

@@ -137,6 +137,8 @@ class ScriptedOpenAI:
         responses_enabled: bool = True,
     ) -> None:
         self.models: list[str] = list(models) if models is not None else ["scripted-model"]
+        # Extra fields of a model in the /models listing (e.g. vLLM's max_model_len).
+        self.model_extra: dict[str, dict[str, Any]] = {}
         # Chat requests for these models get OpenAI's 400 "unsupported_api_for_model".
         self.reject_chat_models: set[str] | frozenset[str] = reject_chat_models
         # False: /v1/responses answers 404, like a server speaking Chat Completions only.
@@ -254,9 +256,16 @@ class _Handler(BaseHTTPRequestHandler):
         if self._path() != "/v1/models":
             self._not_found()
             return
+        scripted = self.server.scripted
         data = [
-            {"id": m, "object": "model", "created": 0, "owned_by": "scripted"}
-            for m in self.server.scripted.models
+            {
+                "id": m,
+                "object": "model",
+                "created": 0,
+                "owned_by": "scripted",
+                **scripted.model_extra.get(m, {}),
+            }
+            for m in scripted.models
         ]
         self._send_json(200, {"object": "list", "data": data})
 

@@ -220,3 +220,38 @@ async def test_an_endless_overflow_ends_the_loop_with_the_reason(
     assert result.status == "failed"
     assert "prompt is too long" in result.reason
     assert len(scripted_openai.requests) == 3  # asked, shortened twice, then gave up
+
+
+@pytest.mark.parametrize(
+    ("entry", "window"),
+    [
+        ({"id": "m", "max_model_len": 8192}, 8192),  # vLLM
+        ({"id": "m", "context_length": 32768}, 32768),  # LM Studio, OpenRouter
+        ({"id": "m", "top_provider": {"context_length": 65536}}, 65536),  # OpenRouter
+        ({"id": "m", "meta": {"n_ctx_train": 4096}}, 4096),  # llama.cpp
+        ({"id": "m", "owned_by": "openai"}, None),  # OpenAI says nothing
+        ({"id": "m", "context_length": True}, None),
+    ],
+)
+def test_context_windows_are_read_from_model_listings(
+    entry: dict[str, Any], window: int | None
+) -> None:
+    from codexloop.core.model import window_of
+
+    assert window_of(entry) == window
+
+
+@pytest.mark.anyio
+async def test_a_small_window_from_the_endpoint_sets_the_budget(make_repo, scripted_openai) -> None:
+    repo = make_repo({**KATA, "big.txt": "a line of a large file\n" * 1500})
+    scripted_openai.model_extra["scripted-model"] = {"max_model_len": 4_000}
+    scripted_openai.add(
+        Reply(tool_calls=[Call("read_file", {"path": "big.txt"})]),
+        Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]),
+        Reply(text="Done."),
+    )
+    result, events = await run_loop(make_config(repo, scripted_openai.base_url))
+    assert result.status == "passed"
+    assert all(size <= 3_000 * 4 for size in sizes(scripted_openai.requests))
+    notes = [n.message for n in of_type(events, ev.Notice)]
+    assert any("context window of 4000 tokens" in n and "about 3000" in n for n in notes)
