@@ -71,6 +71,7 @@ class Settings:
     context_tokens: int | None = None
     max_memory: int | None = None
     share: tuple[str, ...] | None = None
+    continue_from: str | None = None
     api: str | None = None
     reasoning: str | None = None
 
@@ -94,6 +95,7 @@ class Config:
     context_tokens: int = DEFAULT_CONTEXT_TOKENS
     max_memory: int = DEFAULT_MAX_MEMORY_GIB  # GiB of address space per command; 0: no limit
     share: tuple[str, ...] | None = None  # checkout paths the sandbox sees; None: the default
+    continue_from: str | None = None  # a preview branch whose work the sandbox starts with
     target_files: tuple[str, ...] = field(default=())
     api: str = "auto"
     reasoning: str | None = None
@@ -166,6 +168,17 @@ def _first(*values: Any) -> Any:
         if value is not None:
             return value
     return None
+
+
+def _preview_branch(repo: Path, name: str) -> str:
+    """``codexloop/<name>`` (given with or without its prefix), which must exist."""
+    branch = name if name.startswith("codexloop/") else f"codexloop/{name}"
+    done = gitops.git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False)
+    if not done.strip():
+        raise ConfigError(
+            f"--continue {name}: no preview branch of that name (see codexloop branches)"
+        )
+    return branch
 
 
 def _check_share(repo: Path, item: object) -> str:
@@ -257,6 +270,9 @@ def load_config(
     )
     if max_memory < 0:
         raise ConfigError("--max-memory must be a number of GiB (0 for no limit)")
+    continue_from = None
+    if settings.continue_from:
+        continue_from = _preview_branch(repo, settings.continue_from)
     share = _first(settings.share, file_cfg.get("share"))
     if share is not None:
         share = tuple(_check_share(repo, item) for item in share)
@@ -290,4 +306,5 @@ def load_config(
         context_tokens=context_tokens,
         max_memory=max_memory,
         share=share,
+        continue_from=continue_from,
     )

@@ -45,6 +45,7 @@ class LoopStarted(Event):
     process_limit: str = ""  # how the limit is enforced, or why there is none
     max_memory_gib: int | None = None  # address space per command; None: no limit
     shared: tuple[str, ...] = ()  # checkout paths shown read-only in the sandbox
+    continued_from: str = ""  # the preview branch whose work this session started with
     network: bool = False
     api: str = "chat"
     trace: str = ""

@@ -163,6 +163,7 @@ def toplevel(path: Path) -> Path | None:
     return Path(out)
 
 
+SNAPSHOT_SUBJECT = "codexloop snapshot of "
 MAX_UNTRACKED_BYTES = 50 << 20
 """Untracked files larger than this stay out of the snapshot (a dataset nobody ignored would
 otherwise be hashed into the repository at every start)."""
@@ -201,7 +202,7 @@ def snapshot(repo: Path, left_out: list[tuple[str, int]] | None = None) -> str:
         spec = ["--", ".", *(f":(exclude,literal){rel}" for rel, _size in big)] if big else []
         _run(repo, ["-c", "core.splitIndex=false", "add", "-A", *spec], env)
         tree = _text(_run(repo, ["write-tree"], env).stdout).strip()
-    return _commit_tree(repo, tree, head, f"codexloop snapshot of {label} working tree", None)
+    return _commit_tree(repo, tree, head, f"{SNAPSHOT_SUBJECT}{label} working tree", None)
 
 
 def _big_untracked(repo: Path) -> list[tuple[str, int]]:
@@ -217,6 +218,18 @@ def _big_untracked(repo: Path) -> list[tuple[str, int]]:
         if size > MAX_UNTRACKED_BYTES:
             big.append((rel, size))
     return big
+
+
+def snapshot_of(repo: Path, branch: str) -> str:
+    """The snapshot commit a preview branch grew from (its iterations sit on top of it)."""
+    done = _run(repo, ["rev-list", "--first-parent", "--format=%s", branch, "--"], check=False)
+    if done.returncode != 0:
+        raise GitError(f"no branch {branch} in {repo}")
+    lines = _text(done.stdout).splitlines()
+    for header, subject in zip(lines[::2], lines[1::2], strict=False):
+        if subject.startswith(SNAPSHOT_SUBJECT):
+            return header.removeprefix("commit ").strip()
+    raise GitError(f"{branch} is not a codexloop preview branch (no snapshot commit under it)")
 
 
 def create_worktree(repo: Path, base: str, branch: str, path: Path) -> None:

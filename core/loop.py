@@ -240,7 +240,13 @@ class Loop:
         config = self.config
         with self._timed("sandbox setup"):
             sandbox = await anyio.to_thread.run_sync(
-                Sandbox.create, config.repo, self.name, self.base
+                partial(
+                    Sandbox.create,
+                    config.repo,
+                    self.name,
+                    self.base,
+                    continue_from=config.continue_from,
+                )
             )
         self.sandbox = sandbox
         exam = Exam(
@@ -305,6 +311,7 @@ class Loop:
                 max_processes=sandbox.limit.maximum,
                 process_limit=sandbox.limit.reason,
                 max_memory_gib=config.max_memory or None,
+                continued_from=config.continue_from or "",
                 shared=tuple(
                     t.relative_to(sandbox.worktree).as_posix() for _s, t in sandbox.shared
                 ),
@@ -584,6 +591,11 @@ class Loop:
         parts = []
         if config.task:
             parts.append(f"Task from the developer: {config.task}\n")
+        if config.continue_from:
+            parts.append(
+                f"This sandbox continues the work of an earlier session ({config.continue_from}): "
+                "the code already holds its changes.\n"
+            )
         parts.append("Target tests (all must pass): " + ", ".join(config.targets))
         parts.append(f"Test command (run by the engine): {self.test_command}\n")
         listing = "\n".join(files[:PROJECT_FILES_LISTED])

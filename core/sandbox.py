@@ -147,20 +147,28 @@ class Sandbox:
     left_out: tuple[tuple[str, int], ...] = ()  # big untracked files not in the snapshot
 
     @classmethod
-    def create(cls, repo: Path, name: str, base: str | None = None) -> Sandbox:
+    def create(
+        cls, repo: Path, name: str, base: str | None = None, *, continue_from: str | None = None
+    ) -> Sandbox:
         """Snapshot the working tree (or take ``base``) and open a worktree on ``codexloop/<name>``.
 
-        Blocking.
+        ``continue_from``: a preview branch whose work the new sandbox starts with; its base
+        stays that branch's snapshot, so the review shows both sessions' changes. Blocking.
         """
         home = state_home()
         left_out: list[tuple[str, int]] = []
-        if base is None:
-            base = gitops.snapshot(repo, left_out)
+        start = base
+        if continue_from is not None:
+            base = gitops.snapshot_of(repo, continue_from)
+            start = gitops.git(repo, "rev-parse", f"{continue_from}^{{commit}}").strip()
+        elif base is None:
+            base = start = gitops.snapshot(repo, left_out)
         elif gitops.git(repo, "cat-file", "-t", base, check=False).strip() != "commit":
             raise gitops.GitError(f"commit {base[:12]} is not in the repository {repo}")
+        assert start is not None
         worktree = home / "worktrees" / repo_key(repo) / name
         branch = f"codexloop/{name}"
-        gitops.create_worktree(repo, base, branch, worktree)
+        gitops.create_worktree(repo, start, branch, worktree)
         exclude = home / "exclude"
         if not exclude.exists() or exclude.read_text() != _EXCLUDES:
             exclude.parent.mkdir(parents=True, exist_ok=True)

@@ -130,6 +130,23 @@ def test_big_untracked_files_stay_out_of_the_snapshot(make_repo: MakeRepo) -> No
     assert run_git(repo, "status", "--porcelain").splitlines() == ["?? data/"]
 
 
+def test_a_preview_branch_leads_back_to_its_snapshot(make_repo: MakeRepo) -> None:
+    repo = make_repo({"a.py": "a\n"})
+    (repo / "a.py").write_text("changed\n")
+    snap = gitops.snapshot(repo)
+    run_git(repo, "branch", "codexloop/x", snap)
+    run_git(repo, "worktree", "add", "-q", str(repo.parent / "wt"), "codexloop/x")
+    (repo.parent / "wt" / "b.py").write_text("b\n")
+    for n in (1, 2):
+        gitops.commit_all(repo.parent / "wt", f"codexloop iteration {n}: red")
+        (repo.parent / "wt" / "b.py").write_text(f"b{n}\n")
+    assert gitops.snapshot_of(repo, "codexloop/x") == snap
+    with pytest.raises(gitops.GitError, match="not a codexloop preview branch"):
+        gitops.snapshot_of(repo, "main")
+    with pytest.raises(gitops.GitError, match="no branch"):
+        gitops.snapshot_of(repo, "codexloop/none")
+
+
 def test_snapshot_in_repo_without_commits(make_repo: MakeRepo) -> None:
     repo = make_repo({"a.py": "a\n", "sub/b.py": "b\n"}, commit=False)
     sha = gitops.snapshot(repo)

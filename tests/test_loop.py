@@ -339,3 +339,36 @@ async def test_a_big_untracked_file_is_left_out_and_said(make_repo, scripted_ope
     [note] = [n for n in of_type(events, ev.Notice) if "left out of the sandbox" in n.message]
     assert note.level == "warning" and "dump.sql (50 MB)" in note.message
     assert not (result.worktree / "dump.sql").exists()
+
+
+async def test_a_session_continues_from_an_earlier_preview_branch(
+    make_repo, scripted_openai
+) -> None:
+    from codexloop.core import gitops
+
+    repo = make_repo(KATA)
+    scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a - b", "a * b")]), Reply(text="Hmm."))
+    first, _ = await run_loop(make_config(repo, scripted_openai.base_url, max_iterations=1))
+    assert first.status == "failed"
+
+    scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a * b", "a + b")]), Reply(text="Done."))
+    config = make_config(repo, scripted_openai.base_url, continue_from=first.branch)
+    second, events = await run_loop(config)
+    assert second.status == "passed" and second.branch != first.branch
+    # It started from the first session's work (a * b gives 6, not -1)...
+    assert "assert 6 == 5" in user_texts(scripted_openai.requests[2])
+    assert "continues the work of an earlier session" in user_texts(scripted_openai.requests[2])
+    assert of_type(events, ev.LoopStarted)[0].continued_from == first.branch
+    # ...and its base is still the first snapshot: the review shows both sessions' work.
+    assert second.base == first.base == gitops.snapshot_of(repo, second.branch)
+    diff = run_git(repo, "diff", second.base, second.branch, "--", "calc.py")
+    assert "-    return a - b" in diff and "+    return a + b" in diff
+    assert (repo / "calc.py").read_text() == KATA["calc.py"]  # the checkout untouched
+
+
+def test_continuing_from_a_branch_that_does_not_exist_is_a_config_error(make_repo) -> None:
+    from codexloop.core.config import ConfigError
+
+    repo = make_repo(KATA)
+    with pytest.raises(ConfigError, match="--continue nope: no preview branch"):
+        make_config(repo, "http://127.0.0.1:1/v1", continue_from="nope")

@@ -131,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 8; raise it for WebAssembly in Node.js or a JVM with a large heap)",
     )
     parser.add_argument(
+        "--continue",
+        dest="continue_from",
+        metavar="BRANCH",
+        help="start from the work of an earlier session's preview branch (a new branch; the "
+        "review shows both sessions' changes)",
+    )
+    parser.add_argument(
         "--share",
         action="append",
         metavar="PATH",
@@ -230,6 +237,7 @@ def run_loop(args: argparse.Namespace) -> int:
         context_tokens=args.context_tokens,
         max_memory=args.max_memory,
         share=tuple(args.share) if args.share else None,
+        continue_from=args.continue_from,
         test_timeout=args.test_timeout,
         allow_network=args.allow_network,
         api=args.api,
