@@ -372,6 +372,44 @@ async def test_q_at_a_spent_budget_finishes_red(make_repo, scripted_openai) -> N
     assert app.return_code == 1
 
 
+async def test_leaving_the_review_before_it_loaded_is_harmless(
+    make_repo, scripted_openai, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Escape while the hunks load (a big change, a slow disk): the late result is dropped."""
+    import threading
+
+    from codexloop.tui import review as review_module
+
+    release, loaded = threading.Event(), threading.Event()
+    real_changes = review_module.changes
+
+    def slow_changes(*args: Any) -> Any:
+        release.wait(10)
+        try:
+            return real_changes(*args)
+        finally:
+            loaded.set()
+
+    monkeypatch.setattr(review_module, "changes", slow_changes)
+    repo = make_repo(KATA)
+    scripted_openai.add(Reply(tool_calls=[edit("a - b", "a + b")]), Reply(text="Fixed."))
+    app = review_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.wait_for_event(ev.ReviewReady)
+        await app.wait_until(lambda: isinstance(app.screen, ReviewScreen))
+        review = app.screen
+        await pilot.press("escape")
+        await app.wait_until(lambda: not isinstance(app.screen, ReviewScreen))
+        release.set()
+        await app.wait_until(loaded.is_set)
+        await pilot.pause(0.2)  # the worker's result arrives at the dismissed screen
+        assert review.items == []  # dropped, not shown
+        assert app.is_running and app.loop_running  # no crash; still waiting for the review
+        await pilot.press("q")
+        finished = await app.wait_for_event(ev.LoopFinished)
+        assert finished.status == "passed"
+
+
 async def test_review_after_green_applies_the_accepted_hunks(make_repo, scripted_openai) -> None:
     repo = make_repo(KATA)
     scripted_openai.add(Reply(tool_calls=[edit("a - b", "a + b")]), Reply(text="Fixed."))

@@ -123,3 +123,17 @@ def test_review_snapshot(make_repo, snap_compare) -> None:
 
     app = ReviewApp(repo, base, head)
     assert snap_compare(app, terminal_size=(120, 40), run_before=decide)
+
+
+@pytest.mark.anyio
+async def test_hunks_that_are_gone_do_not_break_the_cursor(make_repo) -> None:
+    """Escape while the hunks mount: the screen's views go away under the loader's feet."""
+    repo = make_repo({"f.txt": LINES})
+    base, head = preview(repo)
+    app = ReviewApp(repo, base, head)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await loaded(pilot)
+        assert screen.items
+        await screen.query_one("#review-hunks").remove_children()
+        screen._focus_cursor()  # raised NoMatches before; now nothing to do
+        assert app.is_running

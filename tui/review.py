@@ -156,18 +156,20 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
     def load(self) -> list[FileChange]:
         return changes(self.repo, self.base, self.head, self.leave_out)
 
-    def on_worker_state_changed(self, event: object) -> None:
+    async def on_worker_state_changed(self, event: object) -> None:
         from textual.worker import WorkerState
 
         worker = getattr(event, "worker", None)
         if worker is None or getattr(event, "state", None) != WorkerState.SUCCESS:
             return
+        if not self.is_attached:
+            return  # dismissed (escape) before its work was done: nothing to show
         if worker.name == "load":
-            self._show(worker.result)
+            await self._show(worker.result)
         elif worker.name == "apply_now":
             self._applied(worker.result)
 
-    def _show(self, found: list[FileChange]) -> None:
+    async def _show(self, found: list[FileChange]) -> None:
         self.items = []
         for change in found:
             if change.whole:
@@ -186,8 +188,10 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
                 )
             files.add_option(Option(label, id=change.path))
         hunks = self.query_one("#review-hunks", VerticalScroll)
-        hunks.remove_children()
-        hunks.mount_all(HunkView(item, n) for n, item in enumerate(self.items))
+        await hunks.remove_children()
+        await hunks.mount_all(HunkView(item, n) for n, item in enumerate(self.items))
+        if not self.is_attached:
+            return
         title = f"Review · {len(found)} files, {len(self.items)} hunks against the snapshot"
         self.query_one("#review-title", Label).update(
             title if self.items else "Review · no changes"
@@ -200,11 +204,12 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
         return self.query_one(f"#hunk-{index}", HunkView)
 
     def _focus_cursor(self) -> None:
-        if not self.items:
-            return
-        for n in range(len(self.items)):
-            self._view(n).set_class(n == self.cursor, "cursor")
-        view = self._view(self.cursor)
+        views = {view.id: view for view in self.query(HunkView)}
+        view = views.get(f"hunk-{self.cursor}")
+        if not self.items or view is None:
+            return  # nothing to review, or the screen is going away (escape during loading)
+        for view_id, each in views.items():
+            each.set_class(view_id == f"hunk-{self.cursor}", "cursor")
         self.query_one("#review-hunks", VerticalScroll).scroll_to_widget(view, animate=False)
         files = self.query_one("#review-files", OptionList)
         path = self.items[self.cursor].change.path
