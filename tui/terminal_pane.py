@@ -64,8 +64,11 @@ class TerminalPane(LineBuffer):
 
     @property
     def columns(self) -> int:
-        """Characters per line of output (0 before the first layout)."""
-        return self.scrollable_content_region.width
+        """Characters per line of output once the scrollbar shows (0 before the first layout)."""
+        width = self.scrollable_content_region.width
+        if width > 0 and not self.show_vertical_scrollbar:
+            width -= self.styles.scrollbar_size_vertical  # it comes with the first long output
+        return max(width, 0)
 
     def on_resize(self, event: events.Resize) -> None:
         super().on_resize(event)
