@@ -21,17 +21,13 @@ from codexloop.tui.linebuffer import LineBuffer
 from codexloop.tui.review import ReviewScreen
 from codexloop.tui.screens import DiffScreen, HelpScreen, IterationScreen, MessageScreen, QuitScreen
 from codexloop.tui.terminal_pane import TerminalPane, short_command
-from loophelpers import KATA, make_config, user_texts
+from loophelpers import KATA, edit, make_config, user_texts
 from scripted_openai import Call, Reply
 from textual.app import App, ComposeResult
 from textual.pilot import Pilot
 from textual.worker import WorkerFailed
 
 SESSION = "test_add"
-
-
-def edit(old: str, new: str) -> Call:
-    return Call("edit_file", {"path": "calc.py", "old_text": old, "new_text": new})
 
 
 class StableLoop(Loop):
@@ -81,9 +77,12 @@ def make_app(config: Config, *, stable: bool = False) -> CodexloopApp:
 
 def red_then_green() -> list[Reply]:
     return [
-        Reply(text="The test wants 5; maybe it multiplies.", tool_calls=[edit("a - b", "a * b")]),
+        Reply(
+            text="The test wants 5; maybe it multiplies.",
+            tool_calls=[edit("calc.py", "a - b", "a * b")],
+        ),
         Reply(text="Now add multiplies."),
-        Reply(text="6 is not 5: it must add.", tool_calls=[edit("a * b", "a + b")]),
+        Reply(text="6 is not 5: it must add.", tool_calls=[edit("calc.py", "a * b", "a + b")]),
         Reply(text="Now add adds."),
     ]
 
@@ -157,9 +156,9 @@ async def test_test_output_is_formatted_for_the_terminal_panes_width(
 async def test_budget_spent_ends_red_and_exits_1(make_repo, scripted_openai) -> None:
     repo = make_repo(KATA)
     scripted_openai.add(
-        Reply(tool_calls=[edit("a - b", "a * b")]),
+        Reply(tool_calls=[edit("calc.py", "a - b", "a * b")]),
         Reply(text="Multiplies."),
-        Reply(tool_calls=[edit("a * b", "a ** b")]),
+        Reply(tool_calls=[edit("calc.py", "a * b", "a ** b")]),
         Reply(text="Raises."),
     )
     app = make_app(make_config(repo, scripted_openai.base_url, max_iterations=2))
@@ -180,7 +179,7 @@ async def test_pause_shows_pausing_then_paused_then_resumes(make_repo, scripted_
         Reply(
             text="Reading first.", tool_calls=[Call("read_file", {"path": "calc.py"})], hold=hold
         ),
-        Reply(tool_calls=[edit("a - b", "a + b")]),
+        Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]),
         Reply(text="Fixed."),
     )
     app = make_app(make_config(repo, scripted_openai.base_url))
@@ -206,7 +205,7 @@ async def test_a_message_reaches_the_next_model_request(make_repo, scripted_open
     hold = threading.Event()
     scripted_openai.add(
         Reply(text="Looking.", tool_calls=[Call("read_file", {"path": "calc.py"})], hold=hold),
-        Reply(tool_calls=[edit("a - b", "a + b")]),
+        Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]),
         Reply(text="Fixed."),
     )
     app = make_app(make_config(repo, scripted_openai.base_url))
@@ -282,7 +281,7 @@ async def test_ctrl_c_stops_the_loop_and_exits_130(make_repo, scripted_openai) -
 
 async def test_help_screen_opens_and_closes(make_repo, scripted_openai) -> None:
     repo = make_repo(KATA)
-    scripted_openai.add(Reply(tool_calls=[edit("a - b", "a + b")]), Reply(text="Fixed."))
+    scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="Fixed."))
     app = make_app(make_config(repo, scripted_openai.base_url))
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("question_mark")
@@ -319,7 +318,7 @@ async def test_a_huge_file_from_the_model_is_clipped_in_the_diff_and_the_review(
         Reply(
             tool_calls=[
                 Call("run_command", {"command": "seq 300000 > big.txt"}),
-                edit("a - b", "a + b"),
+                edit("calc.py", "a - b", "a + b"),
             ]
         ),
         Reply(text="Fixed, and wrote a big file."),
@@ -392,7 +391,7 @@ async def test_leaving_the_review_before_it_loaded_is_harmless(
 
     monkeypatch.setattr(review_module, "changes", slow_changes)
     repo = make_repo(KATA)
-    scripted_openai.add(Reply(tool_calls=[edit("a - b", "a + b")]), Reply(text="Fixed."))
+    scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="Fixed."))
     app = review_app(make_config(repo, scripted_openai.base_url))
     async with app.run_test(size=(120, 40)) as pilot:
         await app.wait_for_event(ev.ReviewReady)
@@ -412,7 +411,7 @@ async def test_leaving_the_review_before_it_loaded_is_harmless(
 
 async def test_review_after_green_applies_the_accepted_hunks(make_repo, scripted_openai) -> None:
     repo = make_repo(KATA)
-    scripted_openai.add(Reply(tool_calls=[edit("a - b", "a + b")]), Reply(text="Fixed."))
+    scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="Fixed."))
     app = review_app(make_config(repo, scripted_openai.base_url))
     async with app.run_test(size=(120, 40)) as pilot:
         await app.wait_for_event(ev.ReviewReady)
@@ -438,9 +437,9 @@ async def test_review_after_green_applies_the_accepted_hunks(make_repo, scripted
 async def test_a_rejected_hunk_with_a_comment_sends_the_loop_on(make_repo, scripted_openai) -> None:
     repo = make_repo(KATA)
     scripted_openai.add(
-        Reply(tool_calls=[edit("a - b", "a + b")]),
+        Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]),
         Reply(text="Fixed."),
-        Reply(tool_calls=[edit("a - b", "b + a")]),
+        Reply(tool_calls=[edit("calc.py", "a - b", "b + a")]),
         Reply(text="Operands swapped, as asked."),
     )
     app = review_app(make_config(repo, scripted_openai.base_url))
@@ -474,7 +473,9 @@ async def test_review_before_anything_is_recorded_shows_the_live_diff(
 ) -> None:
     repo = make_repo(KATA)
     hold = threading.Event()
-    scripted_openai.add(Reply(tool_calls=[edit("a - b", "a + b")]), Reply(text="Fi", hold=hold))
+    scripted_openai.add(
+        Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="Fi", hold=hold)
+    )
     app = make_app(make_config(repo, scripted_openai.base_url))
     async with app.run_test(size=(120, 40)) as pilot:
         await app.wait_for_event(ev.SandboxChanged)
@@ -521,7 +522,7 @@ async def test_timeline_selection_shows_that_iterations_output_and_diff(
 
 async def test_command_palette_offers_the_actions(make_repo, scripted_openai) -> None:
     repo = make_repo(KATA)
-    scripted_openai.add(Reply(tool_calls=[edit("a - b", "a + b")]), Reply(text="Fixed."))
+    scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="Fixed."))
     app = make_app(make_config(repo, scripted_openai.base_url))
     async with app.run_test(size=(120, 40)) as pilot:
         titles = [c.title for c in app.get_system_commands(app.screen)]
@@ -540,7 +541,7 @@ async def test_small_terminals_hide_the_timeline_and_t_toggles_it(
     make_repo, scripted_openai
 ) -> None:
     repo = make_repo(KATA)
-    scripted_openai.add(Reply(tool_calls=[edit("a - b", "a + b")]), Reply(text="Fixed."))
+    scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="Fixed."))
     app = make_app(make_config(repo, scripted_openai.base_url))
     async with app.run_test(size=(80, 24)) as pilot:
         await finish(app, pilot)
@@ -708,7 +709,7 @@ def test_snapshot_running(make_repo, scripted_openai, snap_compare) -> None:
     scripted_openai.add(
         Reply(
             text="The test wants add(2, 3) == 5 and gets -1: the operator is wrong.",
-            tool_calls=[edit("a - b", "a + b")],
+            tool_calls=[edit("calc.py", "a - b", "a + b")],
         ),
         Reply(text="Fixed the operator: add returns a + b now.", chunk_size=20, hold=hold),
     )
@@ -725,9 +726,9 @@ def test_snapshot_running(make_repo, scripted_openai, snap_compare) -> None:
 def test_snapshot_red(make_repo, scripted_openai, snap_compare) -> None:
     repo = make_repo(KATA)
     scripted_openai.add(
-        Reply(text="Perhaps it multiplies.", tool_calls=[edit("a - b", "a * b")]),
+        Reply(text="Perhaps it multiplies.", tool_calls=[edit("calc.py", "a - b", "a * b")]),
         Reply(text="Now add multiplies."),
-        Reply(text="Or a power.", tool_calls=[edit("a * b", "a ** b")]),
+        Reply(text="Or a power.", tool_calls=[edit("calc.py", "a * b", "a ** b")]),
         Reply(text="Now add raises a to b."),
     )
     app = make_app(stable_config(repo, scripted_openai.base_url, max_iterations=2), stable=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from codexloop.core.sandbox import state_home
 from conftest import run_git
-from loophelpers import KATA, TARGET, events_of
+from loophelpers import KATA, TARGET, edit, events_of
 from loophelpers import run_cli as codexloop
 from scripted_openai import Call, Reply
 
@@ -30,11 +30,7 @@ def assert_one_line_error(done: subprocess.CompletedProcess[str], *needles: str)
 def test_headless_red_to_green_prints_one_event_per_line(make_repo, scripted_openai) -> None:
     repo = make_repo(KATA)
     scripted_openai.add(
-        Reply(
-            tool_calls=[
-                Call("edit_file", {"path": "calc.py", "old_text": "a - b", "new_text": "a + b"})
-            ]
-        ),
+        Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]),
         Reply(text="fixed"),
     )
     done = codexloop(
@@ -97,7 +93,7 @@ def test_accept_all_applies_and_keeps_an_unrelated_uncommitted_change(
     scripted_openai.add(
         Reply(
             tool_calls=[
-                Call("edit_file", {"path": "calc.py", "old_text": "a - b", "new_text": "a + b"}),
+                edit("calc.py", "a - b", "a + b"),
                 Call("write_file", {"path": "helpers.py", "content": "HELP = 1\n"}),
             ]
         ),
@@ -128,11 +124,7 @@ def test_accept_all_reports_a_conflict_and_forces_nothing(make_repo, scripted_op
 
     def developer_edits_meanwhile(request: dict) -> Reply:
         (repo / "calc.py").write_text("def add(a, b):\n    return b + a  # mine\n")
-        return Reply(
-            tool_calls=[
-                Call("edit_file", {"path": "calc.py", "old_text": "a - b", "new_text": "a + b"})
-            ]
-        )
+        return Reply(tool_calls=[edit("calc.py", "a - b", "a + b")])
 
     scripted_openai.add(developer_edits_meanwhile, Reply(text="fixed"))
     done = codexloop(
@@ -306,11 +298,7 @@ def test_headless_events_flow_live_and_stdin_lines_steer(make_repo, scripted_ope
     hold = threading.Event()
     scripted_openai.add(
         Reply(text="Thinking hard about this one.", hold=hold),
-        Reply(
-            tool_calls=[
-                Call("edit_file", {"path": "calc.py", "old_text": "a - b", "new_text": "a + b"})
-            ]
-        ),
+        Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]),
         Reply(text="fixed"),
     )
     proc = _popen_headless(repo, scripted_openai.base_url)
@@ -363,11 +351,7 @@ def test_branches_lists_and_clean_removes_preview_branches(
 ) -> None:
     repo = make_repo(KATA)
     scripted_openai.add(
-        Reply(
-            tool_calls=[
-                Call("edit_file", {"path": "calc.py", "old_text": "a - b", "new_text": "a + b"})
-            ]
-        ),
+        Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]),
         Reply(text="fixed"),
     )
     done = codexloop(

@@ -10,8 +10,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from loophelpers import KATA, drive_review, events_of, make_config, run_cli, run_loop
-from scripted_openai import Call, Reply
+from loophelpers import KATA, drive_review, edit, events_of, make_config, run_cli, run_loop
+from scripted_openai import Reply
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,17 +88,9 @@ def test_replay_reproduces_the_recorded_outcomes(
 
     repo = make_repo(KATA)
     scripted_openai.add(
-        Reply(
-            tool_calls=[
-                Call("edit_file", {"path": "calc.py", "old_text": "a - b", "new_text": "a * b"})
-            ]
-        ),
+        Reply(tool_calls=[edit("calc.py", "a - b", "a * b")]),
         Reply(text="multiplied"),
-        Reply(
-            tool_calls=[
-                Call("edit_file", {"path": "calc.py", "old_text": "a * b", "new_text": "a + b"})
-            ]
-        ),
+        Reply(tool_calls=[edit("calc.py", "a * b", "a + b")]),
         Reply(text="added"),
     )
     result, _ = anyio.run(run_loop, make_config(repo, scripted_openai.base_url))

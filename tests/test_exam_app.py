@@ -16,9 +16,9 @@ from codexloop.core import events as ev
 from codexloop.tui.app import CodexloopApp
 from codexloop.tui.exam_editor import editor_command, editor_language, write_atomic
 from codexloop.tui.targets import AddTargetScreen, ChoiceScreen
-from loophelpers import KATA, TARGET, TEST_CALC, make_config
+from loophelpers import KATA, TARGET, TEST_CALC, edit, make_config
 from scripted_openai import Call, Reply
-from test_app import edit, finish, make_app, stop
+from test_app import finish, make_app, stop
 from textual.widgets import Input
 
 pytestmark = pytest.mark.anyio
@@ -33,7 +33,7 @@ def read_then_fix(hold: threading.Event) -> list[Reply]:
         Reply(
             text="Reading first.", tool_calls=[Call("read_file", {"path": "calc.py"})], hold=hold
         ),
-        Reply(tool_calls=[edit("a - b", "a + b")]),
+        Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]),
         Reply(text="Fixed."),
     ]
 
@@ -140,7 +140,7 @@ async def test_escape_cancels_the_edit_writes_nothing_and_resumes(
 
 async def test_e_after_the_loop_finished_still_edits_the_exam(make_repo, scripted_openai) -> None:
     repo = make_repo(KATA)
-    scripted_openai.add(Reply(tool_calls=[edit("a - b", "a + b")]), Reply(text="Fixed."))
+    scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="Fixed."))
     app = make_app(make_config(repo, scripted_openai.base_url))
     async with app.run_test(size=(120, 40)) as pilot:
         await finish(app, pilot)

@@ -194,14 +194,10 @@ async def test_malformed_and_failing_calls_become_results_and_the_loop_goes_on(
             tool_calls=[
                 Call("edit_file", '{"path": "calc.py", "old_text": "a - b"'),  # cut-off JSON
                 Call("delete_everything", {}),
-                Call("edit_file", {"path": "calc.py", "old_text": "return a - b", "new_text": "x"}),
-                Call(
-                    "edit_file", {"path": "calc.py", "old_text": "def add(a,b):", "new_text": "x"}
-                ),
-                Call(
-                    "edit_file", {"path": "calc.py", "old_text": "def  add(a, b):", "new_text": "x"}
-                ),
-                Call("edit_file", {"path": "nope.py", "old_text": "a", "new_text": "b"}),
+                edit("calc.py", "return a - b", "x"),
+                edit("calc.py", "def add(a,b):", "x"),
+                edit("calc.py", "def  add(a, b):", "x"),
+                edit("nope.py", "a", "b"),
                 Call("read_file", {"path": 42}),
                 Call("grep", {"pattern": "("}),
                 Call("write_file", '["not", "an", "object"]'),

@@ -7,14 +7,10 @@ from typing import Any
 import pytest
 from codexloop.core import events as ev
 from codexloop.core.loop import Loop
-from loophelpers import KATA, event_channel_run, make_config, of_type, run_loop
+from loophelpers import KATA, edit, event_channel_run, make_config, of_type, run_loop
 from scripted_openai import Call, Failed, Incomplete, Reply, ScriptedOpenAI
 
 pytestmark = pytest.mark.anyio
-
-
-def edit(old: str, new: str) -> Call:
-    return Call("edit_file", {"path": "calc.py", "old_text": old, "new_text": new})
 
 
 def texts_sent(request: dict[str, Any]) -> str:
@@ -38,7 +34,8 @@ async def test_red_then_green_with_refusals_and_malformed_calls(
     def second(request: dict[str, Any]) -> Reply:
         seen["sent"] = texts_sent(request)
         return Reply(
-            tool_calls=[edit("a * b", "a + b")], reasoning="The failure shows multiplication."
+            tool_calls=[edit("calc.py", "a * b", "a + b")],
+            reasoning="The failure shows multiplication.",
         )
 
     scripted_openai.add(
@@ -50,7 +47,7 @@ async def test_red_then_green_with_refusals_and_malformed_calls(
                     {"path": "tests/test_calc.py", "content": "def test_add(): pass\n"},
                 ),
                 Call("edit_file", '{"path": "calc.py", "old_text": '),
-                edit("a - b", "a * b"),
+                edit("calc.py", "a - b", "a * b"),
             ],
         ),
         Reply(text="done"),
@@ -81,7 +78,7 @@ async def test_responses_replays_encrypted_reasoning_without_ids(
 ) -> None:
     repo = make_repo(KATA)
     scripted_openai.add(
-        Reply(tool_calls=[edit("a - b", "a + b")], reasoning="Subtraction is wrong."),
+        Reply(tool_calls=[edit("calc.py", "a - b", "a + b")], reasoning="Subtraction is wrong."),
         Reply(text="fixed"),
     )
     config = make_config(repo, scripted_openai.base_url, api="responses", model="gpt-5.1-codex")
@@ -104,7 +101,7 @@ async def test_responses_replays_encrypted_reasoning_without_ids(
 
 async def test_reasoning_effort_is_passed_through(make_repo, scripted_openai) -> None:
     repo = make_repo(KATA)
-    scripted_openai.add(Reply(tool_calls=[edit("a - b", "a + b")]), Reply(text="ok"))
+    scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="ok"))
     result, _ = await run_loop(
         make_config(repo, scripted_openai.base_url, api="responses", reasoning="high")
     )
@@ -118,7 +115,7 @@ async def test_reasoning_effort_is_passed_through(make_repo, scripted_openai) ->
 async def test_auto_switches_once_when_chat_is_refused_for_the_model(make_repo) -> None:
     repo = make_repo(KATA)
     with ScriptedOpenAI(reject_chat_models={"gpt-9-codex"}) as server:
-        server.add(Reply(tool_calls=[edit("a - b", "a + b")]), Reply(text="fixed"))
+        server.add(Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="fixed"))
         config = make_config(
             repo, server.base_url, model="gpt-9-codex"
         )  # auto, not OpenAI's host: chat first
@@ -133,7 +130,7 @@ async def test_auto_switches_once_when_chat_is_refused_for_the_model(make_repo) 
 async def test_auto_falls_back_to_chat_when_the_server_has_no_responses_api(make_repo) -> None:
     repo = make_repo(KATA)
     with ScriptedOpenAI(responses_enabled=False) as server:
-        server.add(Reply(tool_calls=[edit("a - b", "a + b")]), Reply(text="fixed"))
+        server.add(Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="fixed"))
         config = make_config(repo, server.base_url, api="auto")
         loop = Loop(config, backoff=(0.0,))
         loop.model.current = loop.model._make("responses")  # as auto picks on OpenAI's own endpoint
@@ -159,7 +156,7 @@ async def test_incomplete_and_failed_responses(make_repo, scripted_openai) -> No
     scripted_openai.add(
         Failed("the server had an error"),
         Incomplete(Reply(text="I was about to")),
-        Reply(tool_calls=[edit("a - b", "a + b")]),
+        Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]),
         Reply(text="fixed"),
     )
     result, events = await run_loop(make_config(repo, scripted_openai.base_url, api="responses"))
@@ -178,8 +175,8 @@ async def test_a_runaway_answer_is_cut_and_the_loop_goes_on(
     repo = make_repo(KATA)
     endless = "all work and no play " * (MAX_TURN_CHARS // 10)
     scripted_openai.add(
-        Reply(text=endless, tool_calls=[edit("a - b", "a * b")], chunk_size=2_000),
-        Reply(tool_calls=[edit("a - b", "a + b")]),
+        Reply(text=endless, tool_calls=[edit("calc.py", "a - b", "a * b")], chunk_size=2_000),
+        Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]),
         Reply(text="Fixed."),
     )
     result, events = await run_loop(make_config(repo, scripted_openai.base_url, api=api))

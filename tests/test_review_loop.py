@@ -10,7 +10,7 @@ from codexloop.core.diff import changes
 from codexloop.core.loop import Loop
 from conftest import run_git
 from loophelpers import drive_review, edit, make_config, user_texts
-from scripted_openai import Call, Reply
+from scripted_openai import Reply
 
 pytestmark = pytest.mark.anyio
 
@@ -35,11 +35,8 @@ async def test_a_rejected_hunk_with_a_comment_goes_back_and_the_loop_continues(
     scripted_openai.add(
         Reply(
             tool_calls=[
-                Call("edit_file", {"path": "calc.py", "old_text": "a - b", "new_text": "a + b"}),
-                Call(
-                    "edit_file",
-                    {"path": "calc.py", "old_text": "VERSION = 1", "new_text": "VERSION = 2"},
-                ),
+                edit("calc.py", "a - b", "a + b"),
+                edit("calc.py", "VERSION = 1", "VERSION = 2"),
             ]
         ),
         Reply(text="Fixed, and bumped the version."),
@@ -71,11 +68,7 @@ async def test_a_rejected_hunk_with_a_comment_goes_back_and_the_loop_continues(
 async def test_finishing_the_review_ends_the_session_green(make_repo, scripted_openai) -> None:
     repo = make_repo({"calc.py": CALC, "tests/test_calc.py": TEST})
     scripted_openai.add(
-        Reply(
-            tool_calls=[
-                Call("edit_file", {"path": "calc.py", "old_text": "a - b", "new_text": "a + b"})
-            ]
-        ),
+        Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]),
         Reply(text="fixed"),
     )
     loop = Loop(make_config(repo, scripted_openai.base_url), backoff=(0.0,), review=True)
