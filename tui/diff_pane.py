@@ -37,6 +37,15 @@ def _code(syntax: Syntax | None, code: str) -> Text:
     return text
 
 
+def _changed_line(syntax: Syntax | None, raw: str, sign_style: str, background: str) -> Text:
+    """An added or removed line: its sign, its highlighted code, its background."""
+    line = Text()
+    line.append(raw[0], style=sign_style)
+    line.append_text(_code(syntax, raw[1:]))
+    line.stylize(background)
+    return line
+
+
 def highlight_diff(diff: str) -> list[Text]:
     """A unified diff as styled lines: headers, hunk markers, and highlighted code.
 
@@ -67,17 +76,9 @@ def highlight_diff(diff: str) -> list[Text]:
                 line.append(rest, style="dim")
             out.append(line)
         elif raw.startswith("+"):
-            line = Text()
-            line.append("+", style="bold green")
-            line.append_text(_code(syntax, raw[1:]))
-            line.stylize(ADDED_BG)
-            out.append(line)
+            out.append(_changed_line(syntax, raw, "bold green", ADDED_BG))
         elif raw.startswith("-"):
-            line = Text()
-            line.append("-", style="bold red")
-            line.append_text(_code(syntax, raw[1:]))
-            line.stylize(REMOVED_BG)
-            out.append(line)
+            out.append(_changed_line(syntax, raw, "bold red", REMOVED_BG))
         elif raw.startswith(("\\", CLIP_MARK)):
             out.append(Text(raw, style="dim italic"))
         else:

@@ -33,11 +33,10 @@ def short_command(command: str) -> str:
 
 
 def test_verdict_line(finished: ev.TestFinished) -> Text:
+    line = Text()
     if finished.passed:
-        line = Text()
         line.append(" ✓ green ", style="bold black on green")
     else:
-        line = Text()
         line.append(" ✗ red ", style="bold white on red")
     detail = f" {finished.summary}" if finished.summary else ""
     if finished.timed_out:
