@@ -21,6 +21,7 @@ baseline failure) and the most recent messages are kept whole as long as possibl
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -50,10 +51,10 @@ def conversation_size(messages: list[dict[str, Any]]) -> int:
     return sum(message_size(m) for m in messages)
 
 
-def _elided(text: str, keep: int, what: str) -> str:
+def _elided(text: str, keep: int, what: str, why: str = " to fit the context") -> str:
     if len(text) <= keep + 80:
-        return text
-    return f"{text[:keep]}\n[... {len(text) - keep} characters of {what} elided to fit the context ...]"
+        return text  # the note would take about as much room as it saves
+    return f"{text[:keep]}\n[... {len(text) - keep} characters of {what} elided{why} ...]"
 
 
 def _drop_reasoning(message: dict[str, Any]) -> None:
@@ -63,12 +64,16 @@ def _drop_reasoning(message: dict[str, Any]) -> None:
         message[_ITEMS] = [item for item in items if item.get("type") != "reasoning"]
 
 
-def _shorten_result(keep: int) -> Callable[[dict[str, Any]], None]:
-    def shorten(message: dict[str, Any]) -> None:
-        if message.get("role") == "tool" and isinstance(message.get("content"), str):
-            message["content"] = _elided(message["content"], keep, "an earlier result")
+def shorten_tool_result(
+    message: dict[str, Any], keep: int, why: str = " to fit the context"
+) -> None:
+    """A tool result cut to its first ``keep`` characters and a note of what went."""
+    if message.get("role") == "tool" and isinstance(message.get("content"), str):
+        message["content"] = _elided(message["content"], keep, "an earlier result", why)
 
-    return shorten
+
+def _shorten_result(keep: int) -> Callable[[dict[str, Any]], None]:
+    return functools.partial(shorten_tool_result, keep=keep)
 
 
 def _shorten_arguments(message: dict[str, Any]) -> None:

@@ -31,7 +31,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from codexloop.core import events as ev
 from codexloop.core import gitops
 from codexloop.core.config import Config
-from codexloop.core.context import CHARS_PER_TOKEN, MIN_CONTEXT_TOKENS, conversation_size, fit
+from codexloop.core.context import (
+    CHARS_PER_TOKEN,
+    MIN_CONTEXT_TOKENS,
+    conversation_size,
+    fit,
+    shorten_tool_result,
+)
 from codexloop.core.diff import revert_hunk
 from codexloop.core.exam import Exam, command_files
 from codexloop.core.gitops import ApplyResult
@@ -894,16 +900,7 @@ def _unified(old: bytes | None, new: bytes | None, rel: str) -> str:
 def _compact(messages: list[dict[str, Any]], before: int) -> None:
     """Shorten long tool results of earlier iterations: the conversation stays small."""
     for message in messages[:before]:
-        content = message.get("content")
-        if (
-            message.get("role") == "tool"
-            and isinstance(content, str)
-            and len(content) > OLD_TOOL_RESULT_CHARS
-        ):
-            message["content"] = (
-                content[:OLD_TOOL_RESULT_CHARS]
-                + f"\n[... {len(content) - OLD_TOOL_RESULT_CHARS} characters of an earlier result elided ...]"
-            )
+        shorten_tool_result(message, OLD_TOOL_RESULT_CHARS, why="")
 
 
 def event_channel(
