@@ -101,6 +101,7 @@ class Exam:
     from_checkout: bool = True  # False for a replay: the exam as it was recorded
     command_files: tuple[str, ...] = ()  # what a custom test command names (see command_files)
     _targets: frozenset[str] = field(init=False)
+    _files: list[str] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._targets = frozenset(self.target_files)
@@ -137,13 +138,19 @@ class Exam:
             return "the scripts and test-runner sections of package.json are test configuration"
         return None
 
+    def snapshot_files(self) -> list[str]:
+        """Every file of the snapshot (blocking; listed once, the snapshot never changes)."""
+        if self._files is None:
+            listing = gitops.git(self.repo, "ls-tree", "-r", "-z", "--name-only", self.base)
+            self._files = [rel for rel in listing.split("\0") if rel]
+        return self._files
+
     def protected_files(self) -> list[str]:
         """Protected files present in the snapshot, the targets first (blocking)."""
-        listing = gitops.git(self.repo, "ls-tree", "-r", "-z", "--name-only", self.base)
         found = [
             rel
-            for rel in listing.split("\0")
-            if rel and rel not in self._targets and self.protection(rel)
+            for rel in self.snapshot_files()
+            if rel not in self._targets and self.protection(rel)
         ]
         return [*self.target_files, *found]
 

@@ -424,8 +424,7 @@ class Loop:
         if baseline.passed:
             await self.emit(ev.Notice("info", "the target tests already pass: nothing to do"))
             return "passed", 0, "already green"
-        assert self.sandbox is not None
-        files = await anyio.to_thread.run_sync(_project_files, self.sandbox)
+        files = await anyio.to_thread.run_sync(exam.snapshot_files)
         await self._fit_to_window()
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": SYSTEM_PROMPT},
@@ -840,12 +839,6 @@ class Loop:
         if not verdict.passed:
             await self._set_state("red")
         return verdict
-
-
-def _project_files(sandbox: Sandbox) -> list[str]:
-    """The files of the snapshot the sandbox started from (blocking)."""
-    listing = gitops.git(sandbox.repo, "ls-tree", "-r", "-z", "--name-only", sandbox.base)
-    return [rel for rel in listing.split("\0") if rel]
 
 
 def _read_targets(
