@@ -51,6 +51,7 @@ from codexloop.core.model import (
     Turn,
     choose_protocol,
     context_window,
+    is_openai_endpoint,
     make_client,
     tool_message,
 )
@@ -505,7 +506,7 @@ class Loop:
     async def _fit_to_window(self) -> None:
         """A budget inside the model's context window, when the endpoint says how big it is
         (local servers do; OpenAI's listing does not, so it is not asked)."""
-        if self.config.base_url is None or "api.openai.com" in self.config.base_url:
+        if is_openai_endpoint(self.config.base_url):
             return
         window = await context_window(self.client, self.config.model)
         if window is None:

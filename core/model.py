@@ -475,14 +475,16 @@ class AutoModel:
             return await self.current.turn(messages, tools, **callbacks)
 
 
+def is_openai_endpoint(base_url: str | None) -> bool:
+    """OpenAI's own endpoint (no base URL means it)."""
+    return base_url is None or (urlsplit(base_url).hostname or "") == "api.openai.com"
+
+
 def choose_protocol(api: str, base_url: str | None) -> str:
     """``auto``: the Responses API on OpenAI's own endpoint, Chat Completions elsewhere."""
     if api in ("chat", "responses"):
         return api
-    if base_url is None:
-        return "responses"
-    host = urlsplit(base_url).hostname or ""
-    return "responses" if host == "api.openai.com" else "chat"
+    return "responses" if is_openai_endpoint(base_url) else "chat"
 
 
 def is_reasoning_model(model: str) -> bool:
