@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from codexloop.core import gitops
+from codexloop.core import gitops, record
 
 FILE_LINES_SHOWN = 2_000
 """Lines of one file's diff shown in full; beyond, its head and a note (a 2-million-line
@@ -66,26 +66,18 @@ def sandbox_diff(
 ) -> str:
     """Unified diff of the worktree's files (untracked ones included) against ``base``.
 
-    Uses a temporary index, so it never races the engine's commits on the sandbox's own
-    index. Blocking: call it from a worker thread.
+    The worktree is recorded by :mod:`codexloop.core.record` (git never reads it) and the
+    diff is taken between the two trees. Blocking: call it from a worker thread.
     """
-    with tempfile.TemporaryDirectory(prefix="codexloop-diff-") as tmp:
-        env = {**gitops.worktree_env(worktree), "GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        args: list[str] = []
-        if exclude_file is not None:
-            args = ["-c", f"core.excludesFile={exclude_file}"]
-        gitops.git(worktree, "read-tree", base, env=env)
-        gitops.git(worktree, *args, "add", "-A", env=env)
-        return gitops.git(
-            worktree,
-            "diff",
-            "--cached",
-            "--no-color",
-            "--find-renames",
-            base,
-            *leave_out_spec(leave_out),
-            env=env,
-        )
+    return record.recorder(worktree, exclude_file).diff(
+        base, ["--find-renames"], leave_out_spec(leave_out)
+    )
+
+
+def commit_diff(worktree: Path, base: str, commit: str, leave_out: Sequence[str] = ()) -> str:
+    """Unified diff of a recorded commit against ``base`` (from the object store alone)."""
+    gitdir = Path(gitops.worktree_env(worktree)["GIT_DIR"])
+    return record.diff_trees(gitdir, base, commit, ["--find-renames"], leave_out_spec(leave_out))
 
 
 # -- hunks -------------------------------------------------------------------------

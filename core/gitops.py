@@ -1,8 +1,10 @@
 """Git plumbing for the sandbox: snapshot, worktrees, commits, and the three-way apply.
 
 Everything goes through the ``git`` CLI, synchronously (the engine calls these functions
-from worker threads). Every invocation disables hooks and fsmonitor, so nothing written
-by the model can run on the host, and never prompts on a terminal. The developer's
+from worker threads). Every invocation disables hooks and fsmonitor and never prompts on a
+terminal. No function here reads a sandbox worktree's files: recording them is
+:mod:`codexloop.core.record`'s job, so nothing the model wrote is interpreted by git on the
+host. The developer's
 checkout (files and index) is only ever read, except by :func:`apply_changes`, which
 writes files (never the index) and only when no file conflicts.
 """
@@ -108,6 +110,13 @@ def git(
     return _text(_run(cwd, args, env, input, check).stdout)
 
 
+def git_bytes(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, input: bytes | None = None
+) -> bytes:
+    """Like :func:`git`, for output that is not text (blob contents)."""
+    return _run(cwd, args, env, input).stdout
+
+
 def _identity_fallback(cwd: Path, env: Mapping[str, str] | None) -> dict[str, str]:
     """GIT_AUTHOR_*/GIT_COMMITTER_* values for the parts of the identity nobody configured."""
     done = _run(
@@ -128,7 +137,7 @@ def _identity_fallback(cwd: Path, env: Mapping[str, str] | None) -> dict[str, st
     return fallback
 
 
-def _commit_tree(
+def commit_tree(
     cwd: Path, tree: str, parent: str | None, message: str, env: Mapping[str, str] | None
 ) -> str:
     """``git commit-tree`` with the configured identity, or codexloop's when there is none."""
@@ -202,7 +211,7 @@ def snapshot(repo: Path, left_out: list[tuple[str, int]] | None = None) -> str:
         spec = ["--", ".", *(f":(exclude,literal){rel}" for rel, _size in big)] if big else []
         _run(repo, ["-c", "core.splitIndex=false", "add", "-A", *spec], env)
         tree = _text(_run(repo, ["write-tree"], env).stdout).strip()
-    return _commit_tree(repo, tree, head, f"{SNAPSHOT_SUBJECT}{label} working tree", None)
+    return commit_tree(repo, tree, head, f"{SNAPSHOT_SUBJECT}{label} working tree", None)
 
 
 def _big_untracked(repo: Path) -> list[tuple[str, int]]:
@@ -281,47 +290,6 @@ def worktree_env(worktree: Path) -> dict[str, str]:
         ):
             raise GitError(f"{worktree} is not a linked git worktree (or its .git file changed)")
     return {"GIT_DIR": str(gitdir), "GIT_WORK_TREE": str(root)}
-
-
-def _excludes(exclude_file: Path | None) -> list[str]:
-    return ["-c", f"core.excludesFile={exclude_file}"] if exclude_file is not None else []
-
-
-def commit_all(worktree: Path, message: str, exclude_file: Path | None = None) -> str | None:
-    """Commit every change in the worktree on its branch; None when nothing changed."""
-    env = worktree_env(worktree)
-    root = Path(env["GIT_WORK_TREE"])
-    _run(root, [*_excludes(exclude_file), "add", "-A"], env)
-    tree = _text(_run(root, ["write-tree"], env).stdout).strip()
-    done = _run(root, ["rev-parse", "HEAD", "HEAD^{tree}"], env, check=False)
-    head_lines = _text(done.stdout).split() if done.returncode == 0 else []
-    head, head_tree = head_lines if len(head_lines) == 2 else (None, None)
-    if tree == head_tree:
-        return None
-    sha = _commit_tree(root, tree, head, message, env)
-    subject = message.splitlines()[0] if message.strip() else "commit"
-    _run(root, ["update-ref", "-m", f"commit: {subject}", "HEAD", sha, head or _NULL_SHA], env)
-    return sha
-
-
-def changed_paths(worktree: Path, base: str, exclude_file: Path | None = None) -> list[str]:
-    """Repo-relative paths whose current content in the worktree differs from ``base``.
-
-    Untracked-not-ignored files count; ``exclude_file`` adds ignore patterns, as in
-    :func:`commit_all`. Neither the worktree's index nor its branch is changed.
-    """
-    env = worktree_env(worktree)
-    root = Path(env["GIT_WORK_TREE"])
-    diff = _run(
-        root,
-        ["diff", "--no-renames", "--no-ext-diff", "--no-textconv", "--name-only", "-z", base, "--"],
-        env,
-    )
-    others = _run(
-        root, [*_excludes(exclude_file), "ls-files", "--others", "--exclude-standard", "-z"], env
-    )
-    names = {_text(p) for p in (diff.stdout + others.stdout).split(b"\0") if p}
-    return sorted(names)
 
 
 def is_ignored(repo: Path, path: str) -> bool:
@@ -406,11 +374,16 @@ def preview_branches(repo: Path) -> list[PreviewBranch]:
 def remove_worktree(repo: Path, path: Path, branch: str | None = None) -> None:
     """Remove the worktree at ``path`` (even with changes in it), then ``branch`` if given."""
     path = Path(path)
-    done = _run(repo, ["worktree", "remove", "--force", str(path)], check=False)
+    # Not `git worktree remove`: it would look at the worktree's files (and any repository the
+    # model nested in them). Delete the folder without following a link, then let git forget it.
+    if os.path.lexists(path):
+        try:
+            shutil.rmtree(path)
+        except NotADirectoryError:
+            os.unlink(path)
+        except OSError as exc:
+            raise GitError(f"cannot remove the worktree {path}: {exc}") from exc
     _run(repo, ["worktree", "prune"])
-    if done.returncode != 0 and os.path.lexists(path / ".git"):
-        stderr = _text(done.stderr).strip()
-        raise GitError(f"git worktree remove {path} failed ({done.returncode}): {stderr}")
     _GITDIRS.pop(path.resolve(), None)
     if branch is not None:
         exists = _run(

@@ -17,6 +17,8 @@ import dataclasses
 import difflib
 import math
 import re
+import secrets
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +31,7 @@ import openai
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from codexloop.core import events as ev
-from codexloop.core import gitops
+from codexloop.core import gitops, record
 from codexloop.core.config import Config
 from codexloop.core.context import (
     CHARS_PER_TOKEN,
@@ -56,7 +58,7 @@ from codexloop.core.model import (
     tool_message,
 )
 from codexloop.core.process import RunResult
-from codexloop.core.sandbox import Sandbox, find_python, session_name
+from codexloop.core.sandbox import ExamPlace, Sandbox, find_python, session_name
 from codexloop.core.testrun import Verdict, default_args, default_command, judge, junit_env
 from codexloop.core.tools import TOOL_SCHEMAS, Tools
 from codexloop.core.trace import TraceWriter, traces_dir
@@ -129,6 +131,7 @@ class Loop:
         backoff: tuple[float, ...] = BACKOFF_S,
         write_trace: bool = True,
         accept_all: bool = False,
+        accept_flagged: bool = False,
         base: str | None = None,
         review: bool = False,
     ) -> None:
@@ -154,6 +157,8 @@ class Loop:
         self.state: ev.State = "starting"
         self._iteration = 0
         self.accept_all = accept_all
+        self.accept_flagged = accept_flagged  # --accept flagged: apply a flagged green too
+        self.flagged: list[ev.Flagged] = []  # what the green change touches of test machinery
         self.base = base  # replay: start from this commit, the exam as recorded
         self.test_outcomes: list[bool] = []
         self.review = review  # after green, wait for the developer's review (the app)
@@ -167,6 +172,9 @@ class Loop:
         self.columns: int | None = None  # the front end's terminal width (SetColumns)
         self._context_budget: int | None = None  # characters, once the endpoint refused more
         self._context_noted = False
+        self._place: ExamPlace | None = None  # where the exam runs (the run tree)
+        self._candidate: record.Scan | None = None  # what the last run tested
+        self._left_out_seen: set[tuple[str, str]] = set()
 
     # -- plumbing --------------------------------------------------------------
 
@@ -276,10 +284,12 @@ class Loop:
                     max_processes=config.max_processes,
                     max_memory_gib=config.max_memory,
                     shared=config.share,
+                    tmp_size_mib=config.tmp_size,
                 )
             )
+        self._place = await anyio.to_thread.run_sync(sandbox.exam_place)
         if config.warm and config.test_cmd is None:
-            self.warm = WarmRunner(sandbox, python)
+            self.warm = WarmRunner(self._place, python)  # type: ignore[arg-type]
         tools = Tools(
             sandbox.worktree,
             exam,
@@ -325,6 +335,12 @@ class Loop:
                 network=config.allow_network,
                 api=self.model.protocol,
                 trace=str(self.trace.path) if self.trace else "",
+                bwrap=isolation.binary.describe() if isolation.binary else "",
+                tmp_size_mib=(
+                    config.tmp_size or None
+                    if isolation.binary is not None and isolation.binary.size
+                    else None
+                ),
             )
         )
         if sandbox.left_out:
@@ -370,8 +386,8 @@ class Loop:
                     status
                 ]
                 await self._set_state(final_state)
-                if status == "passed" and self.accept_all and head is not None:
-                    await self._apply_all(head)
+                if status == "passed" and head is not None:
+                    await self._apply_all(head)  # flags the change, applies it if asked
                 await self.emit(
                     ev.LoopFinished(
                         status, iterations, sandbox.branch, str(sandbox.worktree), reason
@@ -390,15 +406,69 @@ class Loop:
             self.trace.path if self.trace else None,
         )
 
+    async def _commit_candidate(self, message: str) -> str | None:
+        """Record the tree that was just tested (not the worktree as it is now)."""
+        assert self.sandbox is not None and self._candidate is not None
+        return await anyio.to_thread.run_sync(
+            self.sandbox.recorder.commit_scan, self._candidate, message
+        )
+
+    async def _note_left_out(self, scan: record.Scan) -> None:
+        """Say once which paths the recording leaves out, and why."""
+        new = [(rel, why) for rel, why in scan.left_out if (rel, why) not in self._left_out_seen]
+        if not new:
+            return
+        self._left_out_seen.update(new)
+        listed = "; ".join(f"{rel}: {why}" for rel, why in new[:20])
+        more = f" (and {len(new) - 20} more)" if len(new) > 20 else ""
+        await self.emit(ev.Notice("warning", f"left out of the recorded change: {listed}{more}"))
+
     async def _final_commit(self, status: str) -> str | None:
+        """The worktree's last state (work after the last test run), on top of the rest.
+        A recording that fails is a notice, not a lost session."""
         assert self.sandbox is not None
         sandbox = self.sandbox
-        await anyio.to_thread.run_sync(sandbox.commit, f"codexloop: final state ({status})")
+        try:
+            scan = await anyio.to_thread.run_sync(sandbox.scan)
+            await self._note_left_out(scan)
+            await anyio.to_thread.run_sync(
+                sandbox.recorder.commit_scan, scan, f"codexloop: final state ({status})"
+            )
+        except (OSError, gitops.GitError) as exc:
+            await self.emit(ev.Notice("error", f"the sandbox's last state was not recorded: {exc}"))
         return await anyio.to_thread.run_sync(sandbox.head)
 
     async def _apply_all(self, head: str) -> None:
-        """Bring the whole change into the developer's working tree, three-way."""
+        """Flag what the green change touches of test machinery (one ``flagged`` event each),
+        then, with ``--accept all``, bring it into the developer's working tree, three-way;
+        a flagged change only with ``--accept flagged``."""
+        from codexloop.core import flags
+
         assert self.sandbox is not None
+        try:
+            found = await anyio.to_thread.run_sync(
+                flags.for_commit,
+                self.config.repo,
+                self.sandbox.base,
+                head,
+                self.config.target_files,
+            )
+        except (gitops.GitError, OSError) as exc:  # not checked: shown as a flag, never trusted
+            found = [flags.Flag("", 0, f"the change could not be checked ({exc})")]
+        self.flagged = [ev.Flagged(f.path, f.line, f.reason) for f in found]
+        for event in self.flagged:
+            await self.emit(event)
+        if not self.accept_all:
+            return
+        if self.flagged and not self.accept_flagged:
+            await self.emit(
+                ev.Notice(
+                    "error",
+                    f"nothing applied: the change touches test machinery ({len(found)} flag(s)); "
+                    f"review branch {self.sandbox.branch}, or use --accept flagged to apply it",
+                )
+            )
+            return
         result = await anyio.to_thread.run_sync(
             gitops.apply_changes, self.config.repo, self.sandbox.base, head
         )
@@ -449,8 +519,7 @@ class Loop:
             await self.checkpoint()
             verdict = await self._run_tests(iteration, exam)
             with self._timed("commit"):
-                commit = await anyio.to_thread.run_sync(
-                    self.sandbox.commit,  # type: ignore[union-attr]
+                commit = await self._commit_candidate(
                     f"codexloop iteration {iteration}: {'green' if verdict.passed else 'red'} ({verdict.summary})",
                 )
             await self.emit(
@@ -790,10 +859,23 @@ class Loop:
         attempts = [p for p in restored if p not in held or held[p][0] != held[p][1]]
         if attempts:
             await self.emit(ev.ExamRestored(tuple(attempts)))
+        with self._timed("record"):
+            # The candidate is recorded before it is tested, and the exam runs on exactly
+            # that tree (the run tree), never in the model's worktree.
+            scan = await anyio.to_thread.run_sync(sandbox.scan)
+            await self._note_left_out(scan)
+            place = self._place
+            assert place is not None
+            await anyio.to_thread.run_sync(place.tree.reconcile, scan.entries)
+            self._candidate = scan
+            run_tmp = await anyio.to_thread.run_sync(_fresh_run_folder, place.tmp)
         await self._set_state("testing")
         await self.emit(ev.TestStarted(iteration, test_command))
-        junit = sandbox.tmp / f"junit-{iteration}.xml"
-        junit.unlink(missing_ok=True)
+        junit = run_tmp / "report" / f"junit-{secrets.token_hex(8)}.xml"
+        junit.parent.mkdir()
+        run_env = {"TMPDIR": str(run_tmp)}
+        if sandbox.isolation.active:
+            run_env["HOME"] = str(run_tmp / "home")
 
         async def on_output(text: str) -> None:
             text = _JUNIT_NOTE.sub("", text)  # our own --junitxml is nobody's business
@@ -805,7 +887,7 @@ class Loop:
             try:
                 run = await self.warm.run(
                     default_args(self.config.targets),
-                    extra_env={**junit_env(junit), **self._display_env()},
+                    extra_env={**junit_env(junit), **self._display_env(), **run_env},
                     timeout=self.config.test_timeout,
                     on_output=on_output,
                     changed=changed,
@@ -816,11 +898,11 @@ class Loop:
                     ev.Notice("warning", f"warm test runs are off for this session: {exc}")
                 )
         if run is None:
-            run = await sandbox.run(
+            run = await place.run(
                 test_command,
                 timeout=self.config.test_timeout,
                 on_output=on_output,
-                extra_env={**junit_env(junit), **self._display_env()},
+                extra_env={**junit_env(junit), **self._display_env(), **run_env},
             )
         with self._timed("verdict"):
             verdict = await anyio.to_thread.run_sync(
@@ -842,15 +924,27 @@ class Loop:
         return verdict
 
 
+def _fresh_run_folder(tmp: Path) -> Path:
+    """An empty temp folder for one test run (TMPDIR, HOME, the report): nothing an earlier
+    run left there is seen by the next one."""
+    folder = tmp / "run"
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "home").mkdir(parents=True)
+    return folder
+
+
 def _read_targets(
     sandbox: Sandbox, exam: Exam, expected: dict[str, bytes | None]
 ) -> dict[str, tuple[bytes | None, bytes | None, bytes | None]]:
     """For each target file: what the sandbox holds, what it held when the engine last wrote
     it (the snapshot's version at first), and the developer's version now."""
+    from codexloop.core import safefs  # here, not at the top: others edit the rest of loop.py
+    from codexloop.core.exam import MAX_EXAM_BYTES
+
     held: dict[str, tuple[bytes | None, bytes | None, bytes | None]] = {}
     for rel in exam.target_files:
-        path = sandbox.worktree / rel
-        now = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+        # The worktree is the model's: no link followed, regular files only (safefs).
+        now = safefs.read_regular(sandbox.worktree, rel, limit=MAX_EXAM_BYTES)
         if rel in expected:
             want = expected[rel]
         else:
@@ -861,27 +955,30 @@ def _read_targets(
 
 def _revert_all(sandbox: Sandbox, rejections: list[ev.Rejection]) -> list[str]:
     """Undo rejected hunks (or whole files) in the sandbox; return the paths that failed."""
+    from codexloop.core import safefs  # here, not at the top: others edit the rest of loop.py
+    from codexloop.core.exam import MAX_EXAM_BYTES
+
     failed: list[str] = []
+    root = sandbox.worktree
     for rejection in rejections:
-        path = sandbox.worktree / rejection.path
-        if rejection.hunk is None:  # a whole file: back to the snapshot's version
-            original = gitops.read_blob(sandbox.repo, sandbox.base, rejection.path)
-            if original is None:
-                path.unlink(missing_ok=True)
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(original)
-            continue
+        # The worktree is the model's: no link followed at any component, regular files
+        # only, writes replace the name (never through a link) (safefs).
         try:
-            current = path.read_bytes().decode("utf-8", "surrogateescape")
+            if rejection.hunk is None:  # a whole file: back to the snapshot's version
+                original = gitops.read_blob(sandbox.repo, sandbox.base, rejection.path)
+                if original is None:
+                    safefs.remove(root, rejection.path)
+                else:
+                    safefs.write_file(root, rejection.path, original)
+                continue
+            data = safefs.read_file(root, rejection.path, limit=MAX_EXAM_BYTES)
+            reverted = revert_hunk(data.decode("utf-8", "surrogateescape"), rejection.hunk)
+            if reverted is None:
+                failed.append(rejection.path)
+            else:
+                safefs.write_file(root, rejection.path, reverted.encode("utf-8", "surrogateescape"))
         except OSError:
             failed.append(rejection.path)
-            continue
-        reverted = revert_hunk(current, rejection.hunk)
-        if reverted is None:
-            failed.append(rejection.path)
-        else:
-            path.write_bytes(reverted.encode("utf-8", "surrogateescape"))
     return failed
 
 

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
-from codexloop.core import gitops, limits, process
+from codexloop.core import gitops, limits, process, record
 from codexloop.core.isolation import (
     DEFAULT_MAX_MEMORY_GIB,
+    DEFAULT_TMP_SIZE_MIB,
     Isolation,
     Layout,
     interpreter_paths,
@@ -30,6 +31,7 @@ from codexloop.core.isolation import (
 )
 from codexloop.core.isolation import probe as probe_isolation
 from codexloop.core.process import OutputCallback, RunResult
+from codexloop.core.runtree import RunTree
 
 # Variables a command may see. Everything else (API keys, tokens, SSH agent, cloud
 # credentials, proxies, GIT_*) is dropped.
@@ -175,22 +177,39 @@ class Sandbox:
             exclude.write_text(_EXCLUDES)
         tmp = home / "tmp" / name
         tmp.mkdir(parents=True, exist_ok=True)
+        record.recorder(worktree, exclude)  # remembers the checkout before anyone touches it
         return cls(repo, worktree, branch, base, name, exclude, tmp, left_out=tuple(left_out))
+
+    @property
+    def recorder(self) -> record.Recorder:
+        return record.recorder(self.worktree, self.exclude_file)
+
+    def scan(self, overrides: Mapping[str, bytes | None] | None = None) -> record.Scan:
+        """The sandbox's files as they would be recorded now (blocking)."""
+        return self.recorder.scan(overrides)
 
     def commit(self, message: str) -> str | None:
         """Record the sandbox's state on the preview branch (blocking)."""
-        return gitops.commit_all(self.worktree, message, exclude_file=self.exclude_file)
+        return self.recorder.commit(message)
 
     def changed_paths(self) -> list[str]:
-        return gitops.changed_paths(self.worktree, self.base, self.exclude_file)
+        return self.recorder.changed_paths(self.base)
 
     def head(self) -> str:
-        return gitops.git(
-            self.worktree, "rev-parse", "HEAD", env=gitops.worktree_env(self.worktree)
-        ).strip()
+        gitdir = gitops.worktree_env(self.worktree)["GIT_DIR"]
+        return gitops.git(Path(gitdir), "rev-parse", "HEAD", env={"GIT_DIR": gitdir}).strip()
 
-    def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        """The small, explicit environment commands get: no secrets."""
+    def environment(
+        self,
+        extra: Mapping[str, str] | None = None,
+        *,
+        root: Path | None = None,
+        tmp: Path | None = None,
+    ) -> dict[str, str]:
+        """The small, explicit environment commands get: no secrets. ``root`` and ``tmp``:
+        where the command runs and its temp folder, when not the worktree's (the exam's)."""
+        root = root or self.worktree
+        tmp = tmp or self.tmp
         env = {
             key: value
             for key, value in os.environ.items()
@@ -198,11 +217,11 @@ class Sandbox:
         }
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         env.setdefault("LANG", "C.UTF-8")
-        env["TMPDIR"] = str(self.tmp)
+        env["TMPDIR"] = str(tmp)
         if self.isolation.active:
-            env["HOME"] = str(self.tmp / "home")
+            env["HOME"] = str(tmp / "home")
         env["PYTHONDONTWRITEBYTECODE"] = "1"
-        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in source_roots(self.worktree))
+        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in source_roots(root))
         env["CODEXLOOP_SANDBOX"] = "1"
         env.pop("PYTHONHOME", None)
         if extra:
@@ -210,19 +229,25 @@ class Sandbox:
         return env
 
     def command_argv(
-        self, command: str, extra_env: Mapping[str, str] | None = None
+        self,
+        command: str,
+        extra_env: Mapping[str, str] | None = None,
+        *,
+        place: ExamPlace | None = None,
     ) -> tuple[list[str], dict[str, str]]:
-        """How a shell command is started in this sandbox: its argv and environment."""
+        """How a shell command is started in this sandbox (or in ``place``, where the exam
+        runs): its argv and environment."""
         shell = shutil.which("bash") or "/bin/sh"
-        env = self.environment(extra_env)
+        env = place.environment(extra_env) if place is not None else self.environment(extra_env)
+        layout = place.layout() if place is not None else self.layout
         # Hard limits the command cannot raise: a memory bomb gets MemoryError, a fork bomb
         # EAGAIN (when the process limit works through RLIMIT_NPROC).
         prefix = self.limit.shell_prefix()
         if self.max_memory_gib:
             prefix = f"ulimit -v {self.max_memory_gib * 1024 * 1024} 2>/dev/null; {prefix}"
         argv = [shell, "-c", prefix + command]
-        if self.isolation.active and self.layout is not None:
-            argv = self.isolation.wrap(argv, self.layout, env)
+        if self.isolation.active and layout is not None:
+            argv = self.isolation.wrap(argv, layout, env)
             env = {"PATH": env["PATH"]}
         return argv, env
 
@@ -240,21 +265,28 @@ class Sandbox:
         timeout: float,
         on_output: OutputCallback | None = None,
         extra_env: Mapping[str, str] | None = None,
+        place: ExamPlace | None = None,
     ) -> RunResult:
-        """Run a shell command in the worktree."""
+        """Run a shell command in the worktree (or in ``place``: the exam's run tree)."""
         group = self.process_group()
         # Neither a pid namespace nor a cgroup to account for what the command leaves behind:
         # mark its environment, and look for the mark afterwards.
         marker = None if self.isolation.active or group is not None else uuid.uuid4().hex
         argv, env = self.command_argv(
-            command, {**(extra_env or {}), **({limits.RUN_MARK: marker} if marker else {})}
+            command,
+            {**(extra_env or {}), **({limits.RUN_MARK: marker} if marker else {})},
+            place=place,
         )
         if group is not None:
             argv = group.join(argv)
         survivors = 0
         try:
             result = await process.run(
-                argv, cwd=self.worktree, env=env, timeout=timeout, on_output=on_output
+                argv,
+                cwd=place.worktree if place is not None else self.worktree,
+                env=env,
+                timeout=timeout,
+                on_output=on_output,
             )
         finally:
             with anyio.CancelScope(shield=True):
@@ -275,6 +307,7 @@ class Sandbox:
         max_memory_gib: int = DEFAULT_MAX_MEMORY_GIB,
         shared: tuple[str, ...] | None = None,
         search_path: str | None = None,
+        tmp_size_mib: int = DEFAULT_TMP_SIZE_MIB,
     ) -> Isolation:
         """Probe process isolation with this sandbox's exact layout and use it from now on,
         with the best process-count limit the system allows (blocking).
@@ -294,6 +327,7 @@ class Sandbox:
             protected=(self.worktree / ".git", *(self.worktree / rel for rel in protected)),
             network=network,
             shared=self._prepare_shares(default_shares(self.repo) if shared is None else shared),
+            tmp_size_mib=tmp_size_mib,
         )
         self.isolation = probe_isolation(self.layout, self.environment(), search_path=search_path)
         if not self.isolation.active:
@@ -321,6 +355,7 @@ class Sandbox:
             listed = "".join(f"/{t.relative_to(self.worktree).as_posix()}\n" for _s, t in pairs)
             own.write_text(_EXCLUDES + listed)
             self.exclude_file = own
+            record.recorder(self.worktree, own)  # still before the model's first move
         self.shared = tuple(pairs)
         return self.shared
 
@@ -334,16 +369,93 @@ class Sandbox:
             target.symlink_to(source)
 
     def discard_scratch(self) -> None:
-        """The private temp folder (HOME, reports, the warm server's socket): the session is
-        over; the worktree and its branch stay for reference (blocking)."""
+        """The private temp folder (HOME, reports, the warm server's socket) and the run tree:
+        the session is over; the worktree and its branch stay for reference (blocking)."""
         shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(state_home() / "runs" / self.name, ignore_errors=True)
+
+    def exam_place(self) -> ExamPlace:
+        """Where the exam runs: a run tree and a temp folder out of the model's reach."""
+        folder = state_home() / "runs" / self.name
+        shares = [t.relative_to(self.worktree).as_posix() for _s, t in self.shared]
+        gitdir = Path(gitops.worktree_env(self.worktree)["GIT_DIR"])
+        place = ExamPlace(self, RunTree(folder / "tree", gitdir, keep=shares), folder / "tmp")
+        place.tmp.mkdir(parents=True, exist_ok=True)
+        if not self.isolation.active:
+            for rel in shares:  # no bind mounts: links to the checkout, as in the worktree
+                link = place.worktree / rel
+                if not os.path.lexists(link):
+                    link.parent.mkdir(parents=True, exist_ok=True)
+                    link.symlink_to(self.repo / rel)
+        return place
 
     def remove(self, *, delete_branch: bool = False) -> None:
+        record.forget(self.worktree)
         gitops.remove_worktree(self.repo, self.worktree, self.branch if delete_branch else None)
         forget_session(self.name)
 
 
+@dataclass
+class ExamPlace:
+    """Where the exam runs: the run tree (a clean checkout of the candidate commit, see
+    :mod:`codexloop.core.runtree`) and a temp folder, both outside what model commands see.
+    Starts processes like a :class:`Sandbox` does (the warm runner takes either)."""
+
+    sandbox: Sandbox
+    tree: RunTree
+    tmp: Path
+
+    @property
+    def worktree(self) -> Path:
+        return self.tree.path
+
+    @property
+    def isolation(self) -> Isolation:
+        return self.sandbox.isolation
+
+    def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = self.sandbox.environment(root=self.worktree, tmp=self.tmp)
+        # No user site-packages (a model command could have planted a .pth there) and no
+        # bytecode from beside the sources: a stale or forged .pyc never stands in for a .py.
+        env["PYTHONNOUSERSITE"] = "1"
+        env["PYTHONPYCACHEPREFIX"] = str(self.tmp / "pycache")
+        if extra:
+            env.update(extra)
+        return env
+
+    def layout(self) -> Layout | None:
+        base = self.sandbox.layout
+        if base is None:
+            return None
+        shared = tuple(
+            (s, self.worktree / t.relative_to(self.sandbox.worktree)) for s, t in base.shared
+        )
+        return replace(base, worktree=self.worktree, tmp=self.tmp, protected=(), shared=shared)
+
+    def command_argv(
+        self, command: str, extra_env: Mapping[str, str] | None = None
+    ) -> tuple[list[str], dict[str, str]]:
+        return self.sandbox.command_argv(command, extra_env, place=self)
+
+    def process_group(self) -> limits.PidsGroup | None:
+        return self.sandbox.process_group()
+
+    async def run(
+        self,
+        command: str,
+        *,
+        timeout: float,
+        on_output: OutputCallback | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> RunResult:
+        return await self.sandbox.run(
+            command, timeout=timeout, on_output=on_output, extra_env=extra_env, place=self
+        )
+
+
 def forget_session(name: str) -> None:
-    """What codexloop keeps of a session besides its worktree: scratch folder, exclude file."""
+    """What codexloop keeps of a session besides its worktree: scratch folder, run tree,
+    exclude file."""
     shutil.rmtree(state_home() / "tmp" / name, ignore_errors=True)
+    shutil.rmtree(state_home() / "runs" / name, ignore_errors=True)
     (state_home() / "excludes" / name).unlink(missing_ok=True)

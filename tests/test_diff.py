@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from codexloop.core import gitops
+from codexloop.core import gitops, record
 from codexloop.core.diff import apply_selected, changes, parse_diff, sandbox_diff
 from conftest import run_git
 
@@ -18,7 +18,7 @@ def preview(repo: Path, edit) -> tuple[str, str]:
     worktree = repo.parent / "wt"
     gitops.create_worktree(repo, base, "codexloop/test", worktree)
     edit(worktree)
-    head = gitops.commit_all(worktree, "model")
+    head = record.commit_all(worktree, "model")
     assert head is not None
     return base, head
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from codexloop.core import gitops
+from codexloop.core import gitops, record
 from codexloop.core.gitops import FileConflict, GitError
 from conftest import run_git
 
@@ -52,7 +52,7 @@ class Session:
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(data)
-        sha = gitops.commit_all(self.worktree, "model")
+        sha = record.commit_all(self.worktree, "model")
         assert sha is not None
         return sha
 
@@ -138,7 +138,7 @@ def test_a_preview_branch_leads_back_to_its_snapshot(make_repo: MakeRepo) -> Non
     run_git(repo, "worktree", "add", "-q", str(repo.parent / "wt"), "codexloop/x")
     (repo.parent / "wt" / "b.py").write_text("b\n")
     for n in (1, 2):
-        gitops.commit_all(repo.parent / "wt", f"codexloop iteration {n}: red")
+        record.commit_all(repo.parent / "wt", f"codexloop iteration {n}: red")
         (repo.parent / "wt" / "b.py").write_text(f"b{n}\n")
     assert gitops.snapshot_of(repo, "codexloop/x") == snap
     with pytest.raises(gitops.GitError, match="not a codexloop preview branch"):
@@ -193,7 +193,7 @@ def test_snapshot_and_commit_without_identity(make_repo: MakeRepo, tmp_path: Pat
     worktree = tmp_path / "wt"
     gitops.create_worktree(repo, sha, "codexloop/anon", worktree)
     (worktree / "a.py").write_text("b\n")
-    commit = gitops.commit_all(worktree, "change")
+    commit = record.commit_all(worktree, "change")
     assert commit is not None
     assert run_git(repo, "log", "-1", "--format=%an", commit).strip() == "codexloop"
 
@@ -231,7 +231,7 @@ def test_create_worktree_at_snapshot(make_repo: MakeRepo, tmp_path: Path) -> Non
 
 def test_commit_all(session: Callable[..., Session], tmp_path: Path) -> None:
     s = session({"a.py": "a\n", "b.py": "b\n"})
-    assert gitops.commit_all(s.worktree, "nothing") is None
+    assert record.commit_all(s.worktree, "nothing") is None
     assert run_git(s.worktree, "rev-parse", "HEAD").strip() == s.base
 
     (s.worktree / "a.py").write_text("changed\n")
@@ -240,14 +240,14 @@ def test_commit_all(session: Callable[..., Session], tmp_path: Path) -> None:
     (s.worktree / "junk.pyc").write_bytes(b"\0")
     exclude = tmp_path / "exclude"
     exclude.write_text("*.pyc\n")
-    sha = gitops.commit_all(s.worktree, "step 1\n\nbody", exclude_file=exclude)
+    sha = record.commit_all(s.worktree, "step 1\n\nbody", exclude_file=exclude)
 
     assert sha is not None
     assert run_git(s.repo, "rev-parse", "codexloop/x").strip() == sha
     assert run_git(s.repo, "rev-parse", f"{sha}^").strip() == s.base
     assert head_files(s.repo, sha) == ["a.py", "c.py"]
     assert run_git(s.repo, "log", "-1", "--format=%B", sha).strip() == "step 1\n\nbody"
-    assert gitops.commit_all(s.worktree, "again", exclude_file=exclude) is None
+    assert record.commit_all(s.worktree, "again", exclude_file=exclude) is None
     assert run_git(s.worktree, "status", "--porcelain") == "?? junk.pyc\n"
 
 
@@ -267,7 +267,7 @@ def test_hooks_never_run(make_repo: MakeRepo, tmp_path: Path) -> None:
     worktree = tmp_path / "wt"
     gitops.create_worktree(repo, base, "codexloop/x", worktree)
     (worktree / "a.py").write_text("c\n")
-    assert gitops.commit_all(worktree, "model") is not None
+    assert record.commit_all(worktree, "model") is not None
     gitops.remove_worktree(repo, worktree, "codexloop/x")
 
     assert not marker.exists()
@@ -291,29 +291,30 @@ def test_tampered_git_file_is_not_followed(
     (worktree / ".git").write_text(f"gitdir: {fake}\n")
     (worktree / "a.py").write_text("b\n")
 
-    sha = gitops.commit_all(worktree, "model")  # recorded gitdir, not the .git file
+    sha = record.commit_all(worktree, "model")  # recorded gitdir, not the .git file
     assert sha is not None
     assert run_git(repo, "rev-parse", "codexloop/x").strip() == sha
     assert not marker.exists()
 
     monkeypatch.setattr(gitops, "_GITDIRS", {})  # as if in a later process
+    monkeypatch.setattr(record, "_RECORDERS", {})
     with pytest.raises(GitError, match="not a linked git worktree"):
-        gitops.commit_all(worktree, "model")
+        record.commit_all(worktree, "model")
     assert not marker.exists()
 
 
 def test_changed_paths(session: Callable[..., Session]) -> None:
     s = session({"a.py": "a\n", "b.py": "b\n", "c.py": "c\n", ".gitignore": "*.log\n"})
-    assert gitops.changed_paths(s.worktree, s.base) == []
+    assert record.changed_paths(s.worktree, s.base) == []
     (s.worktree / "a.py").write_text("changed\n")
-    gitops.commit_all(s.worktree, "one")
+    record.commit_all(s.worktree, "one")
     (s.worktree / "b.py").unlink()
     (s.worktree / "sub").mkdir()
     (s.worktree / "sub" / "new.py").write_text("new\n")
     (s.worktree / "x.log").write_text("ignored\n")
     (s.worktree / "c.py").write_text("c\n")  # rewritten with the same content
 
-    assert gitops.changed_paths(s.worktree, s.base) == ["a.py", "b.py", "sub/new.py"]
+    assert record.changed_paths(s.worktree, s.base) == ["a.py", "b.py", "sub/new.py"]
 
 
 def test_read_blob(make_repo: MakeRepo) -> None:
@@ -327,7 +328,7 @@ def test_preview_branches_and_remove_worktree(
 ) -> None:
     s = session({"a.py": "a\n"})
     (s.worktree / "a.py").write_text("b\n")
-    sha = gitops.commit_all(s.worktree, "codexloop: step one")
+    sha = record.commit_all(s.worktree, "codexloop: step one")
     run_git(s.repo, "branch", "codexloop/orphan", s.base)
     run_git(s.repo, "branch", "feature")
 
@@ -508,7 +509,7 @@ def test_apply_executable_bit(session: Callable[..., Session]) -> None:
     (s.worktree / "run.sh").write_text("echo model\n")
     (s.worktree / "run.sh").chmod(0o755)
     (s.worktree / "tool.sh").chmod(0o755)  # mode only
-    result = gitops.commit_all(s.worktree, "exec")
+    result = record.commit_all(s.worktree, "exec")
     assert result is not None
 
     applied = gitops.apply_changes(s.repo, s.base, result)
@@ -567,7 +568,7 @@ def test_apply_paths_subset(session: Callable[..., Session]) -> None:
 def test_apply_symlink(session: Callable[..., Session]) -> None:
     s = session({"target.py": "t\n"})
     (s.worktree / "link.py").symlink_to("target.py")
-    result = gitops.commit_all(s.worktree, "link")
+    result = record.commit_all(s.worktree, "link")
     assert result is not None
 
     applied = gitops.apply_changes(s.repo, s.base, result)
@@ -581,7 +582,7 @@ def test_apply_file_replacing_directory(session: Callable[..., Session]) -> None
     (s.worktree / "thing" / "inner.py").unlink()
     (s.worktree / "thing").rmdir()
     (s.worktree / "thing").write_text("now a file\n")
-    result = gitops.commit_all(s.worktree, "d/f")
+    result = record.commit_all(s.worktree, "d/f")
     assert result is not None
 
     applied = gitops.apply_changes(s.repo, s.base, result)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from codexloop.core import gitops
+from codexloop.core import gitops, record
 from codexloop.tui.review import ReviewOutcome, ReviewScreen
 from textual.app import App
 
@@ -19,7 +19,7 @@ def preview(repo: Path) -> tuple[str, str]:
     text = LINES.replace("line 2\n", "line two\n").replace("line 15\n", "line fifteen\n")
     (worktree / "f.txt").write_text(text.replace("line 28\n", "line twenty-eight\n"))
     (worktree / "new.txt").write_text("brand new\n")
-    head = gitops.commit_all(worktree, "model")
+    head = record.commit_all(worktree, "model")
     assert head is not None
     return base, head
 

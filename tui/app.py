@@ -15,6 +15,7 @@ checkout at once, and the command palette adds or removes targets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import os
@@ -34,9 +35,8 @@ import openai
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectSendStream
 from codexloop.core import events as ev
-from codexloop.core import gitops
 from codexloop.core.config import Config, ConfigError, resolve_targets
-from codexloop.core.diff import leave_out_spec, sandbox_diff
+from codexloop.core.diff import commit_diff, sandbox_diff
 from codexloop.core.loop import Loop, LoopResult, event_channel
 from codexloop.core.model import ModelError, make_client
 from codexloop.core.model import check_endpoint as probe_endpoint
@@ -149,6 +149,7 @@ class CodexloopApp(App[int]):
         self._interrupted = False
         self._deferred_exit: tuple[Any, int | None, Any] | None = None
         self._forcing = False
+        self._previous_handlers: dict[int, Any] = {}
         self._transition = ""
         self._started_at = clock()
         self._ended_at: float | None = None
@@ -253,6 +254,7 @@ class CodexloopApp(App[int]):
         self._apply_layout()
         self._update_status()
         self.model_pane.focus()
+        self.watch_stop_signals()
         if self.autostart:
             # After the first layout, so the loop knows the terminal pane's width from its
             # very first test run (pytest formats its output for it).
@@ -260,6 +262,7 @@ class CodexloopApp(App[int]):
 
     def on_unmount(self) -> None:
         self._stop_watching()
+        self.restore_signals()
 
     def _exam_title(self) -> None:
         self.exam_pane.border_title = "exam · " + " ".join(self.config.targets)
@@ -412,6 +415,8 @@ class CodexloopApp(App[int]):
         sandbox += f"; {event.process_limit}" if event.process_limit else ""
         if event.max_memory_gib:
             sandbox += f"; at most {event.max_memory_gib} GiB of address space per command"
+        if event.bwrap:
+            sandbox += f"; {event.bwrap}"
         if event.shared:
             sandbox += "; shared read-only from your checkout: " + ", ".join(event.shared)
         self.model_pane.write_line(Text(sandbox, style="dim"))
@@ -1286,6 +1291,10 @@ class CodexloopApp(App[int]):
             self.stop_then_exit("stopped by the developer")
 
     def action_interrupt(self) -> None:
+        self._interrupt("interrupted")
+
+    def _interrupt(self, reason: str) -> None:
+        """Stop the loop, then leave; a second interrupt leaves at once."""
         if not self.loop_running:
             if self._deferred_exit is not None:
                 self._force_exit()
@@ -1296,7 +1305,31 @@ class CodexloopApp(App[int]):
             self._force_exit()
             return
         self._interrupted = True
-        self.stop_then_exit("interrupted")
+        self.stop_then_exit(reason)
+
+    def watch_stop_signals(self) -> None:
+        """SIGTERM and SIGHUP (a closed terminal, an ended tmux session) stop the loop like
+        ctrl+c: the warm server and the scratch folder go with the session. After a hangup
+        the terminal is gone: the standard streams are pointed at /dev/null first, so
+        drawing the last frames cannot fail (EIO) and block the app on its output queue."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+
+        def handler(signum: int, _frame: object) -> None:
+            if signum == signal.SIGHUP:
+                _detach_from_terminal()
+            reason = "the terminal was closed" if signum == signal.SIGHUP else "terminated"
+            with contextlib.suppress(RuntimeError):  # the app's event loop is over already
+                loop.call_soon_threadsafe(self._interrupt, reason)
+
+        for signum in STOP_SIGNALS:
+            self._previous_handlers[signum] = signal.signal(signum, handler)
+
+    def restore_signals(self) -> None:
+        for signum, previous in self._previous_handlers.items():
+            signal.signal(signum, previous)
+        self._previous_handlers.clear()
 
     def stop_then_exit(
         self, reason: str, deferred: tuple[Any, int | None, Any] | None = None
@@ -1415,6 +1448,21 @@ class CodexloopApp(App[int]):
         return line
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _detach_from_terminal() -> None:
+    """The terminal hung up: standard input and output become /dev/null (signal-safe)."""
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR)
+    except OSError:
+        return
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 _IDLE_WHILE_EDITING = frozenset(
     {
         "toggle_pause",
@@ -1463,9 +1511,7 @@ def _commit_diff(
     worktree: Path, base: str, commit: str, exam: tuple[str, ...]
 ) -> tuple[str, list[Text]]:
     """Blocking (thread): an iteration's recorded state against the base (the exam left out)."""
-    text = gitops.git(
-        worktree, "diff", "--no-color", "--find-renames", base, commit, *leave_out_spec(exam)
-    )
+    text = commit_diff(worktree, base, commit, exam)
     return text, highlight_diff(text)
 
 
@@ -1501,7 +1547,10 @@ def run_app(
         app.run()
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    finally:
+        app.restore_signals()
     if app.started is not None or app.failure is not None:
-        print(app.summary())
+        with contextlib.suppress(OSError):  # a closed terminal
+            print(app.summary())
     code = app.return_code
     return app.exit_status if code is None else code
