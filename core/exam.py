@@ -13,23 +13,34 @@ import re
 import shlex
 import shutil
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from codexloop.core import gitops
+from codexloop.core import gitops, shadow
+from codexloop.core.plugins import Installed, installed
+from codexloop.core.sandbox import find_python
 
+# Every file pytest 8 and 9 read for configuration (``_pytest/config/findpaths.py``: pytest 9
+# reads pytest.toml and .pytest.toml first), conftest.py, and what Python runs at start-up.
 PROTECTED_NAMES = frozenset(
     {
-        "conftest.py",
+        "pytest.toml",
+        ".pytest.toml",
         "pytest.ini",
+        ".pytest.ini",
         "tox.ini",
         "setup.cfg",
+        "conftest.py",
         "sitecustomize.py",
         "usercustomize.py",
     }
 )
 PYPROJECT = "pyproject.toml"
+# Where no configuration file is found, pytest takes the nearest folder above the tests with a
+# pyproject.toml (8.1+) or a setup.py as rootdir, and conftest.py files above it are not loaded.
+_ROOTDIR_MARKERS = frozenset({PYPROJECT, "setup.py"})
 PACKAGE_JSON = "package.json"
 # JavaScript test runners' configuration files.
 _JS_CONFIG = re.compile(
@@ -102,6 +113,10 @@ class Exam:
     command_files: tuple[str, ...] = ()  # what a custom test command names (see command_files)
     _targets: frozenset[str] = field(init=False)
     _files: list[str] | None = field(init=False, default=None)
+    _installed: Installed | None = field(init=False, default=None, repr=False)
+    _snapshot_names: dict[tuple[str, ...], tuple[frozenset[str], ...]] = field(
+        init=False, default_factory=dict, repr=False
+    )
 
     def __post_init__(self) -> None:
         self._targets = frozenset(self.target_files)
@@ -121,6 +136,8 @@ class Exam:
             return f"{path.name} is test configuration"
         if path.suffix == ".pth":
             return ".pth files change how Python starts"
+        if path.name.startswith("__init__.") and shadow.folder(rel) in self.target_folders():
+            return "it makes a package of the target tests (pytest imports it before them)"
         if _JS_CONFIG.fullmatch(path.name):
             return f"{path.name} is test configuration"
         if rel in self.command_files:
@@ -129,14 +146,76 @@ class Exam:
 
     def check_write(self, rel: str, old: bytes | None, new: bytes | None) -> str | None:
         """Refusal reason for changing ``rel`` from ``old`` to ``new`` (None: allowed)."""
-        reason = self.protection(rel)
-        if reason is not None:
-            return reason
-        if rel == PYPROJECT and _pytest_section(old) != _pytest_section(new):
+        reason = self.protection(rel) or self.config_change(rel, old, new)
+        if reason is None and new is not None:
+            reason = self.shadowing(rel)
+        return reason
+
+    def config_change(self, rel: str, old: bytes | None, new: bytes | None) -> str | None:
+        """Why going from ``old`` to ``new`` in a file that is only partly test configuration
+        changes the exam, or None: the pytest sections of any pyproject.toml, a rootdir
+        marker created or removed above the target tests, package.json's test sections."""
+        name = PurePosixPath(rel).name
+        if name == PYPROJECT and _pytest_section(old) != _pytest_section(new):
             return "the [tool.pytest] section of pyproject.toml is test configuration"
+        if (
+            name in _ROOTDIR_MARKERS
+            and (old is None) != (new is None)
+            and shadow.folder(rel) in self.target_folders()
+        ):
+            return f"a {name} in a folder above the target tests decides pytest's rootdir"
         if rel == PACKAGE_JSON and _package_test_sections(old) != _package_test_sections(new):
             return "the scripts and test-runner sections of package.json are test configuration"
         return None
+
+    def target_folders(self) -> frozenset[str]:
+        """The folders of the target test files and every folder above them (root: "")."""
+        return frozenset(folder for rel in self.target_files for folder in shadow.ancestors(rel))
+
+    def installed(self) -> Installed:
+        """What the project's interpreter has installed: asked once per session (blocking)."""
+        if self._installed is None:
+            self._installed = installed(find_python(self.repo))
+        return self._installed
+
+    def import_roots(self) -> list[str]:
+        """Folders the tests import top-level modules from: the sandbox root and ``src``
+        (first on PYTHONPATH), the target folders and the conftest.py folders (pytest puts
+        them first on sys.path)."""
+        conftests = {
+            shadow.folder(rel)
+            for rel in self.snapshot_files()
+            if PurePosixPath(rel).name == "conftest.py"
+        }
+        return sorted({"", "src", *self.target_folders(), *conftests})
+
+    def shadowing(self, rel: str) -> str | None:
+        """Why a new ``rel`` would shadow the standard library, pytest or an installed
+        distribution (or declare plugins as distribution metadata), or None. Names the
+        developer's snapshot has are never refused (blocking: asks the interpreter once)."""
+        if shadow.metadata_folder(rel) is None and not rel.endswith(shadow.IMPORTABLE):
+            return None  # no module, no metadata: nothing to look up
+        roots = self.import_roots()
+        key = tuple(roots)
+        if key not in self._snapshot_names:
+            self._snapshot_names[key] = shadow.snapshot_names(self.snapshot_files(), roots)
+        names, metadata = self._snapshot_names[key]
+        meta = shadow.metadata_folder(rel)
+        subs = [sub for root in roots if (sub := shadow.under(rel, root)) is not None]
+        new_names = {shadow.module_name(sub) for sub in subs} - {None} - names
+        if (meta is None or meta in metadata) and not new_names:
+            return None  # the developer's own names: no need to ask the interpreter
+        return shadow.reason(rel, roots, self.installed(), names, metadata)
+
+    def shadowing_paths(self, paths: Iterable[str]) -> list[tuple[str, str]]:
+        """The paths among ``paths`` (the sandbox's files) a command made that shadow an
+        installed module or declare plugins, with why: remove them before a test run."""
+        found: list[tuple[str, str]] = []
+        for rel in paths:
+            reason = self.shadowing(rel)
+            if reason is not None:
+                found.append((rel, reason))
+        return found
 
     def snapshot_files(self) -> list[str]:
         """Every file of the snapshot (blocking; listed once, the snapshot never changes)."""
