@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from codexloop.core import gitops, shadow
+from codexloop.core import gitops, safefs, shadow
 from codexloop.core.plugins import Installed, installed
 from codexloop.core.sandbox import find_python
 
@@ -50,6 +49,7 @@ _JS_CONFIG = re.compile(
 # The sections of package.json that decide how tests run.
 _PACKAGE_TEST_KEYS = ("scripts", "jest", "mocha", "ava", "vitest")
 _MAKEFILES = ("GNUmakefile", "makefile", "Makefile")
+MAX_EXAM_BYTES = 50_000_000  # a protected file larger than this is treated as not there
 
 
 def _package_test_sections(text: str | bytes | None) -> Any:
@@ -234,46 +234,56 @@ class Exam:
         return [*self.target_files, *found]
 
     def original(self, rel: str) -> bytes | None:
-        """The developer's version: their checkout for target files, the snapshot for config."""
+        """The developer's version: their checkout for target files, the snapshot for config.
+
+        The checkout is read without following links and only if the target is a regular
+        file there (a link or anything else: the snapshot's version)."""
         if rel in self._targets and self.from_checkout:
-            path = self.repo / rel
-            if path.is_file():
-                return path.read_bytes()
+            data = safefs.read_regular(self.repo, rel, limit=MAX_EXAM_BYTES)
+            if data is not None:
+                return data
         return gitops.read_blob(self.repo, self.base, rel)
 
     def restore(self, worktree: Path, changed: list[str]) -> list[str]:
         """Put every protected file back as the developer has it; return what was restored.
 
         ``changed`` are the paths that differ from the snapshot; target files are always
-        checked, since the developer may have edited them in the checkout.
+        checked, since the developer may have edited them in the checkout. The worktree is
+        the model's: nothing in it is followed. A symlink, FIFO or folder where a protected
+        file belongs, or a symlink or file where one of its folders belongs, is removed
+        itself (never what it points to) and the exam written in its place.
         """
         restored: list[str] = []
         for rel in sorted(set(changed) | self._targets):
             if self.protection(rel) is None and rel not in (PYPROJECT, PACKAGE_JSON):
                 continue
-            path = worktree / rel
-            current = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+            try:
+                found = safefs.kind(worktree, rel)
+            except safefs.UnsafePath:
+                found = "other"  # a folder on the way is a link or a file: replace it
+            current = (
+                safefs.read_regular(worktree, rel, limit=MAX_EXAM_BYTES)
+                if found == "file"
+                else None
+            )
+            clean = found is None or (found == "file" and current is not None)
             wanted = self.original(rel)
             if rel == PYPROJECT:
-                if _pytest_section(current) == _pytest_section(wanted):
+                if clean and _pytest_section(current) == _pytest_section(wanted):
                     continue
             elif rel == PACKAGE_JSON:
-                if _package_test_sections(current) == _package_test_sections(wanted):
+                if clean and _package_test_sections(current) == _package_test_sections(wanted):
                     continue
-            elif current == wanted and not (
-                path.is_symlink() or (current is None and path.exists())
-            ):
+            elif clean and current == wanted:
                 continue
-            self._replace(path, wanted)
+            self._replace(worktree, rel, wanted)
             restored.append(rel)
         return restored
 
     @staticmethod
-    def _replace(path: Path, content: bytes | None) -> None:
-        if path.is_symlink() or path.is_file():
-            path.unlink()
-        elif path.is_dir():
-            shutil.rmtree(path)
-        if content is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content)
+    def _replace(worktree: Path, rel: str, content: bytes | None) -> None:
+        if content is None:
+            safefs.remove(worktree, rel)
+        else:
+            safefs.remove(worktree, rel)  # a folder, link or FIFO there goes first
+            safefs.write_file(worktree, rel, content, replace_parents=True)

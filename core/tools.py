@@ -2,7 +2,12 @@
 
 Every path is relative to the sandbox root and confined to it: absolute paths,
 ``..`` and symlinks that lead outside are refused, and so is any change to the
-exam. Every failure becomes a clear result the model can read; nothing raises.
+exam. Files are read and written through core/safefs: no symlink is followed at any
+component, only regular files are opened (a FIFO, socket or device gets a clear
+error), writes replace the name atomically (never writing through a link or a hard
+link), and sizes are bounded. ``list_files`` shows a symlink as ``name -> target``
+without following it; ``grep`` skips links and special files. Every failure becomes a
+clear result the model can read; nothing raises.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import anyio
+from codexloop.core import safefs
 from codexloop.core.exam import Exam
 from codexloop.core.process import RunResult
 
@@ -24,6 +30,10 @@ MAX_READ_CHARS = 100_000
 MAX_RESULT_CHARS = 16_000
 MAX_LIST = 1_000
 MAX_GREP = 200
+MAX_FILE_BYTES = 8_000_000  # read_file, write_file, edit_file: larger files are refused
+MAX_GREP_FILE = 2_000_000  # grep skips larger files
+MAX_GREP_BYTES = 64_000_000  # and stops reading after this many bytes in one search
+MAX_WALK = 50_000  # entries one list_files or grep walks at most
 SKIP_DIRS = frozenset(
     {
         ".git",
@@ -166,16 +176,15 @@ class Tools:
                 parts.pop()
                 continue
             parts.append(part)
-        # Walk component by component: a symlink may not lead out of the sandbox.
-        current = self.root
-        for part in parts:
-            current = current / part
-            if current.is_symlink():
-                target = Path(os.path.realpath(current))
-                if target != self.root and self.root not in target.parents:
-                    raise Refused(f"{raw}: a symlink that leads outside the sandbox")
-        rel = "/".join(parts)
-        return rel or ".", self.root.joinpath(*parts)
+        # A symlink may lead elsewhere inside the sandbox, never out of it. The file
+        # operations then use the real path and follow no link at all (core/safefs), so
+        # a link swapped in meanwhile is refused, not followed.
+        lexical = self.root.joinpath(*parts)
+        real = Path(os.path.realpath(lexical))
+        if real != self.root and self.root not in real.parents:
+            raise Refused(f"{raw}: a symlink that leads outside the sandbox")
+        rel = real.relative_to(self.root).as_posix()
+        return rel or ".", real
 
     def _guard(self, rel: str, old: bytes | None, new: bytes | None) -> None:
         reason = self.exam.check_write(rel, old, new)
@@ -230,13 +239,49 @@ class Tools:
 
     # -- tools -----------------------------------------------------------------
 
+    def _kind(self, rel: str) -> safefs.Kind | None:
+        """What ``rel`` is, links not followed (None: missing)."""
+        try:
+            return safefs.kind(self.root, rel)
+        except safefs.UnsafePath as exc:
+            raise Refused(str(exc)) from None
+
+    @staticmethod
+    def _special(rel: str, kind: safefs.Kind | None) -> None:
+        if kind not in (None, "file", "dir"):
+            raise ToolError(
+                f"{rel} is {safefs.describe(kind)}, not a regular file: the tools only read "
+                "and write regular files"
+            )
+
+    def _read(self, rel: str, limit: int = MAX_FILE_BYTES) -> bytes:
+        try:
+            return safefs.read_file(self.root, rel, limit=limit)
+        except safefs.FileTooLarge as exc:
+            raise ToolError(
+                f"{rel} is too large to read whole ({exc.size} bytes); "
+                "use grep, or run_command with head, tail or sed"
+            ) from None
+        except safefs.NotRegularFile as exc:
+            raise ToolError(str(exc)) from None
+        except safefs.UnsafePath as exc:
+            raise Refused(str(exc)) from None
+
+    def _write(self, rel: str, data: bytes) -> None:
+        try:
+            safefs.write_file(self.root, rel, data)
+        except safefs.UnsafePath as exc:
+            raise Refused(str(exc)) from None
+
     def _read_file(self, args: dict[str, Any]) -> ToolOutcome:
-        rel, path = self.resolve(args.get("path"))
-        if path.is_dir():
+        rel, _path = self.resolve(args.get("path"))
+        kind = self._kind(rel)
+        if kind == "dir":
             raise ToolError(f"{rel} is a folder; use list_files")
-        if not path.is_file():
+        if kind is None:
             raise ToolError(f"{rel} does not exist")
-        data = path.read_bytes()
+        self._special(rel, kind)
+        data = self._read(rel)
         if b"\x00" in data[:8000]:
             raise ToolError(f"{rel} is a binary file ({len(data)} bytes)")
         text = data.decode("utf-8", errors="replace")
@@ -244,15 +289,16 @@ class Tools:
         return ToolOutcome(True, _cut(text, MAX_READ_CHARS), f"{rel} ({lines} lines)")
 
     def _write_file(self, args: dict[str, Any]) -> ToolOutcome:
-        rel, path = self.resolve(args.get("path"))
+        rel, _path = self.resolve(args.get("path"))
         content = self._str_arg(args, "content")
-        if path.is_dir():
+        kind = self._kind(rel)
+        if kind == "dir":
             raise ToolError(f"{rel} is a folder")
-        old = path.read_bytes() if path.is_file() else None
+        self._special(rel, kind)
+        old = self._read(rel) if kind == "file" else None
         new = content.encode()
         self._guard(rel, old, new)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(new)
+        self._write(rel, new)
         verb = "updated" if old is not None else "created"
         return ToolOutcome(
             True,
@@ -262,14 +308,16 @@ class Tools:
         )
 
     def _edit_file(self, args: dict[str, Any]) -> ToolOutcome:
-        rel, path = self.resolve(args.get("path"))
+        rel, _path = self.resolve(args.get("path"))
         old_text = self._str_arg(args, "old_text")
         new_text = self._str_arg(args, "new_text")
-        if not path.is_file():
+        kind = self._kind(rel)
+        self._special(rel, kind)
+        if kind != "file":
             raise ToolError(f"{rel} does not exist; use write_file to create it")
         if not old_text:
             raise ToolError("old_text is empty; give the exact text to replace")
-        data = path.read_bytes()
+        data = self._read(rel)
         text = data.decode("utf-8", errors="strict")
         count = text.count(old_text)
         if count == 0:
@@ -282,7 +330,7 @@ class Tools:
             )
         updated = text.replace(old_text, new_text, 1)
         self._guard(rel, data, updated.encode())
-        path.write_bytes(updated.encode())
+        self._write(rel, updated.encode())
         line = text[: text.index(old_text)].count("\n") + 1
         removed, added = len(old_text.splitlines()), len(new_text.splitlines())
         return ToolOutcome(
@@ -292,26 +340,36 @@ class Tools:
             changed=(rel,),
         )
 
-    def _walk(self, rel: str, base: Path) -> list[str]:
-        if base.is_file():
-            return [rel]
-        found: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames[:] = sorted(
-                d for d in dirnames if d not in SKIP_DIRS and not d.endswith(".egg-info")
-            )
-            for filename in sorted(filenames):
-                found.append(Path(dirpath, filename).relative_to(self.root).as_posix())
-        return found
+    def _walk(self, rel: str) -> tuple[list[safefs.Entry], bool]:
+        """Files and symlinks under ``rel`` (links not followed, special files left out),
+        and whether the walk stopped at MAX_WALK entries."""
+
+        def skip(name: str) -> bool:
+            return name in SKIP_DIRS or name.endswith(".egg-info")
+
+        try:
+            entries = list(safefs.walk(self.root, rel, skip_dir=skip, limit=MAX_WALK))
+        except FileNotFoundError:
+            raise ToolError(f"{rel} does not exist") from None
+        except safefs.UnsafePath as exc:
+            raise Refused(str(exc)) from None
+        found = [
+            e
+            for e in entries
+            if e.kind in ("file", "symlink") and e.rel.rsplit("/", 1)[-1] != ".git"
+        ]
+        return found, len(entries) >= MAX_WALK
 
     def _list_files(self, args: dict[str, Any]) -> ToolOutcome:
         raw = self._str_arg(args, "path", required=False) or "."
-        rel, base = self.resolve(raw)
-        if not base.exists():
-            raise ToolError(f"{rel} does not exist")
-        files = self._walk(rel, base)
+        rel, _base = self.resolve(raw)
+        entries, stopped = self._walk(rel)
+        # A symlink is shown as `name -> target`: its text, never what it points to.
+        files = [e.rel if e.kind == "file" else f"{e.rel} -> {e.link}" for e in entries]
         shown = files[:MAX_LIST]
         more = f"\n[... {len(files) - MAX_LIST} more files]" if len(files) > MAX_LIST else ""
+        if stopped:
+            more += f"\n[stopped after {MAX_WALK} entries: give a folder to list]"
         return ToolOutcome(
             True, "\n".join(shown) + more or "(no files)", f"{len(files)} files under {rel}"
         )
@@ -323,26 +381,36 @@ class Tools:
         except re.error as exc:
             raise ToolError(f"invalid regular expression: {exc}") from None
         raw = self._str_arg(args, "path", required=False) or "."
-        rel, base = self.resolve(raw)
-        if not base.exists():
+        rel, _base = self.resolve(raw)
+        kind = self._kind(rel)
+        if kind is None:
             raise ToolError(f"{rel} does not exist")
+        self._special(rel, kind)
+        entries, stopped = self._walk(rel)
         hits: list[str] = []
-        for file_rel in self._walk(rel, base):
-            path = self.root / file_rel
+        budget = MAX_GREP_BYTES
+        for entry in entries:
+            # Links are not followed: what a link inside the sandbox points to is searched
+            # under its own name; what is outside is not searched at all.
+            if entry.kind != "file" or entry.size > MAX_GREP_FILE or entry.size > budget:
+                continue
             try:
-                data = path.read_bytes()
+                data = safefs.read_file(self.root, entry.rel, limit=MAX_GREP_FILE)
             except OSError:
                 continue
-            if b"\x00" in data[:8000] or len(data) > 2_000_000:
+            budget -= len(data)
+            if b"\x00" in data[:8000]:
                 continue
             for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
                 if regex.search(line):
-                    hits.append(f"{file_rel}:{number}: {line[:300]}")
+                    hits.append(f"{entry.rel}:{number}: {line[:300]}")
                     if len(hits) >= MAX_GREP:
                         break
             if len(hits) >= MAX_GREP:
                 hits.append(f"[stopped at {MAX_GREP} matches]")
                 break
+        if stopped and len(hits) < MAX_GREP:
+            hits.append(f"[searched the first {MAX_WALK} entries only: give a folder]")
         return ToolOutcome(
             True, "\n".join(hits) or "no matches", f"{len(hits)} matches for /{pattern}/"
         )
