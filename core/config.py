@@ -15,7 +15,7 @@ from typing import Any
 
 from codexloop.core import gitops
 from codexloop.core.context import DEFAULT_CONTEXT_TOKENS, MIN_CONTEXT_TOKENS
-from codexloop.core.isolation import DEFAULT_MAX_MEMORY_GIB
+from codexloop.core.isolation import DEFAULT_MAX_MEMORY_GIB, DEFAULT_TMP_SIZE_MIB
 from codexloop.core.limits import DEFAULT_MAX_PROCESSES, MIN_MAX_PROCESSES
 
 OPENAI_HOST = "api.openai.com"
@@ -40,6 +40,7 @@ _FILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "max_processes": int,
     "context_tokens": int,
     "max_memory": int,
+    "tmp_size": int,
     "share": list,
     "task": str,
     "api": str,
@@ -73,6 +74,7 @@ class Settings:
     share: tuple[str, ...] | None = None
     continue_from: str | None = None
     api: str | None = None
+    tmp_size: int | None = None
     reasoning: str | None = None
 
 
@@ -99,6 +101,7 @@ class Config:
     target_files: tuple[str, ...] = field(default=())
     api: str = "auto"
     reasoning: str | None = None
+    tmp_size: int = DEFAULT_TMP_SIZE_MIB  # MiB of each tmpfs in the sandbox (RAM); 0: no limit
 
     @property
     def endpoint(self) -> str:
@@ -270,6 +273,9 @@ def load_config(
     )
     if max_memory < 0:
         raise ConfigError("--max-memory must be a number of GiB (0 for no limit)")
+    tmp_size = int(_first(settings.tmp_size, file_cfg.get("tmp_size"), DEFAULT_TMP_SIZE_MIB))
+    if tmp_size < 0:
+        raise ConfigError("--tmp-size must be a number of MiB (0 for no limit)")
     continue_from = None
     if settings.continue_from:
         continue_from = _preview_branch(repo, settings.continue_from)
@@ -307,4 +313,5 @@ def load_config(
         max_memory=max_memory,
         share=share,
         continue_from=continue_from,
+        tmp_size=tmp_size,
     )

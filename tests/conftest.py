@@ -40,7 +40,8 @@ def scripted_openai() -> Iterator[ScriptedOpenAI]:
 
 @pytest.fixture
 def no_bwrap(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A PATH with every program of the machine but bubblewrap: the degraded path."""
+    """A PATH with every program of the machine but bubblewrap, and only a system bwrap
+    allowed (not the bundled one): the degraded path."""
     bin_dir = tmp_path_factory.mktemp("bin-without-bwrap")
     for entry in os.environ["PATH"].split(os.pathsep):
         folder = Path(entry)
@@ -51,6 +52,7 @@ def no_bwrap(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
             if program.name != "bwrap" and not target.exists() and os.access(program, os.X_OK):
                 target.symlink_to(program)
     monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv("CODEXLOOP_BWRAP", "system")
     return bin_dir
 
 

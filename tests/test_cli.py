@@ -188,6 +188,7 @@ def test_an_unreachable_endpoint(make_repo) -> None:
         ([TARGET, "--max-processes", "4"], "--max-processes must be at least 16"),
         ([TARGET, "--context-tokens", "100"], "--context-tokens must be at least 2000"),
         ([TARGET, "--max-memory", "-1"], "--max-memory"),
+        ([TARGET, "--tmp-size", "-1"], "--tmp-size"),
         ([TARGET, "--frobnicate"], "--frobnicate"),
     ],
 )

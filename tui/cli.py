@@ -131,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 8; raise it for WebAssembly in Node.js or a JVM with a large heap)",
     )
     parser.add_argument(
+        "--tmp-size",
+        type=_non_negative_int,
+        metavar="MIB",
+        help="size of each RAM-backed temp folder in the sandbox (/tmp, /var/tmp, /dev/shm), "
+        "in MiB; 0 for no limit (default 1024)",
+    )
+    parser.add_argument(
         "--continue",
         dest="continue_from",
         metavar="BRANCH",
@@ -236,6 +243,7 @@ def run_loop(args: argparse.Namespace) -> int:
         max_processes=args.max_processes,
         context_tokens=args.context_tokens,
         max_memory=args.max_memory,
+        tmp_size=args.tmp_size,
         share=tuple(args.share) if args.share else None,
         continue_from=args.continue_from,
         test_timeout=args.test_timeout,
