@@ -236,6 +236,18 @@ class HunksReverted(Event):
 
 
 @dataclass(frozen=True)
+class Flagged(Event):
+    """A green change touches test machinery (code inside the test process can fake a pass:
+    an object equal to everything, patched pytest): shown, and not applied by ``--accept all``.
+    ``line`` 0 is the file as a whole (a binary, a metadata folder)."""
+
+    type: ClassVar[str] = "flagged"
+    path: str
+    line: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class Notice(Event):
     type: ClassVar[str] = "notice"
     level: Literal["info", "warning", "error"]

@@ -97,9 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--headless", action="store_true", help="no screen; JSON events on stdout")
     parser.add_argument(
         "--accept",
-        choices=("all", "none"),
+        choices=("none", "all", "flagged"),
         default="none",
-        help="headless: apply all hunks to the working tree when green (default none)",
+        help="headless: apply all hunks to the working tree when green (default none); a "
+        "green whose change is flagged (it touches test machinery) is applied only with flagged",
     )
     parser.add_argument(
         "--repo", type=Path, metavar="PATH", help="the git checkout (default: current directory)"
@@ -258,12 +259,16 @@ def run_loop(args: argparse.Namespace) -> int:
         config = load_config(settings)
     except (ConfigError, GitError) as exc:
         return _fail(str(exc))
-    if args.accept == "all" and not args.headless:
+    if args.accept != "none" and not args.headless:
         return _fail("--accept applies to --headless runs; in the app, review with v")
     if args.headless:
         from codexloop.tui.headless import run_headless
 
-        return run_headless(config, accept_all=args.accept == "all")
+        return run_headless(
+            config,
+            accept_all=args.accept in ("all", "flagged"),
+            accept_flagged=args.accept == "flagged",
+        )
     from codexloop.tui.app import run_app
 
     return run_app(config)

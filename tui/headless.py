@@ -1,7 +1,7 @@
 """Headless mode: the same loop, one JSON event per line on stdout, each flushed.
 
 Lines on standard input (when it is not a terminal) are steering messages for the
-model. SIGINT or SIGTERM stops the loop cleanly (exit 130).
+model. SIGINT, SIGTERM or SIGHUP (the terminal was closed) stops the loop cleanly (exit 130).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ async def print_events(
             try:
                 out.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
                 out.flush()
-            except BrokenPipeError:
+            except OSError:  # a closed pipe (| head), a hung-up terminal (EIO)
                 closed = True
                 _silence(out)
                 if on_closed is not None:
@@ -75,6 +75,7 @@ async def headless_session(
     out: TextIO,
     *,
     accept_all: bool = False,
+    accept_flagged: bool = False,
     read_stdin: bool = True,
     loop: Loop | None = None,
 ) -> int:
@@ -86,7 +87,7 @@ async def headless_session(
         except ModelError as exc:
             print(f"codexloop: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        loop = Loop(config, client=client, accept_all=accept_all)
+        loop = Loop(config, client=client, accept_all=accept_all, accept_flagged=accept_flagged)
     send_events, receive_events = event_channel()
     send_commands, receive_commands = event_channel()
     interrupted = output_closed = False
@@ -99,7 +100,7 @@ async def headless_session(
 
     async def watch_signals() -> None:
         nonlocal interrupted
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for _ in signals:
                 if interrupted:  # a second interrupt: give up at once
                     raise KeyboardInterrupt
@@ -126,20 +127,56 @@ async def headless_session(
         return EXIT_USAGE
     if interrupted:
         return EXIT_INTERRUPTED
+    held_back = result.status == "passed" and held_back_by_flags(loop)
+    if held_back:
+        report_flags(loop.flagged, result.branch)
     if (
         result.status == "passed"
         and not output_closed
+        and not held_back
         and (loop.applied is None or loop.applied.ok)
     ):
         return EXIT_GREEN
     return EXIT_RED
 
 
-def run_headless(config: Config, *, accept_all: bool = False, loop: Loop | None = None) -> int:
+def held_back_by_flags(loop: Loop) -> bool:
+    """``--accept all`` and a flagged green: nothing was applied, and the run is not green."""
+    return loop.accept_all and not loop.accept_flagged and bool(loop.flagged)
+
+
+def report_flags(flagged: list[ev.Flagged], branch: str) -> None:
+    """The flags on standard error, one a line, and what to do about them."""
+    print(
+        "codexloop: green, but not applied: the change touches test machinery "
+        "(code inside the test process can fake a pass):",
+        file=sys.stderr,
+    )
+    for flag in flagged:
+        where = f"{flag.path}:{flag.line}" if flag.line else flag.path
+        print(f"  {where}: {flag.reason}", file=sys.stderr)
+    print(
+        f"codexloop: review branch {branch}, or run again with --accept flagged to apply it anyway",
+        file=sys.stderr,
+    )
+
+
+def run_headless(
+    config: Config,
+    *,
+    accept_all: bool = False,
+    accept_flagged: bool = False,
+    loop: Loop | None = None,
+) -> int:
     try:
         return anyio.run(
             functools.partial(
-                headless_session, config, sys.stdout, accept_all=accept_all, loop=loop
+                headless_session,
+                config,
+                sys.stdout,
+                accept_all=accept_all,
+                accept_flagged=accept_flagged,
+                loop=loop,
             )
         )
     except KeyboardInterrupt:

@@ -4,18 +4,25 @@ Files on the left with their counts, hunks on the right, each pending, accepted 
 rejected. ``enter`` applies the accepted hunks to the working tree three-way (a
 conflict changes nothing and is shown); rejected hunks with a comment go back to the
 model, and the loop goes on from there.
+
+A hunk whose added lines touch test machinery (an ``__eq__`` that returns True, a patch of
+pytest, a trace function: what code inside the test process can fake) carries a warning
+mark and the reasons, from :func:`codexloop.core.flags.for_commit`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
 from codexloop.core import events as ev
 from codexloop.core.diff import FileChange, Hunk, apply_selected, changes
-from codexloop.core.gitops import ApplyResult
+from codexloop.core.flags import Flag, for_commit
+from codexloop.core.gitops import ApplyResult, GitError
 from codexloop.tui.css import stylesheet
+from rich.console import Group
 from rich.syntax import Syntax
 from rich.text import Text
 from textual import work
@@ -29,6 +36,8 @@ from textual.widgets.option_list import Option
 Decision = Literal["pending", "accepted", "rejected"]
 SHOWN_LINES = 400  # of one hunk or file in the review; its decision still covers all of it
 MARKS = {"pending": ("·", "dim"), "accepted": ("✓", "bold green"), "rejected": ("✗", "bold red")}
+FLAG_MARK = "⚠ flagged"
+FLAG_STYLE = "bold yellow"
 
 
 @dataclass
@@ -39,6 +48,7 @@ class Item:
     hunk: Hunk | None
     decision: Decision = "pending"
     comment: str = ""
+    flags: list[Flag] = field(default_factory=list)  # what in it touches test machinery
 
     @property
     def key(self) -> tuple[str, int]:
@@ -53,6 +63,14 @@ class Item:
         return "\n".join(
             [*lines[:SHOWN_LINES], f"[... {len(lines) - SHOWN_LINES} more lines not shown ...]"]
         )
+
+    def covers(self, flag: Flag) -> bool:
+        """Whether ``flag`` (a line of the new version) falls in this hunk."""
+        if flag.path != self.change.path:
+            return False
+        if self.hunk is None:
+            return True
+        return self.hunk.new_start <= flag.line < self.hunk.new_start + max(self.hunk.new_count, 1)
 
     def _full_text(self) -> str:
         if self.hunk is not None:
@@ -104,15 +122,29 @@ class HunkView(Static):
         self.refresh_view()
 
     def refresh_view(self) -> None:
-        mark, style = MARKS[self.item.decision]
+        item = self.item
+        mark, style = MARKS[item.decision]
         title = Text.assemble(
-            (f" {mark} {self.item.decision} ", style), (f" {self.item.change.path}", "bold")
+            (f" {mark} {item.decision} ", style), (f" {item.change.path}", "bold")
         )
-        if self.item.comment:
-            title.append(f"  “{self.item.comment}”", style="italic")
+        if item.flags:
+            title.append(f"  {FLAG_MARK} ", style=FLAG_STYLE)
+        if item.comment:
+            title.append(f"  “{item.comment}”", style="italic")
         self.border_title = title
-        self.set_classes(f"hunk {self.item.decision}")
-        self.update(Syntax(self.item.text(), "diff", theme="ansi_dark", word_wrap=True))
+        self.set_classes(f"hunk {item.decision}{' flagged' if item.flags else ''}")
+        diff = Syntax(item.text(), "diff", theme="ansi_dark", word_wrap=True)
+        if not item.flags:
+            self.update(diff)
+            return
+        warnings = [
+            Text(
+                f"{FLAG_MARK}: {f'line {flag.line}: ' if flag.line else ''}{flag.reason}",
+                FLAG_STYLE,
+            )
+            for flag in item.flags
+        ]
+        self.update(Group(*warnings, diff))
 
 
 class ReviewScreen(Screen[ReviewOutcome | None]):
@@ -137,6 +169,7 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
         self.head = head
         self.leave_out = leave_out  # the exam: the developer's own edits are not up for review
         self.items: list[Item] = []
+        self.flags: list[Flag] = []
         self.cursor = 0
 
     def compose(self) -> ComposeResult:
@@ -153,8 +186,13 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
         self.load()
 
     @work(thread=True, exclusive=True)
-    def load(self) -> list[FileChange]:
-        return changes(self.repo, self.base, self.head, self.leave_out)
+    def load(self) -> tuple[list[FileChange], list[Flag]]:
+        found = changes(self.repo, self.base, self.head, self.leave_out)
+        try:
+            flags = for_commit(self.repo, self.base, self.head, self.leave_out)
+        except (GitError, OSError) as exc:  # unchecked is shown, never taken as clean
+            flags = [Flag("", 0, f"the change could not be checked for test machinery ({exc})")]
+        return found, flags
 
     async def on_worker_state_changed(self, event: object) -> None:
         from textual.worker import WorkerState
@@ -165,17 +203,27 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
         if not self.is_attached:
             return  # dismissed (escape) before its work was done: nothing to show
         if worker.name == "load":
-            await self._show(worker.result)
+            await self._show(*worker.result)
         elif worker.name == "apply_now":
             self._applied(worker.result)
 
-    async def _show(self, found: list[FileChange]) -> None:
+    async def _show(self, found: list[FileChange], flags: Sequence[Flag] = ()) -> None:
         self.items = []
         for change in found:
             if change.whole:
                 self.items.append(Item(change, None))
             else:
                 self.items.extend(Item(change, hunk) for hunk in change.hunks)
+        self.flags = list(flags)
+        for flag in self.flags:
+            owner = next((i for i in self.items if i.covers(flag)), None)
+            if owner is None:  # a line outside every hunk, or a file as a whole: its first
+                owner = next((i for i in self.items if i.change.path == flag.path), None)
+            if owner is None and self.items:
+                owner = self.items[0]
+            if owner is not None:
+                owner.flags.append(flag)
+        flagged_paths = {f.path for f in self.flags}
         files = self.query_one("#review-files", OptionList)
         files.clear_options()
         for change in found:
@@ -186,6 +234,8 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
                 label.append(
                     f"  {'binary ' if change.binary else ''}{change.status}", style="italic"
                 )
+            if change.path in flagged_paths:
+                label.append("  ⚠", style=FLAG_STYLE)
             files.add_option(Option(label, id=change.path))
         hunks = self.query_one("#review-hunks", VerticalScroll)
         await hunks.remove_children()
@@ -193,9 +243,20 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
         if not self.is_attached:
             return
         title = f"Review · {len(found)} files, {len(self.items)} hunks against the snapshot"
-        self.query_one("#review-title", Label).update(
-            title if self.items else "Review · no changes"
-        )
+        heading = Text(title if self.items else "Review · no changes")
+        if self.flags:
+            warning = (
+                f" · {FLAG_MARK}: {len(self.flags)} line(s) touch test machinery "
+                "(code in the test process can fake a pass)"
+            )
+            heading.append(warning, style=FLAG_STYLE)
+            self.notify(
+                f"{len(self.flags)} flagged line(s): the change touches test machinery; "
+                "check the marked hunks before you accept them",
+                severity="warning",
+                timeout=10,
+            )
+        self.query_one("#review-title", Label).update(heading)
         self._focus_cursor()
 
     # -- decisions -----------------------------------------------------------------
