@@ -190,6 +190,16 @@ class TestFinished(Event):
 
 
 @dataclass(frozen=True)
+class TamperDetected(Event):
+    """A run whose canary tests came out wrong (or missing): its verdict was not the
+    tests' own, so the run is red."""
+
+    type: ClassVar[str] = "tamper_detected"
+    iteration: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class IterationFinished(Event):
     type: ClassVar[str] = "iteration_finished"
     iteration: int

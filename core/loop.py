@@ -18,6 +18,7 @@ import difflib
 import math
 import re
 import secrets
+import shlex
 import shutil
 import time
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ import openai
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from codexloop.core import events as ev
-from codexloop.core import gitops, record
+from codexloop.core import gitops, plugins, record
 from codexloop.core.config import Config
 from codexloop.core.context import (
     CHARS_PER_TOKEN,
@@ -59,7 +60,14 @@ from codexloop.core.model import (
 )
 from codexloop.core.process import RunResult
 from codexloop.core.sandbox import ExamPlace, Sandbox, find_python, session_name
-from codexloop.core.testrun import Verdict, default_args, default_command, judge, junit_env
+from codexloop.core.testrun import (
+    Canary,
+    Verdict,
+    default_args,
+    default_command,
+    judge,
+    junit_env,
+)
 from codexloop.core.tools import TOOL_SCHEMAS, Tools
 from codexloop.core.trace import TraceWriter, traces_dir
 from codexloop.core.warm import WarmError, WarmRunner
@@ -175,6 +183,9 @@ class Loop:
         self._place: ExamPlace | None = None  # where the exam runs (the run tree)
         self._candidate: record.Scan | None = None  # what the last run tested
         self._left_out_seen: set[tuple[str, str]] = set()
+        self._plugin_args = ""  # -p for each plugin installed at the start
+        self._canary_on = True  # the engine's own tests in every run (see testrun.Canary)
+        self._reported = False  # a run wrote a JUnit report: every later run must too
 
     # -- plumbing --------------------------------------------------------------
 
@@ -288,6 +299,12 @@ class Loop:
                 )
             )
         self._place = await anyio.to_thread.run_sync(sandbox.exam_place)
+        # Plugins load from what was installed now, never from what the model adds later.
+        installed = await anyio.to_thread.run_sync(exam.installed)
+        words = shlex.split(self.test_command) if self.test_command else []
+        self._plugin_args = " ".join(
+            plugins.pytest_plugin_args(installed.plugins, disabled=plugins.disabled_plugins(words))
+        )
         if config.warm and config.test_cmd is None:
             self.warm = WarmRunner(self._place, python)  # type: ignore[arg-type]
         tools = Tools(
@@ -861,8 +878,20 @@ class Loop:
             await self.emit(ev.ExamRestored(tuple(attempts)))
         with self._timed("record"):
             # The candidate is recorded before it is tested, and the exam runs on exactly
-            # that tree (the run tree), never in the model's worktree.
-            scan = await anyio.to_thread.run_sync(sandbox.scan)
+            # that tree (the run tree), never in the model's worktree. Modules a command made
+            # that shadow installed ones, and plugin metadata, stay out of it.
+            shadowing = await anyio.to_thread.run_sync(exam.shadowing_paths, changed)
+            if shadowing:
+                await self.emit(
+                    ev.Notice(
+                        "warning",
+                        "left out of the test run: "
+                        + "; ".join(f"{rel} ({why})" for rel, why in shadowing),
+                    )
+                )
+            scan = await anyio.to_thread.run_sync(
+                sandbox.scan, {rel: None for rel, _why in shadowing}
+            )
             await self._note_left_out(scan)
             place = self._place
             assert place is not None
@@ -873,7 +902,9 @@ class Loop:
         await self.emit(ev.TestStarted(iteration, test_command))
         junit = run_tmp / "report" / f"junit-{secrets.token_hex(8)}.xml"
         junit.parent.mkdir()
-        run_env = {"TMPDIR": str(run_tmp)}
+        run_env = {"TMPDIR": str(run_tmp), **junit_env(junit)}
+        run_env["PYTEST_ADDOPTS"] += f" {self._plugin_args}"
+        run_env.update(plugins.PLUGIN_ENV)
         if sandbox.isolation.active:
             run_env["HOME"] = str(run_tmp / "home")
 
@@ -882,12 +913,19 @@ class Loop:
             if text:
                 await self.emit(ev.TestOutput(text))
 
+        canary = Canary.new() if self._canary_on and self.config.test_cmd is None else None
+        extra_args: list[str] = []
+        if canary is not None:  # placed last: a user's -x stops after the targets ran
+            await anyio.to_thread.run_sync(
+                (place.worktree / canary.filename).write_text, canary.source()
+            )
+            extra_args.append(canary.filename)
         run = None
         if self.warm is not None:
             try:
                 run = await self.warm.run(
-                    default_args(self.config.targets),
-                    extra_env={**junit_env(junit), **self._display_env(), **run_env},
+                    [*default_args(self.config.targets), *extra_args],
+                    extra_env={**self._display_env(), **run_env},
                     timeout=self.config.test_timeout,
                     on_output=on_output,
                     changed=changed,
@@ -899,15 +937,29 @@ class Loop:
                 )
         if run is None:
             run = await place.run(
-                test_command,
+                " ".join([test_command, *map(shlex.quote, extra_args)]),
                 timeout=self.config.test_timeout,
                 on_output=on_output,
-                extra_env={**junit_env(junit), **self._display_env(), **run_env},
+                extra_env={**self._display_env(), **run_env},
             )
         with self._timed("verdict"):
+            strict = self.config.test_cmd is None or self._reported
             verdict = await anyio.to_thread.run_sync(
-                partial(judge, self.config.targets, run, junit, strict=self.config.test_cmd is None)
+                partial(judge, self.config.targets, run, junit, strict=strict, canary=canary)
             )
+            if iteration == 0 and canary is not None and verdict.tampered and not verdict.cases:
+                # Before any model turn: the project's pytest setup does not collect the
+                # canary (python_functions, a plugin that deselects): judge without it.
+                self._canary_on = False
+                await self.emit(
+                    ev.Notice("info", f"canary tests are off for this session: {verdict.tampered}")
+                )
+                verdict = await anyio.to_thread.run_sync(
+                    partial(judge, self.config.targets, run, junit, strict=strict)
+                )
+        self._reported = self._reported or verdict.reported
+        if verdict.tampered:
+            await self.emit(ev.TamperDetected(iteration, verdict.tampered))
         self.test_outcomes.append(verdict.passed)
         await self.emit(
             ev.TestFinished(

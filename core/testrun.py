@@ -7,9 +7,10 @@ targets are red.
 
 from __future__ import annotations
 
+import secrets
 import shlex
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from codexloop.core.process import RunResult
@@ -37,6 +38,60 @@ class Verdict:
     summary: str  # one line for people
     digest: str  # what the model reads when red
     cases: tuple[Case, ...] = field(default=())
+    tampered: str | None = None  # why the run's results cannot be trusted
+    reported: bool = True  # the run wrote a JUnit report
+
+
+@dataclass(frozen=True)
+class Canary:
+    """Two tests of the engine's own in every run, with random names and values the model
+    never sees before the run: one must pass, one must fail with ``token`` in its message. A
+    run that reports them otherwise (a patched report, a patched ``runtest``, a forged or
+    rewritten report file) is not the tests' own verdict."""
+
+    module: str
+    passing: str
+    failing: str
+    token: str
+
+    @classmethod
+    def new(cls) -> Canary:
+        tag = secrets.token_hex(6)
+        return cls(
+            f"test_codexloop_{tag}",
+            f"test_{secrets.token_hex(5)}",
+            f"test_{secrets.token_hex(5)}",
+            secrets.token_hex(8),
+        )
+
+    @property
+    def filename(self) -> str:
+        return f"{self.module}.py"
+
+    def source(self) -> str:
+        a, b = secrets.randbelow(10**6), secrets.randbelow(10**6)
+        return (
+            f"def {self.passing}():\n    assert {a} + {b} == {a + b}\n\n\n"
+            f"def {self.failing}():\n    assert {a} == {a + 1}, {self.token!r}\n"
+        )
+
+    def check(self, cases: list[Case]) -> str | None:
+        """Why the canary's results are wrong (None: they are right)."""
+        ours = {c.name: c for c in cases if c.name in (self.passing, self.failing)}
+        passing, failing = ours.get(self.passing), ours.get(self.failing)
+        if passing is None or failing is None:
+            return "the engine's canary tests are missing from the report"
+        if passing.outcome != "passed":
+            return f"the canary test that must pass came out {passing.outcome}"
+        if failing.outcome != "failed" or self.token not in failing.message + failing.detail:
+            return (
+                f"the canary test that must fail came out {failing.outcome}: "
+                "test results were altered inside the test process"
+            )
+        return None
+
+    def strip(self, cases: list[Case]) -> list[Case]:
+        return [c for c in cases if c.name not in (self.passing, self.failing)]
 
 
 def default_args(targets: tuple[str, ...]) -> list[str]:
@@ -138,13 +193,20 @@ def _by_exit_code(run: RunResult) -> Verdict:
 
 
 def judge(
-    targets: tuple[str, ...], run: RunResult, junit_path: Path, *, strict: bool = True
+    targets: tuple[str, ...],
+    run: RunResult,
+    junit_path: Path,
+    *,
+    strict: bool = True,
+    canary: Canary | None = None,
 ) -> Verdict:
     """Decide green or red from the exit code and the JUnit report, and digest any failure.
 
     ``strict``: a run without a JUnit report is red (the default pytest command always
-    writes one). A custom test command that runs no pytest (``npm test``, ``make check``)
-    writes none: with ``strict`` off it is judged by its exit code alone.
+    writes one, and so does any run once an earlier run of the session did). A custom test
+    command that runs no pytest (``npm test``, ``make check``) writes none: with ``strict``
+    off it is judged by its exit code alone. ``canary``: the engine's own tests in this run;
+    wrong results for them make the run red, with :attr:`Verdict.tampered` saying why.
     """
     if run.timed_out:
         return Verdict(
@@ -154,14 +216,31 @@ def judge(
         )
     cases = parse_junit(junit_path)
     if cases is None and not strict:
-        return _by_exit_code(run)
+        return replace(_by_exit_code(run), reported=False)
     if cases is None:
         reason = f"exit code {run.exit_code}, no test report"
         return Verdict(
             False,
             reason,
-            f"The test run gave no report ({reason}). Output:\n{_cut(run.output, DIGEST_CHARS)}",
+            f"The test run gave no report ({reason}): a run that ends before pytest "
+            f"finished is red. Output:\n{_cut(run.output, DIGEST_CHARS)}",
+            reported=False,
         )
+    expected_exit = 0
+    if canary is not None:
+        tampered = canary.check(cases)
+        if tampered is not None:
+            return Verdict(
+                False,
+                "results tampered with",
+                f"The test results cannot be trusted ({tampered}). The engine checks every run "
+                "with tests of its own; code that patches pytest, the test report or the "
+                "process's exit makes the run red. Fix the code under test instead.",
+                tuple(canary.strip(cases)),
+                tampered=tampered,
+            )
+        cases = canary.strip(cases)
+        expected_exit = 1  # the canary that must fail fails
     problems: list[str] = []
     for target in targets:
         matched = cases_for_target(target, cases)
@@ -174,7 +253,7 @@ def judge(
                 )
     failing = [c for c in cases if c.outcome in ("failed", "error")]
     passed_count = sum(c.outcome == "passed" for c in cases)
-    green = run.exit_code == 0 and not failing and not problems and passed_count > 0
+    green = run.exit_code == expected_exit and not failing and not problems and passed_count > 0
     summary = f"{passed_count} passed, {len(failing)} failed"
     if problems and not failing:
         summary += f", {len(problems)} target problem(s)"
