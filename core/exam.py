@@ -255,7 +255,9 @@ class Exam:
         """
         restored: list[str] = []
         for rel in sorted(set(changed) | self._targets):
-            if self.protection(rel) is None and rel not in (PYPROJECT, PACKAGE_JSON):
+            partial = self.protection(rel) is None  # a file only partly test configuration
+            name = PurePosixPath(rel).name
+            if partial and name not in (PYPROJECT, PACKAGE_JSON, *_ROOTDIR_MARKERS):
                 continue
             try:
                 found = safefs.kind(worktree, rel)
@@ -268,11 +270,8 @@ class Exam:
             )
             clean = found is None or (found == "file" and current is not None)
             wanted = self.original(rel)
-            if rel == PYPROJECT:
-                if clean and _pytest_section(current) == _pytest_section(wanted):
-                    continue
-            elif rel == PACKAGE_JSON:
-                if clean and _package_test_sections(current) == _package_test_sections(wanted):
+            if partial:
+                if clean and self.config_change(rel, wanted, current) is None:
                     continue
             elif clean and current == wanted:
                 continue

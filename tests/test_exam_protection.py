@@ -241,3 +241,18 @@ async def test_the_model_is_told_why_and_the_loop_goes_on(make_repo, scripted_op
     listed = run_git(repo, "ls-tree", "-r", "--name-only", result.branch).split()
     assert not {"tests/__init__.py", "sub/pytest.toml", "platform.py"} & set(listed)
     assert not (Path(result.worktree) / "platform.py").exists()
+
+
+@pytest.mark.parametrize("rel", ["tests/pyproject.toml", "sub/pyproject.toml", "tests/setup.py"])
+def test_config_a_command_made_at_any_depth_is_put_back_before_a_run(
+    exam: Exam, tmp_path: Path, rel: str
+) -> None:
+    """A command is not refused like a tool: whatever test configuration it made below the
+    root is removed before the run (the pytest sections of a pyproject.toml at any depth, a
+    rootdir marker above the tests)."""
+    worktree = tmp_path / "wt"
+    (worktree / rel).parent.mkdir(parents=True)
+    (worktree / rel).write_text('[tool.pytest.ini_options]\naddopts = "-p no:python"\n')
+    restored = exam.restore(worktree, [rel])
+    assert rel in restored
+    assert not (worktree / rel).exists()
