@@ -687,17 +687,24 @@ def _prune_empty_dirs(repo: Path, path: str) -> None:
 
 
 def apply_changes(
-    repo: Path, base: str, result: str, paths: Collection[str] | None = None
+    repo: Path,
+    base: str,
+    result: str,
+    paths: Collection[str] | None = None,
+    leave_out: Collection[str] = (),
 ) -> ApplyResult:
     """Bring the changes from commit ``base`` to ``result`` into the working tree of ``repo``.
 
     Per file, three-way: base = the snapshot, theirs = the result, ours = the file on disk
     now, so edits the developer made meanwhile are kept. All or nothing: if any file
-    conflicts, nothing is written. ``paths`` limits the apply to those repo-relative paths.
-    The index is never touched.
+    conflicts, nothing is written. ``paths`` limits the apply to those repo-relative paths;
+    ``leave_out`` are never written (the exam: the developer's own). The index is never
+    touched.
     """
     repo = Path(repo)
     changes = _changes(repo, base, result)
+    for rel in leave_out:
+        changes.pop(rel, None)
     if paths is not None:
         wanted = {p.removeprefix("./") for p in paths}
         changes = {p: c for p, c in changes.items() if p in wanted}

@@ -184,6 +184,7 @@ class Loop:
         self._candidate: record.Scan | None = None  # what the last run tested
         self._left_out_seen: set[tuple[str, str]] = set()
         self._plugin_args = ""  # -p for each plugin installed at the start
+        self._green_commit: str | None = None  # the last commit that was tested green
         self._canary_on = True  # the engine's own tests in every run (see testrun.Canary)
         self._reported = False  # a run wrote a JUnit report: every later run must too
 
@@ -389,6 +390,10 @@ class Loop:
                     except ModelError as exc:
                         status, reason = "failed", f"model error: {exc}"
                         await self.emit(ev.Notice("error", reason))
+                    except (gitops.GitError, OSError) as exc:
+                        # Whatever the sandbox holds, the session ends cleanly and says why.
+                        status, reason = "failed", f"the engine could not go on: {exc}"
+                        await self.emit(ev.Notice("error", reason))
                 if self._work_scope.cancelled_caught:
                     status, reason = "stopped", self._control.stop_reason or "stopped"
                 tg.cancel_scope.cancel()
@@ -403,8 +408,10 @@ class Loop:
                     status
                 ]
                 await self._set_state(final_state)
-                if status == "passed" and head is not None:
-                    await self._apply_all(head)  # flags the change, applies it if asked
+                # What went green is what was tested: the green iteration's commit.
+                green = self._green_commit or head
+                if status == "passed" and green is not None:
+                    await self._apply_all(green)  # flags the change, applies it if asked
                 await self.emit(
                     ev.LoopFinished(
                         status, iterations, sandbox.branch, str(sandbox.worktree), reason
@@ -487,7 +494,13 @@ class Loop:
             )
             return
         result = await anyio.to_thread.run_sync(
-            gitops.apply_changes, self.config.repo, self.sandbox.base, head
+            partial(
+                gitops.apply_changes,
+                self.config.repo,
+                self.sandbox.base,
+                head,
+                leave_out=self.config.target_files,  # the exam is yours, never written
+            )
         )
         self.applied = result
         await self.emit(
@@ -550,6 +563,7 @@ class Loop:
                 )
             )
             if verdict.passed:
+                self._green_commit = commit or self._green_commit
                 if not self.review or not await self._await_review(iteration, commit):
                     return "passed", iteration, ""
                 budget_end = iteration + config.max_iterations  # a fresh budget for the feedback
@@ -882,10 +896,11 @@ class Loop:
             # that shadow installed ones, and plugin metadata, stay out of it.
             shadowing = await anyio.to_thread.run_sync(exam.shadowing_paths, changed)
             if shadowing:
+                await anyio.to_thread.run_sync(_remove_all, sandbox, [r for r, _w in shadowing])
                 await self.emit(
                     ev.Notice(
                         "warning",
-                        "left out of the test run: "
+                        "removed before the test run: "
                         + "; ".join(f"{rel} ({why})" for rel, why in shadowing),
                     )
                 )
@@ -974,6 +989,15 @@ class Loop:
         if not verdict.passed:
             await self._set_state("red")
         return verdict
+
+
+def _remove_all(sandbox: Sandbox, paths: list[str]) -> None:
+    """Remove what a command made that may not be there (never through a link)."""
+    from codexloop.core import safefs
+
+    for rel in paths:
+        with contextlib.suppress(OSError):
+            safefs.remove(sandbox.worktree, rel)
 
 
 def _fresh_run_folder(tmp: Path) -> Path:

@@ -183,3 +183,24 @@ async def test_what_a_run_writes_never_reaches_the_branch(make_repo, scripted_op
     assert "conftest.py" not in listing and "pytest.toml" not in listing
     # The worktree (the model's) never saw the run's writes either.
     assert not (result.worktree / "conftest.py").exists()
+
+
+async def test_a_module_a_command_made_to_shadow_pytest_is_removed_before_the_run(
+    make_repo, scripted_openai
+) -> None:
+    repo = make_repo(KATA)
+    command = (
+        "mkdir -p pytest && printf 'import sys\\nsys.exit(0)\\n' > pytest/__init__.py && "
+        "cp pytest/__init__.py pytest/__main__.py"
+    )
+    scripted_openai.add(
+        Reply(tool_calls=[Call("run_command", {"command": command})]), Reply(text="Done.")
+    )
+    config = make_config(repo, scripted_openai.base_url, max_iterations=1, warm=False)
+    result, events = await run_loop(config)
+
+    _assert_red(result, events)
+    notices = " ".join(n.message for n in of_type(events, ev.Notice))
+    assert "removed before the test run" in notices and "pytest/__init__.py" in notices
+    assert not (result.worktree / "pytest" / "__init__.py").exists()
+    assert "pytest/" not in run_git(repo, "ls-tree", "-r", "--name-only", result.branch)

@@ -366,6 +366,19 @@ def test_apply_clean(session: Callable[..., Session]) -> None:
     assert run_git(s.repo, "status", "--porcelain") == " M a.py\n"
 
 
+def test_apply_never_writes_what_is_left_out(session: Callable[..., Session]) -> None:
+    """The exam is the developer's: a result that records another version of it (they edited
+    it mid-loop, and again since) applies everything else and leaves it alone."""
+    s = session({"a.py": "one\n", "tests/test_a.py": "v1\n"})
+    result = s.model_writes({"a.py": b"two\n", "tests/test_a.py": b"v2\n"})
+    (s.repo / "tests/test_a.py").write_text("v3\n")
+
+    applied = gitops.apply_changes(s.repo, s.base, result, leave_out=("tests/test_a.py",))
+
+    assert applied.ok and applied.written == ["a.py"]
+    assert (s.repo / "tests/test_a.py").read_text() == "v3\n"
+
+
 def test_apply_keeps_developer_edit_to_another_file(
     session: Callable[..., Session],
 ) -> None:
