@@ -26,6 +26,8 @@ OutputCallback = Callable[[str], Awaitable[None]]
 
 DEFAULT_KEEP = 1 << 20  # characters kept per run (head + tail)
 DEFAULT_HARD_LIMIT = 64 << 20  # bytes read before the run is killed
+LIVE_HEAD = 256 << 10  # characters streamed live per command before the cut
+LIVE_TAIL = 64 << 10  # characters streamed at the end of a cut command
 _READ_SIZE = 1 << 16
 _KILL_GRACE_S = 2.0
 _DRAIN_GRACE_S = 0.5
@@ -41,9 +43,14 @@ _UNSAFE_ESCAPES = re.compile(
 )
 
 
+_NEEDS_SANITIZING = re.compile(
+    r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
+)  # ESC and the controls but \t \n \r
+
+
 def sanitize_terminal(text: str) -> str:
     """Strip escape sequences that could act on the developer's terminal; keep colours."""
-    if "\x1b" not in text and not any(ord(c) < 32 and c not in "\t\n\r" for c in text):
+    if _NEEDS_SANITIZING.search(text) is None:
         return text
     return _UNSAFE_ESCAPES.sub("", text)
 
@@ -58,6 +65,34 @@ class RunResult:
     killed_for_output: bool = False
 
 
+class _Tail:
+    """The last ``size`` characters of a stream, and how many went before them."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.parts: deque[str] = deque()
+        self.length = 0
+        self.dropped = 0
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+        self.length += len(text)
+        while self.length > self.size:
+            excess = self.length - self.size
+            first = self.parts[0]
+            if len(first) <= excess:
+                self.parts.popleft()
+                self.length -= len(first)
+                self.dropped += len(first)
+            else:
+                self.parts[0] = first[excess:]
+                self.length -= excess
+                self.dropped += excess
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
 class _HeadTail:
     """Keep the first and last ``keep // 2`` characters of a stream."""
 
@@ -65,9 +100,11 @@ class _HeadTail:
         self.half = max(keep // 2, 1)
         self.head: list[str] = []
         self.head_len = 0
-        self.tail: deque[str] = deque()
-        self.tail_len = 0
-        self.dropped = 0
+        self.tail = _Tail(self.half)
+
+    @property
+    def dropped(self) -> int:
+        return self.tail.dropped
 
     def add(self, text: str) -> None:
         if self.head_len < self.half:
@@ -75,28 +112,58 @@ class _HeadTail:
             self.head.append(text[:room])
             self.head_len += min(room, len(text))
             text = text[room:]
-        if not text:
-            return
-        self.tail.append(text)
-        self.tail_len += len(text)
-        while self.tail_len > self.half:
-            excess = self.tail_len - self.half
-            first = self.tail[0]
-            if len(first) <= excess:
-                self.tail.popleft()
-                self.tail_len -= len(first)
-                self.dropped += len(first)
-            else:
-                self.tail[0] = first[excess:]
-                self.tail_len -= excess
-                self.dropped += excess
+        if text:
+            self.tail.add(text)
 
     def text(self) -> str:
         head = "".join(self.head)
-        tail = "".join(self.tail)
+        tail = self.tail.text()
         if self.dropped:
             return f"{head}\n[... {self.dropped} characters cut ...]\n{tail}"
         return head + tail
+
+
+class LiveCap:
+    """What a command streams live: its first ``head`` characters, then one marker, and when
+    it ends its last ``tail`` characters after the count of what was left out.
+
+    The same cut as the model's (:class:`_HeadTail`), smaller: a flood of one command never
+    floods the events, the trace or the app; ordinary output (a long test report) is whole.
+    """
+
+    def __init__(
+        self, on_output: OutputCallback | None, head: int = LIVE_HEAD, tail: int = LIVE_TAIL
+    ) -> None:
+        self.on_output = on_output
+        self.room = head
+        self.head = head
+        self.tail = _Tail(tail)
+        self.cut = False
+
+    async def feed(self, text: str) -> None:
+        """Stream ``text`` (sanitized), or keep it for the end once the head is spent."""
+        if self.on_output is None or not text:
+            return
+        if self.room > 0:
+            shown, text = text[: self.room], text[self.room :]
+            self.room -= len(shown)
+            await self.on_output(sanitize_terminal(shown))
+        if not text:
+            return
+        if not self.cut:
+            self.cut = True
+            await self.on_output(
+                f"\n[codexloop: more than {self.head} characters of output: the rest is left "
+                "out of the live view; its end follows when the command ends]\n"
+            )
+        self.tail.add(text)
+
+    async def finish(self) -> None:
+        """The command ended: stream the count left out and the end of the output."""
+        if self.on_output is None or not self.cut:
+            return
+        tail = sanitize_terminal(self.tail.text())
+        await self.on_output(f"[... {self.tail.dropped} characters cut ...]\n{tail}")
 
 
 def _kill_group(process: Process, sig: int) -> None:
@@ -117,6 +184,7 @@ async def run(
     """Run ``argv``; stream sanitized output to ``on_output``; never raise for the command's sake."""
     started = time.perf_counter()
     kept = _HeadTail(keep)
+    live = LiveCap(on_output)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     timed_out = killed_for_output = False
     read_total = 0
@@ -146,7 +214,7 @@ async def run(
             if text:
                 kept.add(text)
                 if on_output is not None:
-                    await on_output(sanitize_terminal(text))
+                    await live.feed(text)
 
     pumped = anyio.Event()
 
@@ -183,6 +251,8 @@ async def run(
     tail = decoder.decode(b"", final=True)
     if tail:
         kept.add(tail)
+        await live.feed(tail)
+    await live.finish()
     output = sanitize_terminal(kept.text())
     if timed_out:
         output += f"\n[codexloop: stopped after the {timeout:g} s time limit; the process tree was killed]"
@@ -196,3 +266,66 @@ async def run(
         truncated=kept.dropped > 0,
         killed_for_output=killed_for_output,
     )
+
+
+def session_processes(folders: Sequence[Path]) -> list[int]:
+    """The processes of a session: those whose environment or command line names one of its
+    folders (its scratch folder: every sandboxed command gets ``TMPDIR`` there; its worktree;
+    the warm server's script and bubblewrap's binds name them). This process and its
+    ancestors are never among them.
+
+    Finds what a crashed session left running (``codexloop clean``). Blocking (reads /proc);
+    empty where there is no /proc.
+    """
+    needles = [os.fsencode(str(folder)) for folder in folders]
+    spared = _ancestors()
+    found: list[int] = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in names:
+        if not name.isdigit() or int(name) in spared:
+            continue
+        for part in ("cmdline", "environ"):
+            try:
+                with open(f"/proc/{name}/{part}", "rb") as handle:
+                    data = handle.read()
+            except OSError:
+                continue  # gone, or not ours to read
+            if any(_names(data, needle) for needle in needles):
+                found.append(int(name))
+                break
+    return found
+
+
+def _names(data: bytes, folder: bytes) -> bool:
+    """Whether ``data`` names ``folder`` or a path inside it (not merely a longer name)."""
+    return folder + b"/" in data or folder + b"\0" in data or data.endswith(folder)
+
+
+def _ancestors() -> set[int]:
+    pids = {os.getpid()}
+    pid = os.getpid()
+    while pid > 1:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                pid = int(handle.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        pids.add(pid)
+    return pids
+
+
+def kill_session(folders: Sequence[Path]) -> int:
+    """Kill every process of a session (see :func:`session_processes`); how many there were."""
+    killed: set[int] = set()
+    for _round in range(3):  # a dying process may have forked just before
+        found = [pid for pid in session_processes(folders) if pid not in killed]
+        if not found:
+            break
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+    return len(killed)

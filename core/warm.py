@@ -9,23 +9,29 @@ are the same as a cold run (a test compares them).
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shlex
 import shutil
+import stat
 import struct
 import subprocess
 import time
+import uuid
 from collections.abc import Iterable
 from pathlib import Path, PurePath
 
 import anyio
 from anyio.abc import Process
-from codexloop.core.limits import PidsGroup, limit_notes
+from codexloop.core.limits import RUN_MARK, PidsGroup, kill_marked, limit_notes
 from codexloop.core.process import (
+    DEFAULT_HARD_LIMIT,
     DEFAULT_KEEP,
+    LiveCap,
     OutputCallback,
     RunResult,
     _HeadTail,
@@ -36,6 +42,8 @@ from codexloop.core.sandbox import Sandbox
 SERVER_SCRIPT = Path(__file__).with_name("warm_server.py")
 CONFIG_NAMES = ("conftest.py", "pytest.ini", "tox.ini", "setup.cfg", "pyproject.toml")
 START_TIMEOUT_S = 30.0
+MAX_CONFIG_BYTES = 4 << 20  # a configuration file bigger than this is fingerprinted by size
+_OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 class WarmError(Exception):
@@ -54,6 +62,94 @@ def site_packages(python: str) -> list[Path]:
     return [Path(p) for p in dict.fromkeys(json.loads(out)) if Path(p).is_dir()]
 
 
+def read_config(root: Path, rel: str, limit: int = MAX_CONFIG_BYTES) -> bytes | None:
+    """A configuration file's bytes, read component by component without following a symlink;
+    None for anything but a regular file (a FIFO, a socket, a device, a link, a folder).
+
+    Never blocks (a FIFO is opened non-blocking and refused) and never reads more than
+    ``limit`` bytes (a bigger file stands for its size and mtime).
+    """
+    parts = PurePath(rel).parts
+    if not parts or any(p in ("..", "/") for p in parts):
+        return None
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | _OPEN_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        inner = os.open(parts[-1], os.O_RDONLY | _OPEN_FLAGS, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        if info.st_size > limit:
+            return f"\0big:{info.st_size}:{info.st_mtime_ns}".encode()
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _kill_marks(marker: str) -> int:
+    """Kill the server's processes and its runs' (blocking): how many runs' processes."""
+    kill_marked(marker)
+    return kill_marked(_run_mark(marker))
+
+
+def _run_mark(marker: str) -> str:
+    return f"{marker}-run"
+
+
+def write_fresh(folder: Path, name: str, data: bytes) -> Path:
+    """Write ``folder/name`` as a new regular file, whatever the model left there: a symlink
+    is removed (never followed), a folder too; the file is created exclusively."""
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for _attempt in range(5):
+            try:
+                info = os.lstat(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+            else:
+                if stat.S_ISDIR(info.st_mode):
+                    shutil.rmtree(folder / name)  # symlink-safe: it never follows one
+                else:
+                    os.unlink(name, dir_fd=dir_fd)
+            try:
+                fd = os.open(
+                    name,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o644,
+                    dir_fd=dir_fd,
+                )
+            except FileExistsError:
+                continue  # planted again in between: remove it again
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            return folder / name
+        raise OSError(errno.EEXIST, f"{folder / name} keeps being replaced")
+    finally:
+        os.close(dir_fd)
+
+
 class WarmRunner:
     """One warm pytest server for one sandbox."""
 
@@ -67,6 +163,8 @@ class WarmRunner:
         self._known_config: list[str] | None = None
         self.starts = 0
         self.group: PidsGroup | None = None
+        self.marker: str | None = None  # the server's run mark, without isolation
+        self._lifeline: int | None = None  # write end of the server's stdin pipe
 
     def _config_files(self) -> list[str]:
         """Every test-configuration file of the worktree (a walk: done once per session)."""
@@ -100,10 +198,13 @@ class WarmRunner:
         root = self.sandbox.worktree
         for rel in sorted(paths):
             digest.update(rel.encode() + b"\0")
-            try:
-                digest.update((root / rel).read_bytes())
-            except OSError:
-                digest.update(b"\0missing")
+            data = read_config(root, rel)
+            if data is None:  # not a regular file: a link counts by where it points
+                try:
+                    data = b"\0link:" + os.fsencode(os.readlink(root / rel))
+                except OSError:
+                    data = b"\0missing"
+            digest.update(data)
         if self._site is None:
             self._site = site_packages(self.python)
         for folder in self._site:
@@ -112,26 +213,46 @@ class WarmRunner:
 
     async def _start(self) -> None:
         await self.stop()
-        script = self.sandbox.tmp / "codexloop_warm_server.py"
-        shutil.copyfile(SERVER_SCRIPT, script)  # visible inside the sandbox whatever the install
+        # Visible inside the sandbox whatever the install; written fresh, never through a link.
+        script = await anyio.to_thread.run_sync(
+            write_fresh, self.sandbox.tmp, "codexloop_warm_server.py", SERVER_SCRIPT.read_bytes()
+        )
         self.socket_path.unlink(missing_ok=True)
         command = (
             f"exec {shlex.quote(self.python)} {shlex.quote(str(script))} "
             f"{shlex.quote(str(self.socket_path))} {shlex.quote(str(self.sandbox.worktree))}"
         )
-        argv, env = self.sandbox.command_argv(command)
         self.group = self.sandbox.process_group()  # the server and every run it forks
+        # Neither a pid namespace nor a cgroup: mark the server's environment and its runs'
+        # (like Sandbox.run), so what a run leaves behind can be found and killed.
+        self.marker = (
+            None if self.sandbox.isolation.active or self.group is not None else uuid.uuid4().hex
+        )
+        argv, env = self.sandbox.command_argv(
+            command, {RUN_MARK: self.marker} if self.marker else None
+        )
         if self.group is not None:
             argv = self.group.join(argv)
-        self.process = await anyio.open_process(
-            argv,
-            cwd=self.sandbox.worktree,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # The lifeline: the server's stdin is a pipe whose only write end the engine holds.
+        # When the engine goes (stop, a crash, SIGKILL, a closed terminal) the server reads
+        # EOF, kills its run's process group and exits; nothing else has to notice.
+        lifeline_r, lifeline_w = os.pipe()  # both non-inheritable: no other child gets them
+        try:
+            self.process = await anyio.open_process(
+                argv,
+                cwd=self.sandbox.worktree,
+                env=env,
+                stdin=lifeline_r,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(lifeline_w)
+            raise
+        finally:
+            os.close(lifeline_r)
+        self._lifeline = lifeline_w
         self.starts += 1
         assert self.process.stdout is not None
         seen = b""
@@ -148,6 +269,10 @@ class WarmRunner:
     async def stop(self) -> None:
         process, self.process = self.process, None
         group, self.group = self.group, None
+        lifeline, self._lifeline = self._lifeline, None
+        marker, self.marker = self.marker, None
+        if lifeline is not None:
+            os.close(lifeline)
         if process is None:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -157,6 +282,8 @@ class WarmRunner:
             await process.aclose()
             if group is not None:
                 await group.close(settle_s=0)
+            if marker is not None:
+                await anyio.to_thread.run_sync(_kill_marks, marker)
 
     async def run(
         self,
@@ -182,11 +309,17 @@ class WarmRunner:
         started = time.perf_counter()
         if self.group is not None:
             self.group.mark()
-        env = {**self.sandbox.environment(extra_env)}
+        run_env = dict(extra_env)
+        if self.marker is not None:
+            run_env[RUN_MARK] = _run_mark(self.marker)
+        env = {**self.sandbox.environment(run_env)}
         request = {"args": args, "env": env, "cwd": str(self.sandbox.worktree)}
         kept = _HeadTail(DEFAULT_KEEP)
+        live = LiveCap(on_output)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         code: int | None = None
-        timed_out = False
+        timed_out = killed_for_output = False
+        read_total = 0
         try:
             stream = await anyio.connect_unix(str(self.socket_path))
         except OSError as exc:
@@ -196,7 +329,7 @@ class WarmRunner:
             await stream.send((json.dumps(request) + "\n").encode())
             buffer = b""
             with anyio.move_on_after(timeout) as scope:
-                while code is None:
+                while code is None and not killed_for_output:
                     try:
                         buffer += await stream.receive()
                     except (anyio.EndOfStream, anyio.BrokenResourceError):
@@ -209,22 +342,36 @@ class WarmRunner:
                             break
                         if len(buffer) < 5 + size:
                             break
-                        text = buffer[5 : 5 + size].decode("utf-8", errors="replace")
+                        read_total += size
+                        if read_total > DEFAULT_HARD_LIMIT:
+                            killed_for_output = True  # closing the connection kills the run
+                            break
+                        text = decoder.decode(buffer[5 : 5 + size])
                         buffer = buffer[5 + size :]
                         kept.add(text)
-                        if on_output is not None:
-                            await on_output(sanitize_terminal(text))
+                        await live.feed(text)
             timed_out = scope.cancelled_caught  # closing the connection kills the run
-        output = sanitize_terminal(kept.text()) + limit_notes(self.group, 0)
+        rest = decoder.decode(b"", final=True)
+        if rest:
+            kept.add(rest)
+            await live.feed(rest)
+        await live.finish()
+        survivors = 0
+        if self.marker is not None:  # what the run left behind (setsid, daemons)
+            survivors = await anyio.to_thread.run_sync(kill_marked, _run_mark(self.marker))
+        output = sanitize_terminal(kept.text()) + limit_notes(self.group, survivors)
         if timed_out:
             output += f"\n[codexloop: stopped after the {timeout:g} s time limit; the process tree was killed]"
+        elif killed_for_output:
+            output += f"\n[codexloop: killed after {DEFAULT_HARD_LIMIT} bytes of output]"
         elif code is None:
             await self.stop()
             raise WarmError("the warm pytest server went away during a run")
         return RunResult(
-            None if timed_out else code,
+            None if (timed_out or killed_for_output) else code,
             output,
             time.perf_counter() - started,
             timed_out,
             kept.dropped > 0,
+            killed_for_output,
         )

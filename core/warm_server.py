@@ -9,6 +9,10 @@ Protocol on a Unix socket, one request per connection: the client sends one JSON
 ``{"args": [...], "env": {...}}``; the server answers with frames ``O<len:4><bytes>``
 (output) and finally ``X<code:4>`` (exit status; 255 when the child died of a signal).
 The client closing the connection early kills the run.
+
+Lifetime: the server's stdin is a pipe whose write end only the engine holds. End of file
+there means the engine is gone (stopped, crashed, killed, its terminal closed): the server
+kills the current run's process group and exits. SIGTERM (and SIGHUP) do the same.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import struct
 import sys
 
@@ -26,6 +31,37 @@ import sys
 PROJECT_ROOTS: list[str] = []
 # pytest plugins (entry points): pytest imports them itself, and warns if they come preloaded.
 PLUGIN_PACKAGES: set[str] = set()
+# The process group of the run in progress (its forked child is the group's leader).
+CURRENT_RUN: list[int] = []
+# The engine's lifeline (stdin), when it is a pipe; -1 when there is none to watch.
+LIFELINE = -1
+
+
+def _die(*_args: object) -> None:
+    """The engine is gone or asks us to go: no run outlives the server."""
+    for pid in CURRENT_RUN:
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+    os._exit(143)
+
+
+def _lifeline_fd() -> int:
+    try:
+        return 0 if stat.S_ISFIFO(os.fstat(0).st_mode) else -1
+    except OSError:
+        return -1
+
+
+def _check_lifeline() -> None:
+    """Called when the lifeline is readable: end of file means the engine is gone."""
+    try:
+        data = os.read(LIFELINE, 4096)
+    except BlockingIOError:
+        return
+    except OSError:
+        data = b""
+    if not data:
+        _die()
 
 
 def _plugin_packages() -> set[str]:
@@ -54,6 +90,9 @@ def _third_party(names: list[str]) -> list[str]:
 def _child(conn: socket.socket, request: dict, report_fd: int) -> None:
     """In the forked child: run pytest with output on a pipe, report modules, exit."""
     os.setsid()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)  # the run reads nothing of ours (and holds no lifeline)
+    os.close(devnull)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the run itself, so that its output pipe closes when it ends
@@ -114,7 +153,13 @@ def serve(path: str) -> None:
     report_r, report_w = os.pipe()
     os.set_blocking(report_r, False)
     pending = b""
+    watched = [server] + ([LIFELINE] if LIFELINE >= 0 else [])
     while True:
+        ready, _, _ = select.select(watched, [], [])
+        if LIFELINE in ready:
+            _check_lifeline()
+        if server not in ready:
+            continue
         conn, _ = server.accept()
         line = b""
         while not line.endswith(b"\n"):
@@ -129,17 +174,28 @@ def serve(path: str) -> None:
         if request.get("command") == "quit":
             conn.close()
             return
+        # No SIGTERM between the fork and knowing the run's pid: it would miss the run.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP})
         pid = os.fork()
         if pid == 0:
             server.close()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP})
             _child(conn, request, report_w)
+        CURRENT_RUN[:] = [pid]
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP})
         # Parent: drain the module report (a full pipe would block the run) and watch the
-        # client: if it goes away, kill the run's whole group.
+        # client: if it goes away, kill the run's whole group. And the engine: if it goes, too.
         while True:
             done_pid, _ = os.waitpid(pid, os.WNOHANG)
             if done_pid:
                 break
-            ready, _, _ = select.select([conn.fileno(), report_r], [], [], 0.05)
+            ready, _, _ = select.select(
+                [conn.fileno(), report_r] + ([LIFELINE] if LIFELINE >= 0 else []), [], [], 0.05
+            )
+            if LIFELINE in ready:
+                _check_lifeline()
             if report_r in ready:
                 pending += _drain(report_r)
             if conn.fileno() in ready and not conn.recv(1, socket.MSG_PEEK):
@@ -147,6 +203,7 @@ def serve(path: str) -> None:
                     os.killpg(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
                 break
+        CURRENT_RUN.clear()
         conn.close()
         pending += _drain(report_r)
         # Import what the last run used from outside the project: the next fork has it warm.
@@ -162,4 +219,10 @@ if __name__ == "__main__":
     PROJECT_ROOTS.extend(os.path.realpath(p) + os.sep for p in sys.argv[2:])
     PLUGIN_PACKAGES.update(_plugin_packages())
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _die)
+    signal.signal(signal.SIGHUP, _die)
+    LIFELINE = _lifeline_fd()
+    if LIFELINE >= 0:
+        os.set_blocking(LIFELINE, False)
+        _check_lifeline()  # the engine may be gone already
     serve(sys.argv[1])

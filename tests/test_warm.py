@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
+import anyio
 import pytest
 from codexloop.core.exam import Exam
 from codexloop.core.sandbox import Sandbox, find_python
 from codexloop.core.testrun import default_args, default_command, judge, junit_env
-from codexloop.core.warm import WarmRunner
+from codexloop.core.warm import SERVER_SCRIPT, WarmRunner
 
 pytestmark = pytest.mark.anyio
 
@@ -132,3 +135,45 @@ async def test_a_hanging_warm_run_is_killed_at_its_timeout(runner: WarmRunner) -
 def test_the_server_script_imports_nothing_of_codexloop() -> None:
     source = (Path(__file__).parent.parent / "core" / "warm_server.py").read_text()
     assert "codexloop" not in source.split('"""', 2)[2]
+
+
+async def test_a_symlink_planted_at_the_server_script_is_replaced_not_followed(
+    runner: WarmRunner, tmp_path: Path
+) -> None:
+    box = runner.sandbox
+    victim = tmp_path / "outside.txt"
+    victim.write_text("the developer's file\n")
+    (box.tmp / "codexloop_warm_server.py").symlink_to(victim)
+    junit = box.tmp / "link.xml"
+    run = await runner.run(default_args(TARGETS), extra_env=junit_env(junit), timeout=60)
+    assert "test_add" in run.output  # the server started and ran
+    assert victim.read_text() == "the developer's file\n"
+    script = box.tmp / "codexloop_warm_server.py"
+    assert not script.is_symlink() and script.read_bytes() == SERVER_SCRIPT.read_bytes()
+
+
+async def test_fifos_named_like_config_files_never_hang_the_fingerprint(
+    runner: WarmRunner, tmp_path: Path
+) -> None:
+    box = runner.sandbox
+    fifo = tmp_path / "outside-fifo"
+    os.mkfifo(fifo)
+    (box.worktree / "sub").mkdir()
+    os.mkfifo(box.worktree / "sub" / "conftest.py")
+    (box.worktree / "other").mkdir()
+    (box.worktree / "other" / "pytest.ini").symlink_to(fifo)
+    fifos = [box.worktree / "sub" / "conftest.py", fifo]
+    try:
+        junit = box.tmp / "fifo.xml"
+        with anyio.fail_after(30):
+            run = await runner.run(default_args(TARGETS), extra_env=junit_env(junit), timeout=60)
+            assert "test_add" in run.output
+            changed = ["sub/conftest.py", "other/pytest.ini"]
+            await runner.run(
+                default_args(TARGETS), extra_env=junit_env(junit), timeout=60, changed=changed
+            )
+    finally:  # a reader stuck on a FIFO (the bug) is let go, so the suite does not hang
+        for path in fifos:
+            with contextlib.suppress(OSError):
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    assert runner.starts == 1

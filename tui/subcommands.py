@@ -44,10 +44,13 @@ def branches(argv: Sequence[str]) -> int:
 
 def clean(argv: Sequence[str]) -> int:
     from codexloop.core import gitops
-    from codexloop.core.sandbox import forget_session
+    from codexloop.core.process import kill_session
+    from codexloop.core.sandbox import forget_session, state_home
 
     parser = _Parser(
-        prog="codexloop clean", description="Remove codexloop's preview branches and worktrees."
+        prog="codexloop clean",
+        description="Remove codexloop's preview branches and worktrees, and kill whatever "
+        "their sessions left running.",
     )
     parser.add_argument("--repo", type=Path, metavar="PATH")
     parser.add_argument(
@@ -64,6 +67,14 @@ def clean(argv: Sequence[str]) -> int:
         return _fail(f"no preview branch named {', '.join(unknown)} (see codexloop branches)")
     for name in wanted:
         branch = found.get(name) or found[f"codexloop/{name}"]
+        # What a crashed session left running (a warm server, a command's processes) first.
+        session = branch.name.removeprefix("codexloop/")
+        folders = [state_home() / "tmp" / session, state_home() / "runs" / session]
+        if branch.worktree is not None:
+            folders.append(Path(branch.worktree))
+        killed = kill_session(folders)
+        if killed:
+            print(f"killed {killed} process(es) left running by {branch.name}")
         if branch.worktree is not None:
             gitops.remove_worktree(repo, branch.worktree, branch.name)
         else:
