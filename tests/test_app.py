@@ -45,6 +45,7 @@ class StableLoop(Loop):
                 isolation_reason="bubblewrap",
                 max_processes=1024,
                 process_limit="at most 1024 processes per command",
+                bwrap="system bwrap 0.8.0 (/usr/bin/bwrap)",
             )
         elif isinstance(event, ev.TestStarted):
             event = dataclasses.replace(event, command=f"python -m pytest -q {SESSION}")
@@ -748,3 +749,26 @@ def test_snapshot_green(make_repo, scripted_openai, snap_compare) -> None:
         await finish(app, pilot)
 
     assert snap_compare(app, terminal_size=(120, 40), run_before=green)
+
+
+async def test_a_tampered_run_is_shown_red_with_why(make_repo, scripted_openai) -> None:
+    """A model that makes pytest skip running tests: the canary catches it, the model pane
+    says so in red and a toast names it."""
+    repo = make_repo(KATA)
+    cheat = "import _pytest.python\n_pytest.python.Function.runtest = lambda self: None\n"
+    scripted_openai.add(
+        Reply(
+            tool_calls=[Call("write_file", {"path": "calc.py", "content": cheat + KATA["calc.py"]})]
+        ),
+        Reply(text="Done."),
+    )
+    app = make_app(make_config(repo, scripted_openai.base_url, max_iterations=1))
+    async with app.run_test(size=(120, 40)) as pilot:
+        finished = await finish(app, pilot)
+        assert finished.status == "failed"
+        assert "⚠ run 1 is red: the canary test that must fail came out passed" in (
+            app.model_pane.text
+        )
+        assert any("tampered" in str(n.title) for n in app._notifications)
+        await pilot.press("q")
+        await pilot.pause()

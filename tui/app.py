@@ -198,6 +198,7 @@ class CodexloopApp(App[int]):
             ev.ModelRetry: self._on_retry,
             ev.SandboxChanged: lambda e: self.schedule_diff(),
             ev.ExamRestored: self._on_exam_restored,
+            ev.TamperDetected: self._on_tamper,
             ev.TestStarted: self._on_test_started,
             ev.TestFinished: self._on_test_finished,
             ev.IterationFinished: self._on_iteration_finished,
@@ -461,6 +462,10 @@ class CodexloopApp(App[int]):
             "⛨ the exam was put back before the test run: " + ", ".join(event.paths), "magenta"
         )
         self.schedule_diff()
+
+    def _on_tamper(self, event: ev.TamperDetected) -> None:
+        self.model_pane.note(f"⚠ run {event.iteration} is red: {event.reason}", "red")
+        self.notify(event.reason, title="test results tampered with", severity="error")
 
     def _on_test_started(self, event: ev.TestStarted) -> None:
         record = self._record(event.iteration)
