@@ -228,8 +228,13 @@ class WarmRunner:
         self.marker = (
             None if self.sandbox.isolation.active or self.group is not None else uuid.uuid4().hex
         )
+        private_pids = self.sandbox.isolation.active and self.sandbox.isolation.fresh_proc
         argv, env = self.sandbox.command_argv(
-            command, {RUN_MARK: self.marker} if self.marker else None
+            command,
+            {
+                **({RUN_MARK: self.marker} if self.marker else {}),
+                **({"CODEXLOOP_PRIVATE_PIDS": "1"} if private_pids else {}),
+            },
         )
         if self.group is not None:
             argv = self.group.join(argv)

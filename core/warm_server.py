@@ -27,6 +27,8 @@ import stat
 import struct
 import sys
 
+# In a pid namespace of its own (bubblewrap with a fresh /proc): leftovers of a run are swept.
+PRIVATE_PIDS = False
 # Modules under these roots are the project's: never imported by the server itself.
 PROJECT_ROOTS: list[str] = []
 # pytest plugins (entry points): pytest imports them itself, and warns if they come preloaded.
@@ -85,6 +87,51 @@ def _third_party(names: list[str]) -> list[str]:
             continue
         keep.append(name)
     return keep
+
+
+def _outside(name: str) -> bool:
+    """Whether ``name``'s top-level package resolves outside the project, by where Python
+    would really load it from (its spec, not the ``__file__`` a module claims). Finding a
+    top-level spec imports nothing; a package's submodules come from its own folders."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(name.split(".")[0])
+    except Exception:
+        return False
+    if spec is None:
+        return False
+    for place in [spec.origin or "", *(spec.submodule_search_locations or [])]:
+        if not os.path.isabs(place):
+            continue  # "built-in", "frozen"
+        if any(os.path.realpath(place).startswith(root) for root in PROJECT_ROOTS):
+            return False
+    return True
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _sweep_leftovers() -> None:
+    """In a private pid namespace every process but this server and its ancestors is what a
+    run left behind (a daemon, a setsid escapee): none may see the next run."""
+    keep: set[int] = set()
+    pid = os.getpid()
+    while pid > 0 and pid not in keep:
+        keep.add(pid)
+        pid = _ppid(pid)
+    for _ in range(3):  # a leftover may fork while we look
+        found = [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) not in keep]
+        if not found:
+            return
+        for victim in found:
+            with contextlib.suppress(OSError):
+                os.kill(victim, signal.SIGKILL)
 
 
 def _child(conn: socket.socket, request: dict, report_fd: int) -> None:
@@ -206,16 +253,25 @@ def serve(path: str) -> None:
         CURRENT_RUN.clear()
         conn.close()
         pending += _drain(report_r)
+        if PRIVATE_PIDS:
+            _sweep_leftovers()
         # Import what the last run used from outside the project: the next fork has it warm.
+        # The list comes from the run (code under test can write anything there): a name is
+        # imported only when the module it resolves to lives outside the project.
         while b"\n" in pending:
             raw, pending = pending.split(b"\n", 1)
-            for name in json.loads(raw):
-                if name not in sys.modules:
+            try:
+                names = json.loads(raw)
+            except ValueError:
+                continue
+            for name in names if isinstance(names, list) else ():
+                if isinstance(name, str) and name not in sys.modules and _outside(name):
                     with contextlib.suppress(Exception):
                         __import__(name)
 
 
 if __name__ == "__main__":
+    PRIVATE_PIDS = os.environ.pop("CODEXLOOP_PRIVATE_PIDS", "") == "1"
     PROJECT_ROOTS.extend(os.path.realpath(p) + os.sep for p in sys.argv[2:])
     PLUGIN_PACKAGES.update(_plugin_packages())
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -9,7 +9,10 @@ carries nothing the run wrote; warm and cold where the path differs.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -204,3 +207,82 @@ async def test_a_module_a_command_made_to_shadow_pytest_is_removed_before_the_ru
     assert "removed before the test run" in notices and "pytest/__init__.py" in notices
     assert not (result.worktree / "pytest" / "__init__.py").exists()
     assert "pytest/" not in run_git(repo, "ls-tree", "-r", "--name-only", result.branch)
+
+
+_SLEEPER = "import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', '{token}'], start_new_session=True)\n"
+
+
+def _alive(token: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if token.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
+async def test_nothing_a_warm_run_starts_outlives_it(make_repo, scripted_openai) -> None:
+    """A daemon started by the code under test (in its own session) is gone before the
+    model's next turn: it cannot rewrite the run tree under the next run."""
+    repo = make_repo(KATA)
+    token = f"codexloop-daemon-{os.getpid()}-{id(repo)}"
+    seen: dict[str, list[int]] = {}
+
+    def look(request: dict[str, Any]) -> Reply:
+        seen["alive"] = _alive(token)
+        return Reply(text="Still wrong.")
+
+    scripted_openai.add(
+        *_cheat_by_write(_SLEEPER.format(token=token) + WRONG), look, Reply(text="Done.")
+    )
+    config = make_config(repo, scripted_openai.base_url, max_iterations=2, warm=True)
+    result, events = await run_loop(config)
+
+    assert "alive" in seen and seen["alive"] == []
+    assert result.status == "failed"
+
+
+async def test_the_warm_server_never_imports_the_projects_modules(
+    make_repo, scripted_openai
+) -> None:
+    """A module claiming to live in the standard library, imported by one run, must not be
+    imported into the warm server: its patch would then flip every later run, with an empty
+    diff."""
+    repo = make_repo(KATA)
+    evil = textwrap.dedent(
+        """\
+        import pathlib
+        __file__ = "/usr/lib/python3/evilmod.py"
+        from _pytest.reports import TestReport
+        _orig = TestReport.from_item_and_call.__func__
+        def _flip(cls, item, call):
+            report = _orig(cls, item, call)
+            calc = pathlib.Path(str(item.path)).parent.parent / "calc.py"
+            if item.name == "test_add" and "evilmod" not in calc.read_text():
+                report.outcome, report.longrepr = "passed", None
+            return report
+        TestReport.from_item_and_call = classmethod(_flip)
+        """
+    )
+    scripted_openai.add(
+        Reply(
+            tool_calls=[
+                Call("write_file", {"path": "evilmod.py", "content": evil}),
+                Call("write_file", {"path": "calc.py", "content": "import evilmod\n" + WRONG}),
+            ]
+        ),
+        Reply(text="Done."),
+        Reply(
+            tool_calls=[
+                Call("run_command", {"command": "rm evilmod.py"}),
+                Call("write_file", {"path": "calc.py", "content": WRONG}),
+            ]
+        ),
+        Reply(text="Done again."),
+    )
+    config = make_config(repo, scripted_openai.base_url, max_iterations=2, warm=True)
+    result, events = await run_loop(config)
+
+    assert [f.passed for f in of_type(events, ev.TestFinished)] == [False, False, False]
+    assert result.status == "failed"
