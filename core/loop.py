@@ -303,9 +303,15 @@ class Loop:
         # Plugins load from what was installed now, never from what the model adds later.
         installed = await anyio.to_thread.run_sync(exam.installed)
         words = shlex.split(self.test_command) if self.test_command else []
-        self._plugin_args = " ".join(
-            plugins.pytest_plugin_args(installed.plugins, disabled=plugins.disabled_plugins(words))
+        named = plugins.pytest_plugin_args(
+            installed.plugins, disabled=plugins.disabled_plugins(words)
         )
+        # Named one by one, a plugin another one imported first cannot be assertion-rewritten;
+        # pytest says so on every run, which is noise here (autoloading would not rewrite
+        # it either).
+        if named:
+            named += ["-W", "ignore::pytest.PytestAssertRewriteWarning"]
+        self._plugin_args = shlex.join(named)
         if config.warm and config.test_cmd is None:
             self.warm = WarmRunner(self._place, python)  # type: ignore[arg-type]
         tools = Tools(
@@ -929,12 +935,13 @@ class Loop:
                 await self.emit(ev.TestOutput(text))
 
         canary = Canary.new() if self._canary_on and self.config.test_cmd is None else None
+
         extra_args: list[str] = []
         if canary is not None:  # placed last: a user's -x stops after the targets ran
             await anyio.to_thread.run_sync(
                 (place.worktree / canary.filename).write_text, canary.source()
             )
-            extra_args.append(canary.filename)
+            extra_args += canary.args()
         run = None
         if self.warm is not None:
             try:

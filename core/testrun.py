@@ -71,9 +71,20 @@ class Canary:
     def source(self) -> str:
         a, b = secrets.randbelow(10**6), secrets.randbelow(10**6)
         return (
+            "import pytest\n\n\n"
             f"def {self.passing}():\n    assert {a} + {b} == {a + b}\n\n\n"
-            f"def {self.failing}():\n    assert {a} == {a + 1}, {self.token!r}\n"
+            f"def {self.failing}():\n    pytest.fail({self.token!r}, pytrace=False)\n\n\n"
+            "# Loaded as a plugin too (-p): the terminal shows nothing of these two tests, while\n"
+            "# the report and the exit status count them.\n"
+            "def pytest_report_teststatus(report, config):\n"
+            f"    if report.nodeid.rsplit('::', 1)[-1] in ({self.passing!r}, {self.failing!r}):\n"
+            "        return '', '', ''\n"
+            "    return None\n"
         )
+
+    def args(self) -> list[str]:
+        """pytest's arguments for the canary: its module as a plugin, its file last."""
+        return ["-p", self.module, self.filename]
 
     def check(self, cases: list[Case]) -> str | None:
         """Why the canary's results are wrong (None: they are right)."""
