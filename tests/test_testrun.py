@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 from codexloop.core import process
-from codexloop.core.testrun import default_command, judge, junit_env
+from codexloop.core.testrun import Canary, Case, Verdict, default_command, judge, junit_env
 
 pytestmark = pytest.mark.anyio
 
@@ -159,3 +159,61 @@ async def test_a_custom_command_running_pytest_from_a_subfolder_is_judged(
 
 def test_anyio_is_the_runner() -> None:
     assert anyio.get_all_backends()
+
+
+# -- the canary --------------------------------------------------------------------------
+
+
+def _run_with_canary(tmp_path: Path, tests: str, canary: Canary) -> tuple[Verdict, str]:
+    (tmp_path / "test_mod.py").write_text(tests)
+    (tmp_path / canary.filename).write_text(canary.source())
+    junit = tmp_path / "junit.xml"
+    command = " ".join([default_command(sys.executable, ("test_mod.py",)), *canary.args()])
+    env = {**junit_env(junit), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)}
+    run = anyio.run(lambda: process.run(["sh", "-c", command], cwd=tmp_path, env=env, timeout=60))
+    return judge(("test_mod.py",), run, junit, canary=canary), run.output
+
+
+def test_a_canary_run_is_green_and_its_tests_stay_off_the_terminal(tmp_path: Path) -> None:
+    canary = Canary.new()
+    verdict, output = _run_with_canary(tmp_path, "def test_ok():\n    assert True\n", canary)
+    assert verdict.passed and verdict.tampered is None
+    assert canary.passing not in output and canary.token not in output
+    assert "1 passed" in output and "failed" not in output
+    assert [c.name for c in verdict.cases] == ["test_ok"]
+
+
+def test_a_canary_catches_a_blanket_pass(tmp_path: Path) -> None:
+    """A conftest-free patch in the code under test that makes every test pass."""
+    canary = Canary.new()
+    tests = "import _pytest.python\n_pytest.python.Function.runtest = lambda self: None\n\n"
+    tests += "def test_ok():\n    assert False\n"
+    verdict, _output = _run_with_canary(tmp_path, tests, canary)
+    assert not verdict.passed
+    assert verdict.tampered is not None and "must fail" in verdict.tampered
+
+
+@pytest.mark.parametrize(
+    ("passing", "failing", "why"),
+    [
+        ("passed", None, "missing"),
+        ("failed", "failed", "must pass"),
+        ("passed", "passed", "must fail"),
+        ("passed", "skipped", "must fail"),
+    ],
+)
+def test_canary_results_that_are_wrong_say_why(passing: str, failing: str | None, why: str) -> None:
+    canary = Canary.new()
+    cases = [Case("m", canary.passing, passing)]
+    if failing is not None:
+        cases.append(Case("m", canary.failing, failing, message=f"Failed: {canary.token}"))
+    reason = canary.check(cases)
+    assert reason is not None and why in reason
+
+
+def test_a_failing_canary_without_its_token_is_forged() -> None:
+    canary = Canary.new()
+    cases = [Case("m", canary.passing, "passed"), Case("m", canary.failing, "failed", "nope")]
+    assert canary.check(cases) is not None
+    cases[1] = Case("m", canary.failing, "failed", f"Failed: {canary.token}")
+    assert canary.check(cases) is None
