@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 State = Literal["starting", "thinking", "tool", "testing", "paused", "green", "red", "stopped"]
 FinalStatus = Literal["passed", "failed", "stopped"]
@@ -351,3 +351,33 @@ class MoreIterations(Command):
 @dataclass(frozen=True)
 class Finish(Command):
     """The developer is done reviewing: the session ends as it stands."""
+
+
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: a lone surrogate (a file name that is not UTF-8, decoded
+    with ``surrogateescape``) becomes its ``\\udcXX`` spelling instead of breaking a JSON
+    line, a model request or the screen."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+E = TypeVar("E", bound=Event)
+
+
+def printable_event(event: E) -> E:
+    """``event`` with every text field :func:`printable` (itself when nothing needed it)."""
+    changes: dict[str, Any] = {}
+    for item in dataclasses.fields(event):
+        value = getattr(event, item.name)
+        if isinstance(value, str):
+            clean: Any = printable(value)
+        elif isinstance(value, tuple) and any(isinstance(v, str) for v in value):
+            clean = tuple(printable(v) if isinstance(v, str) else v for v in value)
+        else:
+            continue
+        if clean != value:
+            changes[item.name] = clean
+    return dataclasses.replace(event, **changes) if changes else event

@@ -900,12 +900,27 @@ def _best_per_line(path: str, found: Iterable[tuple[int, int, str]]) -> list[Fla
 # -- other files: text rules --------------------------------------------------------
 
 _TEXT_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(r"junit|<testcase|<testsuite|testsuites|codexloop", re.IGNORECASE),
+        "names the test report or the engine's own tests",
+    ),
     (re.compile(r"PYTEST_[A-Z_]*"), "uses a PYTEST_* environment variable"),
     (re.compile(r"pytest11"), "declares a pytest plugin entry point (pytest11)"),
     (re.compile(r"\b_pytest\b"), "names pytest's internals (_pytest)"),
     (re.compile(r"\bpluggy\b"), "names pluggy, pytest's plugin machinery"),
     (re.compile(r"\b(sitecustomize|usercustomize)\b"), "names a module Python runs at start-up"),
 )
+# Code under test has no business with the test report or the engine's canary tests: reading
+# or rewriting the JUnit report from inside the test process (a thread that edits it after
+# pytest wrote it) is one of the lies no outside check can see.
+_REPORT = re.compile(r"junit|<testcase|<testsuite|testsuites|codexloop", re.IGNORECASE)
+_REPORT_REASON = "names the test report or the engine's own tests"
+
+
+def _report_lines(diff: FileDiff, touched: Iterable[int]) -> list[tuple[int, int, str]]:
+    return [(n, SPECIFIC, _REPORT_REASON) for n in touched if _REPORT.search(diff.added[n])]
+
+
 _PY_TEXT_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b(set|get)?(settrace|setprofile)\b|sys\.monitoring"), _TRACE),
     (re.compile(r"\bos\._exit\b|\b_exit\s*\("), "ends the process abruptly (os._exit)"),
@@ -1021,6 +1036,7 @@ def scan_file_diff(diff: FileDiff, content: bytes | None) -> list[Flag]:
             flags = scan_python(diff.path, content, touched, diff.anchors)
             if flags is not None:
                 found.extend((f.line, GENERIC, f.reason) for f in flags)
+                found.extend(_report_lines(diff, touched))
                 return _best_per_line(diff.path, found)
     if len(touched) > MAX_TEXT_LINES:
         found.append((first, SPECIFIC, "is too large to check for test-machinery tricks"))

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from codexloop.core import safefs
+
 PREVIEW_PREFIX = "codexloop/"
 FALLBACK_NAME = "codexloop"
 FALLBACK_EMAIL = "codexloop@localhost"
@@ -377,12 +379,9 @@ def remove_worktree(repo: Path, path: Path, branch: str | None = None) -> None:
     # Not `git worktree remove`: it would look at the worktree's files (and any repository the
     # model nested in them). Delete the folder without following a link, then let git forget it.
     if os.path.lexists(path):
-        try:
-            shutil.rmtree(path)
-        except NotADirectoryError:
-            os.unlink(path)
-        except OSError as exc:
-            raise GitError(f"cannot remove the worktree {path}: {exc}") from exc
+        safefs.remove_tree(path)
+        if os.path.lexists(path):
+            raise GitError(f"cannot remove the worktree {path}")
     _run(repo, ["worktree", "prune"])
     _GITDIRS.pop(path.resolve(), None)
     if branch is not None:

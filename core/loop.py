@@ -19,7 +19,6 @@ import math
 import re
 import secrets
 import shlex
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ import openai
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from codexloop.core import events as ev
-from codexloop.core import gitops, plugins, record
+from codexloop.core import gitops, plugins, record, safefs
 from codexloop.core.config import Config
 from codexloop.core.context import (
     CHARS_PER_TOKEN,
@@ -72,6 +71,7 @@ from codexloop.core.tools import TOOL_SCHEMAS, Tools
 from codexloop.core.trace import TraceWriter, traces_dir
 from codexloop.core.warm import WarmError, WarmRunner
 
+_STREAMED = (ev.ModelText, ev.ModelReasoning, ev.TestOutput, ev.CommandOutput)
 _JUNIT_NOTE = re.compile(r"-* ?generated xml file: \S+ ?-*\n?")
 EXAM_CHARS = 12_000
 OLD_TOOL_RESULT_CHARS = 600
@@ -191,6 +191,8 @@ class Loop:
     # -- plumbing --------------------------------------------------------------
 
     async def emit(self, event: ev.Event) -> None:
+        if not isinstance(event, _STREAMED):  # streamed text is decoded with "replace"
+            event = ev.printable_event(event)
         if self.trace is not None:
             self.trace.write(event)
         if self._events is not None:
@@ -1000,8 +1002,6 @@ class Loop:
 
 def _remove_all(sandbox: Sandbox, paths: list[str]) -> None:
     """Remove what a command made that may not be there (never through a link)."""
-    from codexloop.core import safefs
-
     for rel in paths:
         with contextlib.suppress(OSError):
             safefs.remove(sandbox.worktree, rel)
@@ -1011,7 +1011,7 @@ def _fresh_run_folder(tmp: Path) -> Path:
     """An empty temp folder for one test run (TMPDIR, HOME, the report): nothing an earlier
     run left there is seen by the next one."""
     folder = tmp / "run"
-    shutil.rmtree(folder, ignore_errors=True)
+    safefs.remove_tree(folder)
     (folder / "home").mkdir(parents=True)
     return folder
 
@@ -1021,7 +1021,6 @@ def _read_targets(
 ) -> dict[str, tuple[bytes | None, bytes | None, bytes | None]]:
     """For each target file: what the sandbox holds, what it held when the engine last wrote
     it (the snapshot's version at first), and the developer's version now."""
-    from codexloop.core import safefs  # here, not at the top: others edit the rest of loop.py
     from codexloop.core.exam import MAX_EXAM_BYTES
 
     held: dict[str, tuple[bytes | None, bytes | None, bytes | None]] = {}
@@ -1038,7 +1037,6 @@ def _read_targets(
 
 def _revert_all(sandbox: Sandbox, rejections: list[ev.Rejection]) -> list[str]:
     """Undo rejected hunks (or whole files) in the sandbox; return the paths that failed."""
-    from codexloop.core import safefs  # here, not at the top: others edit the rest of loop.py
     from codexloop.core.exam import MAX_EXAM_BYTES
 
     failed: list[str] = []

@@ -42,6 +42,13 @@ MAX_ENTRIES = 500_000
 """Entries walked in one recording: a model cannot make the walk endless."""
 MAX_IGNORE_BYTES = 1 << 20
 """A ``.gitignore`` larger than this is not read."""
+MAX_WILDCARDS = 4
+"""A ``.gitignore`` pattern with more runs of ``*`` than this is not applied (``*a*a*a*a*b``
+would make Python's backtracking matcher run for hours on a long name)."""
+MAX_PATTERN_CHARS = 1000
+MAX_DEPTH = 256
+"""Folders nested deeper than this are not recorded (with a notice)."""
+_WILDCARDS = re.compile(r"\*+")
 _RACY_NS = 100_000_000  # a file changed this close to a scan is hashed again next time
 
 _FILE = "100644"
@@ -89,6 +96,8 @@ def _layer(base: str, text: str) -> _Layer:
     alternatives: list[str] = []
     ignores: list[bool] = []  # per pattern, in file order
     for line in text.splitlines():
+        if len(line) > MAX_PATTERN_CHARS or len(_WILDCARDS.findall(line)) > MAX_WILDCARDS:
+            continue  # matched by backtracking, such a pattern could take hours: not applied
         try:
             pattern = GitIgnoreBasicPattern(line)
         except Exception:  # a malformed line: git skips it too
@@ -427,6 +436,9 @@ class _Walk:
         self.left_out.append((rel, why))
 
     def folder(self, fd: int, rel: str, layers: list[_Layer], *, ignored: bool) -> None:
+        if rel.count("/") >= MAX_DEPTH:
+            self.leave(rel, f"nested deeper than {MAX_DEPTH} folders")
+            return
         prefix = f"{rel}/" if rel else ""
         try:
             names = sorted(entry.name for entry in os.scandir(fd))

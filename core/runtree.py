@@ -19,7 +19,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from codexloop.core import gitops
+from codexloop.core import gitops, safefs
 from codexloop.core.record import Entry
 
 _DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
@@ -88,7 +88,7 @@ class RunTree:
             if entry is not None and written is not None and written == (entry, _key(st)):
                 good.add(path)
                 continue
-            _remove(fd, name, st)
+            safefs.remove_at(fd, name)
             self._written.pop(path, None)
 
     def _write(self, paths: list[str], entries: dict[str, Entry]) -> None:
@@ -138,25 +138,6 @@ class RunTree:
             os.close(fd)
             fd = child
         return fd
-
-
-def _remove(fd: int, name: str, st: os.stat_result) -> None:
-    """Remove ``name`` under the folder ``fd``: a whole folder through descriptors, never
-    following a link."""
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(name, dir_fd=fd)
-        return
-    child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-    try:
-        for sub in os.listdir(child):
-            try:
-                sub_st = os.lstat(sub, dir_fd=child)
-            except FileNotFoundError:
-                continue
-            _remove(child, sub, sub_st)
-    finally:
-        os.close(child)
-    os.rmdir(name, dir_fd=fd)
 
 
 def _cat_blobs(gitdir: Path, shas: list[str]) -> dict[str, bytes]:

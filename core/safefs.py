@@ -17,6 +17,7 @@ import contextlib
 import errno
 import os
 import stat
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -166,7 +167,7 @@ def _parent(
             except UnsafePath:
                 if not replace:
                     raise
-                _remove_at(fd, name)
+                remove_at(fd, name)
                 os.mkdir(name, 0o777, dir_fd=fd)
                 child = _open_dir_at(fd, name, shown)
             os.close(fd)
@@ -324,10 +325,52 @@ def remove(root: Path | str, rel: str | PurePosixPath) -> bool:
         with _parent(root, parts) as dir_fd:
             if _lstat_at(dir_fd, parts[-1]) is None:
                 return False
-            _remove_at(dir_fd, parts[-1])
+            remove_at(dir_fd, parts[-1])
             return True
     except (FileNotFoundError, UnsafePath):
         return False
+
+
+def remove_at(dir_fd: int, name: str) -> None:
+    """Remove ``name`` under the open folder ``dir_fd``: a whole folder through descriptors,
+    never following a link. A tree too deep to walk here (a run can nest folders thousands
+    deep) is handed to ``rm -rf``, through the same descriptor."""
+    try:
+        _remove_at(dir_fd, name)
+    except (RecursionError, OSError) as exc:
+        deep = isinstance(exc, RecursionError) or exc.errno in (
+            errno.EMFILE,
+            errno.ENFILE,
+            errno.ENAMETOOLONG,
+        )
+        if not deep or not os.path.isdir(f"/proc/self/fd/{dir_fd}"):
+            raise
+        subprocess.run(
+            ["rm", "-rf", "--", f"/proc/self/fd/{dir_fd}/{name}"],
+            pass_fds=(dir_fd,),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=600,
+            check=False,
+        )
+        if _lstat_at(dir_fd, name) is not None:
+            raise OSError(errno.ENOTEMPTY, f"{name} could not be removed") from exc
+
+
+def remove_tree(path: Path | str) -> None:
+    """Remove a folder of the engine's own (scratch, run tree, worktree) and everything in it,
+    however deep, never following a link inside; nothing there is fine. Errors are ignored."""
+    path = Path(path)
+    try:
+        parent = os.open(path.parent, _DIR_FLAGS)
+    except OSError:
+        return
+    try:
+        remove_at(parent, path.name)
+    except OSError:
+        pass
+    finally:
+        os.close(parent)
 
 
 def _remove_at(dir_fd: int, name: str) -> None:

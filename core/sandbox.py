@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
-from codexloop.core import gitops, limits, process, record
+from codexloop.core import gitops, limits, process, record, safefs
 from codexloop.core.isolation import (
     DEFAULT_MAX_MEMORY_GIB,
     DEFAULT_TMP_SIZE_MIB,
@@ -371,8 +371,8 @@ class Sandbox:
     def discard_scratch(self) -> None:
         """The private temp folder (HOME, reports, the warm server's socket) and the run tree:
         the session is over; the worktree and its branch stay for reference (blocking)."""
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        shutil.rmtree(state_home() / "runs" / self.name, ignore_errors=True)
+        safefs.remove_tree(self.tmp)
+        safefs.remove_tree(state_home() / "runs" / self.name)
 
     def exam_place(self) -> ExamPlace:
         """Where the exam runs: a run tree and a temp folder out of the model's reach."""
@@ -415,10 +415,12 @@ class ExamPlace:
 
     def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = self.sandbox.environment(root=self.worktree, tmp=self.tmp)
-        # No user site-packages (a model command could have planted a .pth there) and no
-        # bytecode from beside the sources: a stale or forged .pyc never stands in for a .py.
+        # No user site-packages (a model command could have planted a .pth there). Bytecode
+        # needs nothing here: the run tree holds no __pycache__ (never recorded, and whatever
+        # a run wrote is removed before the next), and PYTHONDONTWRITEBYTECODE is set. (A
+        # PYTHONPYCACHEPREFIX would be worse: one folder every run can write, kept between
+        # runs, and no cached bytecode for pytest and the standard library.)
         env["PYTHONNOUSERSITE"] = "1"
-        env["PYTHONPYCACHEPREFIX"] = str(self.tmp / "pycache")
         if extra:
             env.update(extra)
         return env
@@ -456,6 +458,6 @@ class ExamPlace:
 def forget_session(name: str) -> None:
     """What codexloop keeps of a session besides its worktree: scratch folder, run tree,
     exclude file."""
-    shutil.rmtree(state_home() / "tmp" / name, ignore_errors=True)
-    shutil.rmtree(state_home() / "runs" / name, ignore_errors=True)
+    safefs.remove_tree(state_home() / "tmp" / name)
+    safefs.remove_tree(state_home() / "runs" / name)
     (state_home() / "excludes" / name).unlink(missing_ok=True)

@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
+from codexloop.core import safefs
 from codexloop.core.process import RunResult
 
 DIGEST_CHARS = 6_000
@@ -119,10 +120,19 @@ def junit_env(junit_path: Path) -> dict[str, str]:
     return {"PYTEST_ADDOPTS": f"--junitxml={junit_path} -o junit_family=xunit1"}
 
 
+MAX_REPORT_BYTES = 64 << 20
+
+
 def parse_junit(path: Path) -> list[Case] | None:
+    """The test cases of a JUnit report, or None when there is none to trust: the file is
+    read as a regular file only (a link or FIFO the run left in its place is not opened:
+    it could lead out of the sandbox or block), and at most :data:`MAX_REPORT_BYTES`."""
     try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError):
+        data = safefs.read_regular(path.parent, path.name, limit=MAX_REPORT_BYTES)
+        if data is None:
+            return None
+        root = ET.fromstring(data)
+    except (OSError, ET.ParseError, ValueError):
         return None
     cases: list[Case] = []
     for element in root.iter("testcase"):

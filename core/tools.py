@@ -12,6 +12,7 @@ clear result the model can read; nothing raises.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import os
@@ -23,6 +24,7 @@ from typing import Any
 
 import anyio
 from codexloop.core import safefs
+from codexloop.core.events import printable
 from codexloop.core.exam import Exam
 from codexloop.core.process import RunResult
 
@@ -197,6 +199,15 @@ class Tools:
     # -- dispatch --------------------------------------------------------------
 
     async def execute(self, name: str, arguments: str) -> ToolOutcome:
+        """Run one tool call; the result is valid UTF-8 whatever the file names (a name that
+        is not UTF-8 would otherwise make the next request to the model unencodable)."""
+        outcome = await self._execute(name, arguments)
+        content, summary = printable(outcome.content), printable(outcome.summary)
+        if content is outcome.content and summary is outcome.summary:
+            return outcome
+        return dataclasses.replace(outcome, content=content, summary=summary)
+
+    async def _execute(self, name: str, arguments: str) -> ToolOutcome:
         try:
             args = json.loads(arguments) if arguments.strip() else {}
         except json.JSONDecodeError as exc:

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shlex
-import shutil
 import stat
 import struct
 import subprocess
@@ -27,6 +26,7 @@ from pathlib import Path, PurePath
 
 import anyio
 from anyio.abc import Process
+from codexloop.core import safefs
 from codexloop.core.limits import RUN_MARK, PidsGroup, kill_marked, limit_notes
 from codexloop.core.process import (
     DEFAULT_HARD_LIMIT,
@@ -126,7 +126,7 @@ def write_fresh(folder: Path, name: str, data: bytes) -> Path:
                 pass
             else:
                 if stat.S_ISDIR(info.st_mode):
-                    shutil.rmtree(folder / name)  # symlink-safe: it never follows one
+                    safefs.remove_at(dir_fd, name)  # never follows a link, any depth
                 else:
                     os.unlink(name, dir_fd=dir_fd)
             try:
