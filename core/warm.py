@@ -150,6 +150,18 @@ def write_fresh(folder: Path, name: str, data: bytes) -> Path:
         os.close(dir_fd)
 
 
+async def _connect(path: Path) -> anyio.abc.SocketStream:
+    """Connect to the server's socket, however deep its folder: through a descriptor of the
+    folder where /proc allows it (a socket path is limited to ~108 bytes)."""
+    if len(os.fsencode(path)) < 100 or not os.path.isdir("/proc/self/fd"):
+        return await anyio.connect_unix(str(path))
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return await anyio.connect_unix(f"/proc/self/fd/{folder}/{path.name}")
+    finally:
+        os.close(folder)
+
+
 class WarmRunner:
     """One warm pytest server for one sandbox."""
 
@@ -326,7 +338,7 @@ class WarmRunner:
         timed_out = killed_for_output = False
         read_total = 0
         try:
-            stream = await anyio.connect_unix(str(self.socket_path))
+            stream = await _connect(self.socket_path)
         except OSError as exc:
             await self.stop()
             raise WarmError(f"cannot reach the warm pytest server: {exc}") from exc

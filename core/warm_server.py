@@ -169,8 +169,9 @@ def _child(conn: socket.socket, request: dict, report_fd: int) -> None:
         conn.sendall(b"O" + struct.pack(">I", len(chunk)) + chunk)
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
-    conn.sendall(b"X" + struct.pack(">i", code if code >= 0 else 255))
-    os._exit(0)
+    # The server sends the exit status, once it has swept what the run left behind: the
+    # engine must not see the result while a leftover of the run still runs.
+    os._exit(code if 0 <= code < 255 else 255)
 
 
 def _drain(fd: int) -> bytes:
@@ -187,7 +188,14 @@ def _drain(fd: int) -> bytes:
 
 def serve(path: str) -> None:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
+    # Bound by a relative name: a socket path is limited to ~108 bytes, and the session's
+    # folder can be deeper than that (a long home or cache path, a long session name).
+    here = os.getcwd()
+    os.chdir(os.path.dirname(path) or ".")
+    try:
+        server.bind(os.path.basename(path))
+    finally:
+        os.chdir(here)
     server.listen(4)
     import pytest  # noqa: F401  (warm: the runner itself)
 
@@ -231,12 +239,14 @@ def serve(path: str) -> None:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP})
             _child(conn, request, report_w)
         CURRENT_RUN[:] = [pid]
+        code: int | None = None
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP})
         # Parent: drain the module report (a full pipe would block the run) and watch the
         # client: if it goes away, kill the run's whole group. And the engine: if it goes, too.
         while True:
-            done_pid, _ = os.waitpid(pid, os.WNOHANG)
+            done_pid, status = os.waitpid(pid, os.WNOHANG)
             if done_pid:
+                code = os.waitstatus_to_exitcode(status)
                 break
             ready, _, _ = select.select(
                 [conn.fileno(), report_r] + ([LIFELINE] if LIFELINE >= 0 else []), [], [], 0.05
@@ -251,10 +261,13 @@ def serve(path: str) -> None:
                 os.waitpid(pid, 0)
                 break
         CURRENT_RUN.clear()
-        conn.close()
         pending += _drain(report_r)
         if PRIVATE_PIDS:
             _sweep_leftovers()
+        if code is not None:
+            with contextlib.suppress(OSError):
+                conn.sendall(b"X" + struct.pack(">i", code if 0 <= code < 255 else 255))
+        conn.close()
         # Import what the last run used from outside the project: the next fork has it warm.
         # The list comes from the run (code under test can write anything there): a name is
         # imported only when the module it resolves to lives outside the project.

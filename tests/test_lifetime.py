@@ -9,6 +9,7 @@ deadline until nothing of the session is left.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -219,3 +220,45 @@ def test_clean_kills_what_a_crashed_session_left_running(engine) -> None:
     assert done.returncode == 0, done.stderr
     assert f"killed {len(left)} process(es) left running by {started['branch']}" in done.stdout
     nothing_left()
+
+
+def test_closing_the_apps_terminal_leaves_nothing_running(
+    make_repo, scripted_openai, tmp_path: Path
+) -> None:
+    """The full-screen app in a real terminal (a pty): the terminal goes away (its master
+    side is closed, as when a tmux pane or an ssh session ends: SIGHUP), and nothing of the
+    session is left — warm server, run, scratch folder."""
+    import pty
+
+    repo = make_repo(FILES)
+    scripted_openai.add(Reply(text="nothing to do"))
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env.update({"TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"})
+    argv = [sys.executable, "-m", "codexloop.tui.cli", TARGET]
+    argv += ["--base-url", scripted_openai.base_url, "--model", "m", "--test-timeout", "600"]
+    pid, master = pty.fork()
+    if pid == 0:  # the child: the app, with the pty as its terminal
+        os.chdir(repo)
+        os.execve(sys.executable, argv, env)
+    try:
+        wait_until(lambda: bool(warm_servers()), "the app's warm run to start")
+        seen = b""
+        deadline = time.monotonic() + DEADLINE_S
+        while UP.encode() not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    seen += os.read(master, 1 << 16)
+                except OSError:
+                    break
+        os.close(master)  # the terminal is gone: the kernel hangs up the app's session
+        master = -1
+        wait_until(lambda: os.waitpid(pid, os.WNOHANG)[0] != 0, "the app to exit")
+        nothing_left()
+        assert not list((state_home() / "tmp").glob("*")), "the scratch folder was left"
+    finally:
+        if master >= 0:
+            os.close(master)
+        with contextlib.suppress(ChildProcessError, ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)

@@ -177,3 +177,24 @@ async def test_fifos_named_like_config_files_never_hang_the_fingerprint(
             with contextlib.suppress(OSError):
                 os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
     assert runner.starts == 1
+
+
+@pytest.mark.anyio
+async def test_warm_runs_work_however_deep_the_session_folder(
+    make_repo, scripted_openai, tmp_path, monkeypatch
+) -> None:
+    """A socket path is limited to ~108 bytes; a long home or cache path must not turn warm
+    runs off."""
+    from codexloop.core import events as ev
+    from loophelpers import KATA, edit, make_config, of_type, run_loop
+    from scripted_openai import Reply
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(deep))
+    repo = make_repo(KATA)
+    scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="ok"))
+    result, events = await run_loop(make_config(repo, scripted_openai.base_url, warm=True))
+
+    assert result.status == "passed"
+    notices = [n.message for n in of_type(events, ev.Notice)]
+    assert not [n for n in notices if "warm test runs are off" in n], notices
