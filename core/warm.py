@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shlex
+import signal
 import stat
 import struct
 import subprocess
@@ -150,6 +151,16 @@ def write_fresh(folder: Path, name: str, data: bytes) -> Path:
         os.close(dir_fd)
 
 
+def _kill_all_but(group: PidsGroup, keep: int) -> int:
+    killed = 0
+    for pid in group.pids():
+        if pid != keep:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+    return killed
+
+
 async def _connect(path: Path) -> anyio.abc.SocketStream:
     """Connect to the server's socket, however deep its folder: through a descriptor of the
     folder where /proc allows it (a socket path is limited to ~108 bytes)."""
@@ -176,6 +187,7 @@ class WarmRunner:
         self.starts = 0
         self.group: PidsGroup | None = None
         self.marker: str | None = None  # the server's run mark, without isolation
+        self._private_pids = False  # the server sweeps its own pid namespace after each run
         self._lifeline: int | None = None  # write end of the server's stdin pipe
 
     def _config_files(self) -> list[str]:
@@ -241,6 +253,7 @@ class WarmRunner:
             None if self.sandbox.isolation.active or self.group is not None else uuid.uuid4().hex
         )
         private_pids = self.sandbox.isolation.active and self.sandbox.isolation.fresh_proc
+        self._private_pids = private_pids
         argv, env = self.sandbox.command_argv(
             command,
             {
@@ -376,6 +389,10 @@ class WarmRunner:
         survivors = 0
         if self.marker is not None:  # what the run left behind (setsid, daemons)
             survivors = await anyio.to_thread.run_sync(kill_marked, _run_mark(self.marker))
+        elif self.group is not None and not self._private_pids and self.process is not None:
+            # A cgroup but no pid namespace: the server shares its group with what its runs
+            # leave behind; everything in it but the server is a leftover.
+            survivors = _kill_all_but(self.group, self.process.pid)
         output = sanitize_terminal(kept.text()) + limit_notes(self.group, survivors)
         if timed_out:
             output += f"\n[codexloop: stopped after the {timeout:g} s time limit; the process tree was killed]"

@@ -222,9 +222,16 @@ def _alive(token: str) -> list[int]:
     return found
 
 
-async def test_nothing_a_warm_run_starts_outlives_it(make_repo, scripted_openai) -> None:
+@pytest.mark.parametrize("bwrap", [True, False], ids=["bwrap", "no-bwrap"])
+async def test_nothing_a_warm_run_starts_outlives_it(
+    make_repo, scripted_openai, request, bwrap: bool
+) -> None:
     """A daemon started by the code under test (in its own session) is gone before the
-    model's next turn: it cannot rewrite the run tree under the next run."""
+    model's next turn: it cannot rewrite the run tree under the next run. With bubblewrap
+    the server sweeps its pid namespace; without, the engine empties the server's cgroup
+    (or kills what carries the run mark)."""
+    if not bwrap:
+        request.getfixturevalue("no_bwrap")
     repo = make_repo(KATA)
     token = f"codexloop-daemon-{os.getpid()}-{id(repo)}"
     seen: dict[str, list[int]] = {}
