@@ -134,7 +134,7 @@ def _sweep_leftovers() -> None:
                 os.kill(victim, signal.SIGKILL)
 
 
-def _child(conn: socket.socket, request: dict, report_fd: int) -> None:
+def _child(conn: socket.socket, request: dict, report_fd: int, done_fd: int) -> None:
     """In the forked child: run pytest with output on a pipe, report modules, exit."""
     os.setsid()
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -144,6 +144,7 @@ def _child(conn: socket.socket, request: dict, report_fd: int) -> None:
     pid = os.fork()
     if pid == 0:  # the run itself, so that its output pipe closes when it ends
         os.close(read_end)
+        os.close(done_fd)  # held by this process alone: its end wakes the server at once
         os.dup2(write_end, 1)
         os.dup2(write_end, 2)
         os.environ.clear()
@@ -231,13 +232,16 @@ def serve(path: str) -> None:
             return
         # No SIGTERM between the fork and knowing the run's pid: it would miss the run.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP})
+        done_r, done_w = os.pipe()  # EOF when the child has ended: no polling delay
         pid = os.fork()
         if pid == 0:
             server.close()
+            os.close(done_r)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP})
-            _child(conn, request, report_w)
+            _child(conn, request, report_w, done_w)
+        os.close(done_w)
         CURRENT_RUN[:] = [pid]
         code: int | None = None
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP})
@@ -249,7 +253,10 @@ def serve(path: str) -> None:
                 code = os.waitstatus_to_exitcode(status)
                 break
             ready, _, _ = select.select(
-                [conn.fileno(), report_r] + ([LIFELINE] if LIFELINE >= 0 else []), [], [], 0.05
+                [conn.fileno(), report_r, done_r] + ([LIFELINE] if LIFELINE >= 0 else []),
+                [],
+                [],
+                0.05,
             )
             if LIFELINE in ready:
                 _check_lifeline()
@@ -260,6 +267,7 @@ def serve(path: str) -> None:
                     os.killpg(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
                 break
+        os.close(done_r)
         CURRENT_RUN.clear()
         pending += _drain(report_r)
         if PRIVATE_PIDS:
