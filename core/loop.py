@@ -41,7 +41,7 @@ from codexloop.core.context import (
     shorten_tool_result,
 )
 from codexloop.core.diff import revert_hunk
-from codexloop.core.exam import Exam, command_files
+from codexloop.core.exam import MAX_EXAM_BYTES, Exam, command_files
 from codexloop.core.gitops import ApplyResult
 from codexloop.core.model import (
     BACKOFF_S,
@@ -912,9 +912,7 @@ class Loop:
                         + "; ".join(f"{rel} ({why})" for rel, why in shadowing),
                     )
                 )
-            scan = await anyio.to_thread.run_sync(
-                sandbox.scan, {rel: None for rel, _why in shadowing}
-            )
+            scan = await anyio.to_thread.run_sync(sandbox.scan, [rel for rel, _why in shadowing])
             await self._note_left_out(scan)
             place = self._place
             assert place is not None
@@ -1023,8 +1021,6 @@ def _read_targets(
 ) -> dict[str, tuple[bytes | None, bytes | None, bytes | None]]:
     """For each target file: what the sandbox holds, what it held when the engine last wrote
     it (the snapshot's version at first), and the developer's version now."""
-    from codexloop.core.exam import MAX_EXAM_BYTES
-
     held: dict[str, tuple[bytes | None, bytes | None, bytes | None]] = {}
     for rel in exam.target_files:
         # The worktree is the model's: no link followed, regular files only (safefs).
@@ -1039,8 +1035,6 @@ def _read_targets(
 
 def _revert_all(sandbox: Sandbox, rejections: list[ev.Rejection]) -> list[str]:
     """Undo rejected hunks (or whole files) in the sandbox; return the paths that failed."""
-    from codexloop.core.exam import MAX_EXAM_BYTES
-
     failed: list[str] = []
     root = sandbox.worktree
     for rejection in rejections:

@@ -28,11 +28,11 @@ import stat
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codexloop.core import gitops
+from codexloop.core import gitops, safefs
 
 MAX_FILE_BYTES = gitops.MAX_UNTRACKED_BYTES
 """A file larger than this is never recorded (like the snapshot's rule)."""
@@ -57,7 +57,6 @@ _LINK = "120000"
 _TREE = "40000"
 _GITLINK = "160000"
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-_DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
 
 
 def refused_name(name: str, *, link: bool = False) -> str | None:
@@ -179,22 +178,19 @@ class _Objects:
         self.dir = objects
         self.algorithm = algorithm
 
-    def hash(self, kind: str, data: bytes) -> str:
+    def write(self, kind: str, data: bytes) -> str:
+        """Store ``data`` as a ``kind`` object (unless it is there already); its id."""
         header = f"{kind} {len(data)}\0".encode()
         digest = hashlib.new(self.algorithm)
         digest.update(header)
         digest.update(data)
-        return digest.hexdigest()
-
-    def write(self, kind: str, data: bytes) -> str:
-        sha = self.hash(kind, data)
+        sha = digest.hexdigest()
         folder = self.dir / sha[:2]
         path = folder / sha[2:]
         if path.exists():
             return sha
         folder.mkdir(exist_ok=True)
         tmp = folder / f"tmp_obj_codexloop_{os.getpid()}_{threading.get_ident()}"
-        header = f"{kind} {len(data)}\0".encode()
         with open(tmp, "wb") as handle:
             handle.write(zlib.compress(header + data, 1))
         os.chmod(tmp, 0o444)
@@ -236,6 +232,7 @@ class Recorder:
         self.exclude_file = exclude_file
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[tuple[int, ...], Entry]] = {}
+        self._commits: dict[str, dict[str, Entry]] = {}  # a commit's entries never change
         self._global = self._global_layers()
         self.tracked: dict[str, Entry] = {}
         self.seed()
@@ -289,36 +286,27 @@ class Recorder:
             want_link = entry.mode == _LINK
             kind_ok = stat.S_ISLNK(st.st_mode) if want_link else stat.S_ISREG(st.st_mode)
             if kind_ok and now - st.st_ctime_ns > _RACY_NS and _mode_of(st) == entry.mode:
-                self._cache[rel] = (_key(st), entry)
+                self._cache[rel] = (stat_key(st), entry)
 
     # -- scanning -------------------------------------------------------------------
 
-    def scan(self, overrides: Mapping[str, bytes | None] | None = None) -> Scan:
-        """Record the worktree as it is now (blocking). ``overrides``: paths recorded with
-        this content instead of the sandbox's (None: left out), such as the exam."""
+    def scan(self, leave_out: Collection[str] = ()) -> Scan:
+        """Record the worktree as it is now (blocking); ``leave_out``: paths not recorded
+        whatever the worktree holds."""
         with self._lock:
-            return self._scan(dict(overrides or {}))
+            return self._scan(leave_out)
 
-    def _scan(self, overrides: dict[str, bytes | None]) -> Scan:
+    def _scan(self, leave_out: Collection[str]) -> Scan:
         started = time.time_ns()
         walk = _Walk(self, started)
-        root_fd = os.open(self.root, _DIR_FLAGS)
+        root_fd = os.open(self.root, safefs.DIR_FLAGS)
         try:
             walk.folder(root_fd, "", list(self._global), ignored=False)
         finally:
             os.close(root_fd)
         entries = walk.entries
-        for rel, content in overrides.items():
-            if any(refused_name(part) for part in rel.split("/")):
-                continue
-            if content is None:
-                entries.pop(rel, None)
-            else:
-                sha = self.objects.write("blob", content)
-                mode = entries[rel].mode if rel in entries and entries[rel].mode != _LINK else _FILE
-                entries[rel] = Entry(mode, sha)
-                for parent in _parents(rel):  # a file where a folder of the override should be
-                    entries.pop(parent, None)
+        for rel in leave_out:
+            entries.pop(rel, None)
         # Gitlinks (the developer's submodules) are carried over as they are.
         for rel, entry in self.tracked.items():
             if entry.mode == _GITLINK:
@@ -346,12 +334,9 @@ class Recorder:
 
     # -- what the engine asks of it -------------------------------------------------------
 
-    def commit(
-        self, message: str, overrides: Mapping[str, bytes | None] | None = None
-    ) -> str | None:
+    def commit(self, message: str) -> str | None:
         """Record the worktree as a commit on its branch; None when nothing changed."""
-        scan = self.scan(overrides)
-        return self.commit_scan(scan, message)
+        return self.commit_scan(self.scan(), message)
 
     def commit_scan(self, scan: Scan, message: str) -> str | None:
         done = gitops.git(
@@ -371,9 +356,14 @@ class Recorder:
         return sha
 
     def changed_paths(self, base: str) -> list[str]:
-        """Paths whose recorded content differs from ``base``'s."""
+        """Paths whose recorded content differs from ``base``'s (a commit: listed once)."""
         now = self.scan().entries
-        then = self.head_entries(base)
+        if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", base):
+            then = self.head_entries(base)  # a name may move: asked every time
+        else:
+            if base not in self._commits:
+                self._commits[base] = self.head_entries(base)
+            then = self._commits[base]
         return sorted(p for p in now.keys() | then.keys() if now.get(p) != then.get(p))
 
     def diff(self, base: str, options: Sequence[str] = (), pathspec: Sequence[str] = ()) -> str:
@@ -402,7 +392,8 @@ def diff_trees(
     )
 
 
-def _key(st: os.stat_result) -> tuple[int, ...]:
+def stat_key(st: os.stat_result) -> tuple[int, ...]:
+    """What changes whenever a file's content may have (ctime cannot be set back)."""
     return (st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
@@ -476,7 +467,7 @@ class _Walk:
                 if hidden and path not in self.tracked_dirs:
                     continue
                 try:
-                    child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                    child = os.open(name, safefs.DIR_FLAGS, dir_fd=fd)
                 except OSError:
                     continue
                 try:
@@ -494,7 +485,7 @@ class _Walk:
             self.file(fd, name, path, st)
 
     def file(self, fd: int, name: str, rel: str, st: os.stat_result) -> None:
-        key = _key(st)
+        key = stat_key(st)
         cached = self.recorder._cache.get(rel)
         if cached is not None and cached[0] == key:
             self.entries[rel] = cached[1]
@@ -514,7 +505,7 @@ class _Walk:
             if stat.S_ISLNK(st.st_mode):
                 data = os.fsencode(os.readlink(name, dir_fd=fd))
             else:
-                data = _read_regular(fd, name, MAX_FILE_BYTES)
+                data = safefs.read_at(fd, name, limit=MAX_FILE_BYTES, shown=rel)
         except OSError as exc:
             self.leave(rel, f"cannot be read ({exc.strerror or exc})")
             return
@@ -526,34 +517,11 @@ class _Walk:
 
     def _read_ignore(self, fd: int) -> str:
         try:
-            return _read_regular(fd, ".gitignore", MAX_IGNORE_BYTES).decode("utf-8", "replace")
+            return safefs.read_at(fd, ".gitignore", limit=MAX_IGNORE_BYTES).decode(
+                "utf-8", "replace"
+            )
         except OSError:
             return ""
-
-
-def _read_regular(fd: int, name: str, limit: int) -> bytes:
-    """A regular file under the folder ``fd``: never a symlink, FIFO or device; bounded."""
-    handle = os.open(name, _OPEN_FLAGS, dir_fd=fd)
-    try:
-        st = os.fstat(handle)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(0, "not a regular file")
-        if st.st_size > limit:
-            raise OSError(0, f"larger than {limit} bytes")
-        chunks = []
-        left = limit + 1
-        while left > 0:
-            chunk = os.read(handle, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        data = b"".join(chunks)
-        if len(data) > limit:
-            raise OSError(0, f"larger than {limit} bytes")
-        return data
-    finally:
-        os.close(handle)
 
 
 # --------------------------------------------------------------------------- one per worktree

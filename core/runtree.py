@@ -20,15 +20,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from codexloop.core import gitops, safefs
-from codexloop.core.record import Entry
+from codexloop.core.record import Entry, stat_key
 
-_DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
 _LINK = "120000"
 _GITLINK = "160000"
-
-
-def _key(st: os.stat_result) -> tuple[int, ...]:
-    return (st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class RunTree:
@@ -49,7 +44,7 @@ class RunTree:
         }
         wanted_dirs |= {p for p, e in entries.items() if e.mode == _GITLINK}
         good: set[str] = set()
-        root = os.open(self.path, _DIR_FLAGS)
+        root = os.open(self.path, safefs.DIR_FLAGS)
         try:
             self._sweep(root, "", entries, wanted_dirs, good)
         finally:
@@ -77,7 +72,7 @@ class RunTree:
                 if entries.get(path, Entry("", "")).mode == _GITLINK:
                     good.add(path)
                     continue
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                child = os.open(name, safefs.DIR_FLAGS, dir_fd=fd)
                 try:
                     self._sweep(child, path, entries, wanted_dirs, good)
                 finally:
@@ -85,7 +80,7 @@ class RunTree:
                 continue
             written = self._written.get(path)
             entry = entries.get(path)
-            if entry is not None and written is not None and written == (entry, _key(st)):
+            if entry is not None and written is not None and written == (entry, stat_key(st)):
                 good.add(path)
                 continue
             safefs.remove_at(fd, name)
@@ -121,20 +116,20 @@ class RunTree:
                     finally:
                         os.close(fd)
                 st = os.lstat(name, dir_fd=parent_fd)
-                self._written[rel] = (entry, _key(st))
+                self._written[rel] = (entry, stat_key(st))
             finally:
                 os.close(parent_fd)
 
     def _open_parent(self, rel: str) -> int:
         """The folder of ``rel``, made where missing, every component opened without
         following a link."""
-        fd = os.open(self.path, _DIR_FLAGS)
+        fd = os.open(self.path, safefs.DIR_FLAGS)
         for part in rel.split("/")[:-1]:
             try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                child = os.open(part, safefs.DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
                 os.mkdir(part, 0o755, dir_fd=fd)
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                child = os.open(part, safefs.DIR_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = child
         return fd

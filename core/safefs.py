@@ -26,7 +26,7 @@ from typing import Literal
 
 Kind = Literal["file", "dir", "symlink", "fifo", "socket", "device", "other"]
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _CHUNK = 1 << 20
 
@@ -130,7 +130,7 @@ def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
 def _open_dir_at(dir_fd: int, name: str, shown: str) -> int:
     """Open the folder ``name`` under ``dir_fd``; never through a symlink."""
     try:
-        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
             raise
@@ -220,12 +220,20 @@ def read_file(root: Path | str, rel: str | PurePosixPath, *, limit: int | None =
             raise NotRegularFile(
                 f"{shown} is {describe(found)}, not a regular file: not opened", found
             )
-        try:
-            fd = os.open(parts[-1], _READ_FLAGS, dir_fd=dir_fd)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise SymlinkInPath(f"{shown} is a symlink; symlinks are not followed") from None
-            raise
+        return read_at(dir_fd, parts[-1], limit=limit, shown=shown)
+
+
+def read_at(dir_fd: int, name: str, *, limit: int | None = None, shown: str = "") -> bytes:
+    """The bytes of the regular file ``name`` in the open folder ``dir_fd``: opened without
+    following a link and without blocking, checked with ``fstat`` to be a regular file
+    (NotRegularFile), at most ``limit`` bytes (FileTooLarge). ``shown``: its name in messages."""
+    shown = shown or name
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SymlinkInPath(f"{shown} is a symlink; symlinks are not followed") from None
+        raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):  # swapped between lstat and open
@@ -362,7 +370,7 @@ def remove_tree(path: Path | str) -> None:
     however deep, never following a link inside; nothing there is fine. Errors are ignored."""
     path = Path(path)
     try:
-        parent = os.open(path.parent, _DIR_FLAGS)
+        parent = os.open(path.parent, DIR_FLAGS)
     except OSError:
         return
     try:
@@ -380,7 +388,7 @@ def _remove_at(dir_fd: int, name: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=dir_fd)
         return
-    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
     try:
         for entry in os.scandir(fd):
             _remove_at(fd, entry.name)

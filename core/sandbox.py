@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -184,9 +184,9 @@ class Sandbox:
     def recorder(self) -> record.Recorder:
         return record.recorder(self.worktree, self.exclude_file)
 
-    def scan(self, overrides: Mapping[str, bytes | None] | None = None) -> record.Scan:
-        """The sandbox's files as they would be recorded now (blocking)."""
-        return self.recorder.scan(overrides)
+    def scan(self, leave_out: Collection[str] = ()) -> record.Scan:
+        """The sandbox's files as they would be recorded now, but ``leave_out`` (blocking)."""
+        return self.recorder.scan(leave_out)
 
     def commit(self, message: str) -> str | None:
         """Record the sandbox's state on the preview branch (blocking)."""
@@ -371,12 +371,11 @@ class Sandbox:
     def discard_scratch(self) -> None:
         """The private temp folder (HOME, reports, the warm server's socket) and the run tree:
         the session is over; the worktree and its branch stay for reference (blocking)."""
-        safefs.remove_tree(self.tmp)
-        safefs.remove_tree(state_home() / "runs" / self.name)
+        discard_scratch(self.name)
 
     def exam_place(self) -> ExamPlace:
         """Where the exam runs: a run tree and a temp folder out of the model's reach."""
-        folder = state_home() / "runs" / self.name
+        folder = runs_folder(self.name)
         shares = [t.relative_to(self.worktree).as_posix() for _s, t in self.shared]
         gitdir = Path(gitops.worktree_env(self.worktree)["GIT_DIR"])
         place = ExamPlace(self, RunTree(folder / "tree", gitdir, keep=shares), folder / "tmp")
@@ -455,9 +454,18 @@ class ExamPlace:
         )
 
 
-def forget_session(name: str) -> None:
-    """What codexloop keeps of a session besides its worktree: scratch folder, run tree,
-    exclude file."""
+def runs_folder(name: str) -> Path:
+    """A session's run tree and the temp folder of its test runs."""
+    return state_home() / "runs" / name
+
+
+def discard_scratch(name: str) -> None:
+    """A session's scratch: its temp folder (HOME, the warm server's socket), its run tree."""
     safefs.remove_tree(state_home() / "tmp" / name)
-    safefs.remove_tree(state_home() / "runs" / name)
+    safefs.remove_tree(runs_folder(name))
+
+
+def forget_session(name: str) -> None:
+    """What codexloop keeps of a session besides its worktree: scratch, exclude file."""
+    discard_scratch(name)
     (state_home() / "excludes" / name).unlink(missing_ok=True)

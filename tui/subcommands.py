@@ -45,7 +45,7 @@ def branches(argv: Sequence[str]) -> int:
 def clean(argv: Sequence[str]) -> int:
     from codexloop.core import gitops
     from codexloop.core.process import kill_session
-    from codexloop.core.sandbox import forget_session, state_home
+    from codexloop.core.sandbox import forget_session, runs_folder, state_home
 
     parser = _Parser(
         prog="codexloop clean",
@@ -69,7 +69,7 @@ def clean(argv: Sequence[str]) -> int:
         branch = found.get(name) or found[f"codexloop/{name}"]
         # What a crashed session left running (a warm server, a command's processes) first.
         session = branch.name.removeprefix("codexloop/")
-        folders = [state_home() / "tmp" / session, state_home() / "runs" / session]
+        folders = [state_home() / "tmp" / session, runs_folder(session)]
         if branch.worktree is not None:
             folders.append(Path(branch.worktree))
         killed = kill_session(folders)
