@@ -223,20 +223,26 @@ def changes(repo: Path, base: str, head: str, leave_out: Sequence[str] = ()) -> 
 
     ``leave_out``: paths not to show (the exam files, which only the developer changes).
     """
-    text = gitops.git(
+    return parse_diff(commits_diff(repo, base, head, ["--find-renames", "-U3"], leave_out))
+
+
+def commits_diff(
+    repo: Path, base: str, head: str, options: Sequence[str], leave_out: Sequence[str] = ()
+) -> str:
+    """``git diff`` of two commits of ``repo`` (paths unquoted, no colour, no external diff),
+    ``leave_out`` excluded (blocking)."""
+    return gitops.git(
         repo,
         "-c",
         "core.quotepath=false",
         "diff",
         "--no-color",
         "--no-ext-diff",
-        "--find-renames",
-        "-U3",
+        *options,
         base,
         head,
         *leave_out_spec(leave_out),
     )
-    return parse_diff(text)
 
 
 def apply_hunks(old: str, hunks: list[Hunk]) -> str:

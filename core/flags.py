@@ -1115,22 +1115,8 @@ def for_commit(repo: Path, base: str, head: str, leave_out: Sequence[str] = ()) 
     ``leave_out``: paths not to scan (the exam, which only the developer changes).
     """
     from codexloop.core import gitops
-    from codexloop.core.diff import leave_out_spec
+    from codexloop.core.diff import commits_diff
 
-    text = gitops.git(
-        repo,
-        "-c",
-        "core.quotepath=false",
-        "diff",
-        "--no-color",
-        "--no-ext-diff",
-        "--no-textconv",
-        "--no-renames",
-        "--unified=0",
-        "--src-prefix=a/",
-        "--dst-prefix=b/",
-        base,
-        head,
-        *leave_out_spec(leave_out),
-    )
+    options = ["--no-textconv", "--no-renames", "--unified=0", "--src-prefix=a/", "--dst-prefix=b/"]
+    text = commits_diff(repo, base, head, options, leave_out)
     return scan_diff(text, lambda path: gitops.read_blob(repo, head, path))
