@@ -291,11 +291,11 @@ def path_dirs(path_variable: str) -> list[Path]:
     """The PATH's folders, and where their symlinks really lead (pyenv shims, ~/.local/bin)."""
     found: list[Path] = []
     for entry in path_variable.split(os.pathsep):
-        if entry and Path(entry).is_dir():
+        if entry and os.path.isdir(entry):  # False, not an error, where we may not look
             found.append(Path(entry))
             found.append(Path(os.path.realpath(entry)))
     pyenv = os.environ.get("PYENV_ROOT") or str(Path.home() / ".pyenv")
-    if Path(pyenv).is_dir() and any(str(p).startswith(pyenv) for p in found):
+    if os.path.isdir(pyenv) and any(str(p).startswith(pyenv) for p in found):
         found.append(Path(pyenv))
     return list(dict.fromkeys(found))
 
