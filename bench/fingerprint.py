@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from _repo import git_repo
+
 from codexloop.core.sandbox import Sandbox
 from codexloop.core.warm import WarmRunner
 

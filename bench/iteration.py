@@ -26,10 +26,11 @@ from _repo import git_repo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from scripted_openai import Call, Reply, ScriptedOpenAI
+
 from codexloop.core import events as ev
 from codexloop.core.config import Settings, load_config
 from codexloop.core.loop import Loop, event_channel
-from scripted_openai import Call, Reply, ScriptedOpenAI
 
 
 def make_repo(root: Path) -> Path:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import anyio
 from _repo import git_repo
+
 from codexloop.core.exam import Exam
 from codexloop.core.sandbox import Sandbox, find_python
 from codexloop.core.testrun import default_args, default_command, judge, junit_env

@@ -12,10 +12,11 @@ from typing import Any
 
 import anyio
 from anyio.abc import ObjectReceiveStream
+from scripted_openai import Call
+
 from codexloop.core import events as ev
 from codexloop.core.config import Config, Settings, load_config
 from codexloop.core.loop import Loop, LoopResult, event_channel
-from scripted_openai import Call
 
 CALC = "def add(a, b):\n    return a - b\n"
 TEST_CALC = "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
@@ -98,7 +99,7 @@ def run_cli(
     }
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "codexloop.tui.cli", *args],
+        [sys.executable, "-m", "codexloop", *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,

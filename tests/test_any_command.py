@@ -7,13 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_git
+from loophelpers import KATA, edit, make_config, of_type, run_loop, tool_results
+from scripted_openai import Call, Reply
+
 from codexloop.core import events as ev
 from codexloop.core import process
 from codexloop.core.exam import Exam, command_files
 from codexloop.core.testrun import judge, junit_env
-from conftest import run_git
-from loophelpers import KATA, edit, make_config, of_type, run_loop, tool_results
-from scripted_openai import Call, Reply
 
 pytestmark = pytest.mark.anyio
 

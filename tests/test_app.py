@@ -12,6 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loophelpers import KATA, edit, make_config, user_texts
+from scripted_openai import Call, Reply
+from textual.app import App, ComposeResult
+from textual.pilot import Pilot
+from textual.worker import WorkerFailed
+
 from codexloop.core import events as ev
 from codexloop.core.config import Config
 from codexloop.core.loop import Loop
@@ -21,11 +27,6 @@ from codexloop.tui.linebuffer import LineBuffer
 from codexloop.tui.review import ReviewScreen
 from codexloop.tui.screens import DiffScreen, HelpScreen, IterationScreen, MessageScreen, QuitScreen
 from codexloop.tui.terminal_pane import TerminalPane, short_command
-from loophelpers import KATA, edit, make_config, user_texts
-from scripted_openai import Call, Reply
-from textual.app import App, ComposeResult
-from textual.pilot import Pilot
-from textual.worker import WorkerFailed
 
 SESSION = "test_add"
 
@@ -398,6 +399,7 @@ async def test_leaving_the_review_before_it_loaded_is_harmless(
         await app.wait_for_event(ev.ReviewReady)
         await app.wait_until(lambda: isinstance(app.screen, ReviewScreen))
         review = app.screen
+        assert isinstance(review, ReviewScreen)
         await pilot.press("escape")
         await app.wait_until(lambda: not isinstance(app.screen, ReviewScreen))
         release.set()

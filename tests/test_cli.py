@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from codexloop.core.sandbox import state_home
 from conftest import run_git
 from loophelpers import KATA, TARGET, edit, events_of
 from loophelpers import run_cli as codexloop
 from scripted_openai import Call, Reply
+
+from codexloop.core.sandbox import state_home
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -252,7 +253,7 @@ def test_help_is_instant_and_names_every_option(tmp_path: Path) -> None:
 
 def test_core_never_imports_textual() -> None:
     code = (
-        "import sys, codexloop.core.loop, codexloop.core.config, codexloop.core.diff, codexloop.tui.headless\n"
+        "import sys, codexloop.core.loop, codexloop.core.config, codexloop.core.diff, codexloop.cli.headless\n"
         "bad = [m for m in sys.modules if m == 'textual' or m.startswith('textual.')]\n"
         "assert not bad, bad\n"
     )
@@ -265,7 +266,7 @@ def _popen_headless(repo: Path, base_url: str) -> subprocess.Popen[str]:
         [
             sys.executable,
             "-m",
-            "codexloop.tui.cli",
+            "codexloop",
             TARGET,
             "--headless",
             "--base-url",

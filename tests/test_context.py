@@ -7,11 +7,12 @@ import json
 from typing import Any
 
 import pytest
+from loophelpers import KATA, edit, make_config, of_type, run_loop
+from scripted_openai import Call, HTTPError, Reply
+
 from codexloop.core import events as ev
 from codexloop.core.context import KEEP_RECENT, conversation_size, fit
 from codexloop.core.model import PRIVATE_PREFIX, looks_like_overflow
-from loophelpers import KATA, edit, make_config, of_type, run_loop
-from scripted_openai import Call, HTTPError, Reply
 
 
 def call(call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:

@@ -49,7 +49,7 @@ def wheel_python(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_the_wheel_is_what_runs(wheel_python: str, tmp_path: Path) -> None:
     code = (
         "import codexloop, importlib.resources as r; print(codexloop.__file__); "
-        "print(r.files('codexloop.styles').joinpath('app.tcss').is_file())"
+        "print(r.files('codexloop.tui').joinpath('app.tcss').is_file())"
     )
     done = subprocess.run(
         [wheel_python, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
@@ -65,7 +65,7 @@ def test_demo_goes_red_then_green_from_a_wheel_with_no_key(
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "XDG_STATE_HOME": str(tmp_path / "state")}
     env_clean = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI")}
     done = subprocess.run(
-        [wheel_python, "-m", "codexloop.tui.cli", "demo", "--headless", "--speed", "max"],
+        [wheel_python, "-m", "codexloop", "demo", "--headless", "--speed", "max"],
         cwd=tmp_path,
         env={**env_clean, **env},
         capture_output=True,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from conftest import run_git
+
 from codexloop.core import gitops, record
 from codexloop.core.diff import apply_selected, changes, parse_diff, sandbox_diff
-from conftest import run_git
 
 LINES = "".join(f"line {i}\n" for i in range(1, 31))
 

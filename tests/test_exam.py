@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from codexloop.core import events as ev
 from conftest import run_git
 from loophelpers import (
     KATA,
@@ -18,6 +17,8 @@ from loophelpers import (
     user_texts,
 )
 from scripted_openai import Call, Reply
+
+from codexloop.core import events as ev
 
 pytestmark = pytest.mark.anyio
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from codexloop.core import events as ev
-from codexloop.core.exam import Exam
-from codexloop.core.plugins import Installed
 from conftest import run_git
 from loophelpers import KATA, TEST_CALC, edit, make_config, of_type, run_loop, tool_results
 from scripted_openai import Call, Reply
+
+from codexloop.core import events as ev
+from codexloop.core.exam import Exam
+from codexloop.core.plugins import Installed
 
 TARGET_FILE = "tests/unit/test_calc.py"
 PROJECT = {

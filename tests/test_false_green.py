@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from codexloop.core import events as ev
 from conftest import run_git
 from loophelpers import KATA, make_config, of_type, run_loop
 from scripted_openai import Call, Reply
+
+from codexloop.core import events as ev
 
 pytestmark = pytest.mark.anyio
 

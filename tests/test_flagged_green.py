@@ -12,14 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from codexloop.core import events as ev
-from codexloop.core import gitops
-from codexloop.tui.review import FLAG_MARK, HunkView, ReviewScreen
 from conftest import run_git
 from loophelpers import KATA, TARGET, edit, events_of, make_config, of_type, run_loop
 from loophelpers import run_cli as codexloop
+from rich.console import ConsoleRenderable
 from scripted_openai import Call, Reply
 from textual.app import App
+
+from codexloop.core import events as ev
+from codexloop.core import gitops
+from codexloop.tui.review import FLAG_MARK, HunkView, ReviewScreen
 
 HACK = (
     "class _Five:\n"
@@ -176,6 +178,7 @@ def rendered(view: HunkView) -> str:
     """What the hunk shows: its title and its body, as plain text."""
     title = str(view.border_title or "")
     body = view.content
+    assert isinstance(body, ConsoleRenderable)
     lines = view.app.console.render_lines(body, view.app.console.options.update_width(100))
     return title + "\n" + "\n".join("".join(s.text for s in line) for line in lines)
 

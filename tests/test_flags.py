@@ -6,9 +6,10 @@ import difflib
 import textwrap
 
 import pytest
+from conftest import run_git
+
 from codexloop.core import gitops
 from codexloop.core.flags import Flag, for_commit, parse_diff, scan_added, scan_diff, scan_source
-from conftest import run_git
 
 
 def lines_flagged(source: str, path: str = "calc.py") -> dict[int, str]:

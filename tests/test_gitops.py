@@ -8,9 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import run_git
+
 from codexloop.core import gitops, record
 from codexloop.core.gitops import FileConflict, GitError
-from conftest import run_git
 
 MakeRepo = Callable[..., Path]
 

@@ -17,10 +17,11 @@ from typing import Any
 
 import anyio
 import pytest
-from codexloop.core import events as ev
 from conftest import run_git
 from loophelpers import KATA, TEST_CALC, edit, make_config, of_type, run_loop, tool_results
 from scripted_openai import Call, Reply
+
+from codexloop.core import events as ev
 
 pytestmark = pytest.mark.anyio
 

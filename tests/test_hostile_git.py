@@ -13,10 +13,11 @@ import shlex
 from pathlib import Path
 
 import pytest
-from codexloop.core import events as ev
 from conftest import run_git
 from loophelpers import KATA, edit, make_config, of_type, run_loop
 from scripted_openai import Call, Reply
+
+from codexloop.core import events as ev
 
 pytestmark = pytest.mark.anyio
 

@@ -20,12 +20,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from loophelpers import KATA, make_config, run_loop
+from scripted_openai import Call, Reply
+
 from codexloop.core import events as ev
 from codexloop.core import isolation
 from codexloop.core.exam import Exam
 from codexloop.core.sandbox import Sandbox, find_python
-from loophelpers import KATA, make_config, run_loop
-from scripted_openai import Call, Reply
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 IS_ROOT = os.geteuid() == 0
@@ -192,8 +193,8 @@ def test_the_flags_drop_capabilities_and_size_every_tmpfs(tmp_path: Path) -> Non
 
 
 def test_the_tmpfs_size_comes_from_the_flag_the_file_or_the_default(make_repo) -> None:
+    from codexloop.cli.args import build_parser
     from codexloop.core.config import ConfigError, Settings, load_config
-    from codexloop.tui.cli import build_parser
 
     repo = make_repo(KATA)
     settings = Settings(targets=("tests/test_calc.py",), repo=repo, model="m", base_url="http://x")

@@ -18,9 +18,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+from loophelpers import KATA
+
 from codexloop.core.exam import Exam
 from codexloop.core.sandbox import Sandbox, find_python
-from loophelpers import KATA
 
 pytestmark = [
     pytest.mark.anyio,

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from codexloop.core.sandbox import state_home
 from loophelpers import run_cli
 from scripted_openai import Reply
+
+from codexloop.core.sandbox import state_home
 
 pytestmark = pytest.mark.usefixtures("no_bwrap")
 
@@ -88,7 +89,7 @@ class Engine:
             [
                 sys.executable,
                 "-m",
-                "codexloop.tui.cli",
+                "codexloop",
                 TARGET,
                 "--headless",
                 "--base-url",
@@ -234,7 +235,7 @@ def test_closing_the_apps_terminal_leaves_nothing_running(
     scripted_openai.add(Reply(text="nothing to do"))
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     env.update({"TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"})
-    argv = [sys.executable, "-m", "codexloop.tui.cli", TARGET]
+    argv = [sys.executable, "-m", "codexloop", TARGET]
     argv += ["--base-url", scripted_openai.base_url, "--model", "m", "--test-timeout", "600"]
     pid, master = pty.fork()
     if pid == 0:  # the child: the app, with the pty as its terminal

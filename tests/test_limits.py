@@ -12,12 +12,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from loophelpers import KATA
+
 from codexloop.core import limits
 from codexloop.core.exam import Exam
 from codexloop.core.sandbox import Sandbox, find_python
 from codexloop.core.testrun import default_args, junit_env
 from codexloop.core.warm import WarmRunner
-from loophelpers import KATA
 
 # Forks until refused (or 200 children), then prints how many it got. Children just wait.
 FORKER = (
@@ -123,11 +124,11 @@ async def test_a_warm_run_is_bounded_too(limited: Sandbox) -> None:
     try:
         target = ["tests/test_forks.py"]
         run = await warm.run(
-            default_args(target), extra_env=junit_env(limited.tmp / "j.xml"), timeout=60
+            default_args(tuple(target)), extra_env=junit_env(limited.tmp / "j.xml"), timeout=60
         )
         assert "limit of 24 processes was reached" in run.output
         again = await warm.run(
-            default_args(["tests/test_calc.py"]),
+            default_args(("tests/test_calc.py",)),
             extra_env=junit_env(limited.tmp / "k.xml"),
             timeout=60,
         )

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from codexloop.core import events as ev
 from conftest import run_git
 from loophelpers import (
     KATA,
@@ -22,6 +21,8 @@ from loophelpers import (
     user_texts,
 )
 from scripted_openai import Call, Drop, HTTPError, Reply
+
+from codexloop.core import events as ev
 
 pytestmark = pytest.mark.anyio
 

@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from codexloop.core import events as ev
-from codexloop.core.process import LIVE_HEAD, LIVE_TAIL, run
 from loophelpers import make_config, of_type, run_loop
 from scripted_openai import Call, Reply
+
+from codexloop.core import events as ev
+from codexloop.core.process import LIVE_HEAD, LIVE_TAIL, run
 
 pytestmark = pytest.mark.anyio
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from codexloop.core.process import run, sanitize_terminal
 
 pytestmark = pytest.mark.anyio

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+
 from codexloop.core.model import (
     PRIVATE_PREFIX,
     ToolCallRequest,
@@ -73,7 +76,7 @@ def test_a_chat_conversation_becomes_instructions_and_input_items() -> None:
 
 
 def test_responses_items_replay_without_server_ids_or_bare_reasoning() -> None:
-    raw = [
+    raw: list[dict[str, Any]] = [
         {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "enc"},
         {"type": "reasoning", "id": "rs_2", "summary": []},
         {

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from codexloop.core import events as ev
 from conftest import run_git
 from loophelpers import KATA, TARGET, edit, events_of, make_config, of_type, run_loop
 from loophelpers import run_cli as codexloop
 from scripted_openai import Call, Reply
+
+from codexloop.core import events as ev
 
 pytestmark = pytest.mark.anyio
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from codexloop.core import events as ev
-from codexloop.core.loop import Loop
 from loophelpers import KATA, edit, event_channel_run, make_config, of_type, run_loop
 from scripted_openai import Call, Failed, Incomplete, Reply, ScriptedOpenAI
+
+from codexloop.core import events as ev
+from codexloop.core.loop import Loop
 
 pytestmark = pytest.mark.anyio
 

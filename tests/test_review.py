@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from textual.app import App
+
 from codexloop.core import gitops, record
 from codexloop.tui.review import ReviewOutcome, ReviewScreen
-from textual.app import App
 
 LINES = "".join(f"line {i}\n" for i in range(1, 31))
 

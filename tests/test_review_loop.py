@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from codexloop.core import events as ev
-from codexloop.core.diff import changes
-from codexloop.core.loop import Loop
 from conftest import run_git
 from loophelpers import drive_review, edit, make_config, user_texts
 from scripted_openai import Reply
+
+from codexloop.core import events as ev
+from codexloop.core.diff import changes
+from codexloop.core.loop import Loop
 
 pytestmark = pytest.mark.anyio
 

@@ -7,11 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import run_git
+from loophelpers import KATA, TARGET
+
 from codexloop.core import gitops
 from codexloop.core.config import ConfigError, Settings, load_config
 from codexloop.core.sandbox import Sandbox, find_python
-from conftest import run_git
-from loophelpers import KATA, TARGET
 
 pytestmark = pytest.mark.anyio
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+
 from codexloop.core import process
 from codexloop.core.testrun import Canary, Case, Verdict, default_command, judge, junit_env
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+
 from codexloop.core.exam import Exam
 from codexloop.core.sandbox import Sandbox, find_python
 from codexloop.core.testrun import default_args, default_command, judge, junit_env
@@ -133,7 +134,7 @@ async def test_a_hanging_warm_run_is_killed_at_its_timeout(runner: WarmRunner) -
 
 
 def test_the_server_script_imports_nothing_of_codexloop() -> None:
-    source = (Path(__file__).parent.parent / "core" / "warm_server.py").read_text()
+    source = (Path(__file__).parent.parent / "codexloop" / "core" / "warm_server.py").read_text()
     assert "codexloop" not in source.split('"""', 2)[2]
 
 
@@ -185,9 +186,10 @@ async def test_warm_runs_work_however_deep_the_session_folder(
 ) -> None:
     """A socket path is limited to ~108 bytes; a long home or cache path must not turn warm
     runs off."""
-    from codexloop.core import events as ev
     from loophelpers import KATA, edit, make_config, of_type, run_loop
     from scripted_openai import Reply
+
+    from codexloop.core import events as ev
 
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     monkeypatch.setenv("XDG_CACHE_HOME", str(deep))

@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import anyio
+
 from codexloop.core import safefs
 from codexloop.core.events import printable
 from codexloop.core.exam import Exam

@@ -34,13 +34,22 @@ import anyio
 import openai
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectSendStream
+from rich.text import Text
+from textual import events, work
+from textual.app import App, ComposeResult, SuspendNotSupported, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, OptionList
+from textual.worker import Worker, WorkerState
+from watchfiles import awatch
+
 from codexloop.core import events as ev
 from codexloop.core.config import Config, ConfigError, resolve_targets
 from codexloop.core.diff import commit_diff, sandbox_diff
 from codexloop.core.loop import Loop, LoopResult, event_channel
 from codexloop.core.model import ModelError, make_client
 from codexloop.core.model import check_endpoint as probe_endpoint
-from codexloop.tui.css import stylesheet
 from codexloop.tui.diff_pane import DiffPane, diff_stats, highlight_diff
 from codexloop.tui.exam_editor import (
     ExamEditor,
@@ -57,15 +66,6 @@ from codexloop.tui.status_line import StatusLine
 from codexloop.tui.targets import AddTargetScreen, ChoiceScreen
 from codexloop.tui.terminal_pane import TerminalPane
 from codexloop.tui.timeline import IterationRecord, Timeline
-from rich.text import Text
-from textual import events, work
-from textual.app import App, ComposeResult, SuspendNotSupported, SystemCommand
-from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
-from textual.screen import Screen
-from textual.widgets import Footer, OptionList
-from textual.worker import Worker, WorkerState
-from watchfiles import awatch
 
 EXIT_GREEN, EXIT_RED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -97,7 +97,7 @@ class _Edit:
 class CodexloopApp(App[int]):
     """codexloop's screen: exam | model on top, terminal | diff below, timeline on the side."""
 
-    CSS_PATH: ClassVar = stylesheet("app.tcss")
+    CSS_PATH: ClassVar = "app.tcss"
     TITLE = "codexloop"
     BINDINGS: ClassVar = [
         Binding("space", "toggle_pause", "Pause/Resume"),

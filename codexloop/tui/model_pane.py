@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+from rich.text import Text
+
 from codexloop.core import events as ev
 from codexloop.tui.linebuffer import LineBuffer
-from rich.text import Text
 
 REASONING_STYLE = "dim italic"
 SUMMARY_CHARS = 160

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from codexloop.tui.linebuffer import LineBuffer
 from pygments.lexers import get_lexer_for_filename
 from pygments.util import ClassNotFound
 from rich.syntax import Syntax
 from rich.text import Text
+
+from codexloop.tui.linebuffer import LineBuffer
 
 SYNTAX_THEME = "ansi_dark"
 MAX_EXAM_BYTES = 1_000_000

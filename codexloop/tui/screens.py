@@ -4,11 +4,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from codexloop.tui.css import stylesheet
-from codexloop.tui.diff_pane import DiffPane
-from codexloop.tui.status_line import human_count
-from codexloop.tui.terminal_pane import TerminalPane
-from codexloop.tui.timeline import IterationRecord
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -16,6 +11,11 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Input, Label, Static
+
+from codexloop.tui.diff_pane import DiffPane
+from codexloop.tui.status_line import human_count
+from codexloop.tui.terminal_pane import TerminalPane
+from codexloop.tui.timeline import IterationRecord
 
 KEYS = (
     (
@@ -50,7 +50,7 @@ KEYS = (
 
 
 class HelpScreen(ModalScreen[None]):
-    CSS_PATH = stylesheet("help.tcss")
+    CSS_PATH = "help.tcss"
     BINDINGS: ClassVar = [
         Binding("escape,q,question_mark,f1", "close", "Close"),
     ]
@@ -80,7 +80,7 @@ class HelpScreen(ModalScreen[None]):
 class QuitScreen(ModalScreen[bool]):
     """While the loop runs: stop it and quit? Says where the work stays."""
 
-    CSS_PATH = stylesheet("quit.tcss")
+    CSS_PATH = "quit.tcss"
     BINDINGS: ClassVar = [
         Binding("y", "confirm", "Stop and quit"),
         Binding("n,escape", "cancel", "Keep going"),
@@ -124,7 +124,7 @@ class QuitScreen(ModalScreen[bool]):
 class MessageScreen(ModalScreen[str | None]):
     """A small input: a steering message for the model's next turn."""
 
-    CSS_PATH = stylesheet("message.tcss")
+    CSS_PATH = "message.tcss"
     BINDINGS: ClassVar = [Binding("escape", "cancel", "Cancel")]
 
     def compose(self) -> ComposeResult:
@@ -143,7 +143,7 @@ class MessageScreen(ModalScreen[str | None]):
 class DiffScreen(Screen[None]):
     """The whole diff, full screen (hunk-by-hunk review is its own feature, to come)."""
 
-    CSS_PATH = stylesheet("diff.tcss")
+    CSS_PATH = "diff.tcss"
     BINDINGS: ClassVar = [Binding("escape,v,q", "close", "Back")]
 
     def __init__(self, title: str, diff: str, lines: list[Text] | None = None) -> None:
@@ -172,7 +172,7 @@ class DiffScreen(Screen[None]):
 class IterationScreen(Screen[None]):
     """One iteration, looked back at: its test output and its diff against the base."""
 
-    CSS_PATH = stylesheet("iteration.tcss")
+    CSS_PATH = "iteration.tcss"
     BINDINGS: ClassVar = [Binding("escape,q", "close", "Back")]
 
     def __init__(self, record: IterationRecord) -> None:

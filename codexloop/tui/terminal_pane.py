@@ -6,11 +6,12 @@ import re
 import shlex
 from pathlib import PurePath
 
-from codexloop.core import events as ev
-from codexloop.tui.linebuffer import LineBuffer
 from rich.text import Text
 from textual import events
 from textual.message import Message
+
+from codexloop.core import events as ev
+from codexloop.tui.linebuffer import LineBuffer
 
 _JUNIT_NOTE = re.compile(r"^-+ generated xml file: .* -+$")
 

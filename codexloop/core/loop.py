@@ -30,6 +30,7 @@ import anyio
 import openai
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
 from codexloop.core import events as ev
 from codexloop.core import gitops, plugins, record, safefs
 from codexloop.core.config import Config
@@ -412,9 +413,12 @@ class Loop:
                 head = await self._final_commit(status)
                 await anyio.to_thread.run_sync(sandbox.discard_scratch)
                 iterations = max(iterations, self._iteration)
-                final_state: ev.State = {"passed": "green", "failed": "red", "stopped": "stopped"}[
-                    status
-                ]
+                final_states: dict[ev.FinalStatus, ev.State] = {
+                    "passed": "green",
+                    "failed": "red",
+                    "stopped": "stopped",
+                }
+                final_state = final_states[status]
                 await self._set_state(final_state)
                 # What went green is what was tested: the green iteration's commit.
                 green = self._green_commit or head

@@ -17,11 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from codexloop.core import events as ev
-from codexloop.core.diff import FileChange, Hunk, apply_selected, changes
-from codexloop.core.flags import Flag, for_commit
-from codexloop.core.gitops import ApplyResult, GitError
-from codexloop.tui.css import stylesheet
 from rich.console import Group
 from rich.syntax import Syntax
 from rich.text import Text
@@ -32,6 +27,11 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
+
+from codexloop.core import events as ev
+from codexloop.core.diff import FileChange, Hunk, apply_selected, changes
+from codexloop.core.flags import Flag, for_commit
+from codexloop.core.gitops import ApplyResult, GitError
 
 Decision = Literal["pending", "accepted", "rejected"]
 SHOWN_LINES = 400  # of one hunk or file in the review; its decision still covers all of it
@@ -98,7 +98,7 @@ class ReviewOutcome:
 class CommentScreen(ModalScreen[str | None]):
     """Why the hunk is rejected: this goes to the model as its next instruction."""
 
-    CSS_PATH = stylesheet("review.tcss")
+    CSS_PATH = "review.tcss"
     BINDINGS: ClassVar = [Binding("escape", "cancel", "Cancel")]
 
     def compose(self) -> ComposeResult:
@@ -150,7 +150,7 @@ class HunkView(Static):
 class ReviewScreen(Screen[ReviewOutcome | None]):
     """Hunk by hunk: j/k move, a accept, x reject, c reject with a comment, A accept all, enter apply."""
 
-    CSS_PATH = stylesheet("review.tcss")
+    CSS_PATH = "review.tcss"
     BINDINGS: ClassVar = [
         Binding("down,j", "move(1)", "Next", priority=True),
         Binding("up,k", "move(-1)", "Previous", priority=True),

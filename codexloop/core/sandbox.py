@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
+
 from codexloop.core import gitops, limits, process, record, safefs
 from codexloop.core.isolation import (
     DEFAULT_MAX_MEMORY_GIB,

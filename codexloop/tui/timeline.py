@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from codexloop.tui.status_line import human_count
 from rich.text import Text
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option, OptionDoesNotExist
+
+from codexloop.tui.status_line import human_count
 
 TEST_OUTPUT_CHARS = 200_000
 """Test output kept per iteration (the tail); as much again of the model's commands."""

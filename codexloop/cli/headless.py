@@ -19,6 +19,7 @@ from typing import TextIO
 import anyio
 from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
+
 from codexloop.core import events as ev
 from codexloop.core.config import Config
 from codexloop.core.gitops import GitError

@@ -6,11 +6,11 @@ import argparse
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from codexloop.tui.cli import UsageError, _fail, _Parser
+from codexloop.cli.args import OpenApp, UsageError, _fail, _Parser
 
 if TYPE_CHECKING:
     from codexloop.core.config import Config
@@ -96,17 +96,17 @@ def _speed(text: str) -> float | None:
     return value
 
 
-def _run_front(config: Config, loop: Loop, *, headless: bool, banner: str) -> int:
+def _run_front(
+    config: Config, loop: Loop, open_app: OpenApp, *, headless: bool, banner: str
+) -> int:
     if headless:
-        from codexloop.tui.headless import run_headless
+        from codexloop.cli.headless import run_headless
 
         return run_headless(config, loop=loop)
-    from codexloop.tui.app import run_app
-
-    return run_app(config, loop_factory=lambda _config: loop, check_endpoint=False, banner=banner)
+    return open_app(config, loop_factory=lambda _config: loop, check_endpoint=False, banner=banner)
 
 
-def demo(argv: Sequence[str]) -> int:
+def demo(argv: Sequence[str], open_app: OpenApp) -> int:
     from codexloop.core.config import ConfigError, Settings, load_config
     from codexloop.core.demo import TARGET, answer_review, demo_config, demo_turns, make_kata
     from codexloop.core.loop import Loop
@@ -141,23 +141,21 @@ def demo(argv: Sequence[str]) -> int:
         except ConfigError as exc:
             return _fail(str(exc))
         if args.headless:
-            from codexloop.tui.headless import run_headless
+            from codexloop.cli.headless import run_headless
 
             return run_headless(config)
-        from codexloop.tui.app import run_app
-
-        return run_app(config)
+        return open_app(config)
     with ReplayServer(
         demo_turns(), speed=args.speed, model="scripted-demo", after=answer_review
     ) as server:
         config = demo_config(repo, server.base_url)
         loop = Loop(config, client=make_client(server.base_url, "demo"), review=not args.headless)
         return _run_front(
-            config, loop, headless=args.headless, banner="scripted demo: not a live model"
+            config, loop, open_app, headless=args.headless, banner="scripted demo: not a live model"
         )
 
 
-def replay(argv: Sequence[str]) -> int:
+def replay(argv: Sequence[str], open_app: OpenApp) -> int:
     from codexloop.core import gitops
     from codexloop.core.config import Config
     from codexloop.core.loop import Loop
@@ -213,7 +211,7 @@ def replay(argv: Sequence[str]) -> int:
             config, client=make_client(server.base_url, "replay"), base=base, write_trace=False
         )
         status = _run_front(
-            config, loop, headless=args.headless, banner=f"replay of {args.trace.name}"
+            config, loop, open_app, headless=args.headless, banner=f"replay of {args.trace.name}"
         )
         replayed = loop.test_outcomes
     if replayed != recording.outcomes:
@@ -225,13 +223,18 @@ def replay(argv: Sequence[str]) -> int:
     return status
 
 
-def run_subcommand(name: str, argv: Sequence[str]) -> int:
-    handlers = {"branches": branches, "clean": clean, "demo": demo, "replay": replay}
+def run_subcommand(name: str, argv: Sequence[str], open_app: OpenApp) -> int:
+    handlers: dict[str, Callable[[], int]] = {
+        "branches": lambda: branches(argv),
+        "clean": lambda: clean(argv),
+        "demo": lambda: demo(argv, open_app),
+        "replay": lambda: replay(argv, open_app),
+    }
     handler = handlers.get(name)
     if handler is None:
         return _fail(f"codexloop {name} is not available in this version yet")
     try:
-        return handler(argv)
+        return handler()
     except UsageError as exc:
         return _fail(str(exc))
     except SystemExit as exc:  # --help

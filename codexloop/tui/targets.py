@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from codexloop.tui.css import stylesheet
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -17,7 +16,7 @@ from textual.widgets.option_list import Option
 class AddTargetScreen(ModalScreen[str | None]):
     """A target to add: a pytest node id or a test file, relative to the repository root."""
 
-    CSS_PATH = stylesheet("targets.tcss")
+    CSS_PATH = "targets.tcss"
     BINDINGS: ClassVar = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, targets: Sequence[str]) -> None:
@@ -44,7 +43,7 @@ class AddTargetScreen(ModalScreen[str | None]):
 class ChoiceScreen(ModalScreen[str | None]):
     """Pick one of a few strings (a target to remove, a file to edit)."""
 
-    CSS_PATH = stylesheet("targets.tcss")
+    CSS_PATH = "targets.tcss"
     BINDINGS: ClassVar = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, title: str, choices: Sequence[str], hint: str = "") -> None:

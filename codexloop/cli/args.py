@@ -9,6 +9,11 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from codexloop.core.config import Config
+    from codexloop.core.loop import Loop
 
 EXIT_GREEN, EXIT_RED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 SUBCOMMANDS = ("demo", "replay", "branches", "clean")
@@ -34,6 +39,19 @@ exit status: 0 green, 1 not green within budget or stopped, 2 usage or configura
 
 class UsageError(Exception):
     pass
+
+
+class OpenApp(Protocol):
+    """The full-screen front end, handed in by the entry point (this package never imports it)."""
+
+    def __call__(
+        self,
+        config: Config,
+        *,
+        loop_factory: Callable[[Config], Loop] | None = None,
+        check_endpoint: bool = True,
+        banner: str = "",
+    ) -> int: ...
 
 
 class _Parser(argparse.ArgumentParser):
@@ -191,13 +209,14 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, open_app: OpenApp) -> int:
+    """Parse ``argv`` and run what it asks for; ``open_app`` opens the full-screen app."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
         if args_list and args_list[0] in SUBCOMMANDS:
-            from codexloop.tui.subcommands import run_subcommand
+            from codexloop.cli.subcommands import run_subcommand
 
-            return run_subcommand(args_list[0], args_list[1:])
+            return run_subcommand(args_list[0], args_list[1:], open_app)
         if not args_list:
             build_parser().print_usage(sys.stderr)
             return _fail(
@@ -207,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         return _fail(str(exc))
     try:
-        return run_loop(args)
+        return run_loop(args, open_app)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug of ours: say so in one line, keep the details
@@ -229,7 +248,7 @@ def _internal_error(exc: BaseException) -> int:
     return EXIT_RED
 
 
-def run_loop(args: argparse.Namespace) -> int:
+def run_loop(args: argparse.Namespace, open_app: OpenApp) -> int:
     from codexloop.core.config import ConfigError, Settings, load_config
 
     settings = Settings(
@@ -262,17 +281,11 @@ def run_loop(args: argparse.Namespace) -> int:
     if args.accept != "none" and not args.headless:
         return _fail("--accept applies to --headless runs; in the app, review with v")
     if args.headless:
-        from codexloop.tui.headless import run_headless
+        from codexloop.cli.headless import run_headless
 
         return run_headless(
             config,
             accept_all=args.accept in ("all", "flagged"),
             accept_flagged=args.accept == "flagged",
         )
-    from codexloop.tui.app import run_app
-
-    return run_app(config)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return open_app(config)

@@ -17,10 +17,11 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import ClassVar
 
-from codexloop.tui.exam_pane import MAX_EXAM_BYTES
 from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import TextArea
+
+from codexloop.tui.exam_pane import MAX_EXAM_BYTES
 
 
 class ExamEditError(Exception):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from codexloop.core.diff import CLIP_MARK, clip_diff
-from codexloop.tui.linebuffer import LineBuffer
 from pygments.lexers import get_lexer_for_filename
 from pygments.util import ClassNotFound
 from rich.syntax import Syntax
 from rich.text import Text
+
+from codexloop.core.diff import CLIP_MARK, clip_diff
+from codexloop.tui.linebuffer import LineBuffer
 
 SYNTAX_THEME = "ansi_dark"
 HIGHLIGHT_LINES = 4_000

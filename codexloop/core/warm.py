@@ -27,6 +27,7 @@ from pathlib import Path, PurePath
 
 import anyio
 from anyio.abc import Process
+
 from codexloop.core import safefs
 from codexloop.core.limits import RUN_MARK, PidsGroup, kill_marked, limit_notes
 from codexloop.core.process import (

@@ -1,0 +1,7 @@
+"""``python -m codexloop``."""
+
+import sys
+
+from codexloop.main import main
+
+sys.exit(main())

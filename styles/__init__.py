@@ -1,1 +1,0 @@
-"""Textual CSS, loaded through importlib.resources."""
