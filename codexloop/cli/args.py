@@ -11,11 +11,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from codexloop.core.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CodexloopError,
+    UsageError,
+    error_line,
+)
+
 if TYPE_CHECKING:
     from codexloop.core.config import Config
     from codexloop.core.loop import Loop
 
-EXIT_GREEN, EXIT_RED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 SUBCOMMANDS = ("demo", "replay", "branches", "clean")
 
 DESCRIPTION = """\
@@ -35,10 +43,6 @@ endpoint: --base-url, else OPENAI_BASE_URL, else OpenAI (key from OPENAI_API_KEY
 exit status: 0 green, 1 not green within budget or stopped, 2 usage or configuration error,
 130 interrupted.
 """
-
-
-class UsageError(Exception):
-    pass
 
 
 class OpenApp(Protocol):
@@ -209,6 +213,12 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
+def _failed(exc: CodexloopError, context: str = "") -> int:
+    """A user-facing error ends the program: its line on standard error, its exit status."""
+    print(error_line(exc, context), file=sys.stderr)
+    return exc.exit_code
+
+
 def main(argv: Sequence[str] | None = None, *, open_app: OpenApp) -> int:
     """Parse ``argv`` and run what it asks for; ``open_app`` opens the full-screen app."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -224,11 +234,13 @@ def main(argv: Sequence[str] | None = None, *, open_app: OpenApp) -> int:
             )
         args = build_parser().parse_args(args_list)
     except UsageError as exc:
-        return _fail(str(exc))
+        return _failed(exc)
     try:
         return run_loop(args, open_app)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except CodexloopError as exc:
+        return _failed(exc)
     except Exception as exc:  # a bug of ours: say so in one line, keep the details
         return _internal_error(exc)
 
@@ -245,11 +257,11 @@ def _internal_error(exc: BaseException) -> int:
         f"codexloop: internal error: {type(exc).__name__}: {exc} (details in {path})",
         file=sys.stderr,
     )
-    return EXIT_RED
+    return EXIT_INTERNAL
 
 
 def run_loop(args: argparse.Namespace, open_app: OpenApp) -> int:
-    from codexloop.core.config import ConfigError, Settings, load_config
+    from codexloop.core.config import Settings, load_config
 
     settings = Settings(
         targets=tuple(args.targets),
@@ -272,12 +284,7 @@ def run_loop(args: argparse.Namespace, open_app: OpenApp) -> int:
         reasoning=args.reasoning,
         warm=args.warm,
     )
-    from codexloop.core.gitops import GitError
-
-    try:
-        config = load_config(settings)
-    except (ConfigError, GitError) as exc:
-        return _fail(str(exc))
+    config = load_config(settings)  # a CodexloopError ends main() with its line and status
     if args.accept != "none" and not args.headless:
         return _fail("--accept applies to --headless runs; in the app, review with v")
     if args.headless:

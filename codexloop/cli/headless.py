@@ -22,11 +22,16 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from codexloop.core import events as ev
 from codexloop.core.config import Config
-from codexloop.core.gitops import GitError
+from codexloop.core.errors import (
+    EXIT_GREEN,
+    EXIT_INTERRUPTED,
+    EXIT_RED,
+    CodexloopError,
+    SandboxError,
+    error_line,
+)
 from codexloop.core.loop import Loop, event_channel
-from codexloop.core.model import ModelError, check_endpoint, make_client
-
-EXIT_GREEN, EXIT_RED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+from codexloop.core.model import check_endpoint, make_client
 
 
 async def print_events(
@@ -85,13 +90,14 @@ async def headless_session(
         client = make_client(config.base_url, config.api_key)
         try:
             await check_endpoint(client)
-        except ModelError as exc:
-            print(f"codexloop: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+        except CodexloopError as exc:
+            print(error_line(exc), file=sys.stderr)
+            return exc.exit_code
         loop = Loop(config, client=client, accept_all=accept_all, accept_flagged=accept_flagged)
     send_events, receive_events = event_channel()
     send_commands, receive_commands = event_channel()
     interrupted = output_closed = False
+    setup_failure: CodexloopError | None = None
 
     async def stop_for_closed_output() -> None:
         nonlocal output_closed
@@ -120,12 +126,13 @@ async def headless_session(
             async with send_events:  # closing it lets the printer drain and end
                 try:
                     result = await loop.run(send_events, receive_commands)
-                except GitError as exc:
-                    print(f"codexloop: error: cannot set up the sandbox: {exc}", file=sys.stderr)
-                    result = None
+                except CodexloopError as exc:  # the session could not start (the sandbox)
+                    setup_failure, result = exc, None
             inner.cancel_scope.cancel()
-    if result is None:
-        return EXIT_USAGE
+    if setup_failure is not None or result is None:
+        failure = setup_failure or SandboxError("the session ended before it started")
+        print(error_line(failure, setup_context(failure)), file=sys.stderr)
+        return failure.exit_code
     if interrupted:
         return EXIT_INTERRUPTED
     held_back = result.status == "passed" and held_back_by_flags(loop)
@@ -139,6 +146,11 @@ async def headless_session(
     ):
         return EXIT_GREEN
     return EXIT_RED
+
+
+def setup_context(exc: CodexloopError) -> str:
+    """What to put before the message of an error that ended a session before its loop ran."""
+    return "" if isinstance(exc, SandboxError) else "cannot set up the sandbox"
 
 
 def held_back_by_flags(loop: Loop) -> bool:

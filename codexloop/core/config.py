@@ -15,6 +15,7 @@ from typing import Any
 
 from codexloop.core import gitops
 from codexloop.core.context import DEFAULT_CONTEXT_TOKENS, MIN_CONTEXT_TOKENS
+from codexloop.core.errors import CodexloopError
 from codexloop.core.isolation import DEFAULT_MAX_MEMORY_GIB, DEFAULT_TMP_SIZE_MIB
 from codexloop.core.limits import DEFAULT_MAX_PROCESSES, MIN_MAX_PROCESSES
 
@@ -48,7 +49,7 @@ _FILE_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-class ConfigError(Exception):
+class ConfigError(CodexloopError):
     """A mistake the user can fix; the message is shown as one line, exit status 2."""
 
 

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from codexloop.core import safefs
+from codexloop.core.errors import CodexloopError
 
 PREVIEW_PREFIX = "codexloop/"
 FALLBACK_NAME = "codexloop"
@@ -51,7 +52,7 @@ _GITLINK = "160000"
 _GITDIRS: dict[Path, Path] = {}
 
 
-class GitError(Exception):
+class GitError(CodexloopError):
     """A git command failed; the message carries git's stderr."""
 
 

@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 import anyio
 import openai
 
+from codexloop.core.errors import CodexloopError
+
 TextCallback = Callable[[str], Awaitable[None]]
 RetryCallback = Callable[[int, str, float], Awaitable[None]]
 
@@ -37,7 +39,7 @@ CUT_FINISH = f"incomplete: the answer passed {MAX_TURN_CHARS} characters and was
 BACKOFF_S = (1.0, 2.0, 4.0)
 
 
-class ModelError(Exception):
+class ModelError(CodexloopError):
     """The endpoint refused in a way no retry fixes (bad key, unknown model, bad request)."""
 
 

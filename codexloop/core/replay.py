@@ -17,10 +17,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from codexloop.core.errors import CodexloopError
 from codexloop.core.trace import TRACE_VERSION
 
 
-class TraceError(Exception):
+class TraceError(CodexloopError):
     """A trace that cannot be replayed; the message says why, in one line."""
 
 
