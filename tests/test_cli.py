@@ -404,3 +404,27 @@ def test_a_closed_standard_output_stops_the_loop_without_a_traceback(
     assert "standard output was closed; stopping the loop" in errors
     assert "Traceback" not in errors and "BrokenPipe" not in errors
     assert run_git(repo, "status", "--porcelain") == ""
+
+
+def test_a_sandbox_that_cannot_be_set_up_is_one_line_and_exit_2(
+    make_repo, scripted_openai, tmp_path: Path
+) -> None:
+    """The same sandbox failure ends every front end alike (core/errors.py): exit 2, one line."""
+    repo = make_repo(KATA)
+    blocked = tmp_path / "cache-is-a-file"
+    blocked.write_text("")
+    done = codexloop(
+        TARGET,
+        "--headless",
+        "--base-url",
+        scripted_openai.base_url,
+        "--model",
+        "m",
+        cwd=repo,
+        env={"XDG_CACHE_HOME": str(blocked)},
+    )
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("codexloop: error: cannot set up the sandbox: "), done.stderr
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr
+    assert scripted_openai.requests == []  # no model call

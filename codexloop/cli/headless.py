@@ -128,6 +128,10 @@ async def headless_session(
                     result = await loop.run(send_events, receive_commands)
                 except CodexloopError as exc:  # the session could not start (the sandbox)
                     setup_failure, result = exc, None
+                except OSError as exc:
+                    if loop.sandbox is not None:
+                        raise  # not the sandbox's set-up: a bug of ours
+                    setup_failure, result = SandboxError(f"cannot set up the sandbox: {exc}"), None
             inner.cancel_scope.cancel()
     if setup_failure is not None or result is None:
         failure = setup_failure or SandboxError("the session ended before it started")
