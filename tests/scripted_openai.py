@@ -1,6 +1,6 @@
 """A scripted OpenAI-compatible HTTP server for tests that drive the real `openai` client.
 
-Tests queue turns (`Reply`, `HTTPError`, `Drop`, `Incomplete`, `Failed`, or a callable
+Tests queue turns (`Reply`, `HTTPError`, `Drop`, `Hangup`, `Incomplete`, `Failed`, or a callable
 returning one); each POST /v1/chat/completions or POST /v1/responses consumes the next
 turn of the one shared queue. Standard library only.
 """
@@ -24,6 +24,7 @@ __all__ = [
     "Drop",
     "Failed",
     "HTTPError",
+    "Hangup",
     "Incomplete",
     "Reply",
     "ScriptedOpenAI",
@@ -87,6 +88,16 @@ class Drop:
 
 
 @dataclass
+class Hangup:
+    """Stream `reply`, then end the response cleanly after `after_chunks` SSE events: the body
+    ends as a finished one does, but with no finish reason and no `[DONE]` (chat), no
+    `response.completed` (responses) — a server or proxy that hung up mid-answer."""
+
+    reply: Reply
+    after_chunks: int = 2
+
+
+@dataclass
 class Incomplete:
     """Responses: stream `reply`, then end with `response.incomplete` (chat: finish "length")."""
 
@@ -102,7 +113,7 @@ class Failed:
     code: str = "server_error"
 
 
-Turn: TypeAlias = Reply | HTTPError | Drop | Incomplete | Failed
+Turn: TypeAlias = Reply | HTTPError | Drop | Hangup | Incomplete | Failed
 _Scripted: TypeAlias = Turn | Callable[[dict[str, Any]], Turn]
 
 
@@ -230,6 +241,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+    _hang_up = False  # this request's turn is a `Hangup`
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence per-request logging."""
@@ -309,8 +321,11 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(turn, HTTPError):
             self._send_json(turn.status, _error_body(turn.status, turn.message, turn.code))
             return
-        answer: Reply | Incomplete | Failed = turn.reply if isinstance(turn, Drop) else turn
-        drop_after = turn.after_chunks if isinstance(turn, Drop) else None
+        answer: Reply | Incomplete | Failed = (
+            turn.reply if isinstance(turn, Drop | Hangup) else turn
+        )
+        drop_after = turn.after_chunks if isinstance(turn, Drop | Hangup) else None
+        self._hang_up = isinstance(turn, Hangup)
         if path == RESPONSES_PATH:
             self._respond(number, body, answer, drop_after)
             return
@@ -394,14 +409,22 @@ class _Handler(BaseHTTPRequestHandler):
         chunks = self._chunks(number, body, reply, include_usage, finish)
         for sent, chunk in enumerate(chunks):
             if drop_after is not None and sent >= drop_after:
-                raise _Aborted
+                break
             self._write_event(json.dumps(chunk))
             if sent == 0:
                 self._hold(reply)
         if drop_after is not None:
-            raise _Aborted
+            self._cut_stream()
+            return
         self._write_event("[DONE]")
         self.wfile.write(b"0\r\n\r\n")
+
+    def _cut_stream(self) -> None:
+        """`Drop`: abort the connection mid-body; `Hangup`: end the body as if it were whole."""
+        if not self._hang_up:
+            raise _Aborted
+        self.wfile.write(b"0\r\n\r\n")
+        self.close_connection = True
 
     def _start_event_stream(self) -> None:
         self.send_response(200)
@@ -548,12 +571,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._start_event_stream()
         for sent, event in enumerate(events):
             if drop_after is not None and sent >= drop_after:
-                raise _Aborted
+                break
             self._write_event(json.dumps(event), event["type"])
             if sent == 0 and hold is not None:
                 self._hold(hold)
         if drop_after is not None:
-            raise _Aborted
+            self._cut_stream()
+            return
         self.wfile.write(b"0\r\n\r\n")
 
 

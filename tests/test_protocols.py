@@ -5,14 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from loophelpers import KATA, edit, make_config, of_type, run_loop
+from scripted_openai import Hangup, Reply, ScriptedOpenAI
 
+from codexloop.core import events as ev
 from codexloop.core.model import (
     PRIVATE_PREFIX,
+    ChatModel,
+    ResponsesModel,
     ToolCallRequest,
     Turn,
     _public,
     choose_protocol,
     is_reasoning_model,
+    make_client,
     replayable,
     responses_tool,
     to_responses_input,
@@ -101,3 +107,72 @@ def test_responses_items_replay_without_server_ids_or_bare_reasoning() -> None:
     _, items = to_responses_input([message])
     assert items == kept  # replayed exactly as they came
     assert PRIVATE_PREFIX + "items" not in _public(message)  # never sent to a chat server
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("api", ["chat", "responses"])
+async def test_a_stream_that_ends_without_finishing_is_retried_not_taken(
+    scripted_openai: ScriptedOpenAI, api: str
+) -> None:
+    """A body that ends cleanly but without a finish reason / [DONE] (chat) or without
+    ``response.completed`` (responses) is a dropped stream: retried after a backoff, the
+    partial text discarded, and the next answer is the turn."""
+    scripted_openai.add(
+        # After some text: 3 deltas on chat; created, in_progress, two added and 2 deltas on responses
+        Hangup(
+            Reply(text="I will fix the addition operator now", chunk_size=4),
+            after_chunks=3 if api == "chat" else 6,
+        ),
+        Reply(text="the whole answer"),
+    )
+    client = make_client(scripted_openai.base_url, "k")
+    kind = ChatModel if api == "chat" else ResponsesModel
+    model = kind(client, "scripted-model", backoff=(0.01,))
+    shown: list[str] = []
+    retries: list[tuple[int, str, float]] = []
+    discarded: list[bool] = []
+
+    async def on_text(chunk: str) -> None:
+        shown.append(chunk)
+
+    async def on_retry(attempt: int, reason: str, delay: float) -> None:
+        retries.append((attempt, reason, delay))
+
+    async def on_discard() -> None:
+        discarded.append(True)
+
+    try:
+        turn = await model.turn(
+            [{"role": "user", "content": "fix it"}],
+            TOOL_SCHEMAS,
+            on_text=on_text,
+            on_retry=on_retry,
+            on_discard=on_discard,
+        )
+    finally:
+        await client.close()
+    assert turn.text == "the whole answer"
+    assert retries == [(1, "the stream ended before the answer was finished", 0.01)]
+    assert discarded == [True]
+    assert len(scripted_openai.requests) == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("api", ["chat", "responses"])
+async def test_a_hung_up_stream_is_a_visible_model_retry_in_the_loop(
+    make_repo, scripted_openai: ScriptedOpenAI, api: str
+) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(
+        Hangup(Reply(tool_calls=[edit("calc.py", "a - b", "a * b")], chunk_size=4), 3),
+        Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]),
+        Reply(text="fixed"),
+    )
+    result, events = await run_loop(make_config(repo, scripted_openai.base_url, api=api))
+    assert result.status == "passed" and result.iterations == 1
+    [retry] = of_type(events, ev.ModelRetry)
+    assert retry.attempt == 1 and "ended before the answer was finished" in retry.reason
+    # The cut call was never run: the only edit is the whole one.
+    assert [c.arguments for c in of_type(events, ev.ToolCall)] == [
+        '{"path": "calc.py", "old_text": "a - b", "new_text": "a + b"}'
+    ]

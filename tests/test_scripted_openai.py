@@ -11,7 +11,7 @@ from typing import Any
 import openai
 import pytest
 from openai import AsyncOpenAI
-from scripted_openai import Call, Drop, HTTPError, Reply, ScriptedOpenAI
+from scripted_openai import Call, Drop, Hangup, HTTPError, Reply, ScriptedOpenAI
 
 pytestmark = pytest.mark.anyio
 
@@ -176,6 +176,16 @@ async def test_drop_breaks_the_stream(scripted_openai: ScriptedOpenAI, client: A
         async for chunk in stream:
             received.append(chunk.choices[0].delta.content or "")
     assert received == ["a l", "ong"]
+
+
+async def test_hangup_ends_the_stream_without_finish_or_done(
+    scripted_openai: ScriptedOpenAI, client: AsyncOpenAI
+) -> None:
+    """No error on the client's side: the stream just ends, with no finish reason."""
+    scripted_openai.add(Hangup(Reply(text="a long answer that never finishes", chunk_size=3), 2))
+    chunks = await _chunks(client)
+    assert [c.choices[0].delta.content for c in chunks] == ["a l", "ong"]
+    assert all(c.choices[0].finish_reason is None for c in chunks)
 
 
 async def test_exhausted_script_answers_500(

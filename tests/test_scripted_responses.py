@@ -10,7 +10,16 @@ from typing import Any
 import openai
 import pytest
 from openai import AsyncOpenAI
-from scripted_openai import Call, Drop, Failed, HTTPError, Incomplete, Reply, ScriptedOpenAI
+from scripted_openai import (
+    Call,
+    Drop,
+    Failed,
+    Hangup,
+    HTTPError,
+    Incomplete,
+    Reply,
+    ScriptedOpenAI,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -297,6 +306,17 @@ async def test_drop_breaks_the_stream(scripted_openai: ScriptedOpenAI, client: A
         "response.output_text.delta",
     ]
     assert received[-1].delta == "a l"
+
+
+async def test_hangup_ends_the_stream_before_it_completes(
+    scripted_openai: ScriptedOpenAI, client: AsyncOpenAI
+) -> None:
+    """No error on the client's side: the events just stop, with no ``response.completed``."""
+    scripted_openai.add(Hangup(Reply(text="a long answer that never finishes", chunk_size=3), 5))
+    stream = await client.responses.create(model="scripted-model", input="hi", stream=True)
+    received = [event async for event in stream]
+    assert _types(received)[-1] == "response.output_text.delta"
+    assert "response.completed" not in _types(received)
 
 
 async def test_reject_chat_models_only_on_chat(make_server: Callable[..., ScriptedOpenAI]) -> None:

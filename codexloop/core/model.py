@@ -141,6 +141,8 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__
         return f"connection failed ({cause or exc})"
+    if isinstance(exc, _StreamFailed):
+        return str(exc)
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
@@ -294,6 +296,11 @@ class ChatModel(_StreamingModel):
                             if tc.function.arguments:
                                 produced += len(tc.function.arguments)
                                 partial.arguments.append(tc.function.arguments)
+        if finish is None:
+            # Every complete answer ends with a finish reason ("stop", "tool_calls", "length"):
+            # a body that ends without one is a server or proxy that hung up mid-answer, not
+            # the model's whole turn (its text may stop mid-word, its last call mid-argument).
+            raise _StreamFailed("the stream ended before the answer was finished")
         full_text = "".join(text)
         if not output_tokens:
             output_tokens = max(1, len(full_text) // 4) if full_text else 0
@@ -394,8 +401,8 @@ class ResponsesModel(_StreamingModel):
                     raise ModelError(failure)
                 elif kind == "error":
                     raise _StreamFailed(f"{getattr(event, 'code', '') or 'error'}: {event.message}")
-        if finish is None:
-            raise _StreamFailed("the stream ended before the response completed")
+        if finish is None:  # no response.completed, .incomplete or .failed: a hang-up
+            raise _StreamFailed("the stream ended before the answer was finished")
         calls = []
         for item in done_items:
             if item.get("type") == "function_call":
