@@ -428,3 +428,13 @@ def test_a_sandbox_that_cannot_be_set_up_is_one_line_and_exit_2(
     assert last.startswith("codexloop: error: cannot set up the sandbox: "), done.stderr
     assert "Traceback" not in done.stderr and "internal error" not in done.stderr
     assert scripted_openai.requests == []  # no model call
+
+
+def test_a_repository_owned_by_someone_else_names_the_safe_directory_fix(make_repo) -> None:
+    repo = make_repo(KATA)
+    owner = {"GIT_TEST_ASSUME_DIFFERENT_OWNER": "1"}  # git's switch for a foreign owner
+    done = codexloop(TARGET, "--headless", cwd=repo, env={"OPENAI_API_KEY": "k", **owner})
+    assert_one_line_error(done, "dubious ownership", f"safe.directory {repo}")
+    for sub in ("branches", "clean"):
+        done = codexloop(sub, "--repo", str(repo), cwd=repo, env=owner)
+        assert_one_line_error(done, "dubious ownership", f"safe.directory {repo}")

@@ -90,6 +90,20 @@ def test_toplevel(make_repo: MakeRepo, tmp_path: Path) -> None:
     assert gitops.toplevel(outside) is None
 
 
+def test_a_repository_git_refuses_for_its_owner_says_why_and_how_to_trust_it(
+    make_repo: MakeRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not "not a checkout": git's reason and its safe.directory fix, on one line."""
+    repo = make_repo({"pkg/mod.py": "x = 1\n"})
+    monkeypatch.setenv("GIT_TEST_ASSUME_DIFFERENT_OWNER", "1")  # git's own switch for this
+    with pytest.raises(gitops.UnsafeRepository) as caught:
+        gitops.toplevel(repo / "pkg")
+    message = str(caught.value)
+    assert "\n" not in message and "dubious ownership" in message
+    assert f"git config --global --add safe.directory {repo}" in message
+    assert isinstance(caught.value, GitError)
+
+
 # --------------------------------------------------------------------------- snapshot
 
 

@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from codexloop.cli.args import OpenApp, UsageError, _fail, _Parser
+from codexloop.cli.args import OpenApp, _fail, _failed, _Parser
+from codexloop.core.errors import CodexloopError
 
 if TYPE_CHECKING:
     from codexloop.core.config import Config
@@ -235,7 +236,7 @@ def run_subcommand(name: str, argv: Sequence[str], open_app: OpenApp) -> int:
         return _fail(f"codexloop {name} is not available in this version yet")
     try:
         return handler()
-    except UsageError as exc:
-        return _fail(str(exc))
+    except CodexloopError as exc:  # a bad command line, a repository git refuses...
+        return _failed(exc)
     except SystemExit as exc:  # --help
         return int(exc.code or 0)

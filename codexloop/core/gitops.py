@@ -12,6 +12,7 @@ writes files (never the index) and only when no file conflicts.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -54,6 +55,10 @@ _GITDIRS: dict[Path, Path] = {}
 
 class GitError(CodexloopError):
     """A git command failed; the message carries git's stderr."""
+
+
+class UnsafeRepository(GitError):
+    """Git refuses the repository: it belongs to another user (``safe.directory``)."""
 
 
 # --------------------------------------------------------------------------- running git
@@ -162,7 +167,10 @@ def commit_tree(
 
 
 def toplevel(path: Path) -> Path | None:
-    """The root of the git checkout containing ``path``, or None outside any checkout."""
+    """The root of the git checkout containing ``path``, or None outside any checkout.
+
+    Raises :class:`UnsafeRepository` when git refuses the checkout for its owner.
+    """
     start = Path(path).absolute()
     while not start.is_dir():
         if start.parent == start:
@@ -170,9 +178,32 @@ def toplevel(path: Path) -> Path | None:
         start = start.parent
     done = _run(start, ["rev-parse", "--show-toplevel"], check=False)
     out = _text(done.stdout).strip()
+    if done.returncode != 0 and b"dubious ownership" in done.stderr:
+        raise unsafe_repository(done.stderr.decode("utf-8", "replace"), start)
     if done.returncode != 0 or not out:
         return None
     return Path(out)
+
+
+_UNSAFE_AT = re.compile(r"dubious ownership in repository at '([^']*)'")
+_UNSAFE_FIX = re.compile(r"^\s*(git config --global --add safe\.directory .+?)\s*$", re.MULTILINE)
+
+
+def unsafe_repository(stderr: str, start: Path) -> UnsafeRepository:
+    """Git's refusal of a repository owned by someone else, on one line, with git's own fix.
+
+    Git (2.35.2 and later) refuses a repository whose owner is not the current user (a
+    tarball unpacked as another user, a bind mount, a container) unless ``safe.directory``
+    names it in the global or system configuration.
+    """
+    at = _UNSAFE_AT.search(stderr)
+    where = at.group(1) if at else str(start)
+    fix = _UNSAFE_FIX.search(stderr)
+    command = fix.group(1) if fix else f"git config --global --add safe.directory {where}"
+    return UnsafeRepository(
+        f"git refuses the repository at {where}: detected dubious ownership (it belongs to "
+        f"another user); if you trust it, run: {command}"
+    )
 
 
 SNAPSHOT_SUBJECT = "codexloop snapshot of "
