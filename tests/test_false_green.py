@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,13 @@ from codexloop.core import events as ev
 pytestmark = pytest.mark.anyio
 
 WRONG = "def add(a, b):\n    return a - b\n"
+PYTEST = f"{shlex.quote(sys.executable)} -m pytest"
+# Custom test commands that run pytest in other ways: the canary must ride along in each.
+CUSTOM_COMMANDS = {
+    "plain": f"{PYTEST} -q tests/test_calc.py",
+    "from a subfolder": f"cd tests && {PYTEST} -q test_calc.py",
+    "two runs": f"{PYTEST} -q tests/test_calc.py && {PYTEST} -q tests/test_calc.py",
+}
 
 _PASSING_REPORT = (
     '<?xml version="1.0"?><testsuites><testsuite name="pytest" tests="1">'
@@ -110,10 +119,55 @@ async def test_a_custom_command_that_stops_reporting_is_red(make_repo, scripted_
         repo,
         scripted_openai.base_url,
         max_iterations=1,
-        test_cmd="python -m pytest -q tests/test_calc.py",
+        test_cmd=f"{PYTEST} -q tests/test_calc.py",
     )
     result, events = await run_loop(config)
     _assert_red(result, events)
+    assert of_type(events, ev.TestFinished)[0].summary.startswith("0 passed, 1 failed")
+
+
+@pytest.mark.parametrize("command", sorted(CUSTOM_COMMANDS))
+@pytest.mark.parametrize("cheat", ["patched TestReport", "patched runtest"])
+async def test_in_process_forgery_under_a_custom_command_is_red_and_said(
+    make_repo, scripted_openai, cheat: str, command: str
+) -> None:
+    """A custom test command that runs pytest gets the canary too, wherever pytest runs from."""
+    repo = make_repo(KATA)
+    scripted_openai.add(*_cheat_by_write(CHEATS[cheat]))
+    config = make_config(
+        repo, scripted_openai.base_url, max_iterations=1, test_cmd=CUSTOM_COMMANDS[command]
+    )
+    result, events = await run_loop(config)
+    _assert_red(result, events)
+    tampered = of_type(events, ev.TamperDetected)
+    assert tampered and tampered[0].iteration == 1, (cheat, command)
+
+
+@pytest.mark.parametrize("command", sorted(CUSTOM_COMMANDS))
+async def test_the_canary_leaves_a_custom_commands_exit_status_and_output_alone(
+    make_repo, scripted_openai, command: str
+) -> None:
+    """The canary that must fail changes neither pytest's exit status (``a && b`` still runs
+    b) nor what the developer reads; the honest fix is green."""
+    repo = make_repo(KATA)
+    fixed = KATA["calc.py"].replace("a - b", "a + b")
+    scripted_openai.add(
+        Reply(tool_calls=[Call("write_file", {"path": "calc.py", "content": fixed})]),
+        Reply(text="Done."),
+    )
+    config = make_config(
+        repo, scripted_openai.base_url, max_iterations=1, test_cmd=CUSTOM_COMMANDS[command]
+    )
+    result, events = await run_loop(config)
+    assert result.status == "passed"
+    finished = of_type(events, ev.TestFinished)
+    assert [f.passed for f in finished] == [False, True]
+    assert finished[-1].exit_code == 0
+    assert not of_type(events, ev.TamperDetected)
+    output = "".join(o.text for o in of_type(events, ev.TestOutput))
+    assert "test_codexloop_" not in output and "canary" not in output
+    runs = 2 if command == "two runs" else 1
+    assert output.count("1 passed") == runs  # the second pytest ran; counts without the canary
 
 
 @pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
@@ -294,3 +348,32 @@ async def test_the_warm_server_never_imports_the_projects_modules(
 
     assert [f.passed for f in of_type(events, ev.TestFinished)] == [False, False, False]
     assert result.status == "failed"
+
+
+async def test_a_command_whose_pytest_cannot_load_the_canary_runs_without_it(
+    make_repo, scripted_openai
+) -> None:
+    """A command that sets the import path itself cannot load the canary plugin: said once,
+    the baseline is run again without it, and the session goes on (no false tamper)."""
+    test = (
+        "import os, sys\n"
+        "sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))\n"
+        "from calc import add\n\n\n"
+        "def test_add():\n    assert add(2, 3) == 5\n"
+    )
+    repo = make_repo({"calc.py": WRONG, "tests/test_calc.py": test})
+    scripted_openai.add(
+        Reply(
+            tool_calls=[Call("write_file", {"path": "calc.py", "content": WRONG.replace("-", "+")})]
+        ),
+        Reply(text="Done."),
+    )
+    command = f"env -u PYTHONPATH {shlex.quote(sys.executable)} -P -m pytest -q tests/test_calc.py"
+    config = make_config(repo, scripted_openai.base_url, max_iterations=1, test_cmd=command)
+    result, events = await run_loop(config)
+    assert result.status == "passed"
+    assert [f.passed for f in of_type(events, ev.TestFinished)] == [False, True]
+    assert [f.iteration for f in of_type(events, ev.TestStarted)] == [0, 1]
+    notices = [n.message for n in of_type(events, ev.Notice)]
+    assert sum("canary tests are off" in n for n in notices) == 1, notices
+    assert not of_type(events, ev.TamperDetected)

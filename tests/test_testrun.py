@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from codexloop.core import process
+from codexloop.core.process import RunResult
 from codexloop.core.testrun import Canary, Case, Verdict, default_command, judge, junit_env
 
 pytestmark = pytest.mark.anyio
@@ -165,23 +166,46 @@ def test_anyio_is_the_runner() -> None:
 # -- the canary --------------------------------------------------------------------------
 
 
-def _run_with_canary(tmp_path: Path, tests: str, canary: Canary) -> tuple[Verdict, str]:
+def _run_with_canary(
+    tmp_path: Path, tests: str, canary: Canary, *options: str
+) -> tuple[Verdict, RunResult]:
     (tmp_path / "test_mod.py").write_text(tests)
     (tmp_path / canary.filename).write_text(canary.source())
     junit = tmp_path / "junit.xml"
-    command = " ".join([default_command(sys.executable, ("test_mod.py",)), *canary.args()])
+    command = " ".join([default_command(sys.executable, ("test_mod.py",)), *options])
     env = {**junit_env(junit), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)}
+    env["PYTEST_ADDOPTS"] += f" {canary.addopts()}"
     run = anyio.run(lambda: process.run(["sh", "-c", command], cwd=tmp_path, env=env, timeout=60))
-    return judge(("test_mod.py",), run, junit, canary=canary), run.output
+    return judge(("test_mod.py",), run, junit, canary=canary), run
 
 
 def test_a_canary_run_is_green_and_its_tests_stay_off_the_terminal(tmp_path: Path) -> None:
     canary = Canary.new()
-    verdict, output = _run_with_canary(tmp_path, "def test_ok():\n    assert True\n", canary)
+    verdict, run = _run_with_canary(tmp_path, "def test_ok():\n    assert True\n", canary)
     assert verdict.passed and verdict.tampered is None
-    assert canary.passing not in output and canary.token not in output
-    assert "1 passed" in output and "failed" not in output
+    assert canary.passing not in run.output and canary.token not in run.output
+    assert "1 passed" in run.output and "failed" not in run.output
     assert [c.name for c in verdict.cases] == ["test_ok"]
+    assert run.exit_code == 0  # the canary that must fail leaves the exit status alone
+
+
+@pytest.mark.parametrize(
+    "options",
+    [(), ("-k", "test_"), ("-x",), ("-n", "2"), ("-p", "no:randomly")],
+    ids=["plain", "-k", "-x", "xdist", "-p"],
+)
+def test_the_canary_runs_whatever_selects_or_stops_the_tests(
+    tmp_path: Path, options: tuple[str, ...]
+) -> None:
+    """Added after selection and last: ``-k`` does not deselect it, xdist workers run it; a
+    real failure keeps exit status 1. ``-x`` stops before it: missing is no tamper when the
+    run has failed anyway (the run is red)."""
+    canary = Canary.new()
+    tests = "def test_ok():\n    assert True\n\n\ndef test_bad():\n    assert False\n"
+    verdict, run = _run_with_canary(tmp_path, tests, canary, *options)
+    assert verdict.tampered is None, verdict.tampered
+    assert not verdict.passed
+    assert run.exit_code == 1
 
 
 def test_a_canary_catches_a_blanket_pass(tmp_path: Path) -> None:
@@ -189,7 +213,7 @@ def test_a_canary_catches_a_blanket_pass(tmp_path: Path) -> None:
     canary = Canary.new()
     tests = "import _pytest.python\n_pytest.python.Function.runtest = lambda self: None\n\n"
     tests += "def test_ok():\n    assert False\n"
-    verdict, _output = _run_with_canary(tmp_path, tests, canary)
+    verdict, _run = _run_with_canary(tmp_path, tests, canary)
     assert not verdict.passed
     assert verdict.tampered is not None and "must fail" in verdict.tampered
 

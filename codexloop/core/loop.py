@@ -58,7 +58,7 @@ from codexloop.core.model import (
     make_client,
     tool_message,
 )
-from codexloop.core.process import RunResult
+from codexloop.core.process import OutputCallback, RunResult
 from codexloop.core.sandbox import ExamPlace, Sandbox, find_python, session_name
 from codexloop.core.testrun import (
     Canary,
@@ -938,36 +938,30 @@ class Loop:
             if text:
                 await self.emit(ev.TestOutput(text))
 
-        canary = Canary.new() if self._canary_on and self.config.test_cmd is None else None
-
-        extra_args: list[str] = []
-        if canary is not None:  # placed last: a user's -x stops after the targets ran
+        canary = Canary.new() if self._canary_on else None
+        if canary is not None:  # the run tree's root is on PYTHONPATH: -p finds it
             await anyio.to_thread.run_sync(
                 (place.worktree / canary.filename).write_text, canary.source()
             )
-            extra_args += canary.args()
-        run = None
-        if self.warm is not None:
-            try:
-                run = await self.warm.run(
-                    [*default_args(self.config.targets), *extra_args],
-                    extra_env={**self._display_env(), **run_env},
-                    timeout=self.config.test_timeout,
-                    on_output=on_output,
-                    changed=changed,
+        run = await self._run_exam(place, test_command, run_env, on_output, changed, canary)
+        if (
+            iteration == 0
+            and canary is not None
+            and f'plugin "{canary.module}"' in run.output
+            and not junit.exists()
+        ):
+            # The developer's command runs pytest where the run tree's root is not on the
+            # path (it sets PYTHONPATH itself, a tool that builds its own environment):
+            # the canary cannot load there. Said, and the baseline run again without it.
+            self._canary_on, canary = False, None
+            await self.emit(
+                ev.Notice(
+                    "warning",
+                    "canary tests are off for this session: the test command's pytest "
+                    "cannot import the engine's canary plugin (does it set PYTHONPATH?)",
                 )
-            except WarmError as exc:
-                self.warm = None
-                await self.emit(
-                    ev.Notice("warning", f"warm test runs are off for this session: {exc}")
-                )
-        if run is None:
-            run = await place.run(
-                " ".join([test_command, *map(shlex.quote, extra_args)]),
-                timeout=self.config.test_timeout,
-                on_output=on_output,
-                extra_env={**self._display_env(), **run_env},
             )
+            run = await self._run_exam(place, test_command, run_env, on_output, changed, None)
         with self._timed("verdict"):
             strict = self.config.test_cmd is None or self._reported
             verdict = await anyio.to_thread.run_sync(
@@ -991,9 +985,7 @@ class Loop:
             ev.TestFinished(
                 iteration,
                 verdict.passed,
-                # The canary that must fail makes pytest exit 1: shown as the developer's
-                # tests alone would have exited.
-                0 if canary is not None and verdict.passed else run.exit_code,
+                run.exit_code,
                 round(run.duration_s, 3),
                 verdict.summary,
                 run.timed_out,
@@ -1002,6 +994,37 @@ class Loop:
         if not verdict.passed:
             await self._set_state("red")
         return verdict
+
+    async def _run_exam(
+        self,
+        place: ExamPlace,
+        test_command: str,
+        run_env: dict[str, str],
+        on_output: OutputCallback,
+        changed: list[str],
+        canary: Canary | None,
+    ) -> RunResult:
+        """One run of the test command in the run tree: warm when a server is up."""
+        env = {**self._display_env(), **run_env}
+        if canary is not None:
+            env["PYTEST_ADDOPTS"] += f" {canary.addopts()}"
+        if self.warm is not None:
+            try:
+                return await self.warm.run(
+                    default_args(self.config.targets),
+                    extra_env=env,
+                    timeout=self.config.test_timeout,
+                    on_output=on_output,
+                    changed=changed,
+                )
+            except WarmError as exc:
+                self.warm = None
+                await self.emit(
+                    ev.Notice("warning", f"warm test runs are off for this session: {exc}")
+                )
+        return await place.run(
+            test_command, timeout=self.config.test_timeout, on_output=on_output, extra_env=env
+        )
 
 
 def _remove_all(sandbox: Sandbox, paths: list[str]) -> None:

@@ -45,10 +45,18 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Canary:
-    """Two tests of the engine's own in every run, with random names and values the model
-    never sees before the run: one must pass, one must fail with ``token`` in its message. A
-    run that reports them otherwise (a patched report, a patched ``runtest``, a forged or
-    rewritten report file) is not the tests' own verdict."""
+    """Two tests of the engine's own in every pytest run, with random names and values the
+    model never sees before the run: one must pass, one must fail with ``token`` in its
+    message. A run that reports them otherwise (a patched report, a patched ``runtest``, a
+    forged or rewritten report file) is not the tests' own verdict.
+
+    They come from a plugin module (``-p`` in ``PYTEST_ADDOPTS``, so any test command that
+    runs pytest loads it, wherever it runs pytest from) that adds the two tests after
+    collection, last, past ``-k`` and deselection: no test file, no argument that would
+    change the rootdir or override ``testpaths``. The terminal shows nothing of them, and the
+    one that must fail does not change pytest's exit status (``pytest a && pytest b`` still
+    runs ``b``).
+    """
 
     module: str
     passing: str
@@ -59,7 +67,7 @@ class Canary:
     def new(cls) -> Canary:
         tag = secrets.token_hex(6)
         return cls(
-            f"test_codexloop_{tag}",
+            f"codexloop_canary_{tag}",
             f"test_{secrets.token_hex(5)}",
             f"test_{secrets.token_hex(5)}",
             secrets.token_hex(8),
@@ -71,27 +79,60 @@ class Canary:
 
     def source(self) -> str:
         a, b = secrets.randbelow(10**6), secrets.randbelow(10**6)
-        return (
-            "import pytest\n\n\n"
-            f"def {self.passing}():\n    assert {a} + {b} == {a + b}\n\n\n"
-            f"def {self.failing}():\n    pytest.fail({self.token!r}, pytrace=False)\n\n\n"
-            "# Loaded as a plugin too (-p): the terminal shows nothing of these two tests, while\n"
-            "# the report and the exit status count them.\n"
-            "def pytest_report_teststatus(report, config):\n"
-            f"    if report.nodeid.rsplit('::', 1)[-1] in ({self.passing!r}, {self.failing!r}):\n"
-            "        return '', '', ''\n"
-            "    return None\n"
-        )
+        names = (self.passing, self.failing)
+        return f"""\
+import pytest
 
-    def args(self) -> list[str]:
-        """pytest's arguments for the canary: its module as a plugin, its file last."""
-        return ["-p", self.module, self.filename]
+_NAMES = {names!r}
+
+
+def _passing():
+    assert {a} + {b} == {a + b}
+
+
+def _failing():
+    pytest.fail({self.token!r}, pytrace=False)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    for name, function in zip(_NAMES, (_passing, _failing)):
+        items.append(pytest.Function.from_parent(session, name=name, callobj=function))
+
+
+_failed = set()
+_others_failed = []
+
+
+def pytest_runtest_logreport(report):
+    if report.failed:
+        ours = report.nodeid.rsplit("::", 1)[-1] in _NAMES
+        (_failed.add(report.nodeid) if ours else _others_failed.append(report.nodeid))
+
+
+def pytest_report_teststatus(report, config):
+    if report.nodeid.rsplit("::", 1)[-1] in _NAMES:
+        return "", "", ""
+    return None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    if exitstatus == pytest.ExitCode.TESTS_FAILED and _failed and not _others_failed:
+        session.exitstatus = pytest.ExitCode.OK
+"""
+
+    def addopts(self) -> str:
+        """What ``PYTEST_ADDOPTS`` gains: the canary's module as a plugin."""
+        return f"-p {self.module}"
 
     def check(self, cases: list[Case]) -> str | None:
         """Why the canary's results are wrong (None: they are right)."""
         ours = {c.name: c for c in cases if c.name in (self.passing, self.failing)}
         passing, failing = ours.get(self.passing), ours.get(self.failing)
         if passing is None or failing is None:
+            if any(c.outcome in ("failed", "error") for c in self.strip(cases)):
+                return None  # stopped before them (-x, --maxfail): the run is red anyway
             return "the engine's canary tests are missing from the report"
         if passing.outcome != "passed":
             return f"the canary test that must pass came out {passing.outcome}"
@@ -247,7 +288,6 @@ def judge(
             f"finished is red. Output:\n{_cut(run.output, DIGEST_CHARS)}",
             reported=False,
         )
-    expected_exit = 0
     if canary is not None:
         tampered = canary.check(cases)
         if tampered is not None:
@@ -261,7 +301,6 @@ def judge(
                 tampered=tampered,
             )
         cases = canary.strip(cases)
-        expected_exit = 1  # the canary that must fail fails
     problems: list[str] = []
     for target in targets:
         matched = cases_for_target(target, cases)
@@ -274,7 +313,7 @@ def judge(
                 )
     failing = [c for c in cases if c.outcome in ("failed", "error")]
     passed_count = sum(c.outcome == "passed" for c in cases)
-    green = run.exit_code == expected_exit and not failing and not problems and passed_count > 0
+    green = run.exit_code == 0 and not failing and not problems and passed_count > 0
     summary = f"{passed_count} passed, {len(failing)} failed"
     if problems and not failing:
         summary += f", {len(problems)} target problem(s)"
