@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_git
-from loophelpers import KATA, edit, make_config, of_type, run_loop, tool_results
+from loophelpers import KATA, edit, make_config, of_type, run_loop, tool_results, user_texts
 from scripted_openai import Call, Reply
 
 from codexloop.core import events as ev
@@ -88,3 +88,27 @@ async def test_a_shell_exam_loop_refuses_the_script_and_goes_green(
     assert [f.passed for f in finished] == [False, True]
     assert "judged by the exit code" in finished[-1].summary
     assert run_git(repo, "show", f"{result.branch}:check.sh") == CHECK
+
+
+async def test_the_model_reads_no_escape_codes(make_repo, scripted_openai) -> None:
+    """Colours are for the developer's terminal: the failure digest and a command's output
+    reach the model as plain text (issue 16, item 12)."""
+    repo = make_repo(KATA)
+    scripted_openai.add(
+        Reply(
+            tool_calls=[
+                Call("run_command", {"command": "printf '\\033[33mno tests ran\\033[0m\\n'"})
+            ]
+        ),
+        Reply(text="Done."),
+    )
+    colour = "printf '\\033[31mboom\\033[0m \\033]0;title\\007\\n'; exit 1"
+    config = make_config(repo, scripted_openai.base_url, max_iterations=1, test_cmd=colour)
+    result, events = await run_loop(config)
+    assert result.status == "failed"
+    first, second = scripted_openai.requests[0], scripted_openai.requests[1]
+    assert "boom" in user_texts(first) and "\x1b" not in user_texts(first)
+    assert "no tests ran" in tool_results(second)[0]
+    assert "\x1b" not in tool_results(second)[0]
+    # The developer's terminal still gets the colours.
+    assert "\x1b[31mboom" in "".join(o.text for o in of_type(events, ev.TestOutput))

@@ -48,6 +48,18 @@ _NEEDS_SANITIZING = re.compile(
 )  # ESC and the controls but \t \n \r
 
 
+_SGR = re.compile(r"\x1b\[[0-?]*[ -/]*m")
+
+
+def plain_text(text: str) -> str:
+    """``text`` as a model should read it: no escape sequence at all (colours included), no
+    control character but tab and newline."""
+    if _NEEDS_SANITIZING.search(text) is None:
+        return text
+    text = _SGR.sub("", _UNSAFE_ESCAPES.sub("", text.replace("\r\n", "\n")))
+    return text.replace("\x1b", "").replace("\r", "")
+
+
 def sanitize_terminal(text: str) -> str:
     """Strip escape sequences that could act on the developer's terminal; keep colours."""
     if _NEEDS_SANITIZING.search(text) is None:

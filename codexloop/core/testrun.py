@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from codexloop.core import safefs
-from codexloop.core.process import RunResult
+from codexloop.core.process import RunResult, plain_text
 
 DIGEST_CHARS = 6_000
 FAILURE_CHARS = 2_500
@@ -270,6 +270,7 @@ def judge(
     off it is judged by its exit code alone. ``canary``: the engine's own tests in this run;
     wrong results for them make the run red, with :attr:`Verdict.tampered` saying why.
     """
+    run = replace(run, output=plain_text(run.output))  # what the model reads: no colours
     if run.timed_out:
         return Verdict(
             False,

@@ -27,7 +27,7 @@ import anyio
 from codexloop.core import safefs
 from codexloop.core.events import printable
 from codexloop.core.exam import Exam
-from codexloop.core.process import RunResult
+from codexloop.core.process import RunResult, plain_text
 
 MAX_READ_CHARS = 100_000
 MAX_RESULT_CHARS = 16_000
@@ -438,7 +438,7 @@ class Tools:
             status = "killed"
         else:
             status = f"exit code {result.exit_code}"
-        content = f"[{status}, {result.duration_s:.1f} s]\n{_cut(result.output)}"
+        content = f"[{status}, {result.duration_s:.1f} s]\n{_cut(plain_text(result.output))}"
         if self.network_off and _looks_like_no_network(result.output):
             content += "\n[note: the sandbox has no network access; this is not an outage]"
         if self.max_memory_gib and _looks_like_out_of_memory(result.output):
