@@ -438,3 +438,37 @@ def test_a_repository_owned_by_someone_else_names_the_safe_directory_fix(make_re
     for sub in ("branches", "clean"):
         done = codexloop(sub, "--repo", str(repo), cwd=repo, env=owner)
         assert_one_line_error(done, "dubious ownership", f"safe.directory {repo}")
+
+
+def test_the_app_refuses_an_output_that_is_not_a_terminal(make_repo) -> None:
+    """`codexloop TARGET > file` would fill the file with escape codes: one line, exit 2."""
+    repo = make_repo(KATA)
+    done = codexloop(TARGET, cwd=repo, env={"OPENAI_API_KEY": "k"})  # stdout is a pipe here
+    assert_one_line_error(done, "standard output is not a terminal: use --headless")
+    assert run_git(repo, "branch", "--list", "codexloop/*") == ""
+
+
+def test_an_exam_green_at_once_leaves_no_preview_branch(make_repo, scripted_openai) -> None:
+    repo = make_repo({**KATA, "calc.py": "def add(a, b):\n    return a + b\n"})
+    done = codexloop(
+        TARGET, "--headless", "--base-url", scripted_openai.base_url, "--model", "m", cwd=repo
+    )
+    assert done.returncode == 0, done.stderr
+    finished = events_of(done.stdout)[-1]
+    assert finished["type"] == "loop_finished" and finished["status"] == "passed"
+    assert finished["iterations"] == 0 and scripted_openai.requests == []
+    assert run_git(repo, "branch", "--list", "codexloop/*") == ""
+    assert not Path(finished["worktree"]).exists()
+    assert f"removed {finished['branch']}" in done.stderr
+
+
+def test_a_session_with_work_keeps_its_preview_branch(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="ok"))
+    done = codexloop(
+        TARGET, "--headless", "--base-url", scripted_openai.base_url, "--model", "m", cwd=repo
+    )
+    assert done.returncode == 0, done.stderr
+    finished = events_of(done.stdout)[-1]
+    assert finished["branch"] in run_git(repo, "branch", "--list", "codexloop/*")
+    assert "removed" not in done.stderr

@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import run_git
 from loophelpers import KATA, drive_review, edit, events_of, make_config, run_cli, run_loop
 from scripted_openai import Reply
 
@@ -103,6 +104,11 @@ def test_replay_reproduces_the_recorded_outcomes(
     assert [e["passed"] for e in events if e["type"] == "test_finished"] == [False, False, True]
     assert "diverged" not in done.stderr
     assert (repo / "calc.py").read_text() == "def add(a, b):\n    raise NotImplementedError\n"
+    # The replay's copy of the branch is not kept: the recorded session's own is all there is.
+    branches = run_git(
+        repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/codexloop/"
+    ).split()
+    assert branches == [result.branch]
 
 
 @pytest.mark.parametrize(
@@ -158,3 +164,68 @@ async def test_the_demo_answers_a_rejected_hunk_and_offers_a_new_review(tmp_path
     said = "".join(e.text for e in seen if isinstance(e, ev.ModelText))
     assert "You rejected the change of invoice.py: keep floats." in said
     assert [e.passed for e in seen if isinstance(e, ev.TestFinished)] == [False, False, True, True]
+
+
+def _leftovers(root: Path) -> list[str]:
+    """What is left under ``root``'s temp folder and codexloop's cache and state."""
+    found = []
+    for folder in ("tmp", "cache/codexloop/worktrees", "state/codexloop/traces"):
+        place = root / folder
+        if place.exists():
+            found += [str(p.relative_to(root)) for p in place.iterdir()]
+    return found
+
+
+def _demo_env(root: Path) -> dict[str, str]:
+    (root / "tmp").mkdir()
+    return {
+        "TMPDIR": str(root / "tmp"),
+        "XDG_CACHE_HOME": str(root / "cache"),
+        "XDG_STATE_HOME": str(root / "state"),
+    }
+
+
+def test_the_demo_leaves_nothing_behind(tmp_path: Path) -> None:
+    """No kata folder in the temp folder, no worktree, no trace, once the demo is over."""
+    done = run_cli("demo", "--headless", "--speed", "max", cwd=tmp_path, env=_demo_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "kata repository at" in done.stderr
+    assert _leftovers(tmp_path) == []
+
+
+def test_the_demo_keeps_its_kata_when_asked(tmp_path: Path) -> None:
+    done = run_cli(
+        "demo", "--headless", "--speed", "max", "--keep", cwd=tmp_path, env=_demo_env(tmp_path)
+    )
+    assert done.returncode == 0, done.stderr
+    [kata] = (tmp_path / "tmp").iterdir()
+    assert (kata / "invoice-kata" / ".git").is_dir()
+
+
+def test_the_demo_refuses_an_output_that_is_not_a_terminal_before_making_anything(
+    tmp_path: Path,
+) -> None:
+    done = run_cli("demo", cwd=tmp_path, env=_demo_env(tmp_path))  # stdout is a pipe here
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip() == "codexloop: error: standard output is not a terminal: use --headless"
+    )
+    assert done.stdout == "" and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({}, "demo --live needs OPENAI_API_KEY or OPENAI_BASE_URL"),
+        ({"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}, "no model configured"),
+    ],
+)
+def test_a_live_demo_without_a_model_leaves_no_kata(
+    tmp_path: Path, env: dict[str, str], needle: str
+) -> None:
+    done = run_cli("demo", "--live", "--headless", cwd=tmp_path, env={**_demo_env(tmp_path), **env})
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("codexloop: error: ") and needle in last
+    assert "Traceback" not in done.stderr
+    assert _leftovers(tmp_path) == []

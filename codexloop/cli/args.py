@@ -208,6 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def require_terminal() -> None:
+    """The full-screen app draws on standard output: refuse a file or a pipe there
+    (``codexloop demo > file`` would otherwise write escape codes into it forever)."""
+    try:
+        on_terminal = sys.stdout is not None and sys.stdout.isatty()
+    except (OSError, ValueError):  # closed
+        on_terminal = False
+    if not on_terminal:
+        raise UsageError("standard output is not a terminal: use --headless")
+
+
+def plural(count: int, one: str, many: str | None = None) -> str:
+    """``1 file``, ``2 files``; ``many`` when adding an s is wrong (``process``)."""
+    return f"{count} {one if count == 1 else many or one + 's'}"
+
+
 def _fail(message: str) -> int:
     print(f"codexloop: error: {message}", file=sys.stderr)
     return EXIT_USAGE
@@ -287,6 +303,8 @@ def run_loop(args: argparse.Namespace, open_app: OpenApp) -> int:
     config = load_config(settings)  # a CodexloopError ends main() with its line and status
     if args.accept != "none" and not args.headless:
         return _fail("--accept applies to --headless runs; in the app, review with v")
+    if not args.headless:
+        require_terminal()
     if args.headless:
         from codexloop.cli.headless import run_headless
 

@@ -20,6 +20,7 @@ import anyio
 from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
 
+from codexloop.cli.leftovers import discard_session
 from codexloop.core import events as ev
 from codexloop.core.config import Config
 from codexloop.core.errors import (
@@ -85,7 +86,9 @@ async def headless_session(
     read_stdin: bool = True,
     loop: Loop | None = None,
 ) -> int:
-    """Run one session, printing its events; ``loop`` lets demo and replay bring their own."""
+    """Run one session, printing its events; ``loop`` lets demo and replay bring their own
+    (and clean up after it: a session built here that made nothing is removed here)."""
+    own_loop = loop is None
     if loop is None:
         client = make_client(config.base_url, config.api_key)
         try:
@@ -137,6 +140,12 @@ async def headless_session(
         failure = setup_failure or SandboxError("the session ended before it started")
         print(error_line(failure, setup_context(failure)), file=sys.stderr)
         return failure.exit_code
+    if own_loop and result.status == "passed":  # a stopped session stays, to be continued
+        removed = await anyio.to_thread.run_sync(discard_session, loop)
+        if removed is not None:
+            print(
+                f"codexloop: nothing to keep: removed {removed} and its worktree", file=sys.stderr
+            )
     if interrupted:
         return EXIT_INTERRUPTED
     held_back = result.status == "passed" and held_back_by_flags(loop)

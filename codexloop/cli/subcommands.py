@@ -1,4 +1,4 @@
-"""Subcommands: ``branches``, ``clean`` (and, to come, ``demo`` and ``replay``)."""
+"""Subcommands: ``branches``, ``clean``, ``demo`` and ``replay``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from codexloop.cli.args import OpenApp, _fail, _failed, _Parser
+from codexloop.cli.args import OpenApp, _fail, _failed, _Parser, plural, require_terminal
 from codexloop.core.errors import CodexloopError
 
 if TYPE_CHECKING:
@@ -44,9 +44,8 @@ def branches(argv: Sequence[str]) -> int:
 
 
 def clean(argv: Sequence[str]) -> int:
+    from codexloop.cli.leftovers import remove_preview_branch
     from codexloop.core import gitops
-    from codexloop.core.process import kill_session
-    from codexloop.core.sandbox import forget_session, runs_folder, state_home
 
     parser = _Parser(
         prog="codexloop clean",
@@ -69,18 +68,9 @@ def clean(argv: Sequence[str]) -> int:
     for name in wanted:
         branch = found.get(name) or found[f"codexloop/{name}"]
         # What a crashed session left running (a warm server, a command's processes) first.
-        session = branch.name.removeprefix("codexloop/")
-        folders = [state_home() / "tmp" / session, runs_folder(session)]
-        if branch.worktree is not None:
-            folders.append(Path(branch.worktree))
-        killed = kill_session(folders)
+        killed = remove_preview_branch(repo, branch)
         if killed:
-            print(f"killed {killed} process(es) left running by {branch.name}")
-        if branch.worktree is not None:
-            gitops.remove_worktree(repo, branch.worktree, branch.name)
-        else:
-            gitops.git(repo, "branch", "-D", branch.name)
-        forget_session(branch.name.removeprefix("codexloop/"))
+            print(f"killed {plural(killed, 'process', 'processes')} left running by {branch.name}")
         print(f"removed {branch.name}")
     return 0
 
@@ -108,11 +98,8 @@ def _run_front(
 
 
 def demo(argv: Sequence[str], open_app: OpenApp) -> int:
-    from codexloop.core.config import ConfigError, Settings, load_config
-    from codexloop.core.demo import TARGET, answer_review, demo_config, demo_turns, make_kata
-    from codexloop.core.loop import Loop
-    from codexloop.core.model import make_client
-    from codexloop.core.replay import ReplayServer
+    from codexloop.cli.leftovers import remove_kata
+    from codexloop.core.demo import make_kata
 
     parser = _Parser(
         prog="codexloop demo",
@@ -131,32 +118,65 @@ def demo(argv: Sequence[str], open_app: OpenApp) -> int:
         metavar="N|max",
         help="how fast the scripted model plays (default 1)",
     )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the kata repository and its preview branch afterwards (default: removed)",
+    )
     args = parser.parse_args(argv)
-    repo = make_kata(Path(tempfile.mkdtemp(prefix="codexloop-demo-")))
-    print(f"codexloop demo: kata repository at {repo}", file=sys.stderr)
-    if args.live:
-        if not (os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL")):
-            return _fail("demo --live needs OPENAI_API_KEY or OPENAI_BASE_URL (and a model)")
-        try:
-            config = load_config(Settings(targets=(TARGET,), repo=repo))
-        except ConfigError as exc:
-            return _fail(str(exc))
-        if args.headless:
-            from codexloop.cli.headless import run_headless
+    # Everything that can refuse the demo does so before the kata exists.
+    if not args.headless:
+        require_terminal()
+    if args.live and not (os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL")):
+        return _fail("demo --live needs OPENAI_API_KEY or OPENAI_BASE_URL (and a model)")
+    root = Path(tempfile.mkdtemp(prefix="codexloop-demo-"))
+    try:
+        repo = make_kata(root)
+        kept = " (kept: --keep)" if args.keep else " (removed when the demo ends; --keep keeps it)"
+        print(f"codexloop demo: kata repository at {repo}{kept}", file=sys.stderr)
+        if args.live:
+            return _live_demo(repo, open_app, headless=args.headless)
+        return _scripted_demo(repo, open_app, headless=args.headless, speed=args.speed)
+    finally:
+        if not args.keep:
+            remove_kata(root, root / "invoice-kata")
 
-            return run_headless(config)
-        return open_app(config)
+
+def _live_demo(repo: Path, open_app: OpenApp, *, headless: bool) -> int:
+    from codexloop.core.config import Settings, load_config
+    from codexloop.core.demo import TARGET
+
+    config = load_config(Settings(targets=(TARGET,), repo=repo))  # no model: one line, exit 2
+    if headless:
+        from codexloop.cli.headless import run_headless
+
+        return run_headless(config)
+    return open_app(config)
+
+
+def _scripted_demo(repo: Path, open_app: OpenApp, *, headless: bool, speed: float | None) -> int:
+    from codexloop.core.demo import answer_review, demo_config, demo_turns
+    from codexloop.core.loop import Loop
+    from codexloop.core.model import make_client
+    from codexloop.core.replay import ReplayServer
+
     with ReplayServer(
-        demo_turns(), speed=args.speed, model="scripted-demo", after=answer_review
+        demo_turns(), speed=speed, model="scripted-demo", after=answer_review
     ) as server:
         config = demo_config(repo, server.base_url)
-        loop = Loop(config, client=make_client(server.base_url, "demo"), review=not args.headless)
+        loop = Loop(
+            config,
+            client=make_client(server.base_url, "demo"),
+            review=not headless,
+            write_trace=False,  # the kata it would replay on is gone after the demo
+        )
         return _run_front(
-            config, loop, open_app, headless=args.headless, banner="scripted demo: not a live model"
+            config, loop, open_app, headless=headless, banner="scripted demo: not a live model"
         )
 
 
 def replay(argv: Sequence[str], open_app: OpenApp) -> int:
+    from codexloop.cli.leftovers import discard_session
     from codexloop.core import gitops
     from codexloop.core.config import Config
     from codexloop.core.loop import Loop
@@ -192,6 +212,8 @@ def replay(argv: Sequence[str], open_app: OpenApp) -> int:
         )
     if repo is None:
         return _fail(f"{args.repo or header['repo']} is not a git checkout; pass --repo PATH")
+    if not args.headless:
+        require_terminal()
     with ReplayServer(
         recording.turns, speed=args.speed, model=str(header.get("model", "replay"))
     ) as server:
@@ -211,9 +233,17 @@ def replay(argv: Sequence[str], open_app: OpenApp) -> int:
         loop = Loop(
             config, client=make_client(server.base_url, "replay"), base=base, write_trace=False
         )
-        status = _run_front(
-            config, loop, open_app, headless=args.headless, banner=f"replay of {args.trace.name}"
-        )
+        try:
+            status = _run_front(
+                config,
+                loop,
+                open_app,
+                headless=args.headless,
+                banner=f"replay of {args.trace.name}",
+            )
+        finally:
+            # The recorded session keeps its own branch: a replay's copy is no work of its own.
+            discard_session(loop, always=True)
         replayed = loop.test_outcomes
     if replayed != recording.outcomes:
         print(
