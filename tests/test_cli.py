@@ -472,3 +472,44 @@ def test_a_session_with_work_keeps_its_preview_branch(make_repo, scripted_openai
     finished = events_of(done.stdout)[-1]
     assert finished["branch"] in run_git(repo, "branch", "--list", "codexloop/*")
     assert "removed" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("line", "needle"),
+    [
+        ('max_iterations = "5"', "max_iterations must be a whole number, not a string ('5')"),
+        ("max_iterations = true", "max_iterations must be a whole number, not a boolean (True)"),
+        ("test_timeout = true", "test_timeout must be a number, not a boolean (True)"),
+        ("warm = 1", "warm must be true or false, not an integer (1)"),
+        ("model = 4.5", "model must be a string, not a float (4.5)"),
+        ('share = "node_modules"', "share must be an array of strings, not a string"),
+        ("task = { a = 1 }", "task must be a string, not a table"),
+    ],
+)
+def test_a_config_value_of_the_wrong_type_names_the_expected_type(
+    make_repo, line: str, needle: str
+) -> None:
+    from codexloop.core.config import ConfigError, read_file_config
+
+    repo = make_repo({**KATA, "pyproject.toml": f"[tool.codexloop]\n{line}\n"})
+    with pytest.raises(ConfigError) as caught:
+        read_file_config(repo)
+    assert needle in str(caught.value)
+
+
+def test_version(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    done = codexloop("--version", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"codexloop {version('codexloop')}"
+
+
+@pytest.mark.parametrize("sub", ["branches", "clean"])
+def test_subcommand_repo_options_are_explained(tmp_path: Path, sub: str) -> None:
+    done = codexloop(sub, "--help", cwd=tmp_path)
+    assert done.returncode == 0
+    [line] = [
+        line for line in done.stdout.splitlines() if "--repo PATH" in line and "usage" not in line
+    ]
+    assert "git checkout" in line

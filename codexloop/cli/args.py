@@ -90,12 +90,26 @@ _positive_int = _whole_number(1, "must be at least 1")
 _non_negative_int = _whole_number(0, "must be 0 or more")
 
 
+def version() -> str:
+    """The installed distribution's version (``unknown`` when run from a bare source tree)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("codexloop")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="codexloop",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"codexloop {version()}", help="print the version"
     )
     parser.add_argument(
         "targets",

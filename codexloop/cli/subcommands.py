@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from codexloop.core.loop import Loop
 
 
+REPO_HELP = "the git checkout whose preview branches these are (default: current directory)"
+
+
 def _repo(path: Path | None) -> Path | None:
     from codexloop.core import gitops
 
@@ -28,7 +31,7 @@ def branches(argv: Sequence[str]) -> int:
     from codexloop.core import gitops
 
     parser = _Parser(prog="codexloop branches", description="List codexloop's preview branches.")
-    parser.add_argument("--repo", type=Path, metavar="PATH")
+    parser.add_argument("--repo", type=Path, metavar="PATH", help=REPO_HELP)
     args = parser.parse_args(argv)
     repo = _repo(args.repo)
     if repo is None:
@@ -52,7 +55,7 @@ def clean(argv: Sequence[str]) -> int:
         description="Remove codexloop's preview branches and worktrees, and kill whatever "
         "their sessions left running.",
     )
-    parser.add_argument("--repo", type=Path, metavar="PATH")
+    parser.add_argument("--repo", type=Path, metavar="PATH", help=REPO_HELP)
     parser.add_argument(
         "branch", nargs="*", help="only these branches (default: all codexloop/* branches)"
     )

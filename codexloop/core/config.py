@@ -49,6 +49,36 @@ _FILE_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 
 
+_EXPECTED = {
+    str: "a string",
+    int: "a whole number",
+    bool: "true or false",
+    list: "an array of strings",
+}
+
+
+def _expected(kind: type | tuple[type, ...]) -> str:
+    """What a ``[tool.codexloop]`` key takes, in TOML's words."""
+    return "a number" if isinstance(kind, tuple) else _EXPECTED.get(kind, kind.__name__)
+
+
+def _toml_type(value: object) -> str:
+    """What a TOML value is, in TOML's words."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date or time"
+
+
 class ConfigError(CodexloopError):
     """A mistake the user can fix; the message is shown as one line, exit status 2."""
 
@@ -126,8 +156,12 @@ def read_file_config(repo: Path) -> dict[str, Any]:
         if kind is None:
             known = ", ".join(sorted(_FILE_KEYS))
             raise ConfigError(f"{path}: unknown key {key!r} in [tool.codexloop] (known: {known})")
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(f"{path}: [tool.codexloop] {key} has the wrong type")
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:39] + "…"
+            raise ConfigError(
+                f"{path}: [tool.codexloop] {key} must be {_expected(kind)}, "
+                f"not {_toml_type(value)} ({shown})"
+            )
     return section
 
 
