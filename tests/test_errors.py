@@ -66,3 +66,19 @@ def test_a_session_that_ran_exits_by_its_status() -> None:
     assert result_status("failed") == result_status("stopped") == result_status(None) == EXIT_RED
     assert result_status("passed", interrupted=True) == EXIT_INTERRUPTED
     assert errors.EXIT_INTERNAL == EXIT_RED
+
+
+def test_what_ends_a_session_before_its_loop_runs() -> None:
+    """One rule for the app and headless: git or a missing sandbox is the set-up (exit 2), any
+    other user-facing error is shown as it is, anything else is a bug (None: exit 1)."""
+    from codexloop.core.errors import setup_failure
+
+    git = setup_failure(GitError("fatal: no space"), sandbox_exists=True)
+    assert isinstance(git, SandboxError) and exit_status(git) == EXIT_USAGE
+    assert str(git) == "cannot set up the sandbox: fatal: no space"
+    disk = setup_failure(PermissionError(13, "Permission denied"), sandbox_exists=False)
+    assert isinstance(disk, SandboxError) and "cannot set up the sandbox" in str(disk)
+    assert setup_failure(PermissionError(13, "denied"), sandbox_exists=True) is None
+    config = ConfigError("target 'x' collects no test")
+    assert setup_failure(config, sandbox_exists=True) is config
+    assert setup_failure(RuntimeError("a bug"), sandbox_exists=False) is None

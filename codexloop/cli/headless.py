@@ -30,6 +30,7 @@ from codexloop.core.errors import (
     CodexloopError,
     SandboxError,
     error_line,
+    setup_failure,
 )
 from codexloop.core.loop import Loop, event_channel
 from codexloop.core.model import check_endpoint, make_client
@@ -100,7 +101,7 @@ async def headless_session(
     send_events, receive_events = event_channel()
     send_commands, receive_commands = event_channel()
     interrupted = output_closed = False
-    setup_failure: CodexloopError | None = None
+    failure: CodexloopError | None = None
 
     async def stop_for_closed_output() -> None:
         nonlocal output_closed
@@ -129,16 +130,15 @@ async def headless_session(
             async with send_events:  # closing it lets the printer drain and end
                 try:
                     result = await loop.run(send_events, receive_commands)
-                except CodexloopError as exc:  # the session could not start (the sandbox)
-                    setup_failure, result = exc, None
-                except OSError as exc:
-                    if loop.sandbox is not None:
-                        raise  # not the sandbox's set-up: a bug of ours
-                    setup_failure, result = SandboxError(f"cannot set up the sandbox: {exc}"), None
+                except (CodexloopError, OSError) as exc:  # the session could not start
+                    failed = setup_failure(exc, sandbox_exists=loop.sandbox is not None)
+                    if failed is None:
+                        raise  # a bug of ours: the internal-error path keeps its details
+                    failure, result = failed, None
             inner.cancel_scope.cancel()
-    if setup_failure is not None or result is None:
-        failure = setup_failure or SandboxError("the session ended before it started")
-        print(error_line(failure, setup_context(failure)), file=sys.stderr)
+    if failure is not None or result is None:
+        failure = failure or SandboxError("the session ended before it started")
+        print(error_line(failure), file=sys.stderr)
         return failure.exit_code
     if own_loop and result.status == "passed":  # a stopped session stays, to be continued
         removed = await anyio.to_thread.run_sync(discard_session, loop)
@@ -159,11 +159,6 @@ async def headless_session(
     ):
         return EXIT_GREEN
     return EXIT_RED
-
-
-def setup_context(exc: CodexloopError) -> str:
-    """What to put before the message of an error that ended a session before its loop ran."""
-    return "" if isinstance(exc, SandboxError) else "cannot set up the sandbox"
 
 
 def held_back_by_flags(loop: Loop) -> bool:

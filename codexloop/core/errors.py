@@ -15,7 +15,8 @@ the same failure exits with the same status whichever front end met it::
       TraceError                    a trace that cannot be replayed              (replay.py)
 
 A :class:`GitError` or :class:`SandboxError` that ends a session before its loop started (the
-snapshot, the worktree) is a setup failure: exit 2, in the app as in headless mode. Once the loop
+snapshot, the worktree) is a setup failure (:func:`setup_failure`): exit 2, in the app as in
+headless mode. Once the loop
 runs, the loop itself turns model, git and file errors into a ``failed`` result (exit 1) with a
 notice; nothing of this hierarchy is raised past it then. Anything else that reaches a front end
 is a bug of ours: exit 1, with the details kept in a file (:data:`EXIT_INTERNAL`).
@@ -76,6 +77,25 @@ def error_line(exc: BaseException, context: str = "") -> str:
     """``codexloop: error: <context: ><message>``, on one line, for standard error."""
     message = " ".join(str(exc).split()) or type(exc).__name__
     return f"codexloop: error: {context + ': ' if context else ''}{message}"
+
+
+def setup_failure(exc: BaseException, *, sandbox_exists: bool) -> CodexloopError | None:
+    """The user-facing error for an exception that ended a session before its loop ran
+    (``Loop.run`` raised), or None for a bug of ours (exit 1, details kept).
+
+    A git failure there is the sandbox's set-up (snapshot, worktree): said so, exit 2. So is
+    an ``OSError`` before the sandbox exists (an unwritable cache folder, a full disk). Any
+    other error of this hierarchy (a target that collects no test...) is shown as it is.
+    """
+    from codexloop.core.gitops import GitError  # gitops imports this module
+
+    if isinstance(exc, SandboxError):
+        return exc
+    if isinstance(exc, GitError) or (isinstance(exc, OSError) and not sandbox_exists):
+        return SandboxError(f"cannot set up the sandbox: {exc}")
+    if isinstance(exc, CodexloopError):
+        return exc
+    return None
 
 
 FinalStatus = Literal["passed", "failed", "stopped"]
