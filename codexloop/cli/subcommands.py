@@ -133,8 +133,10 @@ def demo(argv: Sequence[str], open_app: OpenApp) -> int:
     if args.live and not (os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL")):
         return _fail("demo --live needs OPENAI_API_KEY or OPENAI_BASE_URL (and a model)")
     root = Path(tempfile.mkdtemp(prefix="codexloop-demo-"))
+    made = False
     try:
         repo = make_kata(root)
+        made = True
         kept = " (kept: --keep)" if args.keep else " (removed when the demo ends; --keep keeps it)"
         print(f"codexloop demo: kata repository at {repo}{kept}", file=sys.stderr)
         if args.live:
@@ -143,6 +145,11 @@ def demo(argv: Sequence[str], open_app: OpenApp) -> int:
     finally:
         if not args.keep:
             remove_kata(root, root / "invoice-kata")
+            if made:
+                print(
+                    "codexloop demo: removed the kata, its worktree and branch (--keep keeps them)",
+                    file=sys.stderr,
+                )
 
 
 def _live_demo(repo: Path, open_app: OpenApp, *, headless: bool) -> int:
