@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from codexloop.core import gitops, safefs, shadow
+from codexloop.core.errors import CodexloopError
 from codexloop.core.plugins import Installed, installed
 from codexloop.core.sandbox import find_python
 
@@ -100,6 +101,30 @@ def _pytest_section(text: str | bytes | None) -> Any:
         return tomllib.loads(text).get("tool", {}).get("pytest")
     except tomllib.TOMLDecodeError:
         return "<invalid TOML>"
+
+
+class ExamError(CodexloopError):
+    """The exam can never pass, whatever the model does (a target that collects no test, a
+    target file with a syntax error): said before the first model call, exit 2."""
+
+
+def syntax_error(root: Path, target_files: Iterable[str]) -> str | None:
+    """Where the first target file that is Python but does not parse has its syntax error."""
+    for rel in target_files:
+        if not rel.endswith(".py"):
+            continue
+        try:
+            source = safefs.read_file(root, rel, limit=MAX_EXAM_BYTES)
+        except OSError:
+            continue  # not there or not a regular file: pytest will say so
+        try:
+            compile(source, rel, "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            where = f"{rel}:{exc.lineno}" if exc.lineno else rel
+            return f"the exam has a syntax error at {where}: {exc.msg}"
+        except ValueError:  # null bytes
+            return f"the exam has a syntax error at {rel}: it holds null bytes"
+    return None
 
 
 @dataclass

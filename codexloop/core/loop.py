@@ -42,7 +42,7 @@ from codexloop.core.context import (
     shorten_tool_result,
 )
 from codexloop.core.diff import revert_hunk
-from codexloop.core.exam import MAX_EXAM_BYTES, Exam, command_files
+from codexloop.core.exam import MAX_EXAM_BYTES, Exam, ExamError, command_files, syntax_error
 from codexloop.core.gitops import ApplyResult
 from codexloop.core.model import (
     BACKOFF_S,
@@ -67,6 +67,7 @@ from codexloop.core.testrun import (
     default_command,
     judge,
     junit_env,
+    uncollected,
 )
 from codexloop.core.tools import TOOL_SCHEMAS, Tools
 from codexloop.core.trace import TraceWriter, traces_dir
@@ -387,6 +388,7 @@ class Loop:
         status: ev.FinalStatus = "failed"
         reason = ""
         iterations = 0
+        unusable: ExamError | None = None  # the exam can never pass: the session ends, exit 2
         try:
             async with anyio.create_task_group() as tg:
                 if commands is not None:
@@ -396,6 +398,8 @@ class Loop:
                         status, iterations, reason = await self._iterate(exam, tools)
                     except _Stopped:
                         status, reason = "stopped", self._control.stop_reason or "stopped"
+                    except ExamError as exc:
+                        status, reason, unusable = "failed", str(exc), exc
                     except ModelError as exc:
                         status, reason = "failed", f"model error: {exc}"
                         await self.emit(ev.Notice("error", reason))
@@ -431,6 +435,8 @@ class Loop:
                 )
                 if self.trace is not None:
                     self.trace.close()
+        if unusable is not None:
+            raise unusable
         return LoopResult(
             status,
             iterations,
@@ -533,6 +539,12 @@ class Loop:
 
     async def _iterate(self, exam: Exam, tools: Tools) -> tuple[ev.FinalStatus, int, str]:
         config = self.config
+        assert self.sandbox is not None
+        broken = await anyio.to_thread.run_sync(
+            syntax_error, self.sandbox.worktree, exam.target_files
+        )
+        if broken is not None:
+            raise ExamError(broken)
         baseline = await self._run_tests(0, exam)
         if baseline.passed:
             await self.emit(ev.Notice("info", "the target tests already pass: nothing to do"))
@@ -967,6 +979,9 @@ class Loop:
             verdict = await anyio.to_thread.run_sync(
                 partial(judge, self.config.targets, run, junit, strict=strict, canary=canary)
             )
+            never = uncollected(self.config.targets, verdict) if iteration == 0 else None
+            if never is not None:  # before any model call: no budget spent on it
+                raise ExamError(never)
             if iteration == 0 and canary is not None and verdict.tampered and not verdict.cases:
                 # Before any model turn: the project's pytest setup does not collect the
                 # canary (python_functions, a plugin that deselects): judge without it.

@@ -236,6 +236,26 @@ def _cases_for(target: str, cases: list[Case]) -> list[Case]:
     ]
 
 
+def uncollected(targets: tuple[str, ...], verdict: Verdict) -> str | None:
+    """Why a red baseline can never turn green: a target that collects no test, in a run
+    that reported and had no collection error (an error there may come from the code under
+    test — a test importing what does not exist yet — which is the model's to fix)."""
+    if verdict.passed or not verdict.reported:
+        return None
+    cases = list(verdict.cases)
+    if any(c.outcome == "error" and not c.classname for c in cases):
+        return None  # a collection error: pytest could not import a test module
+    for target in targets:
+        if not cases_for_target(target, cases):
+            hint = (
+                "name a test file or test, not the code under test"
+                if "::" not in target and not PurePosixPath(target).name.startswith("test")
+                else "check the test's name, e.g. with pytest --collect-only"
+            )
+            return f"target '{target}' collects no test ({hint})"
+    return None
+
+
 def _cut(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
