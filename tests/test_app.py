@@ -51,7 +51,10 @@ class StableLoop(Loop):
         elif isinstance(event, ev.TestStarted):
             event = dataclasses.replace(event, command=f"python -m pytest -q {SESSION}")
         elif isinstance(event, ev.TestOutput):
-            event = ev.TestOutput(re.sub(r" in \d+\.\d+s", " in 0.01s", event.text))
+            text = re.sub(r" in \d+\.\d+s", " in 0.01s", event.text)
+            # pytest's progress column counts the engine's hidden canary tests too (their
+            # number is the engine's business): the one test of these runs is all of it.
+            event = ev.TestOutput(re.sub(r"\[\s*\d+%\]", "[100%]", text))
         elif isinstance(event, ev.TestFinished | ev.IterationFinished):
             event = dataclasses.replace(event, duration_s=0.5)
         await super().emit(event)
