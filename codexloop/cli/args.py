@@ -233,11 +233,6 @@ def require_terminal() -> None:
         raise UsageError("standard output is not a terminal: use --headless")
 
 
-def plural(count: int, one: str, many: str | None = None) -> str:
-    """``1 file``, ``2 files``; ``many`` when adding an s is wrong (``process``)."""
-    return f"{count} {one if count == 1 else many or one + 's'}"
-
-
 def _fail(message: str) -> int:
     print(f"codexloop: error: {message}", file=sys.stderr)
     return EXIT_USAGE
