@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -126,11 +128,41 @@ async def test_a_hanging_warm_run_is_killed_at_its_timeout(runner: WarmRunner) -
     junit = box.tmp / "hang.xml"
     run = await runner.run(default_args(TARGETS), extra_env=junit_env(junit), timeout=1)
     assert run.timed_out and "time limit" in run.output
-    # The server itself survives and serves the next run.
+    # A fresh server serves the next run (the run may have stopped the old one: see
+    # test_warm_reach).
     (box.worktree / "calc.py").write_text("def add(a, b):\n    return a + b\n")
     run = await runner.run(default_args(TARGETS), extra_env=junit_env(junit), timeout=60)
     assert judge(TARGETS, run, junit).passed
-    assert runner.starts == 1
+    assert runner.starts == 2
+
+
+async def test_closing_the_run_connection_kills_the_run(runner: WarmRunner) -> None:
+    """The engine's end of the run connection is the run's life: once the engine lets go
+    (a timeout, a cancelled loop), the run's processes are killed, not left running."""
+    box = runner.sandbox
+    lock, up = box.worktree / "held.lock", box.worktree / "held.up"
+    (box.worktree / "calc.py").write_text(
+        "import fcntl, time\n"
+        f"_held = open({str(lock)!r}, 'w')\n"
+        "fcntl.flock(_held, fcntl.LOCK_EX)\n"
+        f"open({str(up)!r}, 'w').close()\n"
+        "time.sleep(300)\n"
+    )
+    junit = box.tmp / "held.xml"
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            partial(runner.run, default_args(TARGETS), extra_env=junit_env(junit), timeout=300)
+        )
+        with anyio.fail_after(60):
+            while not up.exists():  # the run holds the lock
+                await anyio.sleep(0.05)
+        tg.cancel_scope.cancel()  # the engine lets go of the run connection
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        with anyio.fail_after(20):  # the lock is free once the run's process is gone
+            await anyio.to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_EX, abandon_on_cancel=True)
+    finally:
+        os.close(fd)
 
 
 def test_the_server_script_imports_nothing_of_codexloop() -> None:

@@ -13,10 +13,12 @@ import codecs
 import contextlib
 import errno
 import hashlib
+import inspect
 import json
 import os
 import shlex
 import signal
+import socket
 import stat
 import struct
 import subprocess
@@ -162,16 +164,12 @@ def _kill_all_but(group: PidsGroup, keep: int) -> int:
     return killed
 
 
-async def _connect(path: Path) -> anyio.abc.SocketStream:
-    """Connect to the server's socket, however deep its folder: through a descriptor of the
-    folder where /proc allows it (a socket path is limited to ~108 bytes)."""
-    if len(os.fsencode(path)) < 100 or not os.path.isdir("/proc/self/fd"):
-        return await anyio.connect_unix(str(path))
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        return await anyio.connect_unix(f"/proc/self/fd/{folder}/{path.name}")
-    finally:
-        os.close(folder)
+def _can_pass_sockets() -> bool:
+    """Whether this anyio starts a process with an extra descriptor and wraps a socket of
+    our own as a stream (anyio 4.10 or later)."""
+    return "pass_fds" in inspect.signature(anyio.open_process).parameters and hasattr(
+        anyio.abc.UNIXSocketStream, "from_socket"
+    )
 
 
 class WarmRunner:
@@ -181,7 +179,6 @@ class WarmRunner:
         self.sandbox = sandbox
         self.python = python
         self.process: Process | None = None
-        self.socket_path = sandbox.tmp / "warm.sock"
         self.fingerprint: str | None = None
         self._site: list[Path] | None = None
         self._known_config: list[str] | None = None
@@ -190,6 +187,9 @@ class WarmRunner:
         self.marker: str | None = None  # the server's run mark, without isolation
         self._private_pids = False  # the server sweeps its own pid namespace after each run
         self._lifeline: int | None = None  # write end of the server's stdin pipe
+        # The engine's end of the control connection: the server's only way in (see
+        # warm_server). No socket in the file system: nothing else in the sandbox reaches it.
+        self._control: socket.socket | None = None
 
     def _config_files(self) -> list[str]:
         """Every test-configuration file of the worktree (a walk: done once per session)."""
@@ -238,14 +238,19 @@ class WarmRunner:
 
     async def _start(self) -> None:
         await self.stop()
+        if not _can_pass_sockets():
+            raise WarmError("warm test runs need anyio 4.10 or later (pip install -U anyio)")
         # Visible inside the sandbox whatever the install; written fresh, never through a link.
         script = await anyio.to_thread.run_sync(
             write_fresh, self.sandbox.tmp, "codexloop_warm_server.py", SERVER_SCRIPT.read_bytes()
         )
-        self.socket_path.unlink(missing_ok=True)
+        # The control connection: one end stays here, the other is the server's by inheritance
+        # (bubblewrap passes inherited descriptors on to the command, and its own processes
+        # close them). Both are non-inheritable: no other child of the engine gets them.
+        control, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         command = (
             f"exec {shlex.quote(self.python)} {shlex.quote(str(script))} "
-            f"{shlex.quote(str(self.socket_path))} {shlex.quote(str(self.sandbox.worktree))}"
+            f"{server_end.fileno()} {shlex.quote(str(self.sandbox.worktree))}"
         )
         self.group = self.sandbox.process_group()  # the server and every run it forks
         # Neither a pid namespace nor a cgroup: mark the server's environment and its runs'
@@ -277,13 +282,18 @@ class WarmRunner:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                pass_fds=(server_end.fileno(),),
             )
         except BaseException:
             os.close(lifeline_w)
+            control.close()
             raise
         finally:
             os.close(lifeline_r)
+            server_end.close()
         self._lifeline = lifeline_w
+        control.setblocking(False)  # a server that stops reading is an error, not a hang
+        self._control = control
         self.starts += 1
         assert self.process.stdout is not None
         seen = b""
@@ -297,13 +307,31 @@ class WarmRunner:
             f"the warm pytest server did not start: {seen.decode(errors='replace')[-500:]}"
         )
 
+    async def _open_run(self) -> anyio.abc.SocketStream:
+        """A fresh run connection: one end passed to the server over the control connection,
+        the other returned. Closing it early kills the run."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            assert self._control is not None
+            socket.send_fds(self._control, [b"R"], [theirs.fileno()])
+        except OSError as exc:  # the server is gone, or stopped reading
+            ours.close()
+            await self.stop()
+            raise WarmError(f"cannot reach the warm pytest server: {exc}") from exc
+        finally:
+            theirs.close()  # the server's now, and only the server's
+        return await anyio.abc.UNIXSocketStream.from_socket(ours)
+
     async def stop(self) -> None:
         process, self.process = self.process, None
         group, self.group = self.group, None
         lifeline, self._lifeline = self._lifeline, None
+        control, self._control = self._control, None
         marker, self.marker = self.marker, None
         if lifeline is not None:
             os.close(lifeline)
+        if control is not None:
+            control.close()
         if process is None:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -351,15 +379,11 @@ class WarmRunner:
         code: int | None = None
         timed_out = killed_for_output = False
         read_total = 0
-        try:
-            stream = await _connect(self.socket_path)
-        except OSError as exc:
-            await self.stop()
-            raise WarmError(f"cannot reach the warm pytest server: {exc}") from exc
+        stream = await self._open_run()
         async with stream:
-            await stream.send((json.dumps(request) + "\n").encode())
             buffer = b""
             with anyio.move_on_after(timeout) as scope:
+                await stream.send((json.dumps(request) + "\n").encode())
                 while code is None and not killed_for_output:
                     try:
                         buffer += await stream.receive()
@@ -397,6 +421,10 @@ class WarmRunner:
         output = sanitize_terminal(kept.text()) + limit_notes(self.group, survivors)
         if timed_out:
             output += f"\n[codexloop: stopped after the {timeout:g} s time limit; the process tree was killed]"
+            # The run shares the server's pid namespace and user: it may have stopped the
+            # server itself (SIGSTOP), and every later run would time out too. A fresh server
+            # serves the next run.
+            await self.stop()
         elif killed_for_output:
             output += f"\n[codexloop: killed after {DEFAULT_HARD_LIMIT} bytes of output]"
         elif code is None:

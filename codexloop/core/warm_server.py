@@ -5,14 +5,21 @@ imports nothing of codexloop, which the project's interpreter may not have). It 
 pytest and the third-party modules the tests use once; every run is a fork, so the
 project's own modules are always imported fresh and no state leaks between runs.
 
-Protocol on a Unix socket, one request per connection: the client sends one JSON line
-``{"args": [...], "env": {...}}``; the server answers with frames ``O<len:4><bytes>``
-(output) and finally ``X<code:4>`` (exit status; 255 when the child died of a signal).
-The client closing the connection early kills the run.
+Reachable by the engine alone: there is no socket in the file system. The engine starts the
+server holding one end of a socket pair (an inherited descriptor, its number the first
+argument): the control connection. Per run the engine makes a fresh socket pair and passes
+one end over the control connection (one byte carrying the descriptor, SCM_RIGHTS): the run
+connection. On it the engine writes one JSON line ``{"args": [...], "env": {...}, "cwd":
+...}``; the server answers with frames ``O<len:4><bytes>`` (output) and finally ``X<code:4>``
+(exit status; 255 when the child died of a signal). The engine closing its end of the run
+connection early kills the run. The forked run holds neither connection (its output goes
+through a pipe), and the server is not dumpable, so code under test cannot take the control
+connection with ptrace rights (``pidfd_getfd``) either.
 
 Lifetime: the server's stdin is a pipe whose write end only the engine holds. End of file
-there means the engine is gone (stopped, crashed, killed, its terminal closed): the server
-kills the current run's process group and exits. SIGTERM (and SIGHUP) do the same.
+there (or on the control connection) means the engine is gone (stopped, crashed, killed, its
+terminal closed): the server kills the current run's process group and exits. SIGTERM (and
+SIGHUP) do the same.
 """
 
 from __future__ import annotations
@@ -37,6 +44,25 @@ PLUGIN_PACKAGES: set[str] = set()
 CURRENT_RUN: list[int] = []
 # The engine's lifeline (stdin), when it is a pipe; -1 when there is none to watch.
 LIFELINE = -1
+# prctl(2) options, and the C library that has it (loaded once, by the server: every fork
+# inherits it).
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+LIBC: list = []
+
+
+def _prctl(option: int, value: int) -> bool:
+    """prctl(2) on Linux (False elsewhere, or when it fails)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        if not LIBC:
+            import ctypes
+
+            LIBC.append(ctypes.CDLL(None, use_errno=True))
+        return bool(LIBC[0].prctl(option, value, 0, 0, 0) == 0)
+    except Exception:
+        return False
 
 
 def _die(*_args: object) -> None:
@@ -134,8 +160,11 @@ def _sweep_leftovers() -> None:
                 os.kill(victim, signal.SIGKILL)
 
 
-def _child(conn: socket.socket, request: dict, report_fd: int, done_fd: int) -> None:
+def _child(conn: socket.socket, request: dict, report_fd: int, done_fd: int, server: int) -> None:
     """In the forked child: run pytest with output on a pipe, report modules, exit."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # goes with the server, whatever kills it
+    if os.getppid() != server:
+        os._exit(255)  # the server went before we could say so
     os.setsid()
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # the run reads nothing of ours (and holds no lifeline)
@@ -145,6 +174,8 @@ def _child(conn: socket.socket, request: dict, report_fd: int, done_fd: int) -> 
     if pid == 0:  # the run itself, so that its output pipe closes when it ends
         os.close(read_end)
         os.close(done_fd)  # held by this process alone: its end wakes the server at once
+        conn.close()  # the run's frames are the server's to write, not the code under test's
+        _prctl(PR_SET_DUMPABLE, 1)  # an ordinary process, as in a cold run (the server is not)
         os.dup2(write_end, 1)
         os.dup2(write_end, 2)
         os.environ.clear()
@@ -187,17 +218,51 @@ def _drain(fd: int) -> bytes:
         data += chunk
 
 
-def serve(path: str) -> None:
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # Bound by a relative name: a socket path is limited to ~108 bytes, and the session's
-    # folder can be deeper than that (a long home or cache path, a long session name).
-    here = os.getcwd()
-    os.chdir(os.path.dirname(path) or ".")
+def _next_run(control: socket.socket) -> socket.socket | None:
+    """The run connection the engine passed on the control connection (None: nothing usable).
+    End of file there means the engine is gone."""
     try:
-        server.bind(os.path.basename(path))
-    finally:
-        os.chdir(here)
-    server.listen(4)
+        message, fds, flags, _ = socket.recv_fds(control, 1, 4)
+    except OSError:
+        message, fds, flags = b"", [], 0
+    if not message and not fds:
+        _die()
+    if flags & getattr(socket, "MSG_CTRUNC", 0) or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return socket.socket(fileno=fds[0])
+
+
+def _read_request(conn: socket.socket) -> dict | None:
+    """The run's request: one JSON line the engine writes first on the run connection."""
+    line = b""
+    while b"\n" not in line:
+        try:
+            part = conn.recv(65536)
+        except OSError:
+            return None
+        if not part:
+            return None
+        line += part
+    try:
+        request = json.loads(line.split(b"\n", 1)[0])
+    except ValueError:
+        return None
+    return request if isinstance(request, dict) else None
+
+
+def _peek(conn: socket.socket) -> bytes:
+    """What waits on the run connection, without taking it (empty: the engine closed it)."""
+    try:
+        return conn.recv(1, socket.MSG_PEEK)
+    except OSError:
+        return b""
+
+
+def serve(control_fd: int) -> None:
+    control = socket.socket(fileno=control_fd)
+    control.set_inheritable(False)  # no program a run starts gets it
     import pytest  # noqa: F401  (warm: the runner itself)
 
     print("ready", flush=True)
@@ -209,38 +274,35 @@ def serve(path: str) -> None:
     report_r, report_w = os.pipe()
     os.set_blocking(report_r, False)
     pending = b""
-    watched = [server] + ([LIFELINE] if LIFELINE >= 0 else [])
+    watched = [control] + ([LIFELINE] if LIFELINE >= 0 else [])
     while True:
         ready, _, _ = select.select(watched, [], [])
         if LIFELINE in ready:
             _check_lifeline()
-        if server not in ready:
+        if control not in ready:
             continue
-        conn, _ = server.accept()
-        line = b""
-        while not line.endswith(b"\n"):
-            part = conn.recv(65536)
-            if not part:
-                break
-            line += part
-        if not line:
+        conn = _next_run(control)
+        if conn is None:
+            continue
+        request = _read_request(conn)
+        if request is None or not isinstance(request.get("args"), list):
             conn.close()
             continue
-        request = json.loads(line)
-        if request.get("command") == "quit":
-            conn.close()
-            return
         # No SIGTERM between the fork and knowing the run's pid: it would miss the run.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP})
         done_r, done_w = os.pipe()  # EOF when the child has ended: no polling delay
+        server = os.getpid()
         pid = os.fork()
         if pid == 0:
-            server.close()
+            # Before any code of the run: the control connection and the server's own ends
+            # of its pipes are not the run's.
+            control.close()
             os.close(done_r)
+            os.close(report_r)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP})
-            _child(conn, request, report_w, done_w)
+            _child(conn, request, report_w, done_w, server)
         os.close(done_w)
         CURRENT_RUN[:] = [pid]
         code: int | None = None
@@ -262,7 +324,7 @@ def serve(path: str) -> None:
                 _check_lifeline()
             if report_r in ready:
                 pending += _drain(report_r)
-            if conn.fileno() in ready and not conn.recv(1, socket.MSG_PEEK):
+            if conn.fileno() in ready and not _peek(conn):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
@@ -292,6 +354,18 @@ def serve(path: str) -> None:
 
 
 if __name__ == "__main__":
+    # First of all: no process of the sandbox (the runs are ours, same user) may take our
+    # descriptors or memory with ptrace rights (pidfd_getfd, /proc/PID/mem); without
+    # capabilities only a dumpable process allows that.
+    _prctl(PR_SET_DUMPABLE, 0)
+    # sys.path[0] is this script's folder, the sandbox's temp folder, which runs can write: a
+    # module planted there would be found by every later run, and imported into the server
+    # itself once a run reported it. Like ``python -m pytest``, the working directory (the
+    # run tree, the project) comes first instead.
+    if sys.path and os.path.realpath(sys.path[0] or os.curdir) == os.path.dirname(
+        os.path.realpath(__file__)
+    ):
+        sys.path[0] = os.getcwd()
     PRIVATE_PIDS = os.environ.pop("CODEXLOOP_PRIVATE_PIDS", "") == "1"
     PROJECT_ROOTS.extend(os.path.realpath(p) + os.sep for p in sys.argv[2:])
     PLUGIN_PACKAGES.update(_plugin_packages())
@@ -302,4 +376,4 @@ if __name__ == "__main__":
     if LIFELINE >= 0:
         os.set_blocking(LIFELINE, False)
         _check_lifeline()  # the engine may be gone already
-    serve(sys.argv[1])
+    serve(int(sys.argv[1]))
