@@ -370,7 +370,7 @@ class Sandbox:
             target.symlink_to(source)
 
     def discard_scratch(self) -> None:
-        """The private temp folder (HOME, reports, the warm server's socket) and the run tree:
+        """The private temp folder (HOME, reports, the warm server's script) and the run tree:
         the session is over; the worktree and its branch stay for reference (blocking)."""
         discard_scratch(self.name)
 
@@ -461,7 +461,7 @@ def runs_folder(name: str) -> Path:
 
 
 def discard_scratch(name: str) -> None:
-    """A session's scratch: its temp folder (HOME, the warm server's socket), its run tree."""
+    """A session's scratch: its temp folder (HOME, the warm server's script), its run tree."""
     safefs.remove_tree(state_home() / "tmp" / name)
     safefs.remove_tree(runs_folder(name))
 
