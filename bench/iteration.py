@@ -143,7 +143,7 @@ async def measure(iterations: int) -> None:
         f"   mean {statistics.mean(ms):7.1f} ms"
     )
     print("where the engine's time goes (median per call, calls):")
-    for phase, times in sorted(loop.timings.items(), key=lambda kv: -statistics.median(kv[1])):
+    for phase, times in sorted(result.timings.items(), key=lambda kv: -statistics.median(kv[1])):
         print(f"  {phase:28s} {statistics.median(times) * 1000:7.1f} ms  x{len(times)}")
     print(
         f"iterations per minute, model time excluded: {60 / statistics.mean([w - m for w, m in zip(walls, model_times, strict=True)]):.0f}"

@@ -282,8 +282,7 @@ def test_reverting_rejected_hunks_never_writes_through_a_link(make_repo, tmp_pat
     """The review's revert runs on the host: a file the model turned into a link to an
     outside file is replaced (whole-file rejection) or reported as not revertible (a hunk),
     never written through; a link where a folder was is not followed."""
-    from codexloop.core.diff import Hunk
-    from codexloop.core.loop import _revert_all
+    from codexloop.core.diff import Hunk, revert_rejected
     from codexloop.core.sandbox import Sandbox
 
     outside, secret = _outside(tmp_path)
@@ -297,8 +296,10 @@ def test_reverting_rejected_hunks_never_writes_through_a_link(make_repo, tmp_pat
         os.rename(box.worktree / "pkg", box.worktree / "pkg-old")
         os.symlink(outside, box.worktree / "pkg")
         hunk = Hunk(0, "@@ -1 +1 @@", 1, 1, 1, 1, ("-x = 1", f"+{SECRET}"))
-        failed = _revert_all(
-            box,
+        failed = revert_rejected(
+            box.repo,
+            box.base,
+            box.worktree,
             [
                 ev.Rejection("new.py", hunk),  # a hunk: the link is not read
                 ev.Rejection("calc.py", None),  # whole file: back to the snapshot

@@ -26,6 +26,7 @@ from loophelpers import run_cli
 from scripted_openai import Reply
 
 from codexloop.core.sandbox import state_home
+from codexloop.core.words import counted
 
 pytestmark = pytest.mark.usefixtures("no_bwrap")
 
@@ -219,7 +220,10 @@ def test_clean_kills_what_a_crashed_session_left_running(engine) -> None:
     assert left
     done = run_cli("clean", cwd=session.repo)
     assert done.returncode == 0, done.stderr
-    assert f"killed {len(left)} process(es) left running by {started['branch']}" in done.stdout
+    assert (
+        f"killed {counted(len(left), 'process', 'processes')} left running by {started['branch']}"
+        in done.stdout
+    )
     nothing_left()
 
 

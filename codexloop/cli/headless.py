@@ -32,7 +32,7 @@ from codexloop.core.errors import (
     error_line,
     setup_failure,
 )
-from codexloop.core.loop import Loop, event_channel
+from codexloop.core.loop import Loop, LoopResult, event_channel
 from codexloop.core.model import check_endpoint, make_client
 
 
@@ -148,22 +148,22 @@ async def headless_session(
             )
     if interrupted:
         return EXIT_INTERRUPTED
-    held_back = result.status == "passed" and held_back_by_flags(loop)
+    held_back = result.status == "passed" and held_back_by_flags(loop, result)
     if held_back:
-        report_flags(loop.flagged, result.branch)
+        report_flags(list(result.flagged), result.branch)
     if (
         result.status == "passed"
         and not output_closed
         and not held_back
-        and (loop.applied is None or loop.applied.ok)
+        and (result.applied is None or result.applied.ok)
     ):
         return EXIT_GREEN
     return EXIT_RED
 
 
-def held_back_by_flags(loop: Loop) -> bool:
+def held_back_by_flags(loop: Loop, result: LoopResult) -> bool:
     """``--accept all`` and a flagged green: nothing was applied, and the run is not green."""
-    return loop.accept_all and not loop.accept_flagged and bool(loop.flagged)
+    return loop.accept_all and not loop.accept_flagged and bool(result.flagged)
 
 
 def report_flags(flagged: list[ev.Flagged], branch: str) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from codexloop.cli.args import OpenApp, _fail, _failed, _Parser, require_terminal
 from codexloop.core.errors import CodexloopError
+from codexloop.core.words import counted
 
 if TYPE_CHECKING:
     from codexloop.core.config import Config
@@ -73,8 +74,7 @@ def clean(argv: Sequence[str]) -> int:
         # What a crashed session left running (a warm server, a command's processes) first.
         killed = remove_preview_branch(repo, branch)
         if killed:
-            # "process(es)" is pinned by tests/test_lifetime.py (issue 16 item 14 left open here)
-            print(f"killed {killed} process(es) left running by {branch.name}")
+            print(f"killed {counted(killed, 'process', 'processes')} left running by {branch.name}")
         print(f"removed {branch.name}")
     return 0
 

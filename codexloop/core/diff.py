@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from codexloop.core import gitops, record
+from codexloop.core import events as ev
+from codexloop.core import gitops, record, safefs
+from codexloop.core.words import counted
 
 FILE_LINES_SHOWN = 2_000
 """Lines of one file's diff shown in full; beyond, its head and a note (a 2-million-line
@@ -39,8 +41,8 @@ def clip_diff(
             rest = sum(max(len(s.splitlines()), 0) for s in sections[number:])
             files = sum(1 for s in sections[number:] if s.startswith("diff --git "))
             out.append(
-                f"{CLIP_MARK}the diff goes on: {rest} more lines in {files} more file(s) "
-                "not shown ...]"
+                f"{CLIP_MARK}the diff goes on: {counted(rest, 'more line')} in "
+                f"{counted(files, 'more file')} not shown ...]"
             )
             break
         if len(lines) > file_lines:
@@ -343,3 +345,34 @@ def revert_hunk(text: str, hunk: Hunk) -> str | None:
             return None
         start = found[0]
     return "".join(lines[:start] + before + lines[start + len(after) :])
+
+
+MAX_REVERT_BYTES = 50_000_000  # a file larger than this is not read back to revert a hunk
+
+
+def revert_rejected(
+    repo: Path, base: str, root: Path, rejections: Sequence[ev.Rejection]
+) -> list[str]:
+    """Undo rejected hunks (or whole files) in the worktree ``root`` of a sandbox on ``base``;
+    the paths that failed."""
+    failed: list[str] = []
+    for rejection in rejections:
+        # The worktree is the model's: no link followed at any component, regular files
+        # only, writes replace the name (never through a link) (safefs).
+        try:
+            if rejection.hunk is None:  # a whole file: back to the snapshot's version
+                original = gitops.read_blob(repo, base, rejection.path)
+                if original is None:
+                    safefs.remove(root, rejection.path)
+                else:
+                    safefs.write_file(root, rejection.path, original)
+                continue
+            data = safefs.read_file(root, rejection.path, limit=MAX_REVERT_BYTES)
+            reverted = revert_hunk(data.decode("utf-8", "surrogateescape"), rejection.hunk)
+            if reverted is None:
+                failed.append(rejection.path)
+            else:
+                safefs.write_file(root, rejection.path, reverted.encode("utf-8", "surrogateescape"))
+        except OSError:
+            failed.append(rejection.path)
+    return failed

@@ -37,6 +37,8 @@ from typing import Literal
 
 import anyio
 
+from codexloop.core.words import counted
+
 Method = Literal["cgroup", "rlimit", "none"]
 
 DEFAULT_MAX_PROCESSES = 1024
@@ -321,5 +323,5 @@ def limit_notes(group: PidsGroup | None, survivors: int) -> str:
             "further forks failed]"
         )
     if survivors:
-        notes += f"\n[codexloop: {survivors} process(es) outlived the command and were killed]"
+        notes += f"\n[codexloop: {counted(survivors, 'process', 'processes')} outlived the command and were killed]"
     return notes

@@ -28,6 +28,7 @@ from codexloop.core import safefs
 from codexloop.core.events import printable
 from codexloop.core.exam import Exam
 from codexloop.core.process import RunResult, plain_text
+from codexloop.core.words import counted
 
 MAX_READ_CHARS = 100_000
 MAX_RESULT_CHARS = 16_000
@@ -379,11 +380,17 @@ class Tools:
         # A symlink is shown as `name -> target`: its text, never what it points to.
         files = [e.rel if e.kind == "file" else f"{e.rel} -> {e.link}" for e in entries]
         shown = files[:MAX_LIST]
-        more = f"\n[... {len(files) - MAX_LIST} more files]" if len(files) > MAX_LIST else ""
+        more = (
+            f"\n[... {counted(len(files) - MAX_LIST, 'more file')}]"
+            if len(files) > MAX_LIST
+            else ""
+        )
         if stopped:
             more += f"\n[stopped after {MAX_WALK} entries: give a folder to list]"
         return ToolOutcome(
-            True, "\n".join(shown) + more or "(no files)", f"{len(files)} files under {rel}"
+            True,
+            "\n".join(shown) + more or "(no files)",
+            f"{counted(len(files), 'file')} under {rel}",
         )
 
     def _grep(self, args: dict[str, Any]) -> ToolOutcome:

@@ -1,0 +1,109 @@
+"""Every text the model reads from the engine: the system prompt and the messages of a session.
+
+Data, not code spread through the loop: each message is a template here, filled by the one
+function that needs it. Change a wording here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+EXAM_CHARS = 12_000  # of a target file or an exam change shown to the model
+PROJECT_FILES_LISTED = 200  # in the first message; the model lists the rest itself
+FEEDBACK_HUNK_LINES = 200  # of a rejected hunk quoted back to the model
+
+SYSTEM = """\
+You are a coding agent working inside a sandboxed copy of a software project (a git worktree).
+Your goal: make the target tests pass. The tests are the specification.
+
+Rules:
+- The target test files and the test setup (conftest.py, pytest.ini, tox.ini, setup.cfg, the
+  [tool.pytest] section of pyproject.toml, JavaScript test-runner configs, the scripts of
+  package.json, and any file the test command runs) are protected: you cannot change them, and
+  the engine restores them before every test run. Change the code under test instead.
+- Use the tools to read, search and edit files. Paths are relative to the project root.
+- run_command runs in the sandbox: time-limited, no network unless the developer allowed it,
+  nothing installed outside the project. Use it to explore or try things; the engine runs
+  the target tests itself.
+- When you think the code is fixed, reply with a short summary and no tool call: the engine then
+  runs the tests and tells you the result.
+- Keep changes small and focused on what the tests require.
+"""
+
+TASK = "Task from the developer: {task}\n"
+CONTINUED = (
+    "This sandbox continues the work of an earlier session ({session}): the code already holds "
+    "its changes.\n"
+)
+TARGETS = "Target tests (all must pass): {targets}"
+TEST_COMMAND = "Test command (run by the engine): {command}\n"
+PROJECT_FILES = "Project files:\n{listing}\n"
+MORE_FILES = "\n[... {count} more: use list_files]"
+EXAM_FILE = "--- {path} (protected) ---\n{source}"
+BASELINE = "\nThe tests are red now:\n{digest}"
+CUT = "\n[... cut ...]"
+
+RED = "{digest}\n\nFix the code so the tests pass."
+EXAM_CHANGED = (
+    "The developer changed the exam (the tests that define success). The change:\n"
+    "{diff}\nThe new version is what the next test run uses."
+)
+STEERING = "Message from the developer: {text}"
+ANSWER_CUT = (
+    "Your last answer ran past {limit} characters and was cut off (no tool call of it was run). "
+    "Keep answers short and make changes with the tools."
+)
+TOOL_BUDGET_SPENT = (
+    "not executed: the budget of {limit} tool calls for this iteration is spent; the tests run now"
+)
+REJECTED = "The reviewer rejected this change of {path}"
+REJECTED_HUNK = "\n```diff\n{hunk}\n```"
+REVERTED = "\nIt has been reverted in the sandbox."
+NOT_REVERTED = "\nIt could not be reverted automatically: undo it yourself."
+
+
+def clipped(text: str, limit: int = EXAM_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + CUT
+
+
+def first_message(
+    *,
+    task: str | None,
+    continue_from: str | None,
+    targets: Sequence[str],
+    test_command: str,
+    files: Sequence[str],
+    exam: Sequence[tuple[str, str]],
+    digest: str,
+) -> str:
+    """The session's first message: task, targets, command, project files, the exam as the
+    developer has it (``(path, source)``) and the baseline's failure."""
+    parts = []
+    if task:
+        parts.append(TASK.format(task=task))
+    if continue_from:
+        parts.append(CONTINUED.format(session=continue_from))
+    parts.append(TARGETS.format(targets=", ".join(targets)))
+    parts.append(TEST_COMMAND.format(command=test_command))
+    listing = "\n".join(files[:PROJECT_FILES_LISTED])
+    if len(files) > PROJECT_FILES_LISTED:
+        listing += MORE_FILES.format(count=len(files) - PROJECT_FILES_LISTED)
+    parts.append(PROJECT_FILES.format(listing=listing))
+    parts.extend(EXAM_FILE.format(path=path, source=clipped(source)) for path, source in exam)
+    parts.append(BASELINE.format(digest=digest))
+    return "\n".join(parts)
+
+
+def rejection(
+    path: str, comment: str | None, hunk_lines: Sequence[str] | None, reverted: bool
+) -> str:
+    """What the model reads of one hunk the reviewer rejected."""
+    text = REJECTED.format(path=path)
+    text += f": {comment}" if comment else "."
+    if hunk_lines is not None:
+        lines = list(hunk_lines)
+        if len(lines) > FEEDBACK_HUNK_LINES:
+            more = len(lines) - FEEDBACK_HUNK_LINES
+            lines = [*lines[:FEEDBACK_HUNK_LINES], f"[... {more} more lines ...]"]
+        text += REJECTED_HUNK.format(hunk="\n".join(lines))
+    return text + (REVERTED if reverted else NOT_REVERTED)

@@ -1,0 +1,181 @@
+"""A session's set-up: the sandbox, the exam, isolation, where the exam runs, the tools and
+the trace — everything the loop needs before its first iteration, and the events that say
+how the session was set up (``loop_started`` and its notices)."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+
+import anyio
+
+from codexloop.core import events as ev
+from codexloop.core import gitops, plugins
+from codexloop.core.config import Config
+from codexloop.core.exam import Exam, command_files
+from codexloop.core.exam_run import ExamRunner
+from codexloop.core.isolation import Isolation
+from codexloop.core.process import RunResult
+from codexloop.core.sandbox import Sandbox, find_python
+from codexloop.core.testrun import default_command
+from codexloop.core.timings import Timings
+from codexloop.core.tools import Tools
+from codexloop.core.trace import TraceWriter, traces_dir
+from codexloop.core.warm import WarmRunner
+
+Emit = Callable[[ev.Event], Awaitable[None]]
+
+
+@dataclass
+class Session:
+    sandbox: Sandbox
+    exam: Exam
+    python: str
+    test_command: str
+    tools: Tools
+    runner: ExamRunner
+    trace: TraceWriter | None
+    isolation: Isolation
+
+
+async def create_sandbox(config: Config, name: str, base: str | None) -> Sandbox:
+    """The snapshot and the worktree on the preview branch (the part that can fail first)."""
+    return await anyio.to_thread.run_sync(
+        partial(Sandbox.create, config.repo, name, base, continue_from=config.continue_from)
+    )
+
+
+async def open_session(
+    config: Config,
+    sandbox: Sandbox,
+    *,
+    name: str,
+    from_checkout: bool,
+    write_trace: bool,
+    timings: Timings,
+    emit: Emit,
+    set_state: Callable[[ev.State], Awaitable[None]],
+    run_model_command: Callable[[str], Awaitable[RunResult]],
+) -> Session:
+    """Set the session up in ``sandbox`` (:func:`announce` says how)."""
+    exam = Exam(
+        config.repo,
+        sandbox.base,
+        config.target_files,
+        from_checkout=from_checkout,
+        command_files=command_files(config.repo, config.test_cmd),
+    )
+    python = find_python(config.repo)
+    test_command = config.test_cmd or default_command(python, config.targets)
+    with timings.timed("isolation probe"):
+        isolation = await anyio.to_thread.run_sync(
+            lambda: sandbox.isolate(
+                [python],
+                exam.protected_files(),
+                network=config.allow_network,
+                max_processes=config.max_processes,
+                max_memory_gib=config.max_memory,
+                shared=config.share,
+                tmp_size_mib=config.tmp_size,
+            )
+        )
+    place = await anyio.to_thread.run_sync(sandbox.exam_place)
+    runner = ExamRunner(
+        sandbox,
+        place,
+        emit=emit,
+        set_state=set_state,
+        timings=timings,
+        plugin_args=await _plugin_args(exam, test_command),
+        custom_command=config.test_cmd is not None,
+        test_timeout=config.test_timeout,
+        warm=WarmRunner(place, python) if config.warm and config.test_cmd is None else None,  # type: ignore[arg-type]
+    )
+    tools = Tools(
+        sandbox.worktree,
+        exam,
+        run_model_command,
+        network_off=isolation.active and not config.allow_network,
+        max_memory_gib=config.max_memory,
+    )
+    trace = _open_trace(config, sandbox, name) if write_trace else None
+    return Session(sandbox, exam, python, test_command, tools, runner, trace, isolation)
+
+
+async def announce(session: Session, config: Config, api: str, emit: Emit) -> None:
+    """``loop_started``, and notices of what the session could not have."""
+    sandbox, isolation, trace = session.sandbox, session.isolation, session.trace
+    await emit(
+        ev.LoopStarted(
+            branch=sandbox.branch,
+            worktree=str(sandbox.worktree),
+            base=sandbox.base,
+            targets=config.targets,
+            test_command=session.test_command,
+            model=config.model,
+            max_iterations=config.max_iterations,
+            isolation=isolation.level,
+            isolation_reason=isolation.reason,
+            max_processes=sandbox.limit.maximum,
+            process_limit=sandbox.limit.reason,
+            max_memory_gib=config.max_memory or None,
+            continued_from=config.continue_from or "",
+            shared=tuple(t.relative_to(sandbox.worktree).as_posix() for _s, t in sandbox.shared),
+            network=config.allow_network,
+            api=api,
+            trace=str(trace.path) if trace else "",
+            bwrap=isolation.binary.describe() if isolation.binary else "",
+            tmp_size_mib=(
+                config.tmp_size or None
+                if isolation.binary is not None and isolation.binary.size
+                else None
+            ),
+        )
+    )
+    if sandbox.left_out:
+        listed = ", ".join(f"{rel} ({size / 2**20:.0f} MB)" for rel, size in sandbox.left_out)
+        await emit(
+            ev.Notice(
+                "warning",
+                f"left out of the sandbox (untracked and over "
+                f"{gitops.MAX_UNTRACKED_BYTES >> 20} MB; add them to .gitignore or commit "
+                f"them): {listed}",
+            )
+        )
+    if not isolation.active:
+        await emit(ev.Notice("warning", f"no process isolation: {isolation.reason}"))
+    elif sandbox.limit.maximum is None:
+        await emit(ev.Notice("info", sandbox.limit.reason))
+
+
+async def _plugin_args(exam: Exam, test_command: str) -> str:
+    """``-p`` for each pytest plugin installed now: plugins load from what was installed at
+    the start, never from what the model adds later."""
+    installed = await anyio.to_thread.run_sync(exam.installed)
+    words = shlex.split(test_command) if test_command else []
+    named = plugins.pytest_plugin_args(installed.plugins, disabled=plugins.disabled_plugins(words))
+    # Named one by one, a plugin another one imported first cannot be assertion-rewritten;
+    # pytest says so on every run, which is noise here (autoloading would not rewrite it either).
+    if named:
+        named += ["-W", "ignore::pytest.PytestAssertRewriteWarning"]
+    return shlex.join(named)
+
+
+def _open_trace(config: Config, sandbox: Sandbox, name: str) -> TraceWriter:
+    return TraceWriter(
+        traces_dir() / f"{name}.jsonl",
+        {
+            "repo": str(config.repo),
+            "base": sandbox.base,
+            "branch": sandbox.branch,
+            "model": config.model,
+            "targets": list(config.targets),
+            "target_files": list(config.target_files),
+            "test_cmd": config.test_cmd,
+            "task": config.task,
+            "max_iterations": config.max_iterations,
+            "max_tool_calls": config.max_tool_calls,
+        },
+    )
