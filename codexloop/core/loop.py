@@ -6,7 +6,9 @@ restores the exam in the sandbox, runs the test command on the recorded candidat
 it on the preview branch. A run before the first model turn (iteration 0, the baseline) shows
 the model the real failure and does not count against the budget.
 
-The parts live beside it: the session's set-up (:mod:`~codexloop.core.session`), the
+Over 400 lines because it holds the loop's own steps and nothing else — the session's life
+(run), the iterations, the model's work between two runs and the developer's answers (review,
+budget, feedback); every part those steps use lives beside it: the session's set-up (:mod:`~codexloop.core.session`), the
 developer's controls (:mod:`~codexloop.core.controls`), the conversation
 (:mod:`~codexloop.core.conversation`), every text the model reads
 (:mod:`~codexloop.core.prompts`), the exam between checkout and sandbox
@@ -33,7 +35,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from codexloop.core import events as ev
 from codexloop.core import gitops, outcome, prompts
 from codexloop.core.config import Config
-from codexloop.core.context import CHARS_PER_TOKEN, MIN_CONTEXT_TOKENS
 from codexloop.core.controls import Controls, Stopped
 from codexloop.core.conversation import Conversation
 from codexloop.core.diff import revert_rejected
@@ -45,12 +46,8 @@ from codexloop.core.model import (
     CUT_FINISH,
     MAX_TURN_CHARS,
     AutoModel,
-    ContextOverflow,
     ModelError,
-    Turn,
     choose_protocol,
-    context_window,
-    is_openai_endpoint,
     make_client,
 )
 from codexloop.core.process import RunResult
@@ -58,7 +55,7 @@ from codexloop.core.sandbox import Sandbox, session_name
 from codexloop.core.session import Session, announce, create_sandbox, open_session
 from codexloop.core.testrun import Verdict, default_command
 from codexloop.core.timings import Timings
-from codexloop.core.tools import TOOL_SCHEMAS
+from codexloop.core.turns import Turns
 
 _STREAMED = (ev.ModelText, ev.ModelReasoning, ev.TestOutput, ev.CommandOutput)
 MAX_CONTEXT_SHRINKS = 2  # a refused request is shortened and sent again at most this often
@@ -123,8 +120,14 @@ class Loop:
         self.timings = Timings()  # engine phases, for bench/iteration.py
         self.exam_sync = ExamSync(self.emit)
         self.state: ev.State = "starting"
-        self.tokens_in = 0
-        self.tokens_out = 0
+        self.turns = Turns(
+            self.model,
+            self.client,
+            model_name=config.model,
+            base_url=config.base_url,
+            context_tokens=config.context_tokens,
+            emit=self.emit,
+        )
         self.test_outcomes: list[bool] = []
         self.flagged: list[ev.Flagged] = []
         self.applied: ApplyResult | None = None
@@ -132,8 +135,6 @@ class Loop:
         self._events: ObjectSendStream[ev.Event] | None = None
         self._work_scope: anyio.CancelScope | None = None
         self._iteration = 0
-        self._context_budget: int | None = None  # characters, once the endpoint refused more
-        self._context_noted = False
         self._green_commit: str | None = None  # the last commit that was tested green
 
     @property
@@ -298,7 +299,7 @@ class Loop:
             await self.emit(ev.Notice("info", "the target tests already pass: nothing to do"))
             return "passed", 0, "already green"
         files = await anyio.to_thread.run_sync(exam.snapshot_files)
-        await self._fit_to_window()
+        await self.turns.fit_to_window()
         conversation = Conversation(
             prompts.first_message(
                 task=config.task,
@@ -321,7 +322,7 @@ class Loop:
             iteration += 1
             self._iteration = iteration
             started = time.perf_counter()
-            tokens_before = (self.tokens_in, self.tokens_out)
+            tokens_before = (self.turns.tokens_in, self.turns.tokens_out)
             await self.emit(ev.IterationStarted(iteration))
             conversation.start_iteration()
             await self._work(session, iteration, conversation)
@@ -335,8 +336,8 @@ class Loop:
                     verdict.passed,
                     round(time.perf_counter() - started, 3),
                     commit,
-                    self.tokens_in - tokens_before[0],
-                    self.tokens_out - tokens_before[1],
+                    self.turns.tokens_in - tokens_before[0],
+                    self.turns.tokens_out - tokens_before[1],
                 )
             )
             if verdict.passed:
@@ -462,7 +463,7 @@ class Loop:
             await self._apply_feedback(session, conversation)
             await self._set_state("thinking")
             await self.emit(ev.ModelTurnStarted(iteration))
-            turn = await self._turn(conversation)
+            turn = await self.turns.take(conversation)
             conversation.answer(turn)
             if turn.finish_reason == CUT_FINISH:
                 conversation.say(prompts.ANSWER_CUT.format(limit=MAX_TURN_CHARS))
@@ -489,102 +490,6 @@ class Loop:
                     ev.Notice("warning", f"tool budget of {limit} calls spent; running the tests")
                 )
                 return
-
-    async def _turn(self, conversation: Conversation) -> Turn:
-        """One model request, fitted to the context budget (shortened and asked again when
-        the endpoint says it does not fit); its usage counted."""
-        shrinks = 0
-        while True:
-            budget = self._context_budget or self.config.context_tokens * CHARS_PER_TOKEN
-            saved = conversation.fit(budget)
-            if saved and not self._context_noted:
-                self._context_noted = True
-                await self.emit(
-                    ev.Notice(
-                        "info",
-                        f"the conversation reached its budget of about {budget // CHARS_PER_TOKEN} "
-                        "tokens: older tool results are shortened from now on",
-                    )
-                )
-            try:
-                turn = await self.model.turn(
-                    conversation.messages,
-                    TOOL_SCHEMAS,
-                    on_text=self._on_text,
-                    on_reasoning=self._on_reasoning,
-                    on_retry=self._on_retry,
-                    on_discard=self._on_discard,
-                    on_notice=self._on_notice,
-                )
-                break
-            except ContextOverflow as exc:
-                if shrinks == MAX_CONTEXT_SHRINKS:
-                    raise  # shortened twice and still too long: nothing more to give
-                shrinks += 1
-                smaller = conversation.size * 3 // 5
-                self._context_budget = max(MIN_CONTEXT_TOKENS * CHARS_PER_TOKEN, smaller)
-                self._context_noted = True
-                await self.emit(
-                    ev.Notice(
-                        "warning",
-                        f"the conversation did not fit the model's context ({exc}); older tool "
-                        f"results shortened to about {self._context_budget // CHARS_PER_TOKEN} "
-                        "tokens and asked again",
-                    )
-                )
-        self.tokens_in += turn.input_tokens
-        self.tokens_out += turn.output_tokens
-        await self.emit(
-            ev.Usage(
-                turn.input_tokens,
-                turn.output_tokens,
-                self.tokens_in,
-                self.tokens_out,
-                turn.cached_tokens,
-                turn.reasoning_tokens,
-            )
-        )
-        if turn.finish_reason and turn.finish_reason.startswith("incomplete"):
-            await self.emit(
-                ev.Notice("warning", f"the model's answer was cut off ({turn.finish_reason})")
-            )
-        return turn
-
-    async def _on_text(self, text: str) -> None:
-        await self.emit(ev.ModelText(text))
-
-    async def _on_reasoning(self, text: str) -> None:
-        await self.emit(ev.ModelReasoning(text))
-
-    async def _on_retry(self, attempt: int, reason: str, delay: float) -> None:
-        await self.emit(ev.ModelRetry(attempt, reason, delay))
-
-    async def _on_notice(self, message: str) -> None:
-        await self.emit(ev.Notice("warning", message))
-
-    async def _on_discard(self) -> None:
-        await self.emit(
-            ev.Notice("warning", "the model's stream broke off; its partial answer is discarded")
-        )
-
-    async def _fit_to_window(self) -> None:
-        """A budget inside the model's context window, when the endpoint says how big it is
-        (local servers do; OpenAI's listing does not, so it is not asked)."""
-        if is_openai_endpoint(self.config.base_url):
-            return
-        window = await context_window(self.client, self.config.model)
-        if window is None:
-            return
-        tokens = window * 3 // 4  # the rest for the answer
-        if tokens < self.config.context_tokens:
-            self._context_budget = max(MIN_CONTEXT_TOKENS, tokens) * CHARS_PER_TOKEN
-            await self.emit(
-                ev.Notice(
-                    "info",
-                    f"{self.config.model} has a context window of {window} tokens: the "
-                    f"conversation is kept under about {self._context_budget // CHARS_PER_TOKEN}",
-                )
-            )
 
     async def _run_model_command(self, command: str) -> RunResult:
         assert self.sandbox is not None
