@@ -166,7 +166,7 @@ async def test_closing_the_run_connection_kills_the_run(runner: WarmRunner) -> N
 
 
 def test_the_server_script_imports_nothing_of_codexloop() -> None:
-    source = (Path(__file__).parent.parent / "codexloop" / "core" / "warm_server.py").read_text()
+    source = (Path(__file__).parents[2] / "codexloop" / "core" / "warm_server.py").read_text()
     assert "codexloop" not in source.split('"""', 2)[2]
 
 

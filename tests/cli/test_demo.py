@@ -14,7 +14,7 @@ from conftest import run_git
 from loophelpers import KATA, drive_review, edit, events_of, make_config, run_cli, run_loop
 from scripted_openai import Reply
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
