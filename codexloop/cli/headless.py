@@ -139,6 +139,8 @@ async def headless_session(
     if failure is not None or result is None:
         failure = failure or SandboxError("the session ended before it started")
         print(error_line(failure), file=sys.stderr)
+        if own_loop:  # an exam that can never pass: the session made nothing worth a branch
+            await anyio.to_thread.run_sync(discard_session, loop)
         return failure.exit_code
     if own_loop and result.status == "passed":  # a stopped session stays, to be continued
         removed = await anyio.to_thread.run_sync(discard_session, loop)

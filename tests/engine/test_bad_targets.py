@@ -9,6 +9,7 @@ does not exist yet) is the normal red case and still runs.
 from __future__ import annotations
 
 import pytest
+from conftest import run_git
 from loophelpers import KATA, TARGET, make_config, run_cli, run_loop
 from scripted_openai import Call, Reply
 
@@ -90,3 +91,5 @@ def test_headless_says_it_in_one_line_and_exits_2(make_repo, scripted_openai) ->
     assert "codexloop: error: target 'tests/test_calc.py::test_ad' collects no test" in done.stderr
     assert "Traceback" not in done.stderr
     assert scripted_openai.requests == []
+    branches = run_git(repo, "branch", "--list", "codexloop/*")
+    assert branches.strip() == "", branches  # nothing made, nothing left behind
