@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from app_probe import ProbedApp
 from loophelpers import KATA, edit, make_config, user_texts
 from scripted_openai import Call, Reply
 from textual.app import App, ComposeResult
@@ -21,11 +22,12 @@ from textual.worker import WorkerFailed
 from codexloop.core import events as ev
 from codexloop.core.config import Config
 from codexloop.core.loop import Loop
-from codexloop.tui.app import CodexloopApp, run_app
+from codexloop.tui.app import run_app
+from codexloop.tui.dialogs import PromptScreen, QuitScreen
 from codexloop.tui.diff_pane import diff_stats, highlight_diff
 from codexloop.tui.linebuffer import LineBuffer
 from codexloop.tui.review import ReviewScreen
-from codexloop.tui.screens import DiffScreen, HelpScreen, IterationScreen, MessageScreen, QuitScreen
+from codexloop.tui.screens import DiffScreen, HelpScreen, IterationScreen
 from codexloop.tui.terminal_pane import TerminalPane, short_command
 
 SESSION = "test_add"
@@ -71,13 +73,13 @@ def stable_config(repo: Path, base_url: str, **overrides: Any) -> Config:
     return make_config(repo, base_url, test_cmd=STABLE_TEST_CMD, **overrides)
 
 
-def make_app(config: Config, *, stable: bool = False) -> CodexloopApp:
+def make_app(config: Config, *, stable: bool = False) -> ProbedApp:
     kind = StableLoop if stable else Loop
 
     def factory(cfg: Config) -> Loop:
         return kind(cfg, name=SESSION, backoff=(0.0,))
 
-    return CodexloopApp(config, loop_factory=factory, clock=lambda: 0.0)
+    return ProbedApp(config, loop_factory=factory, clock=lambda: 0.0)
 
 
 def red_then_green() -> list[Reply]:
@@ -92,17 +94,17 @@ def red_then_green() -> list[Reply]:
     ]
 
 
-async def finish(app: CodexloopApp, pilot: Pilot[Any]) -> ev.LoopFinished:
+async def finish(app: ProbedApp, pilot: Pilot[Any]) -> ev.LoopFinished:
     finished = await app.wait_for_event(ev.LoopFinished)
     await app.settle()
     await pilot.pause()
     return finished
 
 
-async def stop(app: CodexloopApp, pilot: Pilot[Any]) -> None:
+async def stop(app: ProbedApp, pilot: Pilot[Any]) -> None:
     """Leave a test with the loop stopped cleanly (a held reply is abandoned)."""
-    if app.loop_running:
-        app.stop_then_exit("test over")
+    if app.session.loop_running:
+        app.exit_policy.stop_then_exit("test over")
         await app.wait_for_event(ev.LoopFinished)
         await pilot.pause()
 
@@ -120,19 +122,19 @@ async def test_runs_to_green_with_all_panes_filled(make_repo, scripted_openai) -
     async with app.run_test(size=(120, 40)) as pilot:
         finished = await finish(app, pilot)
         assert finished.status == "passed" and finished.iterations == 2
-        assert "assert add(2, 3) == 5" in app.exam_pane.text
-        model = app.model_pane.text
+        assert "assert add(2, 3) == 5" in app.main.exam.pane.text
+        model = app.main.model_pane.text
         assert "The test wants 5; maybe it multiplies." in model
         assert "edit_file" in model and "iteration 2 of 10" in model
-        terminal = app.terminal_pane.text
+        terminal = app.main.terminal_pane.text
         assert "assert -1 == 5" in terminal and "assert 6 == 5" in terminal
         assert "1 passed" in terminal
         assert "generated xml file" not in terminal
-        assert "+    return a + b" in app.diff_pane.text
-        assert "-    return a - b" in app.diff_pane.text
-        assert app.diff_pane.border_subtitle == "1 file · +1 −1"
-        assert [r.passed for r in app.timeline.records.values()] == [False, False, True]
-        status = app.status_line.render_info().plain
+        assert "+    return a + b" in app.main.diff_pane.text
+        assert "-    return a - b" in app.main.diff_pane.text
+        assert app.main.diff_pane.border_subtitle == "1 file · +1 −1"
+        assert [r.passed for r in app.main.timeline.records.values()] == [False, False, True]
+        status = app.main.status_line.render_info().plain
         assert "GREEN" in status and "iteration 2/10" in status
         assert "tokens 400 in · 80 out" in status
         await pilot.press("q")  # finished: quits at once
@@ -152,10 +154,10 @@ async def test_test_output_is_formatted_for_the_terminal_panes_width(
     app = make_app(config)
     async with app.run_test(size=(120, 40)) as pilot:
         await finish(app, pilot)
-        wide = app.terminal_pane.columns
+        wide = app.main.terminal_pane.columns
         assert 20 < wide < 120
-        assert f"cols={wide}" in app.terminal_pane.text
-    assert app.loop is not None and app.loop.columns == wide
+        assert f"cols={wide}" in app.main.terminal_pane.text
+    assert app.session.loop is not None and app.session.loop.columns == wide
 
 
 async def test_budget_spent_ends_red_and_exits_1(make_repo, scripted_openai) -> None:
@@ -170,8 +172,8 @@ async def test_budget_spent_ends_red_and_exits_1(make_repo, scripted_openai) -> 
     async with app.run_test(size=(120, 40)) as pilot:
         finished = await finish(app, pilot)
         assert finished.status == "failed"
-        assert "RED" in app.status_line.render_info().plain
-        assert "+    return a ** b" in app.diff_pane.text
+        assert "RED" in app.main.status_line.render_info().plain
+        assert "+    return a ** b" in app.main.diff_pane.text
         await pilot.press("q")
         await pilot.pause()
     assert app.exit_status == 1
@@ -191,16 +193,16 @@ async def test_pause_shows_pausing_then_paused_then_resumes(make_repo, scripted_
     async with app.run_test(size=(120, 40)) as pilot:
         await app.wait_for_event(ev.ModelTurnStarted)
         await pilot.press("space")
-        assert app.status_line.info.transition == "pausing…"
-        assert "PAUSING…" in app.status_line.render_info().plain  # shown at once
+        assert app.main.status_line.info.transition == "pausing…"
+        assert "PAUSING…" in app.main.status_line.render_info().plain  # shown at once
         hold.set()  # the turn ends; the engine pauses at its next safe point
         await app.wait_for_event(ev.StateChanged, lambda e: e.state == "paused")
         await pilot.pause()
-        assert "PAUSED" in app.status_line.render_info().plain
+        assert "PAUSED" in app.main.status_line.render_info().plain
         assert len(scripted_openai.requests) == 1  # no model turn while paused
         await pilot.press("space")
         await app.wait_for_event(ev.ModelTurnStarted, lambda e: len(scripted_openai.requests) > 1)
-        assert "PAUSED" not in app.status_line.render_info().plain
+        assert "PAUSED" not in app.main.status_line.render_info().plain
         finished = await finish(app, pilot)
         assert finished.status == "passed"
 
@@ -217,17 +219,17 @@ async def test_a_message_reaches_the_next_model_request(make_repo, scripted_open
     async with app.run_test(size=(120, 40)) as pilot:
         await app.wait_for_event(ev.ModelTurnStarted)
         await pilot.press("m")
-        assert isinstance(app.screen, MessageScreen)
+        assert isinstance(app.screen, PromptScreen)
         await pilot.press(*"use plus")
         await pilot.press("enter")
         await pilot.pause()
-        assert not isinstance(app.screen, MessageScreen)
+        assert not isinstance(app.screen, PromptScreen)
         hold.set()
         await app.wait_for_event(ev.UserMessage)
         await finish(app, pilot)
         assert "Message from the developer: use plus" in user_texts(scripted_openai.requests[1])
         assert "Message from the developer" not in user_texts(scripted_openai.requests[0])
-        assert "you" in app.model_pane.text and "use plus" in app.model_pane.text
+        assert "you" in app.main.model_pane.text and "use plus" in app.main.model_pane.text
 
 
 async def test_escape_cancels_a_message(make_repo, scripted_openai) -> None:
@@ -239,7 +241,7 @@ async def test_escape_cancels_a_message(make_repo, scripted_openai) -> None:
         await app.wait_for_event(ev.ModelTurnStarted)
         await pilot.press("m", "x", "escape")
         await pilot.pause()
-        assert not isinstance(app.screen, MessageScreen)
+        assert not isinstance(app.screen, PromptScreen)
         await stop(app, pilot)
     assert not any("Message from the developer" in user_texts(r) for r in scripted_openai.requests)
 
@@ -260,7 +262,7 @@ async def test_quit_while_running_asks_and_names_the_branch(make_repo, scripted_
         assert started.worktree in shown
         await pilot.press("n")  # keep going
         await pilot.pause()
-        assert not isinstance(app.screen, QuitScreen) and app.loop_running
+        assert not isinstance(app.screen, QuitScreen) and app.session.loop_running
         await pilot.press("q")
         await pilot.pause()
         await pilot.press("y")
@@ -299,7 +301,7 @@ async def test_help_screen_opens_and_closes(make_repo, scripted_openai) -> None:
         await finish(app, pilot)
 
 
-async def workers_named(app: CodexloopApp, pilot: Pilot[Any], *names: str) -> None:
+async def workers_named(app: ProbedApp, pilot: Pilot[Any], *names: str) -> None:
     """Wait for the named workers (the loop's own keep running while it awaits review)."""
     running = [w for w in app.workers if w.name in names]
     if running:  # (finished workers leave the manager; an empty list would mean all of them)
@@ -307,8 +309,8 @@ async def workers_named(app: CodexloopApp, pilot: Pilot[Any], *names: str) -> No
     await pilot.pause()
 
 
-def review_app(config: Config) -> CodexloopApp:
-    return CodexloopApp(
+def review_app(config: Config) -> ProbedApp:
+    return ProbedApp(
         config,
         loop_factory=lambda cfg: Loop(cfg, name=SESSION, backoff=(0.0,), review=True),
         clock=lambda: 0.0,
@@ -332,9 +334,9 @@ async def test_a_huge_file_from_the_model_is_clipped_in_the_diff_and_the_review(
     async with app.run_test(size=(120, 40)) as pilot:
         await app.wait_for_event(ev.ReviewReady)
         # The counts are the whole diff's (300,000 lines of big.txt and the fix).
-        await app.wait_until(lambda: "+300001 −1" in str(app.diff_pane.border_subtitle))
-        assert "more lines of this file's diff not shown" in app.diff_pane.text
-        assert app.diff_pane.line_count < 1_000
+        await app.wait_until(lambda: "+300001 −1" in str(app.main.diff_pane.border_subtitle))
+        assert "more lines of this file's diff not shown" in app.main.diff_pane.text
+        assert app.main.diff_pane.line_count < 1_000
         await pilot.press("v")
         await pilot.pause()
         review = app.screen
@@ -352,12 +354,14 @@ async def test_a_spent_budget_offers_more_iterations_on_c(make_repo, scripted_op
     async with app.run_test(size=(120, 40)) as pilot:
         await app.wait_for_event(ev.BudgetSpent)
         await pilot.pause()
-        assert app.loop_running and app.awaiting_developer
-        assert "c for 1 more · v to review · q to finish" in app.status_line.render_info().plain
-        assert "not green after 1 iteration: c gives it 1 more" in app.model_pane.text
+        assert app.session.loop_running and app.session.state.awaiting_developer
+        assert (
+            "c for 1 more · v to review · q to finish" in app.main.status_line.render_info().plain
+        )
+        assert "not green after 1 iteration: c gives it 1 more" in app.main.model_pane.text
         await pilot.press("c")
         await app.wait_for_event(ev.ReviewReady)  # iteration 2 went green
-        assert app.budget_spent is None
+        assert app.session.state.budget_spent is None
         await pilot.press("escape", "q")  # out of the review, then finish
         finished = await app.wait_for_event(ev.LoopFinished)
         assert finished.status == "passed" and finished.iterations == 2
@@ -409,7 +413,7 @@ async def test_leaving_the_review_before_it_loaded_is_harmless(
         await app.wait_until(loaded.is_set)
         await pilot.pause(0.2)  # the worker's result arrives at the dismissed screen
         assert review.items == []  # dropped, not shown
-        assert app.is_running and app.loop_running  # no crash; still waiting for the review
+        assert app.is_running and app.session.loop_running  # no crash; still waiting for the review
         await pilot.press("q")
         finished = await app.wait_for_event(ev.LoopFinished)
         assert finished.status == "passed"
@@ -422,8 +426,8 @@ async def test_review_after_green_applies_the_accepted_hunks(make_repo, scripted
     async with app.run_test(size=(120, 40)) as pilot:
         await app.wait_for_event(ev.ReviewReady)
         await pilot.pause()
-        assert app.loop_running  # green, and the loop waits for the review
-        assert "v to review · q to finish" in app.status_line.render_info().plain
+        assert app.session.loop_running  # green, and the loop waits for the review
+        assert "v to review · q to finish" in app.main.status_line.render_info().plain
         await pilot.press("v")
         await pilot.pause()
         assert isinstance(app.screen, ReviewScreen)
@@ -465,7 +469,7 @@ async def test_a_rejected_hunk_with_a_comment_sends_the_loop_on(make_repo, scrip
         assert "The reviewer rejected this change of calc.py: write b + a" in user_texts(
             scripted_openai.requests[2]
         )
-        assert "rejected hunks reverted in calc.py" in app.model_pane.text
+        assert "rejected hunks reverted in calc.py" in app.main.model_pane.text
         await pilot.press("q")  # green again: q finishes the session, no question asked
         finished = await app.wait_for_event(ev.LoopFinished)
         await pilot.pause()
@@ -486,7 +490,7 @@ async def test_review_before_anything_is_recorded_shows_the_live_diff(
     async with app.run_test(size=(120, 40)) as pilot:
         await app.wait_for_event(ev.SandboxChanged)
         await app.settle()
-        assert "+    return a + b" in app.diff_pane.text
+        assert "+    return a + b" in app.main.diff_pane.text
         await pilot.press("v")
         await pilot.pause()
         assert isinstance(app.screen, DiffScreen)
@@ -507,9 +511,9 @@ async def test_timeline_selection_shows_that_iterations_output_and_diff(
     app = make_app(make_config(repo, scripted_openai.base_url))
     async with app.run_test(size=(120, 40)) as pilot:
         await finish(app, pilot)
-        assert "probing-the-sandbox" not in "".join(app.timeline.records[2].command_output)
-        app.timeline.focus()
-        app.timeline.highlighted = 1  # iteration 1 (0 is the baseline)
+        assert "probing-the-sandbox" not in "".join(app.main.timeline.records[2].command_output)
+        app.main.timeline.focus()
+        app.main.timeline.highlighted = 1  # iteration 1 (0 is the baseline)
         await pilot.press("enter")
         await pilot.pause()
         screen = app.screen
@@ -551,14 +555,19 @@ async def test_small_terminals_hide_the_timeline_and_t_toggles_it(
     app = make_app(make_config(repo, scripted_openai.base_url))
     async with app.run_test(size=(80, 24)) as pilot:
         await finish(app, pilot)
-        assert not app.timeline.display
-        for pane in (app.exam_pane, app.model_pane, app.terminal_pane, app.diff_pane):
+        assert not app.main.timeline.display
+        for pane in (
+            app.main.exam.pane,
+            app.main.model_pane,
+            app.main.terminal_pane,
+            app.main.diff_pane,
+        ):
             assert pane.size.width >= 30 and pane.size.height >= 6
         await pilot.press("t")
-        assert app.timeline.display
+        assert app.main.timeline.display
         await pilot.resize_terminal(200, 50)
         await pilot.pause()
-        assert app.timeline.display
+        assert app.main.timeline.display
 
 
 async def test_a_loop_that_cannot_start_is_reported_not_crashed(tmp_path: Path) -> None:
@@ -575,9 +584,11 @@ async def test_a_loop_that_cannot_start_is_reported_not_crashed(tmp_path: Path) 
         with contextlib.suppress(WorkerFailed):
             await app.workers.wait_for_complete()
         await pilot.pause()
-        assert app.failure is not None and "the loop failed" in app.failure
-        assert "RED" in app.status_line.render_info().plain
-        assert "cannot read" in app.exam_pane.text
+        assert (
+            app.session.state.failure is not None and "the loop failed" in app.session.state.failure
+        )
+        assert "RED" in app.main.status_line.render_info().plain
+        assert "cannot read" in app.main.exam.pane.text
         await pilot.press("q")
         await pilot.pause()
     assert app.exit_status == 1
@@ -585,17 +596,17 @@ async def test_a_loop_that_cannot_start_is_reported_not_crashed(tmp_path: Path) 
 
 async def test_an_exam_changed_by_the_developer_is_shown_again(make_repo, scripted_openai) -> None:
     repo = make_repo(KATA)
-    app = CodexloopApp(make_config(repo, scripted_openai.base_url), autostart=False)
+    app = ProbedApp(make_config(repo, scripted_openai.base_url), autostart=False)
     async with app.run_test(size=(120, 40)) as pilot:
         await workers_named(app, pilot, "exam")
-        assert "assert add(2, 3) == 5" in app.exam_pane.text
+        assert "assert add(2, 3) == 5" in app.main.exam.pane.text
         (repo / "tests" / "test_calc.py").write_text(
             KATA["tests/test_calc.py"] + "    assert add(1, 1) == 2\n"
         )
-        app.handle_event(ev.ExamChanged(("tests/test_calc.py",), "+    assert add(1, 1) == 2\n"))
+        app.main.pump.feed(ev.ExamChanged(("tests/test_calc.py",), "+    assert add(1, 1) == 2\n"))
         await workers_named(app, pilot, "exam")
-        assert "assert add(1, 1) == 2" in app.exam_pane.text
-        assert "you changed the exam: tests/test_calc.py" in app.model_pane.text
+        assert "assert add(1, 1) == 2" in app.main.exam.pane.text
+        assert "you changed the exam: tests/test_calc.py" in app.main.model_pane.text
 
 
 def test_run_app_refuses_an_unreachable_endpoint(make_repo, capsys) -> None:
@@ -722,7 +733,7 @@ def test_snapshot_running(make_repo, scripted_openai, snap_compare) -> None:
     app = make_app(stable_config(repo, scripted_openai.base_url), stable=True)
 
     async def running(pilot: Pilot[Any]) -> None:
-        await app.wait_until(lambda: "Fixed the operator: " in app.model_pane.text)
+        await app.wait_until(lambda: "Fixed the operator: " in app.main.model_pane.text)
         await app.settle()
         await pilot.pause()
 
@@ -772,7 +783,7 @@ async def test_a_tampered_run_is_shown_red_with_why(make_repo, scripted_openai) 
         finished = await finish(app, pilot)
         assert finished.status == "failed"
         assert "⚠ run 1 is red: the canary test that must fail came out passed" in (
-            app.model_pane.text
+            app.main.model_pane.text
         )
         assert any("tampered" in str(n.title) for n in app._notifications)
         await pilot.press("q")

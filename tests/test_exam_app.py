@@ -12,15 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from app_probe import ProbedApp
 from loophelpers import KATA, TARGET, TEST_CALC, edit, make_config
 from scripted_openai import Call, Reply
 from test_app import finish, make_app, stop
 from textual.widgets import Input
 
 from codexloop.core import events as ev
-from codexloop.tui.app import CodexloopApp
+from codexloop.tui.dialogs import ChoiceScreen, PromptScreen
 from codexloop.tui.exam_editor import editor_command, editor_language, write_atomic
-from codexloop.tui.targets import AddTargetScreen, ChoiceScreen
 
 pytestmark = pytest.mark.anyio
 
@@ -39,7 +39,7 @@ def read_then_fix(hold: threading.Event) -> list[Reply]:
     ]
 
 
-def footer_keys(app: CodexloopApp) -> dict[str, str]:
+def footer_keys(app: ProbedApp) -> dict[str, str]:
     return {
         key: active.binding.description
         for key, active in app.screen.active_bindings.items()
@@ -47,14 +47,14 @@ def footer_keys(app: CodexloopApp) -> dict[str, str]:
     }
 
 
-def status(app: CodexloopApp) -> str:
-    return app.status_line.render_info().plain
+def status(app: ProbedApp) -> str:
+    return app.main.status_line.render_info().plain
 
 
-async def editor_open(app: CodexloopApp, pilot: Any) -> Any:
-    await app.wait_until(lambda: app.exam_editor is not None)
+async def editor_open(app: ProbedApp, pilot: Any) -> Any:
+    await app.wait_until(lambda: app.main.exam.editor is not None)
     await pilot.pause()
-    editor = app.exam_editor
+    editor = app.main.exam.editor
     assert editor is not None and editor.has_focus
     return editor
 
@@ -78,7 +78,7 @@ async def test_e_pauses_then_ctrl_s_saves_the_exam_the_next_run_uses(
         editor = await editor_open(app, pilot)
         assert editor.text == TEST_CALC
         assert editor.language == "python" and not editor.soft_wrap and editor.show_line_numbers
-        assert not app.exam_pane.display
+        assert not app.main.exam.pane.display
         keys = footer_keys(app)
         assert keys["ctrl+s"] == "Save" and keys["escape"] == "Cancel"
         assert not {"space", "q", "m", "v", "e"} & keys.keys()
@@ -91,18 +91,18 @@ async def test_e_pauses_then_ctrl_s_saves_the_exam_the_next_run_uses(
         await pilot.press(*" #qmv eE", "enter")
         await pilot.pause()
         # Typed, every one of them: no quit dialog, no message, no review, still paused.
-        assert app.screen is app.screen_stack[0] and app.state == "paused"
+        assert app.screen is app.screen_stack[0] and app.session.state.state == "paused"
         assert exam.read_text() == TEST_CALC  # nothing written before ctrl+s
 
         await pilot.press("ctrl+s")
-        await app.wait_until(lambda: app.exam_editor is None)
+        await app.wait_until(lambda: app.main.exam.editor is None)
         edited = TEST_CALC + "    assert add(1, 1) == 3 #qmv eE\n"
         assert exam.read_text() == edited
         assert stat.S_IMODE(exam.stat().st_mode) == 0o640
         assert [p.name for p in exam.parent.iterdir() if p.name.startswith(".")] == []
-        assert app.exam_pane.display
-        await app.wait_until(lambda: app.state != "paused")  # resumed
-        await app.wait_until(lambda: "assert add(1, 1) == 3" in app.exam_pane.text)
+        assert app.main.exam.pane.display
+        await app.wait_until(lambda: app.session.state.state != "paused")  # resumed
+        await app.wait_until(lambda: "assert add(1, 1) == 3" in app.main.exam.pane.text)
 
         changed = await app.wait_for_event(ev.ExamChanged)
         assert changed.paths == ("tests/test_calc.py",)
@@ -112,8 +112,8 @@ async def test_e_pauses_then_ctrl_s_saves_the_exam_the_next_run_uses(
         finished = await finish(app, pilot)
         assert finished.status == "failed"
         # One note in the model pane, the engine's, at a safe point (the watcher's is a toast).
-        assert app.model_pane.text.count("you changed the exam: tests/test_calc.py") == 1
-        assert "exam changed in your checkout" not in app.model_pane.text
+        assert app.main.model_pane.text.count("you changed the exam: tests/test_calc.py") == 1
+        assert "exam changed in your checkout" not in app.main.model_pane.text
 
 
 async def test_escape_cancels_the_edit_writes_nothing_and_resumes(
@@ -131,12 +131,12 @@ async def test_escape_cancels_the_edit_writes_nothing_and_resumes(
         hold.set()
         await app.wait_for_event(ev.StateChanged, lambda e: e.state == "paused")
         await pilot.press(*"oops", "escape")
-        await app.wait_until(lambda: app.exam_editor is None)
+        await app.wait_until(lambda: app.main.exam.editor is None)
         assert exam.read_text() == TEST_CALC
-        await app.wait_until(lambda: app.state != "paused")
+        await app.wait_until(lambda: app.session.state.state != "paused")
         finished = await finish(app, pilot)
         assert finished.status == "passed"  # the exam as it was
-    assert not any(isinstance(e, ev.ExamChanged) for e in app._event_log)
+    assert not any(isinstance(e, ev.ExamChanged) for e in app.events)
 
 
 async def test_e_after_the_loop_finished_still_edits_the_exam(make_repo, scripted_openai) -> None:
@@ -149,14 +149,14 @@ async def test_e_after_the_loop_finished_still_edits_the_exam(make_repo, scripte
         editor = await editor_open(app, pilot)
         editor.insert("# the developer was here\n", (0, 0))
         await pilot.press("ctrl+s")
-        await app.wait_until(lambda: app.exam_editor is None)
+        await app.wait_until(lambda: app.main.exam.editor is None)
         assert (repo / "tests" / "test_calc.py").read_text().startswith("# the developer")
-        assert app.status_line.info.transition == ""  # nothing paused, nothing resumed
+        assert app.main.status_line.info.transition == ""  # nothing paused, nothing resumed
 
 
 async def test_with_two_exam_files_e_asks_which(make_repo, scripted_openai) -> None:
     repo = make_repo({**KATA, "tests/test_more.py": MORE})
-    app = CodexloopApp(
+    app = ProbedApp(
         make_config(repo, scripted_openai.base_url, TARGET, MORE_TARGET), autostart=False
     )
     async with app.run_test(size=(120, 40)) as pilot:
@@ -167,7 +167,7 @@ async def test_with_two_exam_files_e_asks_which(make_repo, scripted_openai) -> N
         editor = await editor_open(app, pilot)
         assert editor.rel == "tests/test_more.py" and editor.text == MORE
         await pilot.press("escape")
-        await app.wait_until(lambda: app.exam_editor is None)
+        await app.wait_until(lambda: app.main.exam.editor is None)
 
 
 # -- E: $EDITOR, the app suspended --------------------------------------------------------------
@@ -192,7 +192,7 @@ async def test_E_opens_editor_on_the_exam_and_the_loop_goes_on(
         await app.wait_for_event(ev.ModelTurnStarted)
         await pilot.press("E")
         assert (repo / "tests" / "test_calc.py").read_text().endswith("assert add(1, 1) == 2\n")
-        await app.wait_until(lambda: "assert add(1, 1) == 2" in app.exam_pane.text)
+        await app.wait_until(lambda: "assert add(1, 1) == 2" in app.main.exam.pane.text)
         hold.set()  # paused while the editor ran, resumed after: the loop goes on
         changed = await app.wait_for_event(ev.ExamChanged)
         assert "+    assert add(1, 1) == 2" in changed.diff
@@ -203,7 +203,7 @@ async def test_E_opens_editor_on_the_exam_and_the_loop_goes_on(
 async def test_E_with_a_missing_editor_says_so(make_repo, scripted_openai, monkeypatch) -> None:
     repo = make_repo(KATA)
     monkeypatch.setenv("EDITOR", "no-such-editor-anywhere")
-    app = CodexloopApp(make_config(repo, scripted_openai.base_url), autostart=False)
+    app = ProbedApp(make_config(repo, scripted_openai.base_url), autostart=False)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("E")
         await pilot.pause()
@@ -237,19 +237,19 @@ def test_write_atomic_keeps_the_mode_and_leaves_no_temp_file(tmp_path: Path) -> 
 
 async def test_an_edit_in_the_checkout_shows_in_the_exam_pane(make_repo, scripted_openai) -> None:
     repo = make_repo(KATA)
-    app = CodexloopApp(make_config(repo, scripted_openai.base_url), autostart=False)
+    app = ProbedApp(make_config(repo, scripted_openai.base_url), autostart=False)
     async with app.run_test(size=(120, 40)):
-        await app.wait_until(lambda: app.exam_watching)
-        await app.wait_until(lambda: "assert add(2, 3) == 5" in app.exam_pane.text)
+        await app.wait_until(lambda: app.main.exam.watching)
+        await app.wait_until(lambda: "assert add(2, 3) == 5" in app.main.exam.pane.text)
         (repo / "tests" / "test_calc.py").write_text(TEST_CALC + "    assert add(1, 1) == 2\n")
-        await app.wait_until(lambda: "assert add(1, 1) == 2" in app.exam_pane.text)
-        await app.wait_until(lambda: "exam changed in your checkout" in app.model_pane.text)
-        assert "tests/test_calc.py" in app.model_pane.text
+        await app.wait_until(lambda: "assert add(1, 1) == 2" in app.main.exam.pane.text)
+        await app.wait_until(lambda: "exam changed in your checkout" in app.main.model_pane.text)
+        assert "tests/test_calc.py" in app.main.model_pane.text
         (repo / "calc.py").write_text("def add(a, b):\n    return a + b\n")  # not the exam
         leaving = time.monotonic()
     # The watcher's thread stops with the app, not at its next timeout (5 s).
     assert time.monotonic() - leaving < 2.0
-    assert app.model_pane.text.count("exam changed in your checkout") == 1
+    assert app.main.model_pane.text.count("exam changed in your checkout") == 1
 
 
 # -- targets from the command palette ------------------------------------------------------------
@@ -264,25 +264,25 @@ async def test_a_target_added_from_the_palette_joins_the_exam(make_repo, scripte
         await app.wait_for_event(ev.ModelTurnStarted)
         titles = [c.title for c in app.get_system_commands(app.screen)]
         assert "Add a target…" in titles and "Remove a target…" in titles
-        app.action_add_target()
+        app.main.action_add_target()
         await pilot.pause()
-        assert isinstance(app.screen, AddTargetScreen)
+        assert isinstance(app.screen, PromptScreen)
         app.screen.query_one(Input).value = MORE_TARGET
         await pilot.press("enter")
         await pilot.pause()
-        assert not isinstance(app.screen, AddTargetScreen)
-        assert "targets from the next test run on" in app.model_pane.text
+        assert not isinstance(app.screen, PromptScreen)
+        assert "targets from the next test run on" in app.main.model_pane.text
         hold.set()
         changed = await app.wait_for_event(ev.TargetsChanged)
         assert changed.targets == (TARGET, MORE_TARGET)
         assert MORE_TARGET in changed.test_command
-        await app.wait_until(lambda: "def test_zero" in app.exam_pane.text)
-        assert "tests/test_more.py" in app.exam_pane.text
-        assert MORE_TARGET in app.exam_pane.border_title
-        assert app.config.target_files == ("tests/test_calc.py", "tests/test_more.py")
+        await app.wait_until(lambda: "def test_zero" in app.main.exam.pane.text)
+        assert "tests/test_more.py" in app.main.exam.pane.text
+        assert MORE_TARGET in app.main.exam.pane.border_title
+        assert app.session.config.target_files == ("tests/test_calc.py", "tests/test_more.py")
         finished = await finish(app, pilot)
         assert finished.status == "passed"
-        assert "2 passed" in app.terminal_pane.text
+        assert "2 passed" in app.main.terminal_pane.text
 
 
 async def test_a_target_removed_from_the_palette_leaves_the_exam(
@@ -294,7 +294,7 @@ async def test_a_target_removed_from_the_palette_leaves_the_exam(
     app = make_app(make_config(repo, scripted_openai.base_url, TARGET, MORE_TARGET))
     async with app.run_test(size=(120, 40)) as pilot:
         await app.wait_for_event(ev.ModelTurnStarted)
-        app.action_remove_target()
+        app.main.action_remove_target()
         await pilot.pause()
         assert isinstance(app.screen, ChoiceScreen)
         await pilot.press("down", "enter")
@@ -302,9 +302,9 @@ async def test_a_target_removed_from_the_palette_leaves_the_exam(
         hold.set()
         changed = await app.wait_for_event(ev.TargetsChanged)
         assert changed.targets == (TARGET,)
-        await app.wait_until(lambda: "def test_zero" not in app.exam_pane.text)
-        assert "tests/test_more.py" not in str(app.exam_pane.border_title)
-        app.action_remove_target()  # the last one stays
+        await app.wait_until(lambda: "def test_zero" not in app.main.exam.pane.text)
+        assert "tests/test_more.py" not in str(app.main.exam.pane.border_title)
+        app.main.action_remove_target()  # the last one stays
         await pilot.pause()
         assert not isinstance(app.screen, ChoiceScreen)
         assert any("at least one target" in n.message for n in app._notifications)
@@ -319,23 +319,23 @@ async def test_a_bad_target_is_refused_and_nothing_is_sent(make_repo, scripted_o
     async with app.run_test(size=(120, 40)) as pilot:
         await app.wait_for_event(ev.ModelTurnStarted)
         sent: list[ev.Command] = []
-        send = app._send
+        send = app.session.send
 
         def spy(command: ev.Command) -> bool:
             sent.append(command)
             return send(command)
 
-        app._send = spy  # type: ignore[method-assign]
-        app.action_add_target()
+        setattr(app.session, "send", spy)  # noqa: B010 (a spy on the commands sent)
+        app.main.action_add_target()
         await pilot.pause()
         app.screen.query_one(Input).value = "tests/test_nope.py"
         await pilot.press("enter")
         await pilot.pause()
-        assert app.change_targets(("../elsewhere/test_x.py",)) is False
+        assert app.main.change_targets(("../elsewhere/test_x.py",)) is False
         await pilot.pause()
         errors = [n.message for n in app._notifications if n.severity == "error"]
         assert any("'tests/test_nope.py' does not exist" in m for m in errors)
         assert len(errors) == 2
         assert not any(isinstance(c, ev.SetTargets) for c in sent)
-        assert app.config.targets == (TARGET,)
+        assert app.session.config.targets == (TARGET,)
         await stop(app, pilot)

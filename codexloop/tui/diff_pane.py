@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 
 from pygments.lexers import get_lexer_for_filename
 from pygments.util import ClassNotFound
 from rich.syntax import Syntax
 from rich.text import Text
+from textual.signal import Signal
+from textual.timer import Timer
 
-from codexloop.core.diff import CLIP_MARK, clip_diff
+from codexloop.core.diff import CLIP_MARK, clip_diff, commit_diff, sandbox_diff
 from codexloop.tui.linebuffer import LineBuffer
+from codexloop.tui.session import DiffSource
+from codexloop.tui.workers import describe, spawn
 
 SYNTAX_THEME = "ansi_dark"
 HIGHLIGHT_LINES = 4_000
 """Beyond this many lines a diff is coloured by line kind only (no code highlighting)."""
+
+DEBOUNCE_S = 0.15
+"""A burst of changes (a model editing file after file) is diffed once, this long after."""
+
+DiffUpdate = tuple[str, list[Text]]
+"""A diff and its highlighted lines."""
 
 ADDED_BG = "on #0d2d1a"
 REMOVED_BG = "on #3a1114"
@@ -121,3 +133,87 @@ class DiffPane(LineBuffer):
             self.set_lines([Text(self.empty, style="dim italic")])
             return
         self.set_lines(lines if lines is not None else highlight_diff(diff))
+
+
+class SandboxDiffPane(DiffPane):
+    """The sandbox against its base, recomputed when asked: off the event loop, debounced, one
+    computation at a time (asked again meanwhile, it runs once more when that one is done).
+
+    ``updated`` is published with each new diff (the full-screen diff follows it).
+    """
+
+    def __init__(self, source: Callable[[], DiffSource | None], *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.source = source
+        self.lines: list[Text] | None = None
+        self.updated: Signal[DiffUpdate] = Signal(self, "diff-updated")
+        self._debounce: Timer | None = None
+        self._computing = False
+        self._asked = False
+
+    @property
+    def idle(self) -> bool:
+        """No computation runs, is due or is wanted: the pane shows the sandbox as it is."""
+        return not (self._computing or self._asked or self._debounce is not None)
+
+    def request(self, delay: float = DEBOUNCE_S) -> None:
+        """Recompute soon (after ``delay``, debounced; at once with 0)."""
+        if self.source() is None:
+            return
+        self._asked = True
+        if self._computing:
+            return
+        if self._debounce is not None:
+            if delay > 0:
+                return
+            self._debounce.stop()
+        self._debounce = self.set_timer(delay, self._start) if delay > 0 else None
+        if delay <= 0:
+            self._start()
+
+    def _start(self) -> None:
+        self._debounce = None
+        source = self.source()
+        if self._computing or not self._asked or source is None:
+            return
+        self._asked = False
+        self._computing = True
+        spawn(
+            self,
+            lambda: compute_diff(source),
+            name="diff",
+            done=self._computed,
+            failed=self._failed,
+        )
+
+    def _computed(self, result: tuple[str, list[Text], tuple[int, int, int]]) -> None:
+        self.diff, self.lines, (files, added, removed) = result
+        self.show(self.diff, self.lines)
+        self.border_subtitle = (
+            f"{files} file{'s' if files != 1 else ''} · +{added} −{removed}" if files else ""
+        )
+        self.updated.publish((self.diff, self.lines))
+        self._finished()
+
+    def _failed(self, error: Exception) -> None:
+        message = f"diff unavailable: {describe(error)}"
+        self.show(message, [Text(message, style="red")])
+        self._finished()
+
+    def _finished(self) -> None:
+        self._computing = False
+        if self._asked:
+            self.request(0)
+
+
+def compute_diff(source: DiffSource) -> tuple[str, list[Text], tuple[int, int, int]]:
+    """Blocking (thread): the sandbox's diff against the base (the exam left out), highlighted
+    (clipped when huge), and its counts."""
+    text = sandbox_diff(source.worktree, source.base, source.exclude, source.exam)
+    return text, highlight_diff(text), diff_stats(text)
+
+
+def iteration_diff(worktree: Path, base: str, commit: str, exam: tuple[str, ...]) -> DiffUpdate:
+    """Blocking (thread): an iteration's recorded state against the base (the exam left out)."""
+    text = commit_diff(worktree, base, commit, exam)
+    return text, highlight_diff(text)

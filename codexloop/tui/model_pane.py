@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 from rich.text import Text
 
 from codexloop.core import events as ev
+from codexloop.tui import narration
 from codexloop.tui.linebuffer import LineBuffer
+from codexloop.tui.narration import Line
+from codexloop.tui.pump import EventPump
+from codexloop.tui.state import SessionState
 
 REASONING_STYLE = "dim italic"
 SUMMARY_CHARS = 160
@@ -73,12 +78,40 @@ def tool_result_line(call: ev.ToolCall | None, result: ev.ToolResult) -> Text:
 
 
 class ModelPane(LineBuffer):
-    """What the model says and does, one block per model turn."""
+    """What the model says and does, one block per model turn, and the session's story between
+    (:mod:`codexloop.tui.narration`)."""
 
     def __init__(self, *, id: str | None = None, max_lines: int = 5_000) -> None:
         super().__init__(id=id, max_lines=max_lines, wrap=True)
         self._calls: dict[str, ev.ToolCall] = {}
         self._in_text = False
+
+    def connect(self, pump: EventPump, state: SessionState) -> None:
+        """Show the model's stream and the narrated events from ``pump``."""
+        pump.route(ev.ModelTurnStarted, lambda _event: self.turn_started())
+        pump.route(ev.ModelText, lambda event: self.model_text(event.text))
+        pump.route(ev.ModelReasoning, lambda event: self.reasoning(event.text))
+        pump.route(ev.ToolCall, self.tool_call)
+        pump.route(ev.ToolResult, self.tool_result)
+        pump.route(ev.UserMessage, lambda event: self.user_message(event.text))
+        for kind in narration.NARRATED:
+            pump.route(kind, lambda event: self.narrate(narration.narrate(event, state)))
+
+    def narrate(self, lines: Iterable[Line]) -> None:
+        for line in lines:
+            if line.kind == "separator":
+                self.separator(line.text)
+            elif line.kind == "note":
+                text, style = line.spans[0]
+                self.note(text, style)
+            elif len(line.spans) == 1:
+                text, style = line.spans[0]
+                self.write_line(Text(text, style=style))
+            else:
+                styled = Text()
+                for text, style in line.spans:
+                    styled.append(text, style=style)
+                self.write_line(styled)
 
     def separator(self, label: str) -> None:
         self._in_text = False

@@ -23,15 +23,16 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import ModalScreen, Screen
-from textual.widgets import Footer, Input, Label, OptionList, Static
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from codexloop.core import events as ev
 from codexloop.core.diff import FileChange, Hunk, apply_selected, changes
 from codexloop.core.flags import Flag, for_commit
 from codexloop.core.gitops import ApplyResult, GitError
+from codexloop.tui.dialogs import PromptScreen
 
 Decision = Literal["pending", "accepted", "rejected"]
 SHOWN_LINES = 400  # of one hunk or file in the review; its decision still covers all of it
@@ -93,24 +94,6 @@ class ReviewOutcome:
     kept: int
     dropped: int
     feedback: tuple[ev.Rejection, ...] = field(default=())
-
-
-class CommentScreen(ModalScreen[str | None]):
-    """Why the hunk is rejected: this goes to the model as its next instruction."""
-
-    CSS_PATH = "review.tcss"
-    BINDINGS: ClassVar = [Binding("escape", "cancel", "Cancel")]
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="comment-box"):
-            yield Label("Reject with a comment (enter sends it to the model, escape cancels)")
-            yield Input(placeholder="e.g. keep the public signature", id="comment-input")
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.dismiss(event.value.strip() or None)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
 
 
 class HunkView(Static):
@@ -307,7 +290,15 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
 
     def action_comment(self) -> None:
         if self.items:
-            self.app.push_screen(CommentScreen(), self._commented)
+            self.app.push_screen(
+                PromptScreen(
+                    "Reject with a comment (enter sends it to the model, escape cancels)",
+                    placeholder="e.g. keep the public signature",
+                    hint="",
+                    warning=True,
+                ),
+                self._commented,
+            )
 
     def _commented(self, comment: str | None) -> None:
         if comment:

@@ -1,4 +1,4 @@
-"""The app's other screens: help, quit confirmation, message to the model, diff, iteration."""
+"""The app's other screens: help (from the key table), the whole diff, one iteration."""
 
 from __future__ import annotations
 
@@ -8,45 +8,16 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Grid, Horizontal, Vertical
+from textual.containers import Grid, Vertical
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, Footer, Input, Label, Static
+from textual.signal import Signal
+from textual.widgets import Footer, Label, Static
 
-from codexloop.tui.diff_pane import DiffPane
+from codexloop.tui.diff_pane import DiffPane, DiffUpdate
+from codexloop.tui.keys import help_rows
+from codexloop.tui.state import IterationRecord
 from codexloop.tui.status_line import human_count
 from codexloop.tui.terminal_pane import TerminalPane
-from codexloop.tui.timeline import IterationRecord
-
-KEYS = (
-    (
-        "space",
-        "pause / resume the loop (it pauses at a safe point: after a tool call or before a test run)",
-    ),
-    ("m", "message the model: your text joins the conversation at its next turn"),
-    (
-        "c",
-        "budget spent, still red: give the loop as many iterations again (it keeps its conversation)",
-    ),
-    (
-        "v",
-        "review hunk by hunk: a accept, x reject, c reject with a comment for the model, "
-        "A accept all, enter apply the accepted ones to your checkout",
-    ),
-    (
-        "e",
-        "edit the exam in its pane (the loop pauses): ctrl+s saves to your checkout and "
-        "resumes, escape cancels",
-    ),
-    ("E", "edit the exam in $EDITOR (the app steps aside; the loop pauses meanwhile)"),
-    ("t", "show / hide the iteration timeline"),
-    ("enter", "on the timeline: that iteration's commands, test output and diff"),
-    ("tab", "move between panes (arrows, page up/down, home/end scroll)"),
-    ("z", "zoom the focused pane (again to restore)"),
-    ("ctrl+p", "command palette: the same actions by name"),
-    ("? / f1", "this help"),
-    ("q", "quit: while the loop runs, asks first, then stops it; when it waits for you, finishes"),
-    ("ctrl+c", "interrupt: stop the loop now and exit with status 130"),
-)
 
 
 class HelpScreen(ModalScreen[None]):
@@ -59,8 +30,8 @@ class HelpScreen(ModalScreen[None]):
         table = Table.grid(padding=(0, 2))
         table.add_column(justify="right", style="bold", no_wrap=True)
         table.add_column()
-        for key, what in KEYS:
-            table.add_row(key, what)
+        for keys, what in help_rows():
+            table.add_row(keys, what)
         with Vertical(id="help-box"):
             yield Label("codexloop · keys", id="help-title")
             yield Static(table, id="help-keys")
@@ -77,80 +48,24 @@ class HelpScreen(ModalScreen[None]):
         self.dismiss(None)
 
 
-class QuitScreen(ModalScreen[bool]):
-    """While the loop runs: stop it and quit? Says where the work stays."""
-
-    CSS_PATH = "quit.tcss"
-    BINDINGS: ClassVar = [
-        Binding("y", "confirm", "Stop and quit"),
-        Binding("n,escape", "cancel", "Keep going"),
-    ]
-
-    def __init__(self, branch: str, worktree: str) -> None:
-        super().__init__()
-        self.branch = branch
-        self.worktree = worktree
-
-    def compose(self) -> ComposeResult:
-        where = Text()
-        where.append("The loop is still running. ")
-        if self.branch:
-            where.append("Its work so far stays on the preview branch\n  ")
-            where.append(self.branch, style="bold")
-            where.append("\nin the worktree\n  ")
-            where.append(self.worktree, style="bold")
-        else:
-            where.append("The sandbox is still being set up.")
-        with Vertical(id="quit-box"):
-            yield Label("Stop the loop and quit?", id="quit-title")
-            yield Static(where, id="quit-where")
-            with Horizontal(id="quit-buttons"):
-                yield Button("Stop and quit (y)", variant="error", id="quit-yes")
-                yield Button("Keep going (n)", variant="primary", id="quit-no")
-
-    def on_mount(self) -> None:
-        self.query_one("#quit-no", Button).focus()
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id == "quit-yes")
-
-    def action_confirm(self) -> None:
-        self.dismiss(True)
-
-    def action_cancel(self) -> None:
-        self.dismiss(False)
-
-
-class MessageScreen(ModalScreen[str | None]):
-    """A small input: a steering message for the model's next turn."""
-
-    CSS_PATH = "message.tcss"
-    BINDINGS: ClassVar = [Binding("escape", "cancel", "Cancel")]
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="message-box"):
-            yield Label("Message to the model (joins the conversation at its next turn)")
-            yield Input(placeholder="e.g. the function must also accept floats", id="message-input")
-            yield Label("enter to send · escape to cancel", id="message-hint")
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.dismiss(event.value.strip() or None)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-
 class DiffScreen(Screen[None]):
-    """The whole diff, full screen (hunk-by-hunk review is its own feature, to come)."""
+    """The whole diff, full screen, kept up to date while it is open."""
 
     CSS_PATH = "diff.tcss"
     BINDINGS: ClassVar = [Binding("escape,v,q", "close", "Back")]
 
-    def __init__(self, title: str, diff: str, lines: list[Text] | None = None) -> None:
+    def __init__(
+        self,
+        title: str,
+        diff: str,
+        lines: list[Text] | None = None,
+        updates: Signal[DiffUpdate] | None = None,
+    ) -> None:
         super().__init__()
         self.title_text = title
         self._diff = diff
         self._lines = lines
+        self._updates = updates
 
     def compose(self) -> ComposeResult:
         yield Label(self.title_text, id="diff-title")
@@ -161,9 +76,11 @@ class DiffScreen(Screen[None]):
         pane = self.query_one(DiffPane)
         pane.show(self._diff, self._lines)
         pane.focus()
+        if self._updates is not None:
+            self._updates.subscribe(self, self.show)
 
-    def show(self, diff: str, lines: list[Text] | None = None) -> None:
-        self.query_one(DiffPane).show(diff, lines)
+    def show(self, update: DiffUpdate) -> None:
+        self.query_one(DiffPane).show(*update)
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from rich.text import Text
 from textual.widget import Widget
+
+from codexloop.tui.state import StatusInfo
 
 STATE_STYLES = {
     "starting": ("STARTING", "bold white on grey37"),
@@ -41,24 +41,6 @@ def clock_time(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
-@dataclass
-class StatusInfo:
-    state: str = "starting"
-    transition: str = ""  # "pausing…", "resuming…", "stopping…": sent, not yet done
-    iteration: int = 0
-    max_iterations: int = 0
-    elapsed: float = 0.0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    rate: float = 0.0
-    isolation: str = ""
-    network: bool = False
-    final: str | None = None  # passed | failed | stopped
-    final_note: str = ""
-    hint: str = ""  # e.g. green and waiting for the review
-    exam_attempts: int = 0  # changes of the exam the model tried (refused or undone)
-
-
 class StatusLine(Widget):
     """One line, most important first: it is cropped on the right at small widths.
 
@@ -69,7 +51,8 @@ class StatusLine(Widget):
         super().__init__(id=id)
         self.info = StatusInfo()
 
-    def update_info(self) -> None:
+    def show(self, info: StatusInfo) -> None:
+        self.info = info
         self.refresh()
 
     def render(self) -> Text:

@@ -12,6 +12,7 @@ from textual.message import Message
 
 from codexloop.core import events as ev
 from codexloop.tui.linebuffer import LineBuffer
+from codexloop.tui.pump import EventPump
 
 _JUNIT_NOTE = re.compile(r"^-+ generated xml file: .* -+$")
 
@@ -61,6 +62,13 @@ class TerminalPane(LineBuffer):
     def __init__(self, *, id: str | None = None, max_lines: int = 5_000) -> None:
         super().__init__(id=id, max_lines=max_lines, wrap=True, ansi=True)
         self.line_filter = keep_line
+
+    def connect(self, pump: EventPump) -> None:
+        """Show the test runs and the model's commands from ``pump``."""
+        pump.route(ev.TestStarted, self.test_started)
+        pump.route(ev.TestOutput, lambda event: self.write(event.text))
+        pump.route(ev.CommandOutput, lambda event: self.write(event.text))
+        pump.route(ev.TestFinished, self.test_finished)
 
     @property
     def columns(self) -> int:

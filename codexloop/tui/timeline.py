@@ -2,50 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from rich.text import Text
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option, OptionDoesNotExist
 
+from codexloop.tui.state import IterationRecord
 from codexloop.tui.status_line import human_count
-
-TEST_OUTPUT_CHARS = 200_000
-"""Test output kept per iteration (the tail); as much again of the model's commands."""
-
-
-def _keep_tail(chunks: list[str], chars: int) -> int:
-    """Drop the oldest chunks past the cap; returns the characters left."""
-    while chars > TEST_OUTPUT_CHARS and len(chunks) > 1:
-        chars -= len(chunks.pop(0))
-    return chars
-
-
-@dataclass
-class IterationRecord:
-    iteration: int
-    passed: bool | None = None
-    duration_s: float = 0.0
-    commit: str | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    summary: str = ""
-    test_output: list[str] = field(default_factory=list)
-    command_output: list[str] = field(default_factory=list)  # the model's run_command calls
-    _chars: int = 0
-    _command_chars: int = 0
-
-    def add_output(self, text: str) -> None:
-        self.test_output.append(text)
-        self._chars = _keep_tail(self.test_output, self._chars + len(text))
-
-    def add_command_output(self, text: str) -> None:
-        self.command_output.append(text)
-        self._command_chars = _keep_tail(self.command_output, self._command_chars + len(text))
-
-    @property
-    def label(self) -> str:
-        return "baseline" if self.iteration == 0 else f"iteration {self.iteration}"
 
 
 def timeline_prompt(record: IterationRecord) -> Text:
@@ -71,17 +33,26 @@ class Timeline(OptionList):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.records: dict[int, IterationRecord] = {}
+        self._prompts: dict[int, Text] = {}
 
-    def upsert(self, record: IterationRecord) -> None:
+    def upsert(self, record: IterationRecord, prompt: Text | None = None) -> None:
         self.records[record.iteration] = record
         option_id = f"iteration-{record.iteration}"
-        prompt = timeline_prompt(record)
+        prompt = prompt or timeline_prompt(record)
         try:
             index = self.get_option_index(option_id)
         except OptionDoesNotExist:
             self.add_option(Option(prompt, id=option_id))
         else:
             self.replace_option_prompt_at_index(index, prompt)
+
+    def sync(self, records: dict[int, IterationRecord]) -> None:
+        """Rows for every record, redrawn where they changed."""
+        for record in records.values():
+            prompt = timeline_prompt(record)
+            if self._prompts.get(record.iteration) != prompt:
+                self._prompts[record.iteration] = prompt
+                self.upsert(record, prompt)
 
     def record_at(self, option_id: str | None) -> IterationRecord | None:
         if not option_id or not option_id.startswith("iteration-"):

@@ -1,0 +1,371 @@
+"""The main screen: exam | model on top, terminal | diff below, the timeline on the side.
+
+It owns the panes and the session's actions (pause, message, review, more iterations, the exam,
+the timeline, the targets). Engine events reach it through the :class:`~codexloop.tui.pump.EventPump`:
+each pane registers for the events it shows, and the screen redraws what the session state says
+changed (the status line, the timeline, the diff, the exam, the keys).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+from anyio.abc import ObjectReceiveStream
+from textual import events
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, OptionList
+
+from codexloop.core import events as ev
+from codexloop.core.config import ConfigError
+from codexloop.tui import narration
+from codexloop.tui.dialogs import ChoiceScreen, PromptScreen
+from codexloop.tui.diff_pane import SandboxDiffPane, iteration_diff
+from codexloop.tui.exam_panel import ExamPanel
+from codexloop.tui.model_pane import ModelPane
+from codexloop.tui.narration import Line
+from codexloop.tui.pump import EventPump
+from codexloop.tui.review import ReviewOutcome, ReviewScreen
+from codexloop.tui.screens import DiffScreen, IterationScreen
+from codexloop.tui.session import Session
+from codexloop.tui.state import Changes
+from codexloop.tui.status_line import StatusLine
+from codexloop.tui.terminal_pane import TerminalPane
+from codexloop.tui.timeline import Timeline
+from codexloop.tui.workers import describe, spawn
+
+STATUS_S = 0.25
+"""The status line's clock and rate are refreshed at this period."""
+NARROW_COLUMNS = 100
+"""Below this width the timeline hides (``t`` shows it)."""
+PANE_LINES = 5_000
+"""History kept by the model pane and the sandbox terminal."""
+
+IDLE_WHILE_EDITING = frozenset(
+    {
+        "toggle_pause",
+        "message",
+        "review",
+        "more_iterations",
+        "edit_exam",
+        "external_editor",
+        "toggle_timeline",
+        "zoom",
+        "help",
+        "request_quit",
+    }
+)
+"""While the exam is edited in place, only the editor's keys (and ctrl+c) act."""
+
+
+class MainScreen(Screen[None]):
+    """The session's workspace."""
+
+    def __init__(self, session: Session, *, banner: str = "", autostart: bool = True) -> None:
+        super().__init__()
+        self.session = session
+        self.banner = banner
+        self.autostart = autostart
+        self.pump = EventPump(session.state, self.react)
+        session.on_change = self.react
+        self._timeline_choice: bool | None = None
+
+    def compose(self) -> ComposeResult:
+        self.status_line = StatusLine(id="status")
+        self.timeline = Timeline(id="timeline")
+        self.exam = ExamPanel(self.session, self.note, id="exam-panel")
+        self.model_pane = ModelPane(id="model", max_lines=PANE_LINES)
+        self.terminal_pane = TerminalPane(id="terminal", max_lines=PANE_LINES)
+        self.diff_pane = SandboxDiffPane(self.session.diff_source, id="diff")
+        yield self.status_line
+        with Horizontal(id="main"):
+            yield self.timeline
+            with Vertical(id="panes"):
+                with Horizontal(id="top"):
+                    yield self.exam
+                    yield self.model_pane
+                with Horizontal(id="bottom"):
+                    yield self.terminal_pane
+                    yield self.diff_pane
+        yield Footer()
+
+    def on_mount(self) -> None:
+        session = self.session
+        self.pump.panes = (self.model_pane, self.terminal_pane)
+        self.pump.running = lambda: self.is_running
+        self.model_pane.connect(self.pump, session.state)
+        self.terminal_pane.connect(self.pump)
+        self.pump.route(ev.LoopStarted, self._loop_started)
+        self.pump.route(ev.TargetsChanged, session.targets_changed)
+        self.pump.route(ev.TamperDetected, self._tampered)
+        self.pump.route(ev.Notice, self._notice)
+        self.timeline.border_title = "iterations"
+        self.model_pane.border_title = f"model · {session.config.model}"
+        if self.banner:
+            self.model_pane.border_title += f" · {self.banner}"
+            self.model_pane.note(f"▌{self.banner}", "bold yellow")
+        self.terminal_pane.border_title = "sandbox terminal"
+        self.diff_pane.border_title = "diff vs base"
+        self.set_interval(STATUS_S, self.show_status, name="status")
+        self._apply_layout()
+        self.show_status()
+        self.model_pane.focus()
+        if self.autostart:
+            # After the first layout, so the loop knows the terminal pane's width from its
+            # very first test run (pytest formats its output for it).
+            self.call_after_refresh(self.start_loop)
+
+    # -- the session ---------------------------------------------------------------------------
+
+    def start_loop(self) -> None:
+        """Build the loop from the config and run it; its events feed the panes."""
+        loop, send, receive, commands = self.session.start()
+        if self.terminal_pane.columns > 0:
+            self.session.send(ev.SetColumns(self.terminal_pane.columns))
+        spawn(self, self._consume(receive), name="events")
+        spawn(self, self.session.drive(loop, send, commands, self._loop_failed), name="loop")
+
+    async def _consume(self, receive: ObjectReceiveStream[ev.Event]) -> None:
+        try:
+            await self.pump.consume(receive)
+        except Exception as exc:
+            self.note(narration.events_failed(describe(exc)))
+        finally:
+            self.session.events_ended()
+
+    def _loop_failed(self, error: Exception) -> None:
+        self.session.state.loop_failed(describe(error))
+        failure = self.session.state.failure or ""
+        self.note(narration.loop_failed(failure))
+        self.notify(failure, severity="error", timeout=10)
+
+    def on_terminal_pane_resized(self, message: TerminalPane.Resized) -> None:
+        self.session.send(ev.SetColumns(message.columns))
+
+    def react(self, changes: Changes) -> None:
+        """Redraw what the state says changed."""
+        if Changes.TIMELINE in changes:
+            self.timeline.sync(self.session.state.records)
+        if Changes.EXAM in changes:
+            self.exam.load()
+        if Changes.TARGETS in changes:
+            self.exam.show_targets()
+        if Changes.DIFF_NOW in changes:
+            self.diff_pane.request(0)
+        elif Changes.DIFF in changes:
+            self.diff_pane.request()
+        if Changes.STATUS in changes:
+            self.show_status()
+        if Changes.BINDINGS in changes:
+            self.app.refresh_bindings()
+        if Changes.REVIEW in changes and self.app.screen is self:
+            self.action_review()  # offered at once, unless a dialog is open
+
+    def show_status(self) -> None:
+        self.status_line.show(self.session.state.status())
+
+    def note(self, line: Line) -> None:
+        """A line in the model pane from the app itself (not an engine event): shown next frame."""
+        self.model_pane.narrate([line])
+        self.pump.request_flush()
+
+    def _loop_started(self, event: ev.LoopStarted) -> None:
+        self.app.sub_title = event.branch
+
+    def _tampered(self, event: ev.TamperDetected) -> None:
+        self.notify(event.reason, title="test results tampered with", severity="error")
+
+    def _notice(self, event: ev.Notice) -> None:
+        if event.level == "error":
+            self.notify(event.message, severity="error", timeout=8)
+
+    # -- layout ----------------------------------------------------------------------------------
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._apply_layout()
+
+    def _apply_layout(self) -> None:
+        narrow = self.size.width < NARROW_COLUMNS
+        show = self._timeline_choice if self._timeline_choice is not None else not narrow
+        self.timeline.display = show
+        self.query_one("#main").set_class(narrow, "-narrow")
+
+    # -- actions -----------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """While the exam is edited in place, only the editor's keys (and ctrl+c) act; "more
+        iterations" shows only when the budget is spent."""
+        if self.exam.editing and action in IDLE_WHILE_EDITING:
+            return False
+        if action in ("edit_exam", "external_editor"):
+            return self.app.screen is self
+        return self.available(action)
+
+    def available(self, action: str) -> bool:
+        """Whether ``action`` makes sense now (the palette lists only those)."""
+        if action == "more_iterations":
+            return self.session.state.budget_spent is not None
+        return True
+
+    def action_toggle_pause(self) -> None:
+        if not self.session.loop_running:
+            self.notify("the loop is not running")
+            return
+        self.session.toggle_pause()
+
+    def action_message(self) -> None:
+        if not self.session.loop_running:
+            self.notify("the loop has finished: there is no next model turn")
+            return
+        self.app.push_screen(
+            PromptScreen(
+                "Message to the model (joins the conversation at its next turn)",
+                placeholder="e.g. the function must also accept floats",
+            ),
+            self._message_entered,
+        )
+
+    def _message_entered(self, text: str | None) -> None:
+        if text and self.session.send(ev.Steer(text)):
+            self.notify("message queued: it joins the conversation at the model's next turn")
+
+    def action_more_iterations(self) -> None:
+        """Red with the budget spent: as many iterations again, the conversation kept."""
+        if self.session.state.budget_spent is None or not self.session.loop_running:
+            self.notify("more iterations are for a loop whose budget is spent")
+        elif self.session.more_iterations():
+            self.note(narration.more_iterations(self.session.config.max_iterations))
+
+    def action_review(self) -> None:
+        """Hunk by hunk, the latest recorded state of the sandbox against the base."""
+        if isinstance(self.app.screen, ReviewScreen | DiffScreen):
+            return
+        state, head = self.session.state, self.session.review_head()
+        if state.started is None or head is None:
+            self.app.push_screen(
+                DiffScreen(
+                    "the sandbox's changes so far (nothing recorded yet to review hunk by hunk)",
+                    self.diff_pane.diff,
+                    self.diff_pane.lines,
+                    self.diff_pane.updated,
+                )
+            )
+            return
+        config = self.session.config
+        self.app.push_screen(
+            ReviewScreen(config.repo, state.started.base, head, config.target_files),
+            self._review_done,
+        )
+
+    def _review_done(self, outcome: ReviewOutcome | None) -> None:
+        if outcome is None:
+            return
+        applied = outcome.applied
+        changed = len(applied.written) + len(applied.deleted) if applied is not None else None
+        summary = narration.review_summary(outcome.kept, outcome.dropped, changed)
+        self.note(narration.note(summary, "cyan"))
+        self.notify(summary)
+        session = self.session
+        if outcome.feedback:
+            if session.loop_running and session.send(ev.Feedback(outcome.feedback)):
+                self.notify(
+                    f"{len(outcome.feedback)} comment(s) sent to the model: the loop goes on"
+                )
+            else:
+                self.notify("the loop has finished: the comments were not sent", severity="warning")
+        elif session.state.review_ready is not None:
+            session.send(ev.Finish())
+
+    def action_edit_exam(self) -> None:
+        if self.exam.editing or self.app.screen is self:
+            self.exam.edit()
+
+    def action_external_editor(self) -> None:
+        if self.exam.editing or self.app.screen is self:
+            self.exam.edit_outside()
+
+    def action_toggle_timeline(self) -> None:
+        self._timeline_choice = not self.timeline.display
+        self._apply_layout()
+
+    def action_add_target(self) -> None:
+        if not self.session.loop_running:
+            self.notify("the loop is not running: the targets cannot change now")
+            return
+        self.app.push_screen(
+            PromptScreen(
+                "Add a target to the exam",
+                placeholder="tests/test_x.py::test_y (from the repository root)",
+                note="now: " + " ".join(self.session.current_targets()),
+                hint="enter to add (from the next test run on) · escape to cancel",
+            ),
+            self._target_entered,
+        )
+
+    def _target_entered(self, target: str | None) -> None:
+        if target:
+            self.change_targets((*self.session.current_targets(), target))
+
+    def action_remove_target(self) -> None:
+        if not self.session.loop_running:
+            self.notify("the loop is not running: the targets cannot change now")
+            return
+        current = self.session.current_targets()
+        if len(current) < 2:
+            self.notify(
+                "the exam keeps at least one target: add another one first", severity="warning"
+            )
+            return
+        self.app.push_screen(
+            ChoiceScreen(
+                "Remove which target?",
+                current,
+                "enter to remove it (from the next test run on) · escape to cancel",
+            ),
+            self._target_removed,
+        )
+
+    def _target_removed(self, target: str | None) -> None:
+        if target:
+            self.change_targets(tuple(t for t in self.session.current_targets() if t != target))
+
+    def change_targets(self, targets: tuple[str, ...]) -> bool:
+        """New targets, checked as the command line checks them, for the loop's next test run."""
+        try:
+            sent = self.session.change_targets(targets)
+        except ConfigError as exc:
+            self.notify(str(exc), severity="error", timeout=8)
+            return False
+        if isinstance(sent, str):
+            self.notify(sent)
+            return False
+        self.note(narration.targets_pending(sent))
+        return True
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        if event.option_list is not self.timeline:
+            return
+        record = self.timeline.record_at(event.option.id)
+        if record is None:
+            return
+        screen = IterationScreen(record)
+        self.app.push_screen(screen)
+        state = self.session.state
+        commit = state.commit_at(record.iteration)
+        if state.started is None or commit is None:
+            screen.show_diff("", None)
+            return
+        spawn(
+            screen,
+            partial(
+                iteration_diff,
+                Path(state.started.worktree),
+                state.started.base,
+                commit,
+                self.session.config.target_files,
+            ),
+            name="iteration-diff",
+            done=lambda update: screen.show_diff(*update),
+        )

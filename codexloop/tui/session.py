@@ -1,0 +1,215 @@
+"""One session as the app drives it: the loop, the commands sent to it, and its state.
+
+:class:`Session` builds the :class:`~codexloop.core.loop.Loop` from the config, runs it (its
+events flow to the screen through the event pump; commands go back on a second channel) and
+turns the developer's controls into commands: pause and resume at a safe point, a steering
+message, more iterations, new targets, the review's feedback. It changes the
+:class:`~codexloop.tui.state.SessionState` only through its methods, and tells the screen what
+changed (``on_change``). No Textual here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple, cast
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
+
+from codexloop.core import events as ev
+from codexloop.core.config import Config, ConfigError, resolve_targets
+from codexloop.core.loop import Loop, LoopResult, event_channel
+from codexloop.tui.state import Changes, SessionState
+
+LoopFactory = Callable[[Config], Loop]
+
+
+class DiffSource(NamedTuple):
+    """What the sandbox's diff is computed from."""
+
+    worktree: Path
+    base: str
+    exclude: Path | None
+    exam: tuple[str, ...]
+
+
+class Session:
+    """The loop of one session, the channel of commands to it, and what the app knows of it."""
+
+    def __init__(self, config: Config, loop_factory: LoopFactory, clock: Callable[[], float]):
+        self.config = config
+        self.loop_factory = loop_factory
+        self.state = SessionState(config.max_iterations, clock)
+        self.loop: Loop | None = None
+        self.result: LoopResult | None = None
+        self.pending_targets: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        """Targets sent to the loop, not applied yet (it applies them before a test run)."""
+        self.on_change: Callable[[Changes], None] = lambda changes: None
+        """Told what a control changed (the screen redraws it)."""
+        self.on_over: Callable[[], None] = lambda: None
+        """Called once, when both the loop and the stream of its events are over."""
+        self._commands: MemoryObjectSendStream[ev.Command] | None = None
+        self._over = False
+
+    # -- running the loop --------------------------------------------------------------------
+
+    def start(
+        self,
+    ) -> tuple[
+        Loop,
+        ObjectSendStream[ev.Event],
+        ObjectReceiveStream[ev.Event],
+        ObjectReceiveStream[ev.Command],
+    ]:
+        """Build the loop and its two channels: (loop, events out, events in, commands in)."""
+        self.loop = self.loop_factory(self.config)
+        send_events, receive_events = event_channel()
+        commands, receive_commands = event_channel()
+        self._commands = cast(MemoryObjectSendStream[ev.Command], commands)
+        return self.loop, send_events, receive_events, receive_commands
+
+    async def drive(
+        self,
+        loop: Loop,
+        send: ObjectSendStream[ev.Event],
+        commands: ObjectReceiveStream[ev.Command],
+        failed: Callable[[Exception], None],
+    ) -> None:
+        """Run the loop to its end; its failure goes to ``failed`` before the end is marked."""
+        cancelled = False
+        try:
+            async with send:
+                self.result = await loop.run(send, commands)
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        except Exception as exc:
+            failed(exc)
+        finally:
+            self.on_change(self.state.loop_ended(cancelled=cancelled))
+            self._maybe_over()
+
+    def events_ended(self) -> None:
+        """The stream of the loop's events is over (closed, or its worker cancelled)."""
+        self.state.events_ended()
+        self._maybe_over()
+
+    def _maybe_over(self) -> None:
+        if self.state.session_over and not self._over:
+            self._over = True
+            self.on_over()
+
+    @property
+    def loop_running(self) -> bool:
+        state = self.state
+        return self._commands is not None and not state.loop_over and state.finished is None
+
+    def send(self, command: ev.Command) -> bool:
+        """Hand a command to the loop (it acts at its next safe point); False if it is gone."""
+        if self._commands is None:
+            return False
+        try:
+            self._commands.send_nowait(command)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.WouldBlock):
+            return False
+        return True
+
+    # -- the developer's controls --------------------------------------------------------------
+
+    def toggle_pause(self) -> None:
+        """Pause at the next safe point, or resume (also a pause not yet reached)."""
+        state = self.state
+        if state.transition == "stopping…":
+            return
+        if state.state == "paused" or state.transition == "pausing…":
+            self.send(ev.Resume())
+            self.on_change(state.resuming())
+        else:
+            self.send(ev.Pause())
+            self.on_change(state.pausing())
+
+    def pause_for_edit(self) -> bool:
+        """Ask the loop to pause at its next safe point; True when this call did it."""
+        state = self.state
+        if not self.loop_running or state.awaiting_developer:
+            return False  # finished, or waiting for the developer: nothing to pause
+        if state.state == "paused" or state.transition in ("pausing…", "stopping…"):
+            return False  # paused already (by the developer): it stays so after the edit
+        if not self.send(ev.Pause()):
+            return False
+        self.on_change(state.pausing())
+        return True
+
+    def resume_after_edit(self) -> None:
+        if not self.loop_running or self.state.transition == "stopping…":
+            return
+        if self.send(ev.Resume()):
+            self.on_change(self.state.resuming())
+
+    def more_iterations(self) -> bool:
+        """Red with the budget spent: as many iterations again, the conversation kept."""
+        if self.state.budget_spent is None or not self.loop_running:
+            return False
+        if not self.send(ev.MoreIterations(self.config.max_iterations)):
+            return False
+        self.on_change(self.state.more_iterations())
+        return True
+
+    def stop(self, reason: str, *, finish: bool) -> None:
+        """End the session: ``finish`` it as it stands (it waits for the developer), or stop it."""
+        if finish:
+            self.send(ev.Finish())
+        else:
+            self.send(ev.Stop(reason))
+            self.on_change(self.state.stopping())
+
+    # -- the exam's targets ----------------------------------------------------------------------
+
+    def current_targets(self) -> tuple[str, ...]:
+        return self.pending_targets[0] if self.pending_targets else self.config.targets
+
+    def change_targets(self, targets: tuple[str, ...]) -> tuple[str, ...] | str:
+        """Check new targets as the command line does (:class:`ConfigError` if one is wrong),
+        then send them to the loop; the targets sent, or why none were.
+
+        The loop applies them at its next test run (then ``TargetsChanged`` comes back).
+        """
+        node_ids, files = resolve_targets(self.config.repo, self.config.repo, targets)
+        node_ids = tuple(dict.fromkeys(node_ids))
+        if node_ids == self.current_targets():
+            return "the targets are unchanged"
+        if not self.loop_running or not self.send(ev.SetTargets(node_ids, files)):
+            return "the loop is not running: the targets cannot change now"
+        self.pending_targets = (node_ids, files)
+        return node_ids
+
+    def targets_changed(self, event: ev.TargetsChanged) -> None:
+        """The loop switched targets: the config names them and their files from now on."""
+        pending = self.pending_targets
+        if pending is not None and pending[0] == event.targets:
+            files = pending[1]
+            self.pending_targets = None
+        else:  # an earlier change (a later one is still pending): name its files again
+            try:
+                files = resolve_targets(self.config.repo, self.config.repo, event.targets)[1]
+            except ConfigError:
+                files = self.config.target_files
+        self.config = dataclasses.replace(self.config, targets=event.targets, target_files=files)
+
+    # -- what the panes are computed from --------------------------------------------------------
+
+    def diff_source(self) -> DiffSource | None:
+        """The sandbox's diff inputs, once the sandbox exists."""
+        started = self.state.started
+        if started is None:
+            return None
+        sandbox = self.loop.sandbox if self.loop is not None else None
+        exclude = sandbox.exclude_file if sandbox is not None else None
+        return DiffSource(Path(started.worktree), started.base, exclude, self.config.target_files)
+
+    def review_head(self) -> str | None:
+        return self.state.review_head(self.result.head if self.result is not None else None)
