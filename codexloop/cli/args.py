@@ -214,6 +214,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="reasoning effort for models that reason (default: the model's own)",
     )
     parser.add_argument(
+        "--edit-format",
+        choices=("auto", "tools", "text"),
+        help="how the model's changes arrive: tool calls, or edits written in its answer "
+        "(path-labelled code blocks, SEARCH/REPLACE, diffs) for small local models that do not "
+        "call tools; auto takes both, tool calls first (default auto)",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=_positive_float,
+        metavar="S",
+        help="time limit of one model request (default 120 for OpenAI, 600 for other endpoints: "
+        "a local server on a CPU can take minutes before the first byte)",
+    )
+    parser.add_argument(
         "--allow-network",
         action="store_true",
         default=None,
@@ -307,6 +321,8 @@ def run_loop(args: argparse.Namespace, open_app: OpenApp) -> int:
         allow_network=args.allow_network,
         api=args.api,
         reasoning=args.reasoning,
+        edit_format=args.edit_format,
+        request_timeout=args.request_timeout,
         warm=args.warm,
     )
     config = load_config(settings)  # a CodexloopError ends main() with its line and status

@@ -91,7 +91,7 @@ async def headless_session(
     (and clean up after it: a session built here that made nothing is removed here)."""
     own_loop = loop is None
     if loop is None:
-        client = make_client(config.base_url, config.api_key)
+        client = make_client(config.base_url, config.api_key, config.request_timeout)
         try:
             await check_endpoint(client)
         except CodexloopError as exc:

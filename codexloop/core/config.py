@@ -27,6 +27,11 @@ DEFAULT_MAX_ITERATIONS = 10
 DEFAULT_COMMAND_TIMEOUT = 120.0
 DEFAULT_TEST_TIMEOUT = 600.0
 DEFAULT_MAX_TOOL_CALLS = 40
+EDIT_FORMATS = ("auto", "tools", "text")
+# A model request's time limit: OpenAI answers in seconds; a local server on a CPU can take a
+# minute before the first byte of a long prompt (and longer while its slot is busy).
+DEFAULT_REQUEST_TIMEOUT = 120.0
+DEFAULT_LOCAL_REQUEST_TIMEOUT = 600.0
 
 _FILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "model": str,
@@ -46,6 +51,8 @@ _FILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "task": str,
     "api": str,
     "reasoning": str,
+    "edit_format": str,
+    "request_timeout": (int, float),
 }
 
 
@@ -107,6 +114,8 @@ class Settings:
     api: str | None = None
     tmp_size: int | None = None
     reasoning: str | None = None
+    edit_format: str | None = None
+    request_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,9 @@ class Config:
     api: str = "auto"
     reasoning: str | None = None
     tmp_size: int = DEFAULT_TMP_SIZE_MIB  # MiB of each tmpfs in the sandbox (RAM); 0: no limit
+    # How the model's changes arrive: tool calls, edits written as text, or both (auto).
+    edit_format: str = "auto"
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT  # seconds for one model request
 
     @property
     def endpoint(self) -> str:
@@ -286,7 +298,15 @@ def load_config(
     test_timeout = float(
         _first(settings.test_timeout, file_cfg.get("test_timeout"), DEFAULT_TEST_TIMEOUT)
     )
-    if command_timeout <= 0 or test_timeout <= 0:
+    default_request = (
+        DEFAULT_REQUEST_TIMEOUT
+        if base_url is None or OPENAI_HOST in base_url
+        else DEFAULT_LOCAL_REQUEST_TIMEOUT
+    )
+    request_timeout = float(
+        _first(settings.request_timeout, file_cfg.get("request_timeout"), default_request)
+    )
+    if command_timeout <= 0 or test_timeout <= 0 or request_timeout <= 0:
         raise ConfigError("timeouts must be positive numbers of seconds")
     max_tool_calls = int(
         _first(settings.max_tool_calls, file_cfg.get("max_tool_calls"), DEFAULT_MAX_TOOL_CALLS)
@@ -321,6 +341,11 @@ def load_config(
     api = _first(settings.api, file_cfg.get("api"), "auto")
     if api not in APIS:
         raise ConfigError(f"api must be one of {', '.join(APIS)}, not {api!r}")
+    edit_format = _first(settings.edit_format, file_cfg.get("edit_format"), "auto")
+    if edit_format not in EDIT_FORMATS:
+        raise ConfigError(
+            f"edit_format must be one of {', '.join(EDIT_FORMATS)}, not {edit_format!r}"
+        )
     reasoning = _first(settings.reasoning, file_cfg.get("reasoning"))
     if reasoning is not None and reasoning not in REASONING:
         raise ConfigError(f"reasoning must be one of {', '.join(REASONING)}, not {reasoning!r}")
@@ -329,6 +354,8 @@ def load_config(
         repo=repo,
         api=api,
         reasoning=reasoning,
+        edit_format=edit_format,
+        request_timeout=request_timeout,
         targets=targets,
         target_files=target_files,
         model=str(model),

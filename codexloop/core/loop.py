@@ -99,7 +99,7 @@ class Loop:
         review: bool = False,
     ) -> None:
         self.config = config
-        self.client = client or make_client(config.base_url, config.api_key)
+        self.client = client or make_client(config.base_url, config.api_key, config.request_timeout)
         self.model = AutoModel(
             self.client,
             config.model,
