@@ -419,6 +419,53 @@ async def test_leaving_the_review_before_it_loaded_is_harmless(
         assert finished.status == "passed"
 
 
+async def test_a_git_error_in_the_review_is_shown_not_a_crash(
+    make_repo, scripted_openai, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading the change or applying it fails (git refuses): said on the review screen; the
+    app, the loop and the developer's working tree carry on."""
+    from codexloop.core.gitops import GitError
+    from codexloop.tui import review as review_module
+
+    def refused(*args: Any) -> Any:
+        raise GitError("git diff failed: fatal: bad object")
+
+    monkeypatch.setattr(review_module, "changes", refused)
+    repo = make_repo(KATA)
+    scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="Fixed."))
+    app = review_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.wait_for_event(ev.ReviewReady)
+        await app.wait_until(lambda: isinstance(app.screen, ReviewScreen))
+        shown = app.screen
+        assert isinstance(shown, ReviewScreen)
+        await app.wait_until(lambda: shown.failure is not None)
+        title = str(shown.query_one("#review-title").render())
+        assert "the change cannot be read: GitError: git diff failed" in title
+        await pilot.press("enter")  # nothing to apply: the session is not finished by it
+        await pilot.pause()
+        assert app.screen is shown and app.session.loop_running
+        await pilot.press("escape")
+        await pilot.pause()
+
+        monkeypatch.undo()
+        monkeypatch.setattr(review_module, "apply_selected", refused)
+        await pilot.press("v")
+        await workers_named(app, pilot, "load")
+        review = app.screen
+        assert isinstance(review, ReviewScreen) and review.items
+        await pilot.press("A", "enter")
+        await workers_named(app, pilot, "apply_now")
+        status = str(review.query_one("#review-status").render())
+        assert "nothing applied: GitError: git diff failed" in status
+        assert app.screen is review and app.is_running
+        await pilot.press("escape", "q")
+        finished = await app.wait_for_event(ev.LoopFinished)
+        assert finished.status == "passed"
+    assert app.return_code == 0
+    assert (repo / "calc.py").read_text() == KATA["calc.py"]
+
+
 async def test_review_after_green_applies_the_accepted_hunks(make_repo, scripted_openai) -> None:
     repo = make_repo(KATA)
     scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="Fixed."))

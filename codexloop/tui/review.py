@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import ClassVar, Literal
 
 from rich.console import Group
 from rich.syntax import Syntax
 from rich.text import Text
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
@@ -33,6 +33,7 @@ from codexloop.core.diff import FileChange, Hunk, apply_selected, changes
 from codexloop.core.flags import Flag, for_commit
 from codexloop.core.gitops import ApplyResult, GitError
 from codexloop.tui.dialogs import PromptScreen
+from codexloop.tui.workers import describe, spawn
 
 Decision = Literal["pending", "accepted", "rejected"]
 SHOWN_LINES = 400  # of one hunk or file in the review; its decision still covers all of it
@@ -154,6 +155,8 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
         self.items: list[Item] = []
         self.flags: list[Flag] = []
         self.cursor = 0
+        self.failure: str | None = None
+        """Why the change could not be read (then there is nothing to review)."""
 
     def compose(self) -> ComposeResult:
         yield Label("Review · loading the change…", id="review-title")
@@ -168,29 +171,26 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
         self.query_one("#review-hunks", VerticalScroll).focus()
         self.load()
 
-    @work(thread=True, exclusive=True)
-    def load(self) -> tuple[list[FileChange], list[Flag]]:
-        found = changes(self.repo, self.base, self.head, self.leave_out)
-        try:
-            flags = for_commit(self.repo, self.base, self.head, self.leave_out)
-        except (GitError, OSError) as exc:  # unchecked is shown, never taken as clean
-            flags = [Flag("", 0, f"the change could not be checked for test machinery ({exc})")]
-        return found, flags
+    def load(self) -> None:
+        spawn(
+            self,
+            partial(load_change, self.repo, self.base, self.head, self.leave_out),
+            name="load",
+            exclusive=True,
+            done=lambda loaded: self.call_later(self._show, *loaded),
+            failed=self._load_failed,
+        )
 
-    async def on_worker_state_changed(self, event: object) -> None:
-        from textual.worker import WorkerState
-
-        worker = getattr(event, "worker", None)
-        if worker is None or getattr(event, "state", None) != WorkerState.SUCCESS:
-            return
-        if not self.is_attached:
-            return  # dismissed (escape) before its work was done: nothing to show
-        if worker.name == "load":
-            await self._show(*worker.result)
-        elif worker.name == "apply_now":
-            self._applied(worker.result)
+    def _load_failed(self, error: Exception) -> None:
+        self.failure = f"the change cannot be read: {describe(error)}"
+        self.query_one("#review-title", Label).update(
+            Text(f"Review · {self.failure}", style="bold red")
+        )
+        self.notify(self.failure, severity="error", timeout=10)
 
     async def _show(self, found: list[FileChange], flags: Sequence[Flag] = ()) -> None:
+        if not self.is_attached:
+            return  # dismissed (escape) before its work was done: nothing to show
         self.items = []
         for change in found:
             if change.whole:
@@ -322,17 +322,28 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
     # -- applying -----------------------------------------------------------------
 
     def action_apply(self) -> None:
+        if self.failure is not None:
+            self.notify("nothing to apply: the change could not be read (escape goes back)")
+            return
         if not self.items:
             self.dismiss(ReviewOutcome(None, 0, 0))
             return
-        self.query_one("#review-status", Label).update("applying…")
-        self.apply_now({i.key for i in self.items if i.decision == "accepted"})
+        status = self.query_one("#review-status", Label)
+        status.update("applying…")
+        accepted = {i.key for i in self.items if i.decision == "accepted"}
+        spawn(
+            self,
+            partial(apply_accepted, self.repo, self.base, self.head, accepted),
+            name="apply_now",
+            exclusive=True,
+            done=self._applied,
+            failed=self._apply_failed,
+        )
 
-    @work(thread=True, exclusive=True)
-    def apply_now(self, accepted: set[tuple[str, int]]) -> ApplyResult | None:
-        if not accepted:
-            return None
-        return apply_selected(self.repo, self.base, self.head, accepted)
+    def _apply_failed(self, error: Exception) -> None:
+        message = f"nothing applied: {describe(error)}"
+        self.query_one("#review-status", Label).update(Text(message, style="bold red"))
+        self.notify(f"{message}. Your working tree is unchanged.", severity="error", timeout=10)
 
     def _applied(self, result: ApplyResult | None) -> None:
         if result is not None and not result.ok:
@@ -356,3 +367,24 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+
+def load_change(
+    repo: Path, base: str, head: str, leave_out: tuple[str, ...]
+) -> tuple[list[FileChange], list[Flag]]:
+    """Blocking (thread): the change's files and hunks, and what of it touches test machinery."""
+    found = changes(repo, base, head, leave_out)
+    try:
+        flags = for_commit(repo, base, head, leave_out)
+    except (GitError, OSError) as exc:  # unchecked is shown, never taken as clean
+        flags = [Flag("", 0, f"the change could not be checked for test machinery ({exc})")]
+    return found, flags
+
+
+def apply_accepted(
+    repo: Path, base: str, head: str, accepted: set[tuple[str, int]]
+) -> ApplyResult | None:
+    """Blocking (thread): the accepted hunks into the working tree (None: none accepted)."""
+    if not accepted:
+        return None
+    return apply_selected(repo, base, head, accepted)

@@ -33,8 +33,8 @@ def spawn(
     work: Callable[[], T] | Coroutine[Any, Any, T],
     *,
     name: str,
-    done: Callable[[T], None] | None = None,
-    failed: Callable[[Exception], None] | None = None,
+    done: Callable[[T], object] | None = None,
+    failed: Callable[[Exception], object] | None = None,
     exclusive: bool = False,
 ) -> Worker[None]:
     """Run ``work`` (a blocking callable, in a thread; or a coroutine) for ``node``.
@@ -58,7 +58,7 @@ def spawn(
     return node.run_worker(run(), name=name, group=name, exclusive=exclusive, exit_on_error=False)
 
 
-def _call(node: DOMNode, name: str, callback: Callable[[Any], None] | None, value: Any) -> None:
+def _call(node: DOMNode, name: str, callback: Callable[[Any], object] | None, value: Any) -> None:
     """A callback of a worker; a bug in it is reported, never lost in the worker's state."""
     try:
         if callback is None:
