@@ -631,14 +631,32 @@ async def test_a_loop_that_cannot_start_is_reported_not_crashed(tmp_path: Path) 
         with contextlib.suppress(WorkerFailed):
             await app.workers.wait_for_complete()
         await pilot.pause()
-        assert (
-            app.session.state.failure is not None and "the loop failed" in app.session.state.failure
-        )
+        failure = app.session.state.failure
+        assert failure is not None and failure.startswith("cannot set up the sandbox: ")
         assert "RED" in app.main.status_line.render_info().plain
         assert "cannot read" in app.main.exam.pane.text
         await pilot.press("q")
         await pilot.pause()
-    assert app.exit_status == 1
+    # As headless: a session that could not start is a usage or configuration error (exit 2).
+    assert app.exit_status == 2 and app.return_code == 2
+    assert app.summary().startswith("codexloop: error: cannot set up the sandbox: ")
+
+
+async def test_an_exam_that_can_never_pass_ends_with_exit_2(make_repo, scripted_openai) -> None:
+    """A typo in the test's name: the loop stops before any model call and says why; the app
+    exits 2 with the same line as headless mode."""
+    repo = make_repo(KATA)
+    app = make_app(make_config(repo, scripted_openai.base_url, "tests/test_calc.py::test_ad"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        finished = await finish(app, pilot)
+        assert finished.status == "failed" and "collects no test" in finished.reason
+        await app.wait_until(lambda: app.session.state.error is not None)
+        assert "the loop failed" not in app.main.model_pane.text
+        await pilot.press("q")
+        await pilot.pause()
+    assert app.exit_status == 2 and app.return_code == 2
+    assert app.summary().startswith("codexloop: error: target 'tests/test_calc.py::test_ad'")
+    assert scripted_openai.requests == []
 
 
 async def test_an_exam_changed_by_the_developer_is_shown_again(make_repo, scripted_openai) -> None:

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from codexloop.core import events as ev
+from codexloop.core.errors import SandboxError
 from codexloop.tui import narration
 from codexloop.tui.narration import NARRATED, narrate
 from codexloop.tui.state import TEST_OUTPUT_CHARS, Changes, SessionState
@@ -258,3 +259,13 @@ def test_the_final_note_counts_iterations(iterations: int) -> None:
     s.apply(ev.LoopFinished("failed", iterations, "codexloop/s"))
     word = "iteration" if iterations == 1 else "iterations"
     assert s.info.final_note == f"after {iterations} {word} · q to quit"
+
+
+def test_a_user_facing_error_ends_the_session_with_its_own_status() -> None:
+    s, _clock = state()
+    s.session_error(SandboxError("cannot set up the sandbox: not a git\n checkout"))
+    s.loop_ended(cancelled=False)
+    assert s.failure == "cannot set up the sandbox: not a git checkout"
+    assert s.info.final == "failed" and s.exit_status(interrupted=False) == 2
+    assert s.exit_status(interrupted=True) == 130
+    assert s.summary() == "codexloop: error: cannot set up the sandbox: not a git checkout"

@@ -20,6 +20,7 @@ from textual.widgets import Footer, OptionList
 
 from codexloop.core import events as ev
 from codexloop.core.config import ConfigError
+from codexloop.core.errors import setup_failure
 from codexloop.tui import narration
 from codexloop.tui.dialogs import ChoiceScreen, PromptScreen
 from codexloop.tui.diff_pane import SandboxDiffPane, iteration_diff
@@ -136,8 +137,16 @@ class MainScreen(Screen[None]):
             self.session.events_ended()
 
     def _loop_failed(self, error: Exception) -> None:
-        self.session.state.loop_failed(describe(error))
-        failure = self.session.state.failure or ""
+        """The loop raised: a user-facing error (the one mapping of core.errors) or a bug."""
+        state, loop = self.session.state, self.session.loop
+        known = setup_failure(error, sandbox_exists=loop is not None and loop.sandbox is not None)
+        if known is None:
+            state.loop_failed(describe(error))
+        else:
+            state.session_error(known)
+            if state.finished is not None:
+                return  # the loop finished first, and said why (an exam that can never pass)
+        failure = state.failure or ""
         self.note(narration.loop_failed(failure))
         self.notify(failure, severity="error", timeout=10)
 

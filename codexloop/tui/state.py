@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from codexloop.core import events as ev
-from codexloop.core.errors import result_status
+from codexloop.core.errors import CodexloopError, error_line, result_status
 
 RATE_WINDOW_S = 2.0
 """Tokens per second are measured over this window."""
@@ -125,6 +125,9 @@ class SessionState:
         """The iteration the model works in (its commands' output)."""
         self.failure: str | None = None
         """Why the loop ended without finishing (it failed, or never started)."""
+        self.error: CodexloopError | None = None
+        """A user-facing error that ended the session (the sandbox could not be set up, an exam
+        that can never pass): the app exits with its status, as headless mode does."""
         self.loop_over = False
         self.events_over = False
         self.started_at = clock()
@@ -260,7 +263,13 @@ class SessionState:
         return Changes.STATUS | Changes.BINDINGS
 
     def loop_failed(self, message: str) -> None:
+        """The loop raised something outside the error hierarchy (a bug of ours)."""
         self.failure = f"the loop failed: {message}"
+
+    def session_error(self, error: CodexloopError) -> None:
+        """The loop raised a user-facing error (see :func:`codexloop.core.errors.setup_failure`)."""
+        self.error = error
+        self.failure = " ".join(str(error).split())
 
     def loop_ended(self, *, cancelled: bool) -> Changes:
         """The loop's worker is over; without a ``LoopFinished``, it failed or was cancelled."""
@@ -282,6 +291,9 @@ class SessionState:
         return self.loop_over and self.events_over
 
     def exit_status(self, *, interrupted: bool) -> int:
+        """130 interrupted; a user-facing error's own status (2); else 0 green, 1 not."""
+        if self.error is not None and not interrupted:
+            return self.error.exit_code
         return result_status(
             self.finished.status if self.finished else None, interrupted=interrupted
         )
@@ -340,6 +352,8 @@ class SessionState:
 
     def summary(self) -> str:
         """The line printed on the terminal after the screen closed."""
+        if self.error is not None:
+            return error_line(self.error)
         if self.finished is None:
             return f"codexloop: {self.failure or 'the loop did not finish'}"
         finished = self.finished
