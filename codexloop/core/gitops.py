@@ -1,16 +1,32 @@
-"""Git plumbing for the sandbox: snapshot, worktrees, commits, and the three-way apply.
+"""Git plumbing for the sandbox: snapshot, worktrees, commits, blob reads, the three-way apply.
 
-Everything goes through the ``git`` CLI, synchronously (the engine calls these functions
-from worker threads). Every invocation disables hooks and fsmonitor and never prompts on a
-terminal. No function here reads a sandbox worktree's files: recording them is
+Git runs through GitPython (BSD-3), synchronously (the engine calls these functions from
+worker threads). Every command goes through one hardened ``git.Git``: hooks, fsmonitor and
+automatic gc off (``-c core.hooksPath=/dev/null -c core.fsmonitor=false -c gc.auto=0`` on
+every command line, the persistent readers' included), no terminal prompt, no location
+variable inherited from a parent git (GIT_DIR & co. are taken out of this process's
+environment, since GitPython can only add to it), never run in a directory it could not
+enter, and never with a sandbox worktree as its working directory. Blob reads of the
+developer's repository go through a ``git.Repo`` whose ``git cat-file --batch`` stays open
+between reads (its object database, ``GitCmdObjectDB``) instead of one process a blob.
+
+Commits, refs and worktrees are written by git's own plumbing run through that ``git.Git``
+(``commit-tree``, ``update-ref``, ``worktree add``): GitPython's own writers would guess an
+identity from the host name, move refs without git's compare-and-swap, and know no reftable;
+it has no worktree API. ``git merge-file`` does the three-way apply.
+
+No function here reads a sandbox worktree's files: recording them is
 :mod:`codexloop.core.record`'s job, so nothing the model wrote is interpreted by git on the
-host. The developer's
-checkout (files and index) is only ever read, except by :func:`apply_changes`, which
-writes files (never the index) and only when no file conflicts.
+host. The developer's checkout (files and index) is only ever read, except by
+:func:`apply_changes`, which writes files (never the index) and only when no file conflicts.
+
+Over 400 lines: running git and reading blobs, the snapshot and worktrees, and the three-way
+apply share the hardened runner and the repository cache, and are one module's worth of git.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import secrets
@@ -18,19 +34,26 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from codexloop.core import safefs
 from codexloop.core.errors import CodexloopError
+
+if TYPE_CHECKING:
+    import git as gitpython
 
 PREVIEW_PREFIX = "codexloop/"
 FALLBACK_NAME = "codexloop"
 FALLBACK_EMAIL = "codexloop@localhost"
 
-_SAFETY = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "gc.auto=0")
+_CONFIG = ("core.hooksPath=/dev/null", "core.fsmonitor=false", "gc.auto=0")
+_SAFETY = tuple(arg for setting in _CONFIG for arg in ("-c", setting))
 # Location variables inherited from a parent git process (a hook, `git rebase -x`) would
 # point every command at the wrong repository or index; only an explicit ``env`` sets them.
 _SCRUBBED = (
@@ -48,8 +71,9 @@ _REGULAR = ("100644", "100755")
 _SYMLINK = "120000"
 _GITLINK = "160000"
 
-# Worktree -> its administrative git dir, recorded when we create the worktree, so a
-# `.git` file rewritten by the model cannot point our commands at a config it wrote.
+# Worktree -> its administrative git dir, recorded when we create the worktree (or first
+# check it), so a `.git` file rewritten by the model cannot point our commands at a config it
+# wrote. Its keys are also the folders host-side git never runs in.
 _GITDIRS: dict[Path, Path] = {}
 
 
@@ -63,13 +87,71 @@ class UnsafeRepository(GitError):
 
 # --------------------------------------------------------------------------- running git
 
+_ENVIRON_LOCK = threading.Lock()
 
-def _environment(env: Mapping[str, str] | None) -> dict[str, str]:
-    merged = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
-    if env is not None:
-        merged.update(env)
-    merged["GIT_TERMINAL_PROMPT"] = "0"
-    return merged
+
+def _scrub_environment() -> None:
+    """Take the inherited location variables out of this process's environment.
+
+    GitPython builds each command's environment from ``os.environ`` and can only add to it,
+    and reads GIT_DIR, GIT_WORK_TREE, GIT_COMMON_DIR and GIT_OBJECT_DIRECTORY itself when it
+    opens a repository; codexloop never wants a parent git's values (the sandbox gets an
+    environment of its own), so they go before any git runs. Normally that is the first call,
+    on the main thread, before any worker thread exists.
+    """
+    if any(name in os.environ for name in _SCRUBBED):
+        with _ENVIRON_LOCK:
+            for name in _SCRUBBED:
+                os.environ.pop(name, None)
+
+
+@functools.cache
+def _gitpython() -> tuple[type[gitpython.Git], type[gitpython.Repo]]:
+    """GitPython's ``Git`` and ``Repo``, hardened (imported on first use: ~0.1 s)."""
+    _scrub_environment()
+    try:
+        import git as gitpython
+    except ImportError as exc:  # GitPython runs `git version` when it is imported
+        raise GitError("git is not installed (not found on PATH)") from exc
+
+    class HardenedGit(gitpython.Git):
+        """``git.Git`` with hooks, fsmonitor and gc off on every command it starts itself
+        (the persistent ``cat-file`` readers) and no terminal prompt."""
+
+        def __init__(self, working_dir: Any = None) -> None:
+            # A str would have its $VARIABLES and ~ expanded by GitPython; a Path is not.
+            super().__init__(None if working_dir is None else Path(working_dir))
+            self.set_persistent_git_options(c=list(_CONFIG))
+            self.update_environment(GIT_TERMINAL_PROMPT="0")
+
+    class HardenedRepo(gitpython.Repo):
+        GitCommandWrapperType = HardenedGit
+
+    return HardenedGit, HardenedRepo
+
+
+def _executable() -> str:
+    import git as gitpython
+
+    return os.fspath(gitpython.Git.GIT_PYTHON_GIT_EXECUTABLE or "git")
+
+
+@dataclass(frozen=True)
+class _Done:
+    """A finished git command."""
+
+    returncode: int
+    stdout: bytes
+    stderr: str
+
+
+def _refuse_sandbox(path: Path) -> None:
+    """Host-side git never runs with a sandbox worktree (or a folder in it) as its working
+    directory: it would read the configuration, attributes or nested repository found there."""
+    resolved = Path(path).resolve()
+    for root in list(_GITDIRS):
+        if resolved == root or resolved.is_relative_to(root):
+            raise GitError(f"refused to run git in the sandbox worktree {root}")
 
 
 def _run(
@@ -78,24 +160,41 @@ def _run(
     env: Mapping[str, str] | None = None,
     input: bytes | None = None,
     check: bool = True,
-) -> subprocess.CompletedProcess[bytes]:
+) -> _Done:
+    cwd = Path(cwd)
+    # GitPython runs a command in the current directory when it cannot enter its own.
+    if not cwd.is_dir() or not os.access(cwd, os.X_OK):
+        raise GitError(f"git {args[0] if args else ''}: no such directory {cwd}")
+    if env is None or "GIT_DIR" not in env:
+        _refuse_sandbox(cwd)
+    hardened_git, _repo = _gitpython()
+    _scrub_environment()
+    import git as gitpython
+
+    runner = hardened_git(cwd)
+    argv = [_executable(), *_SAFETY, *args]
     try:
-        done = subprocess.run(
-            ["git", *_SAFETY, *args],
-            cwd=cwd,
-            env=_environment(env),
-            input=input,
-            stdin=subprocess.DEVNULL if input is None else None,
-            capture_output=True,
-            check=False,
-        )
-    except FileNotFoundError as exc:
-        if not Path(cwd).is_dir():
-            raise GitError(f"git {args[0] if args else ''}: no such directory {cwd}") from exc
+        if input is None:
+            status, out, err = runner.execute(
+                argv,
+                with_extended_output=True,
+                with_exceptions=False,
+                stdout_as_string=False,
+                strip_newline_in_stdout=False,
+                env=env,
+            )
+        else:
+            # Held while it runs: GitPython kills the process when this handle is collected.
+            handle = runner.execute(argv, istream=subprocess.PIPE, as_process=True, env=env)
+            assert handle.proc is not None
+            out, raw_err = handle.proc.communicate(input)
+            status, err = handle.proc.returncode, _text(raw_err).rstrip("\n")
+    except gitpython.GitCommandNotFound as exc:
         raise GitError("git is not installed (not found on PATH)") from exc
+    assert isinstance(out, bytes)
+    done = _Done(status, out, str(err))
     if check and done.returncode != 0:
-        stderr = done.stderr.decode("utf-8", "replace").strip()
-        raise GitError(f"git {' '.join(args)} failed ({done.returncode}): {stderr}")
+        raise GitError(f"git {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
     return done
 
 
@@ -125,6 +224,131 @@ def git_bytes(
     return _run(cwd, args, env, input).stdout
 
 
+# --------------------------------------------------------------------------- reading blobs
+
+
+class _Reader:
+    """The developer's repository opened as a ``git.Repo``: objects are read through its
+    ``git cat-file --batch``, started once and kept open (one at a time: a lock)."""
+
+    def __init__(self, path: Path) -> None:
+        _hardened_git, hardened_repo = _gitpython()
+        # git's own discovery (and its safe.directory check) names the checkout and git dir.
+        args = ["rev-parse", "--absolute-git-dir", "--show-toplevel", "--show-object-format"]
+        lines = _text(_run(path, args).stdout).splitlines()
+        if len(lines) != 3:
+            raise GitError(f"git rev-parse: unexpected answer {lines!r}")
+        self.git_dir = Path(lines[0])
+        self.identity = _identity(self.git_dir)
+        # GitPython's object reader speaks SHA-1 only (40-digit names): others read one by one.
+        self.batched = lines[2] == "sha1"
+        self.lock = threading.Lock()
+        self.repo = hardened_repo(Path(lines[1]), expand_vars=False)
+        if Path(self.repo.git_dir).resolve() != self.git_dir.resolve():
+            self.repo.close()
+            raise GitError(f"GitPython and git disagree about the repository at {path}")
+        _refuse_sandbox(Path(self.repo.working_dir))
+        # The reader names the repository itself: nothing is discovered from its folder.
+        self.repo.git.update_environment(GIT_DIR=str(self.git_dir))
+
+    def current(self) -> bool:
+        """Whether the repository it opened is still the one at its path."""
+        return _identity(self.git_dir) == self.identity
+
+    def blob(self, name: str) -> bytes | None:
+        """The blob ``name`` (``<commit>:<path>``) names, None when there is none; raises
+        :class:`GitError` when the reader failed (it is closed then: the next read restarts
+        it)."""
+        with self.lock:
+            try:
+                _sha, kind, _size, data = self.repo.git.get_object_data(name)
+            except ValueError as exc:
+                # "<name> missing" or "ambiguous": nothing follows, the reader is in step.
+                if "could not be resolved" in str(exc):
+                    return None
+                self.repo.git.clear_cache()
+                raise GitError(f"git cat-file --batch: {exc}") from exc
+            except Exception as exc:  # a dead or broken reader: start afresh next time
+                self.repo.git.clear_cache()
+                raise GitError(f"git cat-file --batch: {exc}") from exc
+        # (GitPython gives the type as bytes or str, depending on its version.)
+        return data if kind in ("blob", b"blob") else None
+
+    def close(self) -> None:
+        with self.lock:
+            self.repo.close()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+_READERS: OrderedDict[Path, _Reader] = OrderedDict()
+_READERS_LOCK = threading.Lock()
+_MAX_READERS = 8  # repositories with a reader open at once (each holds one git process)
+
+
+def _reader(repo: Path) -> _Reader | None:
+    """The open reader of the repository at ``repo``, or None when it cannot have one."""
+    key = Path(repo).absolute()
+    with _READERS_LOCK:
+        reader = _READERS.get(key)
+        if reader is not None:
+            if reader.current():
+                _READERS.move_to_end(key)
+                return reader
+            del _READERS[key]
+            reader.close()
+    try:
+        fresh = _Reader(key)
+    except Exception:  # whatever kept it from opening: reads go one process a blob
+        return None
+    if not fresh.batched:
+        fresh.close()
+        return None
+    evicted: list[_Reader] = []
+    with _READERS_LOCK:
+        reader = _READERS.setdefault(key, fresh)
+        _READERS.move_to_end(key)
+        while len(_READERS) > _MAX_READERS:
+            evicted.append(_READERS.popitem(last=False)[1])
+    if reader is not fresh:
+        evicted.append(fresh)
+    for old in evicted:
+        old.close()
+    return reader
+
+
+def close_readers() -> None:
+    """Stop every persistent reader (they stop by themselves when this process ends)."""
+    with _READERS_LOCK:
+        readers = list(_READERS.values())
+        _READERS.clear()
+    for reader in readers:
+        reader.close()
+
+
+def read_blob(repo: Path, commit: str, path: str) -> bytes | None:
+    """The content of ``path`` at ``commit`` as stored in git, or None if it is absent."""
+    name = f"{commit}:{path}"
+    if "\0" in name:
+        return None
+    # A line feed would end the request early on the persistent reader: such a name (and a
+    # repository it cannot serve) is read by a process of its own.
+    reader = _reader(repo) if "\n" not in name else None
+    if reader is not None:
+        try:
+            return reader.blob(name)
+        except GitError:
+            pass
+    done = _run(repo, ["cat-file", "blob", name], check=False)
+    return done.stdout if done.returncode == 0 else None
+
+
 def _identity_fallback(cwd: Path, env: Mapping[str, str] | None) -> dict[str, str]:
     """GIT_AUTHOR_*/GIT_COMMITTER_* values for the parts of the identity nobody configured."""
     done = _run(
@@ -134,7 +358,7 @@ def _identity_fallback(cwd: Path, env: Mapping[str, str] | None) -> dict[str, st
         check=False,
     )
     configured = {line.split(" ", 1)[0].lower() for line in _text(done.stdout).splitlines()}
-    effective = _environment(env)
+    effective = {**os.environ, **(env or {})}
     fallback: dict[str, str] = {}
     for role in ("author", "committer"):
         for field, value in (("name", FALLBACK_NAME), ("email", FALLBACK_EMAIL)):
@@ -157,7 +381,7 @@ def commit_tree(
     if done.returncode != 0:
         fallback = _identity_fallback(cwd, env)
         if not fallback:
-            stderr = _text(done.stderr).strip()
+            stderr = done.stderr.strip()
             raise GitError(f"git commit-tree failed ({done.returncode}): {stderr}")
         done = _run(cwd, args, {**(env or {}), **fallback})
     return _text(done.stdout).strip()
@@ -178,8 +402,8 @@ def toplevel(path: Path) -> Path | None:
         start = start.parent
     done = _run(start, ["rev-parse", "--show-toplevel"], check=False)
     out = _text(done.stdout).strip()
-    if done.returncode != 0 and b"dubious ownership" in done.stderr:
-        raise unsafe_repository(done.stderr.decode("utf-8", "replace"), start)
+    if done.returncode != 0 and "dubious ownership" in done.stderr:
+        raise unsafe_repository(done.stderr, start)
     if done.returncode != 0 or not out:
         return None
     return Path(out)
@@ -323,18 +547,13 @@ def worktree_env(worktree: Path) -> dict[str, str]:
             or not points_back
         ):
             raise GitError(f"{worktree} is not a linked git worktree (or its .git file changed)")
+        _GITDIRS[root] = gitdir
     return {"GIT_DIR": str(gitdir), "GIT_WORK_TREE": str(root)}
 
 
 def is_ignored(repo: Path, path: str) -> bool:
     """Whether git ignores ``path`` (relative to the repository) in the checkout."""
     return _run(repo, ["check-ignore", "-q", "--", path], check=False).returncode == 0
-
-
-def read_blob(repo: Path, commit: str, path: str) -> bytes | None:
-    """The content of ``path`` at ``commit`` as stored in git, or None if it is absent."""
-    done = _run(repo, ["cat-file", "blob", f"{commit}:{path}"], check=False)
-    return done.stdout if done.returncode == 0 else None
 
 
 # --------------------------------------------------------------------------- preview branches
@@ -615,7 +834,7 @@ def _merge(repo: Path, ours: bytes, base: bytes, theirs: bytes) -> bytes | None:
         return done.stdout
     if 0 < done.returncode < 128:
         return None
-    raise GitError(f"git merge-file failed ({done.returncode}): {_text(done.stderr).strip()}")
+    raise GitError(f"git merge-file failed ({done.returncode}): {done.stderr.strip()}")
 
 
 def _plan(
