@@ -32,8 +32,8 @@ import openai
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from codexloop.core import briefing, gitops, outcome, prompts
 from codexloop.core import events as ev
-from codexloop.core import gitops, outcome, prompts
 from codexloop.core.config import Config
 from codexloop.core.controls import Controls, Stopped
 from codexloop.core.conversation import Conversation
@@ -300,16 +300,28 @@ class Loop:
             return "passed", 0, "already green"
         files = await anyio.to_thread.run_sync(exam.snapshot_files)
         await self.turns.fit_to_window()
+        worktree = session.sandbox.worktree
+        modules = await anyio.to_thread.run_sync(
+            lambda: briefing.imported_modules(
+                worktree,
+                exam.target_files,
+                files,
+                exam.import_roots(),
+                budget=min(briefing.BUDGET_CHARS, self.turns.budget_chars // 4),
+            )
+        )
         conversation = Conversation(
             prompts.first_message(
                 task=config.task,
                 continue_from=config.continue_from,
                 targets=config.targets,
-                test_command=self.test_command,
+                test_command=prompts.plain_command(config.targets, config.test_cmd),
                 files=files,
                 exam=self.exam_sync.show(exam),
                 digest=baseline.digest,
-            )
+                modules=modules,
+            ),
+            roots=(worktree, session.runner.place.worktree),
         )
         iteration = 0
         budget_end = config.max_iterations

@@ -44,7 +44,19 @@ class ModelError(CodexloopError):
 
 
 class ContextOverflow(ModelError):
-    """The conversation is longer than the model's context window: shorten it and ask again."""
+    """The conversation is longer than the model's context window: shorten it and ask again.
+
+    ``window`` and ``prompt_tokens``: the model's context window and the refused request's
+    size in tokens, when the refusal says them (OpenAI and vLLM in the message, llama.cpp
+    as ``n_ctx`` and ``n_prompt_tokens`` in the error body).
+    """
+
+    def __init__(
+        self, *args: object, window: int | None = None, prompt_tokens: int | None = None
+    ) -> None:
+        super().__init__(*args)
+        self.window = window
+        self.prompt_tokens = prompt_tokens
 
 
 _OVERFLOW = re.compile(
@@ -61,10 +73,46 @@ def looks_like_overflow(code: str | None, message: str) -> bool:
     )
 
 
+_WINDOW_SAID = (
+    re.compile(r"maximum context length is (\d+)", re.IGNORECASE),  # OpenAI, vLLM
+    re.compile(r"tokens? > (\d+) maximum", re.IGNORECASE),
+    re.compile(r"context (?:size|window|length) (?:is |of )?(\d+)", re.IGNORECASE),
+)
+_PROMPT_SAID = (
+    re.compile(r"resulted in (\d+) tokens", re.IGNORECASE),  # OpenAI
+    re.compile(r"\((\d+) in the messages", re.IGNORECASE),  # vLLM
+    re.compile(r"(\d+) tokens? > \d+ maximum", re.IGNORECASE),
+    re.compile(r"(?:prompt|input) (?:has|of|is) (\d+) tokens", re.IGNORECASE),
+)
+
+
+def overflow_numbers(message: str, body: object = None) -> tuple[int | None, int | None]:
+    """``(window, prompt_tokens)`` as a context-length refusal states them, None when not."""
+
+    def first(patterns: tuple[re.Pattern[str], ...]) -> int | None:
+        for pattern in patterns:
+            found = pattern.search(message)
+            if found:
+                return int(found.group(1))
+        return None
+
+    window, prompt = first(_WINDOW_SAID), first(_PROMPT_SAID)
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    if isinstance(inner, dict):  # llama.cpp: exceed_context_size_error
+        for key, value in (("n_ctx", inner.get("n_ctx")), ("n", inner.get("n_prompt_tokens"))):
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                if key == "n_ctx":
+                    window = value
+                else:
+                    prompt = value
+    return window, prompt
+
+
 def _refusal(exc: openai.APIStatusError) -> ModelError:
     text = describe_error(exc)
     if looks_like_overflow(_error_code(exc), text):
-        return ContextOverflow(text)
+        window, prompt = overflow_numbers(text, exc.body)
+        return ContextOverflow(text, window=window, prompt_tokens=prompt)
     return ModelError(text)
 
 
@@ -236,9 +284,13 @@ class ChatModel(_StreamingModel):
         kwargs: dict[str, Any] = {
             "model": self.model,
             "messages": [_public(m) for m in messages],
-            "tools": tools,
             "stream": True,
         }
+        if tools:
+            # "auto" said, not implied: some servers drop the tools when it is missing
+            # (llama-cpp-python's chatml-function-calling format).
+            kwargs["tools"] = tools
+            kwargs["tool_choice"] = "auto"
         if self._usage_in_stream:
             kwargs["stream_options"] = {"include_usage": True}
         if self.reasoning:
@@ -333,10 +385,12 @@ class ResponsesModel(_StreamingModel):
         kwargs: dict[str, Any] = {
             "model": self.model,
             "input": items,
-            "tools": [responses_tool(t) for t in tools],
             "stream": True,
             "store": False,
         }
+        if tools:
+            kwargs["tools"] = [responses_tool(t) for t in tools]
+            kwargs["tool_choice"] = "auto"
         if instructions:
             kwargs["instructions"] = instructions
         if self.reasoning or is_reasoning_model(self.model):

@@ -6,7 +6,11 @@ function that needs it. Change a wording here and nowhere else.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+from codexloop.core.briefing import Briefing
 
 EXAM_CHARS = 12_000  # of a target file or an exam change shown to the model
 PROJECT_FILES_LISTED = 200  # in the first message; the model lists the rest itself
@@ -36,10 +40,18 @@ CONTINUED = (
     "its changes.\n"
 )
 TARGETS = "Target tests (all must pass): {targets}"
-TEST_COMMAND = "Test command (run by the engine): {command}\n"
+TEST_COMMAND = (
+    "Test command: {command}\nThe engine runs it after each of your turns and tells you the "
+    "result: you do not need to run it yourself.\n"
+)
 PROJECT_FILES = "Project files:\n{listing}\n"
 MORE_FILES = "\n[... {count} more: use list_files]"
 EXAM_FILE = "--- {path} (protected) ---\n{source}"
+MODULES = "\nProject code the tests import (change it with the tools):"
+MODULE_FILE = "--- {path} ---\n{source}"
+MODULE_OUTLINE = "--- {path} (outline of its {lines} lines: read_file shows it whole) ---\n{source}"
+MODULES_LEFT_OUT = "[also imported, not shown: {paths}]"
+MODULES_MISSING = "Imported by the tests but not in the project yet: {names}"
 BASELINE = "\nThe tests are red now:\n{digest}"
 CUT = "\n[... cut ...]"
 
@@ -66,6 +78,26 @@ def clipped(text: str, limit: int = EXAM_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + CUT
 
 
+def plain_command(targets: Sequence[str], test_cmd: str | None) -> str:
+    """The test command as the model reads it: the developer's own, or ``pytest TARGETS``
+    (the engine's own options and interpreter path are nobody's business but its own)."""
+    return test_cmd or shlex.join(["pytest", *targets])
+
+
+@dataclass(frozen=True)
+class FirstMessage:
+    """The first message in named sections (``(kind, text)``), so that the conversation can
+    shorten the parts the model needs least when it outgrows the context: kinds are
+    ``task``, ``continued``, ``targets``, ``command``, ``files``, ``modules``, ``exam`` and
+    ``baseline``."""
+
+    sections: tuple[tuple[str, str], ...]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(text for _kind, text in self.sections)
+
+
 def first_message(
     *,
     task: str | None,
@@ -75,23 +107,42 @@ def first_message(
     files: Sequence[str],
     exam: Sequence[tuple[str, str]],
     digest: str,
-) -> str:
-    """The session's first message: task, targets, command, project files, the exam as the
-    developer has it (``(path, source)``) and the baseline's failure."""
-    parts = []
+    modules: Briefing | None = None,
+) -> FirstMessage:
+    """The session's first message: task, targets, the test command as the developer would
+    type it (:func:`plain_command`), project files, the project code the exam imports, the
+    exam as the developer has it (``(path, source)``) and the baseline's failure."""
+    parts: list[tuple[str, str]] = []
     if task:
-        parts.append(TASK.format(task=task))
+        parts.append(("task", TASK.format(task=task)))
     if continue_from:
-        parts.append(CONTINUED.format(session=continue_from))
-    parts.append(TARGETS.format(targets=", ".join(targets)))
-    parts.append(TEST_COMMAND.format(command=test_command))
+        parts.append(("continued", CONTINUED.format(session=continue_from)))
+    parts.append(("targets", TARGETS.format(targets=", ".join(targets))))
+    parts.append(("command", TEST_COMMAND.format(command=test_command)))
     listing = "\n".join(files[:PROJECT_FILES_LISTED])
     if len(files) > PROJECT_FILES_LISTED:
         listing += MORE_FILES.format(count=len(files) - PROJECT_FILES_LISTED)
-    parts.append(PROJECT_FILES.format(listing=listing))
-    parts.extend(EXAM_FILE.format(path=path, source=clipped(source)) for path, source in exam)
-    parts.append(BASELINE.format(digest=digest))
-    return "\n".join(parts)
+    parts.append(("files", PROJECT_FILES.format(listing=listing)))
+    parts.extend(
+        ("exam", EXAM_FILE.format(path=path, source=clipped(source))) for path, source in exam
+    )
+    if modules is not None and (modules.modules or modules.missing):
+        parts.append(("modules", imported_code(modules)))
+    parts.append(("baseline", BASELINE.format(digest=digest)))
+    return FirstMessage(tuple(parts))
+
+
+def imported_code(briefing: Briefing) -> str:
+    """The project code the exam imports, as the first message shows it."""
+    blocks = [MODULES] if briefing.modules else []
+    for shown in briefing.modules:
+        template = MODULE_FILE if shown.whole else MODULE_OUTLINE
+        blocks.append(template.format(path=shown.path, source=shown.text, lines=shown.lines))
+    if briefing.left_out:
+        blocks.append(MODULES_LEFT_OUT.format(paths=", ".join(briefing.left_out)))
+    if briefing.missing:
+        blocks.append(MODULES_MISSING.format(names=", ".join(briefing.missing)))
+    return "\n".join(blocks)
 
 
 def rejection(

@@ -7,6 +7,7 @@ targets are red.
 
 from __future__ import annotations
 
+import re
 import secrets
 import shlex
 import xml.etree.ElementTree as ET
@@ -163,6 +164,20 @@ def junit_env(junit_path: Path) -> dict[str, str]:
 
 MAX_REPORT_BYTES = 64 << 20
 
+# pytest's JUnit writer cannot put control characters in XML: it writes them out as text
+# (``bin_xml_escape``: ESC becomes ``#x1B``), so a run with ``--color=yes`` leaves
+# ``#x1B[91m- 3.50 EUR#x1B[39;49;00m`` in failure messages. These are the characters it
+# writes that way; they are turned back and dropped with every escape sequence.
+_XML_ESCAPED = re.compile(r"#x(0[0-8BCEF]|1[0-9A-F]|7F)")
+
+
+def report_text(text: str) -> str:
+    """A message or detail of a JUnit report as a model should read it: the control
+    characters pytest wrote out as ``#xNN`` and every escape sequence gone."""
+    if "#x" not in text:
+        return plain_text(text)
+    return plain_text(_XML_ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), text))
+
 
 def parse_junit(path: Path) -> list[Case] | None:
     """The test cases of a JUnit report, or None when there is none to trust: the file is
@@ -182,8 +197,8 @@ def parse_junit(path: Path) -> list[Case] | None:
             child = element.find(child_tag)
             if child is not None:
                 outcome = "failed" if child_tag == "failure" else child_tag
-                message = child.get("message", "")
-                detail = (child.text or "").strip()
+                message = report_text(child.get("message", ""))
+                detail = report_text(child.text or "").strip()
                 break
         cases.append(
             Case(element.get("classname", ""), element.get("name", ""), outcome, message, detail)

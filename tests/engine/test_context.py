@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from typing import Any
 
@@ -11,8 +12,19 @@ from loophelpers import KATA, edit, make_config, of_type, run_loop
 from scripted_openai import Call, HTTPError, Reply
 
 from codexloop.core import events as ev
-from codexloop.core.context import KEEP_RECENT, conversation_size, fit
-from codexloop.core.model import PRIVATE_PREFIX, looks_like_overflow
+from codexloop.core.context import KEEP_RECENT, Shortened, conversation_size, fit
+from codexloop.core.conversation import LEFT_OUT, Conversation
+from codexloop.core.model import (
+    PRIVATE_PREFIX,
+    AutoModel,
+    ToolCallRequest,
+    Turn,
+    looks_like_overflow,
+    make_client,
+    overflow_numbers,
+)
+from codexloop.core.prompts import FirstMessage
+from codexloop.core.turns import Turns
 
 
 def call(call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -168,6 +180,16 @@ def sizes(requests: list[dict[str, Any]]) -> list[int]:
     return [conversation_size(r["messages"]) for r in requests]
 
 
+def totals(requests: list[dict[str, Any]]) -> list[int]:
+    """What each request puts in front of the model: the conversation and the tools."""
+    return [
+        conversation_size(r["messages"]) + len(json.dumps(r.get("tools") or []))
+        if r.get("tools")
+        else conversation_size(r["messages"])
+        for r in requests
+    ]
+
+
 @pytest.mark.anyio
 async def test_the_conversation_is_kept_under_its_budget(make_repo, scripted_openai) -> None:
     repo = make_repo({**KATA, "big.txt": "a line of a large file\n" * 1500})  # ~34k characters
@@ -180,9 +202,11 @@ async def test_the_conversation_is_kept_under_its_budget(make_repo, scripted_ope
     config = make_config(repo, scripted_openai.base_url, context_tokens=2_000)
     result, events = await run_loop(config)
     assert result.status == "passed"
-    assert all(size <= 2_000 * 4 for size in sizes(scripted_openai.requests))
+    # The tool schemas count: they are in every request's prompt.
+    assert all(total <= 2_000 * 4 for total in totals(scripted_openai.requests))
     notes = [n.message for n in of_type(events, ev.Notice) if "budget" in n.message]
-    assert len(notes) == 1 and "about 2000 tokens" in notes[0]
+    assert "budget of about 2000 tokens" in notes[0]
+    assert len(notes) == len(set(notes))  # said when something new is done, not every turn
 
 
 @pytest.mark.anyio
@@ -203,8 +227,8 @@ async def test_a_context_overflow_is_answered_by_shortening_and_asking_again(
     config = make_config(repo, scripted_openai.base_url)
     result, events = await run_loop(config)
     assert result.status == "passed"
-    refused, retried = sizes(scripted_openai.requests)[3:5]
-    assert retried <= refused * 3 // 5
+    refused, retried = totals(scripted_openai.requests)[3:5]
+    assert retried <= refused * 3 // 4
     warnings = [n.message for n in of_type(events, ev.Notice) if n.level == "warning"]
     assert any("did not fit the model's context" in w for w in warnings)
 
@@ -215,12 +239,17 @@ async def test_an_endless_overflow_ends_the_loop_with_the_reason(
 ) -> None:
     repo = make_repo(KATA)
     refusal = HTTPError(400, "prompt is too long", "context_length_exceeded")
-    scripted_openai.add(refusal, refusal, refusal)
+    scripted_openai.add(*[refusal] * 6)
     config = make_config(repo, scripted_openai.base_url)
-    result, _events = await run_loop(config)
+    result, events = await run_loop(config)
     assert result.status == "failed"
     assert "prompt is too long" in result.reason
-    assert len(scripted_openai.requests) == 3  # asked, shortened twice, then gave up
+    sent = totals(scripted_openai.requests)
+    assert len(sent) >= 2
+    assert all(later < earlier for earlier, later in itertools.pairwise(sent))  # never the same
+    warnings = [n.message for n in of_type(events, ev.Notice) if "did not fit" in n.message]
+    assert warnings and all("tool result" not in w for w in warnings)  # there were none
+    assert "first message's imported code" in warnings[0]  # what was actually cut
 
 
 @pytest.mark.parametrize(
@@ -256,3 +285,225 @@ async def test_a_small_window_from_the_endpoint_sets_the_budget(make_repo, scrip
     assert all(size <= 3_000 * 4 for size in sizes(scripted_openai.requests))
     notes = [n.message for n in of_type(events, ev.Notice)]
     assert any("context window of 4000 tokens" in n and "about 3000" in n for n in notes)
+
+
+# -- a real budget: whole iterations, the tools, the endpoint's own token counts ------------------
+
+
+def session(iterations: int = 4, calls: int = 2) -> Conversation:
+    """A conversation of red iterations that each read a large file ``calls`` times."""
+    conversation = Conversation(
+        FirstMessage(
+            (
+                ("targets", "Target tests (all must pass): tests/test_x.py::test_y"),
+                ("files", "Project files:\n" + "".join(f"src/m{n}.py\n" for n in range(300))),
+                (
+                    "modules",
+                    "\nProject code the tests import:\n--- src/x.py ---\n" + "x = 1\n" * 900,
+                ),
+                ("exam", "--- tests/test_x.py (protected) ---\n" + "assert x\n" * 900),
+                ("baseline", "\nThe tests are red now:\n" + "E baseline\n" * 600),
+            )
+        )
+    )
+    for n in range(1, iterations + 1):
+        conversation.start_iteration()
+        for c in range(calls):
+            call_id = f"r{n}-{c}"
+            conversation.answer(
+                Turn("", (ToolCallRequest(call_id, "read_file", '{"path": "big.py"}'),), 1, 1)
+            )
+            conversation.tool_result(call_id, f"content {n}\n" * 2_000)
+        conversation.answer(Turn(f"Done with {n}.", (), 1, 1))
+        conversation.compact()
+        conversation.say(f"Failure digest {n}: " + "E " * 1_500)
+    conversation.start_iteration()
+    return conversation
+
+
+def paired(messages: list[dict[str, Any]]) -> bool:
+    """Every tool result follows the call it answers, every call has its result."""
+    open_calls: set[str] = set()
+    for message in messages:
+        if message["role"] == "tool":
+            if message["tool_call_id"] not in open_calls:
+                return False
+            open_calls.discard(message["tool_call_id"])
+        elif open_calls:
+            return False
+        for call in message.get("tool_calls") or ():
+            open_calls.add(call["id"])
+    return not open_calls
+
+
+def contents(conversation: Conversation) -> str:
+    return "\n".join(str(m.get("content")) for m in conversation.messages)
+
+
+def test_whole_earlier_iterations_are_left_out_and_the_latest_failure_stays() -> None:
+    conversation = session()
+    report = conversation.fit(12_000 + conversation.messages[1]["content"].__len__())
+    assert report.left_out_iterations[:2] == [1, 2]
+    text = contents(conversation)
+    assert "content 1" not in text and "Failure digest 1" not in text
+    assert "Failure digest 4" in text  # the failure the current iteration is to fix
+    assert paired(conversation.messages)
+    notes = [m["content"] for m in conversation.messages if m.get(LEFT_OUT)]
+    assert len(notes) == 1 and notes[0].startswith("[Left out to fit the model's context window")
+    assert "iterations 1-" in notes[0]
+    assert "left out iterations 1-" in report.describe()
+
+
+def test_the_first_message_gives_way_last_and_says_so() -> None:
+    conversation = session(iterations=1)
+    report = conversation.fit(4_000)
+    opening = conversation.messages[1]["content"]
+    assert "x = 1\nx = 1" not in opening  # the imported code went
+    assert "read them with read_file" in opening and "src/x.py" in opening
+    assert opening.count("src/m") < 30  # the listing cut
+    assert "imported code" in report.describe() and "file listing" in report.describe()
+    assert "Target tests (all must pass)" in opening
+    assert paired(conversation.messages)
+
+
+def test_a_tiny_budget_leaves_out_the_older_calls_of_this_iteration() -> None:
+    conversation = session(iterations=0)
+    for c in range(6):
+        conversation.answer(Turn("", (ToolCallRequest(f"c{c}", "read_file", "{}"),), 1, 1))
+        conversation.tool_result(f"c{c}", "y" * 3_000)
+    report = conversation.fit(1_000)
+    assert report.left_out_calls == 5
+    assert paired(conversation.messages)
+    assert [m["tool_call_id"] for m in conversation.messages if m["role"] == "tool"] == ["c5"]
+    assert "left out 5 earlier tool calls of this iteration" in report.describe()
+
+
+def test_the_report_says_only_what_was_done() -> None:
+    report = Shortened()
+    assert report.describe() == "nothing could be shortened"
+    message: dict[str, Any] = {"role": "tool"}
+    report.note("result", message)
+    report.note("result", message)
+    report.left_out_iterations += [1, 2, 3]
+    assert report.describe() == "left out iterations 1-3; shortened 1 tool result"
+
+
+@pytest.mark.parametrize(
+    ("message", "body", "numbers"),
+    [
+        (
+            "This model's maximum context length is 8192 tokens. However, your messages "
+            "resulted in 9100 tokens. Please reduce the length of the messages.",
+            None,
+            (8192, 9100),
+        ),
+        (
+            "This model's maximum context length is 4096 tokens. However, you requested 5000 "
+            "tokens (4000 in the messages, 1000 in the completion).",
+            None,
+            (4096, 4000),
+        ),
+        ("prompt is too long: 210000 tokens > 200000 maximum", None, (200000, 210000)),
+        (
+            "the request exceeds the available context size, try increasing it",
+            {
+                "error": {
+                    "type": "exceed_context_size_error",
+                    "n_prompt_tokens": 6100,
+                    "n_ctx": 4096,
+                }
+            },
+            (4096, 6100),
+        ),
+        ("prompt is too long", None, (None, None)),
+    ],
+)
+def test_a_refusal_s_numbers_are_read(
+    message: str, body: Any, numbers: tuple[int | None, int | None]
+) -> None:
+    assert overflow_numbers(message, body) == numbers
+
+
+@pytest.mark.anyio
+async def test_overflows_again_and_again_always_send_a_smaller_request(
+    make_repo, scripted_openai
+) -> None:
+    repo = make_repo({**KATA, "big.txt": "a line of a large file\n" * 1500})
+    read_big = Reply(tool_calls=[Call("read_file", {"path": "big.txt"})])
+    refusal = HTTPError(400, "prompt is too long", "context_length_exceeded")
+    scripted_openai.add(
+        read_big,
+        read_big,
+        Reply(text="Done."),  # red: iteration 1 ends
+        read_big,
+        Reply(text="Done."),  # red: iteration 2 ends
+        read_big,
+        *[refusal] * 3,
+        Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]),
+        Reply(text="Done."),
+    )
+    result, events = await run_loop(make_config(repo, scripted_openai.base_url))
+    assert result.status == "passed", [n.message for n in of_type(events, ev.Notice)]
+    sent = totals(scripted_openai.requests)
+    refused = sent[6:10]  # the three refused requests and the one that was answered
+    assert all(later < earlier for earlier, later in itertools.pairwise(refused)), refused
+    warnings = [n.message for n in of_type(events, ev.Notice) if "did not fit" in n.message]
+    assert len(warnings) == 3
+    assert "left out iterations 1-2" in warnings[0]
+
+
+@pytest.mark.anyio
+async def test_a_refusal_that_names_the_window_sets_the_budget_under_it(
+    make_repo, scripted_openai
+) -> None:
+    repo = make_repo({**KATA, "big.txt": "a line of a large file\n" * 1500})
+    read_big = Reply(tool_calls=[Call("read_file", {"path": "big.txt"})])
+    scripted_openai.add(
+        read_big,
+        Reply(text="Done."),  # red
+        read_big,
+        HTTPError(
+            400,
+            "This model's maximum context length is 3000 tokens. However, your messages "
+            "resulted in 9000 tokens.",
+            "context_length_exceeded",
+        ),
+        Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]),
+        Reply(text="Done."),
+    )
+    result, _events = await run_loop(make_config(repo, scripted_openai.base_url))
+    assert result.status == "passed"
+    sent = totals(scripted_openai.requests)
+    # 9000 tokens were this many characters: three quarters of a 3000-token window is a
+    # quarter of them, and so are the requests after it.
+    assert all(later <= sent[3] // 4 for later in sent[4:]), sent
+
+
+@pytest.mark.anyio
+async def test_characters_per_token_come_from_the_endpoint_s_usage(scripted_openai) -> None:
+    client = make_client(scripted_openai.base_url, "key")
+    model = AutoModel(client, "scripted-model", prefer="chat", backoff=(0.0,))
+    seen: list[ev.Event] = []
+
+    async def emit(event: ev.Event) -> None:
+        seen.append(event)
+
+    turns = Turns(
+        model, client, model_name="scripted-model", base_url=None, context_tokens=10_000, emit=emit
+    )
+    assert turns.budget_chars == 10_000 * 4 - turns.tools_chars  # four until measured
+    conversation = Conversation("x" * 4_000)
+    sent = conversation.size + turns.tools_chars
+    scripted_openai.add(
+        Reply(text="a", usage=(sent // 2, 1)),  # two characters a token: escapes, symbols
+        Reply(text="b", usage=(1, 1)),  # no tokenizer gives that: ignored
+        Reply(text="c", usage=(sent * 10 // 35, 1)),  # 3.5
+    )
+    await turns.take(conversation)
+    assert turns.chars_per_token == pytest.approx(2.0, rel=0.01)
+    assert turns.budget_chars == pytest.approx(10_000 * 2 - turns.tools_chars, rel=0.01)
+    await turns.take(conversation)
+    assert turns.chars_per_token == pytest.approx(2.0, rel=0.01)
+    await turns.take(conversation)
+    assert turns.chars_per_token == pytest.approx(3.5, rel=0.01)
+    await client.close()

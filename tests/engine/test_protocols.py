@@ -176,3 +176,28 @@ async def test_a_hung_up_stream_is_a_visible_model_retry_in_the_loop(
     assert [c.arguments for c in of_type(events, ev.ToolCall)] == [
         '{"path": "calc.py", "old_text": "a - b", "new_text": "a + b"}'
     ]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("api", ["chat", "responses"])
+async def test_tool_choice_auto_is_sent_with_the_tools(
+    scripted_openai: ScriptedOpenAI, api: str
+) -> None:
+    """Said, not implied: some servers drop the tools when tool_choice is missing
+    (llama-cpp-python's chatml-function-calling); a request without tools says neither."""
+    scripted_openai.add(Reply(text="one"), Reply(text="two"))
+    client = make_client(scripted_openai.base_url, "k")
+    kind = ChatModel if api == "chat" else ResponsesModel
+    model = kind(client, "scripted-model", backoff=(0.0,))
+
+    async def on_text(chunk: str) -> None:
+        pass
+
+    try:
+        await model.turn([{"role": "user", "content": "fix it"}], TOOL_SCHEMAS, on_text=on_text)
+        await model.turn([{"role": "user", "content": "fix it"}], [], on_text=on_text)
+    finally:
+        await client.close()
+    with_tools, without = scripted_openai.requests
+    assert with_tools["tool_choice"] == "auto" and len(with_tools["tools"]) == len(TOOL_SCHEMAS)
+    assert "tool_choice" not in without and "tools" not in without

@@ -10,7 +10,16 @@ import pytest
 
 from codexloop.core import process
 from codexloop.core.process import RunResult
-from codexloop.core.testrun import Canary, Case, Verdict, default_command, judge, junit_env
+from codexloop.core.testrun import (
+    Canary,
+    Case,
+    Verdict,
+    default_command,
+    judge,
+    junit_env,
+    parse_junit,
+    report_text,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -242,3 +251,42 @@ def test_a_failing_canary_without_its_token_is_forged() -> None:
     assert canary.check(cases) is not None
     cases[1] = Case("m", canary.failing, "failed", f"Failed: {canary.token}")
     assert canary.check(cases) is None
+
+
+MONEY_TEST = """\
+def money(amount):
+    return "%.1f EUR" % amount
+
+
+def test_money():
+    assert money(3.5) == "3.50 EUR"
+"""
+
+
+async def test_a_coloured_run_leaves_no_escape_in_the_digest(tmp_path: Path) -> None:
+    """pytest runs with --color=yes: its JUnit writer puts the colours of an assertion diff
+    into the report as text (#x1B[91m...); the model reads none of it, and the diff stays."""
+    repo = tmp_path / "proj"
+    (repo / "tests").mkdir(parents=True)
+    (repo / "tests" / "test_mod.py").write_text(MONEY_TEST)
+    verdict = await verdict_for(tmp_path, "tests/test_mod.py::test_money")
+    report = (tmp_path / "junit.xml").read_text()
+    assert "#x1B[" in report  # what pytest wrote (pygments colours the diff)
+    assert not verdict.passed
+    assert "#x1B" not in verdict.digest and "\x1b" not in verdict.digest
+    assert "- 3.50 EUR" in verdict.digest and "+ 3.5 EUR" in verdict.digest
+
+
+def test_control_characters_written_out_in_a_report_are_dropped(tmp_path: Path) -> None:
+    (tmp_path / "r.xml").write_text(
+        '<testsuite><testcase classname="t" name="test_x">'
+        '<failure message="#x1B[0m#x1B[91m- 3.50 EUR#x1B[39;49;00m bell#x07 #x41 stays">'
+        "E  #x1B[92m+ 3.5 EUR#x1B[39;49;00m&#10;see issue #x12 and #x7F"
+        "</failure></testcase></testsuite>"
+    )
+    cases = parse_junit(tmp_path / "r.xml")
+    assert cases is not None
+    [case] = cases
+    assert case.message == "- 3.50 EUR bell #x41 stays"  # #x41 ('A') is never written so
+    assert case.detail == "E  + 3.5 EUR\nsee issue  and"
+    assert report_text("plain #xAB text") == "plain #xAB text"
