@@ -76,13 +76,14 @@ def looks_like_overflow(code: str | None, message: str) -> bool:
 _WINDOW_SAID = (
     re.compile(r"maximum context length is (\d+)", re.IGNORECASE),  # OpenAI, vLLM
     re.compile(r"tokens? > (\d+) maximum", re.IGNORECASE),
-    re.compile(r"context (?:size|window|length) (?:is |of )?(\d+)", re.IGNORECASE),
+    re.compile(r"context (?:size|window|length) (?:is |of )?\(?(\d+)", re.IGNORECASE),
 )
 _PROMPT_SAID = (
     re.compile(r"resulted in (\d+) tokens", re.IGNORECASE),  # OpenAI
     re.compile(r"\((\d+) in the messages", re.IGNORECASE),  # vLLM
     re.compile(r"(\d+) tokens? > \d+ maximum", re.IGNORECASE),
     re.compile(r"(?:prompt|input) (?:has|of|is) (\d+) tokens", re.IGNORECASE),
+    re.compile(r"request \((\d+) tokens\) exceeds", re.IGNORECASE),  # llama.cpp
 )
 
 

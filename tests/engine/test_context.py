@@ -415,6 +415,12 @@ def test_the_report_says_only_what_was_done() -> None:
             },
             (4096, 6100),
         ),
+        (
+            "request (4476 tokens) exceeds the available context size (4096 tokens), try "
+            "increasing it",
+            None,
+            (4096, 4476),
+        ),
         ("prompt is too long", None, (None, None)),
     ],
 )
