@@ -54,6 +54,7 @@ from codexloop.core.process import RunResult
 from codexloop.core.sandbox import Sandbox, session_name
 from codexloop.core.session import Session, announce, create_sandbox, open_session
 from codexloop.core.testrun import Verdict, default_command
+from codexloop.core.textcalls import Work
 from codexloop.core.timings import Timings
 from codexloop.core.turns import Turns
 
@@ -460,9 +461,18 @@ class Loop:
     # -- the model's work ----------------------------------------------------------
 
     async def _work(self, session: Session, iteration: int, conversation: Conversation) -> None:
-        """Model turns until one ends without tool calls (or the tool budget is spent)."""
-        limit = self.config.max_tool_calls
-        calls_left = limit
+        """Model turns until the model is done: an answer with nothing more to run (no tool
+        call; or edits written as text, applied), the tool budget spent, or an answer that
+        changes nothing given three times (the rules: :mod:`~codexloop.core.textcalls`)."""
+        work = Work(
+            session.tools,
+            conversation,
+            edit_format=self.config.edit_format,
+            limit=self.config.max_tool_calls,
+            emit=self.emit,
+            set_state=self._set_state,
+            timings=self.timings,
+        )
         while True:
             await self.checkpoint()
             await self._apply_targets(session)
@@ -479,28 +489,7 @@ class Loop:
             conversation.answer(turn)
             if turn.finish_reason == CUT_FINISH:
                 conversation.say(prompts.ANSWER_CUT.format(limit=MAX_TURN_CHARS))
-            if not turn.tool_calls:
-                return
-            for call in turn.tool_calls:
-                await self.emit(ev.ToolCall(call.name, call.arguments, call.id))
-                if calls_left <= 0:
-                    conversation.tool_result(call.id, prompts.TOOL_BUDGET_SPENT.format(limit=limit))
-                    await self.emit(ev.ToolResult(call.name, False, "tool budget spent", call.id))
-                    continue
-                calls_left -= 1
-                await self._set_state("tool")
-                with self.timings.timed(f"tool {call.name}"):
-                    result = await session.tools.execute(call.name, call.arguments)
-                conversation.tool_result(call.id, result.content)
-                await self.emit(
-                    ev.ToolResult(call.name, result.ok, result.summary, call.id, result.refused)
-                )
-                if result.changed or call.name == "run_command":
-                    await self.emit(ev.SandboxChanged(result.changed))
-            if calls_left <= 0:
-                await self.emit(
-                    ev.Notice("warning", f"tool budget of {limit} calls spent; running the tests")
-                )
+            if await work.act(turn):
                 return
 
     async def _run_model_command(self, command: str) -> RunResult:

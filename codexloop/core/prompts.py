@@ -158,3 +158,74 @@ def rejection(
             lines = [*lines[:FEEDBACK_HUNK_LINES], f"[... {more} more lines ...]"]
         text += REJECTED_HUNK.format(hunk="\n".join(lines))
     return text + (REVERTED if reverted else NOT_REVERTED)
+
+
+# Tool calls and edits written as text, and answers that change nothing (core/textcalls).
+TEXT_CALLS_RAN = "The engine ran the tool calls written in your answer:\n{results}"
+TEXT_CALL_RESULT = "\n--- {call}\n{content}"
+TEXT_EDITS_APPLIED = "The engine applied the edits written in your answer (the tests run next):\n"
+TEXT_EDITS_FAILED = "Not applied:\n"
+TEXT_EDIT_LINE = "- {what}: {result}\n"
+TEXT_ONLY = (
+    "not run: this session reads tool calls from the text of your answer only "
+    "(--edit-format text); write the call as JSON on a line of its own, for example:\n{call}"
+)
+NOTHING_PLAIN = (
+    "Your last answer changed no file: it had no tool call and no edit the engine could apply, "
+    "so the tests below ran on unchanged code."
+)
+NOTHING_FAILED = "Nothing in the project changed: nothing of your last answer was applied.\n"
+NOTHING_REPEATED = (
+    "You gave the same answer three times and it changed nothing: the engine runs the tests "
+    "now. Do something different."
+)
+HOW_TOOLS = (
+    "To change a file, call a tool: edit_file replaces old_text (copied exactly from the file) "
+    "by new_text, write_file writes a whole file. For example, call edit_file with {arguments}"
+)
+HOW_AUTO = (
+    "To change a file, call a tool (edit_file replaces old_text, copied exactly from the file, "
+    "by new_text; write_file writes a whole file), or write the call as JSON on a line of its "
+    "own, for example:\n{call}\nor write the whole new file in a fenced code block whose first "
+    "line is a comment with its path (# {path})."
+)
+HOW_TEXT = (
+    "To change a file, write a tool call as JSON on a line of its own, for example:\n{call}\n"
+    "or write the whole new file in a fenced code block whose first line is a comment with its "
+    "path (# {path})."
+)
+
+
+EXAMPLE_ARGUMENTS = (
+    '{{"path": {path}, "old_text": "the exact lines to replace", '
+    '"new_text": "the lines that replace them"}}'
+)
+EXAMPLE_CALL = '{{"name": "edit_file", "arguments": {arguments}}}'
+
+
+def example_call(path: str) -> tuple[str, str]:
+    """(the arguments, the whole call as JSON) of a one-line ``edit_file`` example on ``path``."""
+    quoted = '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    arguments = EXAMPLE_ARGUMENTS.format(path=quoted)
+    return arguments, EXAMPLE_CALL.format(arguments=arguments)
+
+
+def how_to_edit(edit_format: str, path: str) -> str:
+    """How to make a change the engine applies, with a one-line example on ``path``."""
+    arguments, call = example_call(path)
+    if edit_format == "tools":
+        return HOW_TOOLS.format(arguments=arguments)
+    template = HOW_TEXT if edit_format == "text" else HOW_AUTO
+    return template.format(call=call, path=path)
+
+
+def nothing_applied(failures: Sequence[str], *, repeated: bool, edit_format: str, path: str) -> str:
+    """An answer that changed nothing: what was not applied (``failures``, one line each;
+    none: the answer asked for nothing), and how to change a file."""
+    if repeated:
+        head = NOTHING_REPEATED
+    elif failures:
+        head = NOTHING_FAILED + "".join(f"- {line}\n" for line in failures)
+    else:
+        head = NOTHING_PLAIN
+    return f"{head.rstrip()}\n{how_to_edit(edit_format, path)}"

@@ -198,6 +198,45 @@ class Tools:
                 "changed; change the code under test instead."
             )
 
+    # -- what edits written as text need to know (core/textedits; blocking) --------
+
+    def read_text(self, raw: str) -> str | None:
+        """A project file's text (UTF-8), or None: missing, outside, not a regular file,
+        too large, binary or not UTF-8. Nothing is refused here: the edit itself is."""
+        try:
+            rel, _path = self.resolve(raw)
+            if self._kind(rel) != "file":
+                return None
+            data = self._read(rel)
+            return None if b"\x00" in data[:8000] else data.decode("utf-8")
+        except (ToolError, OSError, UnicodeError):
+            return None
+
+    def exists(self, raw: str) -> bool:
+        """``raw`` names a regular file of the project."""
+        try:
+            rel, _path = self.resolve(raw)
+            return self._kind(rel) == "file"
+        except (ToolError, OSError):
+            return False
+
+    def protected(self, rel: str) -> bool:
+        """The exam's protection covers ``rel`` (a change of it would be refused)."""
+        return self.exam.protection(rel) is not None
+
+    def python_files(self, limit: int = 2_000) -> list[str]:
+        """The project's Python files (links and ignored folders left out), at most ``limit``."""
+        try:
+            entries, _stopped = self._walk(".")
+        except ToolError:
+            return []
+        found = [
+            e.rel
+            for e in entries
+            if e.kind == "file" and e.rel.endswith(".py") and e.size <= MAX_GREP_FILE
+        ]
+        return found[:limit]
+
     # -- dispatch --------------------------------------------------------------
 
     async def execute(self, name: str, arguments: str) -> ToolOutcome:
@@ -333,23 +372,37 @@ class Tools:
         data = self._read(rel)
         text = data.decode("utf-8", errors="strict")
         count = text.count(old_text)
-        if count == 0:
-            raise ToolError(f"old_text not found in {rel}. {_near_miss(text, old_text)}")
         if count > 1:
             lines = _match_lines(text, old_text)
             raise ToolError(
                 f"old_text matches {count} times in {rel} (lines {', '.join(map(str, lines))}); "
                 "include more surrounding lines so it matches exactly once"
             )
-        updated = text.replace(old_text, new_text, 1)
+        if count == 1:
+            start = text.index(old_text)
+            match = Match(start, start + len(old_text), new_text)
+        else:
+            near = near_match(text, old_text, new_text)
+            if near is None:
+                raise ToolError(f"old_text not found in {rel}. {_near_miss(text, old_text)}")
+            if isinstance(near, str):
+                raise ToolError(f"old_text {near} in {rel}; copy the exact text from read_file")
+            match = near
+        updated = text[: match.start] + match.new_text + text[match.end :]
         self._guard(rel, data, updated.encode())
         self._write(rel, updated.encode())
-        line = text[: text.index(old_text)].count("\n") + 1
-        removed, added = len(old_text.splitlines()), len(new_text.splitlines())
+        line = text.count("\n", 0, match.start) + 1
+        removed = len(text[match.start : match.end].splitlines())
+        added = len(match.new_text.splitlines())
+        summary = f"edited {rel}:{line} (-{removed} +{added} lines)"
+        if not match.forgiven:
+            return ToolOutcome(True, f"edited {rel} at line {line}", summary, changed=(rel,))
         return ToolOutcome(
             True,
-            f"edited {rel} at line {line}",
-            f"edited {rel}:{line} (-{removed} +{added} lines)",
+            f"edited {rel} at line {line}. Note: old_text did not match exactly; it matched "
+            f"once when {match.forgiven} is ignored, so that text of the file was replaced "
+            "(next time copy old_text exactly from read_file)",
+            summary[:-1] + f", near match: {match.forgiven})",
             changed=(rel,),
         )
 
@@ -455,6 +508,107 @@ class Tools:
             )
         first = command.strip().splitlines()[0][:80]
         return ToolOutcome(result.exit_code == 0, content, f"$ {first} → {status}")
+
+
+@dataclass(frozen=True)
+class Match:
+    """Where ``old_text`` is in a file (character offsets) and what replaces it."""
+
+    start: int
+    end: int
+    new_text: str
+    forgiven: str = ""  # what differed in a near match ("quote style", "indentation", ...)
+
+
+_QUOTES = str.maketrans("'", '"')
+
+
+def _indent(line: str) -> str:
+    return line[: len(line) - len(line.lstrip())]
+
+
+_LINE_TIERS: tuple[tuple[str, Callable[[str], str]], ...] = (
+    ("trailing spaces", str.rstrip),
+    ("indentation", str.strip),
+    ("indentation and quote style", lambda line: line.strip().translate(_QUOTES)),
+)
+
+
+def near_match(text: str, old_text: str, new_text: str) -> Match | str | None:
+    """The one place ``old_text`` matches once what small models get wrong is ignored: the
+    quote style (``'`` for ``"``), then, line by line, trailing spaces and indentation (spaces
+    inside a line are not forgiven: they can matter).
+    None when nothing is near; a reason when a near match is not unique (looser kinds are
+    not tried then: a guess between two places is no help)."""
+    quoted_text, quoted_old = text.translate(_QUOTES), old_text.translate(_QUOTES)
+    count = quoted_text.count(quoted_old)
+    if count == 1:
+        start = quoted_text.index(quoted_old)
+        return Match(start, start + len(old_text), new_text, "quote style")
+    if count > 1:
+        return f"matches {count} times once quote style is ignored"
+    old_lines = _trimmed(old_text.splitlines())
+    if not old_lines:
+        return None
+    lines = text.splitlines(keepends=True)
+    bare = [line.rstrip("\r\n") for line in lines]
+    width = len(old_lines)
+    for why, norm in _LINE_TIERS:
+        want = [norm(line) for line in old_lines]
+        if not any(want):
+            continue
+        found = [
+            i
+            for i in range(len(bare) - width + 1)
+            if all(norm(bare[i + k]) == want[k] for k in range(width))
+        ]
+        if len(found) > 1:
+            return f"matches {len(found)} times once {why} is ignored"
+        if found:
+            at = found[0]
+            start = sum(len(line) for line in lines[:at])
+            end = start + sum(len(line) for line in lines[at : at + width])
+            last = lines[at + width - 1]
+            ending = last[len(last.rstrip("\r\n")) :]
+            newline = "\r\n" if last.endswith("\r\n") else "\n"
+            new_lines = _trimmed(new_text.splitlines())
+            if why != "trailing spaces":
+                new_lines = _reindent(new_lines, old_lines, bare[at : at + width])
+            replacement = newline.join(new_lines) + ending if new_lines else ""
+            return Match(start, end, replacement, why)
+    return None
+
+
+def _trimmed(lines: list[str]) -> list[str]:
+    """Without the blank lines at either end."""
+    while lines and not lines[0].strip():
+        lines = lines[1:]
+    while lines and not lines[-1].strip():
+        lines = lines[:-1]
+    return lines
+
+
+def _reindent(new_lines: list[str], old_lines: list[str], file_lines: list[str]) -> list[str]:
+    """``new_lines`` moved to the file's indentation: each line takes the indentation the file
+    has where old_text had the same line (or the line at the same position), shifted by how
+    much the model indented it differently from that old line."""
+    stripped_old = [line.strip() for line in old_lines]
+    result = []
+    for k, line in enumerate(new_lines):
+        if not line.strip():
+            result.append("")
+            continue
+        same = line.strip()
+        j = stripped_old.index(same) if same in stripped_old else min(k, len(old_lines) - 1)
+        old_indent, file_indent, own = _indent(old_lines[j]), _indent(file_lines[j]), _indent(line)
+        if own.startswith(old_indent):
+            result.append(file_indent + own[len(old_indent) :] + line.lstrip())
+        elif old_indent.startswith(own):
+            less = len(old_indent) - len(own)
+            result.append(file_indent[: max(len(file_indent) - less, 0)] + line.lstrip())
+        else:
+            result.append(file_indent + line.lstrip())
+    return result
 
 
 def _match_lines(text: str, needle: str) -> list[int]:

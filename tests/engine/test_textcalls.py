@@ -1,0 +1,127 @@
+"""Tool calls a model writes as text instead of calling the tools (issue 21): JSON bare, fenced,
+in tags, after Llama and Mistral markers — run like native calls."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_git
+from loophelpers import KATA, make_config, of_type, run_loop, tool_results, user_texts
+from scripted_openai import Reply
+
+from codexloop.core import events as ev
+from codexloop.core.textcalls import find_calls
+
+pytestmark = pytest.mark.anyio
+
+FIXED = "def add(a, b):\n    return a + b\n"
+FENCE = "```"
+EDIT = {"path": "calc.py", "old_text": "a - b", "new_text": "a + b"}
+CALL = json.dumps({"name": "edit_file", "arguments": EDIT})
+
+FORMS = {
+    "bare": f"I will fix the operator.\n{CALL}\n",
+    "fenced": f"Let me fix it:\n{FENCE}json\n{CALL}\n{FENCE}",
+    "qwen tags": f"<tool_call>\n{CALL}\n</tool_call>",
+    "tools tags": f"<tools>\n{CALL}\n</tools>",
+    "llama": '<|python_tag|>{"name": "edit_file", "parameters": ' + json.dumps(EDIT) + "}",
+    "mistral": f"[TOOL_CALLS] [{CALL}]",
+    "list": f"{FENCE}json\n[{CALL}]\n{FENCE}",
+}
+
+
+@pytest.mark.parametrize("form", FORMS, ids=list(FORMS))
+def test_each_form_is_read_as_a_call(form: str) -> None:
+    [call] = find_calls(FORMS[form])
+    assert call.name == "edit_file"
+    assert json.loads(call.arguments) == EDIT
+
+
+def test_more_forms_and_what_is_not_a_call() -> None:
+    # Arguments as a JSON string (the OpenAI wire shape), the OpenAI "function" wrapper,
+    # several calls in one tag, Mistral's newer marker, a think block left out.
+    assert [c.name for c in find_calls('{"name": "read_file", "arguments": "{\\"path\\": "}')] == [
+        "read_file"
+    ]
+    wrapped = {"type": "function", "function": {"name": "list_files", "arguments": {}}}
+    assert [c.name for c in find_calls(json.dumps(wrapped))] == ["list_files"]
+    two = '<tool_call>\n{"name": "read_file", "arguments": {"path": "a.py"}}\n{"name": "grep", "arguments": {"pattern": "x"}}\n</tool_call>'
+    assert [c.name for c in find_calls(two)] == ["read_file", "grep"]
+    mistral = '[TOOL_CALLS]read_file[ARGS]{"path": "calc.py"}'
+    assert [json.loads(c.arguments) for c in find_calls(mistral)] == [{"path": "calc.py"}]
+    thought = '<think>{"name": "read_file", "arguments": {"path": "x"}}</think>Done.'
+    assert find_calls(thought) == []
+    # Literal newlines inside a JSON string (small models write file contents that way).
+    raw = '<tool_call>{"name": "write_file", "arguments": {"path": "calc.py", "content": "def add(a, b):\n    return a + b\n"}}</tool_call>'
+    [write] = find_calls(raw)
+    assert json.loads(write.arguments)["content"] == FIXED
+    # Plain JSON data, code, and names of tools that do not exist outside tags are no calls.
+    assert find_calls('{"name": "Ada", "age": 36}') == []
+    assert find_calls(f"{FENCE}python\nconfig = {{'name': 'x'}}\n{FENCE}") == []
+    assert find_calls("The answer is 5.") == []
+
+
+@pytest.mark.parametrize("form", ["bare", "fenced", "qwen tags"])
+async def test_a_text_call_runs_like_a_native_call(make_repo, scripted_openai, form: str) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(Reply(text=FORMS[form]), Reply(text="Done."))
+    result, events = await run_loop(make_config(repo, scripted_openai.base_url, max_iterations=1))
+    assert result.status == "passed"
+    assert run_git(repo, "show", f"{result.branch}:calc.py") == FIXED
+    [call] = of_type(events, ev.ToolCall)
+    assert call.name == "edit_file" and json.loads(call.arguments) == EDIT
+    [outcome] = of_type(events, ev.ToolResult)
+    assert outcome.ok and outcome.call_id == call.call_id
+    # The model reads the result in the next request, as text (it sent no call id).
+    told = user_texts(scripted_openai.requests[1])
+    assert "edited calc.py" in told
+    assert tool_results(scripted_openai.requests[1]) == []
+    infos = [n.message for n in of_type(events, ev.Notice) if "tool calls as text" in n.message]
+    assert len(infos) == 1
+
+
+async def test_text_calls_read_then_write(make_repo, scripted_openai) -> None:
+    """A small model's session: it reads, then writes the file, each time as text."""
+    repo = make_repo(KATA)
+    read = '<tool_call>\n{"name": "read_file", "arguments": {"path": "calc.py"}}\n</tool_call>'
+    write = json.dumps({"name": "write_file", "arguments": {"path": "calc.py", "content": FIXED}})
+    scripted_openai.add(Reply(text=read), Reply(text=write), Reply(text="Fixed."))
+    result, events = await run_loop(make_config(repo, scripted_openai.base_url, max_iterations=1))
+    assert result.status == "passed"
+    assert "return a - b" in user_texts(scripted_openai.requests[1])
+    assert [r.ok for r in of_type(events, ev.ToolResult)] == [True, True]
+    # Only the first time is the developer told.
+    assert len([n for n in of_type(events, ev.Notice) if "as text" in n.message]) == 1
+
+
+async def test_a_text_call_is_refused_like_a_native_one(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    weak = {"path": "tests/test_calc.py", "content": "def test_add():\n    pass\n"}
+    scripted_openai.add(
+        Reply(text=json.dumps({"name": "write_file", "arguments": weak})),
+        Reply(text=FORMS["qwen tags"]),
+        Reply(text="Done."),
+    )
+    result, events = await run_loop(make_config(repo, scripted_openai.base_url, max_iterations=1))
+    assert result.status == "passed"
+    assert [(r.ok, r.refused) for r in of_type(events, ev.ToolResult)] == [
+        (False, True),
+        (True, False),
+    ]
+    told = user_texts(scripted_openai.requests[1])
+    assert "protected" in told and "Nothing" in told
+
+
+async def test_text_calls_share_the_tool_budget(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    reads = "\n".join(
+        '<tool_call>{"name": "read_file", "arguments": {"path": "calc.py"}}</tool_call>'
+        for _ in range(3)
+    )
+    scripted_openai.add(Reply(text=reads), Reply(text="unused"))
+    config = make_config(repo, scripted_openai.base_url, max_iterations=1, max_tool_calls=2)
+    result, events = await run_loop(config)
+    assert [r.ok for r in of_type(events, ev.ToolResult)] == [True, True, False]
+    assert any("tool budget" in n.message for n in of_type(events, ev.Notice))
+    assert len(scripted_openai.requests) == 1 and result.status == "failed"
