@@ -24,7 +24,7 @@ from pathlib import Path
 import anyio
 from _repo import git_repo
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 
 from scripted_openai import Call, Reply, ScriptedOpenAI
 
