@@ -359,22 +359,11 @@ class MainScreen(Screen[None]):
         record = self.timeline.record_at(event.option.id)
         if record is None:
             return
-        screen = IterationScreen(record)
-        self.app.push_screen(screen)
         state = self.session.state
         commit = state.commit_at(record.iteration)
-        if state.started is None or commit is None:
-            screen.show_diff("", None)
-            return
-        spawn(
-            screen,
-            partial(
-                iteration_diff,
-                Path(state.started.worktree),
-                state.started.base,
-                commit,
-                self.session.config.target_files,
-            ),
-            name="iteration-diff",
-            done=lambda update: screen.show_diff(*update),
-        )
+        started = state.started
+        diff = None
+        if started is not None and commit is not None:
+            worktree, base = Path(started.worktree), started.base
+            diff = partial(iteration_diff, worktree, base, commit, self.session.config.target_files)
+        self.app.push_screen(IterationScreen(record, diff))

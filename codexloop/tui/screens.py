@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 from rich.table import Table
@@ -18,6 +19,7 @@ from codexloop.tui.keys import help_rows
 from codexloop.tui.state import IterationRecord
 from codexloop.tui.status_line import human_count
 from codexloop.tui.terminal_pane import TerminalPane
+from codexloop.tui.workers import describe, spawn
 
 
 class HelpScreen(ModalScreen[None]):
@@ -87,14 +89,19 @@ class DiffScreen(Screen[None]):
 
 
 class IterationScreen(Screen[None]):
-    """One iteration, looked back at: its test output and its diff against the base."""
+    """One iteration, looked back at: its test output and its diff against the base.
+
+    ``diff`` computes that diff (blocking: it runs in a thread once the screen is up); None
+    when nothing was recorded at that iteration (the baseline is the base itself).
+    """
 
     CSS_PATH = "iteration.tcss"
     BINDINGS: ClassVar = [Binding("escape,q", "close", "Back")]
 
-    def __init__(self, record: IterationRecord) -> None:
+    def __init__(self, record: IterationRecord, diff: Callable[[], DiffUpdate] | None) -> None:
         super().__init__()
         self.record = record
+        self.diff = diff
 
     def compose(self) -> ComposeResult:
         record = self.record
@@ -138,11 +145,26 @@ class IterationScreen(Screen[None]):
         if not record.test_output:
             output.write("(no test output recorded)")
         output.flush()
+        if self.diff is None:
+            self.show_diff(("", []))
+        else:
+            spawn(
+                self,
+                self.diff,
+                name="iteration-diff",
+                done=self.show_diff,
+                failed=lambda error: self.show_diff(
+                    (
+                        f"diff unavailable: {describe(error)}",
+                        [Text(f"diff unavailable: {describe(error)}", style="red")],
+                    )
+                ),
+            )
 
-    def show_diff(self, diff: str, lines: list[Text] | None = None) -> None:
+    def show_diff(self, update: DiffUpdate) -> None:
         pane = self.query_one(DiffPane)
         pane.empty = "no changes against the base at this iteration"
-        pane.show(diff, lines)
+        pane.show(*update)
 
     def action_close(self) -> None:
         self.dismiss(None)

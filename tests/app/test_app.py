@@ -577,6 +577,28 @@ async def test_timeline_selection_shows_that_iterations_output_and_diff(
         assert not isinstance(app.screen, IterationScreen)
 
 
+async def test_the_baseline_row_opens_its_run_and_no_diff(make_repo, scripted_openai) -> None:
+    """Issue 16 item 1: enter on the base row crashed the app (nothing recorded there yet,
+    and the screen was given its diff before it was mounted)."""
+    repo = make_repo(KATA)
+    scripted_openai.add(*red_then_green())
+    app = make_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await finish(app, pilot)
+        app.main.timeline.focus()
+        app.main.timeline.highlighted = 0
+        await pilot.press("enter")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, IterationScreen) and screen.record.iteration == 0
+        assert "assert -1 == 5" in screen.query_one("#iteration-output", LineBuffer).text
+        diff = screen.query_one("#iteration-diff", LineBuffer).text
+        assert diff == "no changes against the base at this iteration"
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.is_running and not isinstance(app.screen, IterationScreen)
+
+
 async def test_command_palette_offers_the_actions(make_repo, scripted_openai) -> None:
     repo = make_repo(KATA)
     scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="Fixed."))
