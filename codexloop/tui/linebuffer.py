@@ -147,7 +147,7 @@ class LineBuffer(ScrollView, can_focus=True):
         """Replace everything at once (diff, exam); keeps the scroll position if it can."""
         self._pending.clear()
         self._first += len(self._lines) + 1  # fresh ids: no stale cache hits
-        self._lines = [_as_text(line) for line in lines]
+        self._lines = [text for line in lines for text in _split(line)]
         self._open = False
         self._open_raw = ""
         self._last_tag = None
@@ -249,13 +249,17 @@ class LineBuffer(ScrollView, can_focus=True):
     def _add_line(self, line: Text | str, tag: str | None) -> None:
         if self._open:
             self._end_line()
-        self._new_line(_as_text(line), open_=False)
+        for text in _split(line):
+            self._new_line(text, open_=False)
         self._last_tag = tag
 
     def _replace_line(self, line: Text | str, tag: str) -> None:
         if self._lines and not self._open and self._last_tag == tag:
-            self._lines[-1] = _as_text(line)
+            first, *rest = _split(line)
+            self._lines[-1] = first
             self._mark(self._last_id(), grow=False)
+            for text in rest:
+                self._new_line(text, open_=False)
             self._last_tag = None
         else:
             self._add_line(line, None)
@@ -385,3 +389,12 @@ def _as_text(line: Text | str) -> Text:
     if isinstance(line, Text):
         return line
     return Text(line.replace("\t", "    "))
+
+
+def _split(line: Text | str) -> list[Text]:
+    """A whole line as logical lines: a newline inside it (a message of several lines) starts
+    another one. A newline never reaches the terminal: it would draw over other panes."""
+    text = _as_text(line)
+    if "\n" not in text.plain:
+        return [text]
+    return list(text.split("\n", allow_blank=True))

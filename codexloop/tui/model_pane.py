@@ -145,11 +145,15 @@ class ModelPane(LineBuffer):
         self.replace_line(key, tool_result_line(call, result))
 
     def user_message(self, text: str) -> None:
+        """The developer's words (a message, the review's feedback), each line of them."""
         self._in_text = False
+        first, *rest = text.split("\n")
         line = Text()
         line.append(" you ", style="bold reverse magenta")
-        line.append(" " + text, style="bold magenta")
+        line.append(" " + first, style="bold magenta")
         self.write_line(line)
+        for more in rest:
+            self.write_line(Text(" " * 6 + more, style="magenta"))
 
     def note(self, text: str, style: str = "dim") -> None:
         self._in_text = False

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from app_probe import ProbedApp
 from loophelpers import KATA, edit, make_config, user_texts
+from rich.text import Text
 from scripted_openai import Call, Reply
 from textual.app import App, ComposeResult
 from textual.pilot import Pilot
@@ -517,6 +518,12 @@ async def test_a_rejected_hunk_with_a_comment_sends_the_loop_on(make_repo, scrip
             scripted_openai.requests[2]
         )
         assert "rejected hunks reverted in calc.py" in app.main.model_pane.text
+        # Issue 16 item 2: the feedback (several lines, a fenced diff) is shown line by line;
+        # a newline inside one line reached the terminal and drew over the other panes.
+        pane = app.main.model_pane
+        assert pane.text.count("\n") + 1 == pane.line_count
+        assert " you  The reviewer rejected this change of calc.py: write b + a" in pane.text
+        assert "      -    return a - b" in pane.text.splitlines()
         await pilot.press("q")  # green again: q finishes the session, no question asked
         finished = await app.wait_for_event(ev.LoopFinished)
         await pilot.pause()
@@ -736,6 +743,18 @@ async def test_line_buffer_streams_fragments_into_lines() -> None:
         assert buffer.text.splitlines()[-3:] == ["third", "tool done", "other"]
         await pilot.pause()
         assert buffer.is_vertical_scroll_end
+
+
+async def test_a_line_with_newlines_becomes_several_lines() -> None:
+    buffer = LineBuffer(max_lines=100)
+    async with BufferApp(buffer).run_test(size=(40, 10)) as pilot:
+        buffer.write_line(Text("one\ntwo", style="bold"), tag="t")
+        buffer.replace_line("t", "three\nfour")  # the tagged line is the last one: "two"
+        buffer.write_line("five")
+        buffer.flush()
+        await pilot.pause()
+        assert buffer.text == "one\nthree\nfour\nfive" and buffer.line_count == 4
+        assert buffer.virtual_size.height == 4
 
 
 async def test_line_buffer_wraps_to_width_and_rewraps_on_resize() -> None:
