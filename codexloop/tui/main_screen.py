@@ -278,7 +278,7 @@ class MainScreen(Screen[None]):
         self.notify(summary)
         session = self.session
         if outcome.feedback:
-            if session.loop_running and session.send(ev.Feedback(outcome.feedback)):
+            if session.feedback(outcome.feedback):
                 self.notify(
                     f"{len(outcome.feedback)} comment(s) sent to the model: the loop goes on"
                 )

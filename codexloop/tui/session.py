@@ -156,7 +156,14 @@ class Session:
             return False
         if not self.send(ev.MoreIterations(self.config.max_iterations)):
             return False
-        self.on_change(self.state.more_iterations())
+        self.on_change(self.state.more_iterations(self.config.max_iterations))
+        return True
+
+    def feedback(self, rejections: tuple[ev.Rejection, ...]) -> bool:
+        """Rejected hunks with comments back to the model: the loop goes on from them."""
+        if not self.loop_running or not self.send(ev.Feedback(rejections)):
+            return False
+        self.on_change(self.state.feedback_sent())
         return True
 
     def stop(self, reason: str, *, finish: bool) -> None:

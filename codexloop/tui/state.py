@@ -243,8 +243,8 @@ class SessionState:
 
     @property
     def total_iterations(self) -> int:
-        """The budget as the loop announced it (the configured one before it started)."""
-        return self.started.max_iterations if self.started else self.budget
+        """The iterations the loop may run: as it announced them, plus what was given since."""
+        return self.info.max_iterations
 
     def pausing(self) -> Changes:
         self.transition = "pausing…"
@@ -258,9 +258,26 @@ class SessionState:
         self.transition = "stopping…"
         return Changes.STATUS
 
-    def more_iterations(self) -> Changes:
+    def more_iterations(self, count: int) -> Changes:
+        """``count`` more iterations were given to a loop whose budget was spent."""
+        if self.budget_spent is not None:
+            self.info.max_iterations = self.budget_spent.iterations + count
         self.budget_spent = None
         return Changes.STATUS | Changes.BINDINGS
+
+    def feedback_sent(self) -> Changes:
+        """Rejected hunks went back to a loop that waited: it goes on with a fresh budget."""
+        waited_at = (
+            self.review_ready.iteration
+            if self.review_ready is not None
+            else self.budget_spent.iterations
+            if self.budget_spent is not None
+            else None
+        )
+        if waited_at is None:
+            return Changes.NONE  # the loop was running: its budget stays
+        self.info.max_iterations = waited_at + self.budget
+        return Changes.STATUS
 
     def loop_failed(self, message: str) -> None:
         """The loop raised something outside the error hierarchy (a bug of ours)."""

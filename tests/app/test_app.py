@@ -363,6 +363,9 @@ async def test_a_spent_budget_offers_more_iterations_on_c(make_repo, scripted_op
         await pilot.press("c")
         await app.wait_for_event(ev.ReviewReady)  # iteration 2 went green
         assert app.session.state.budget_spent is None
+        # Issue 16 item 6: the denominator follows the budget given ("2/1" before).
+        assert "iteration 2/2" in app.main.status_line.render_info().plain
+        assert "── iteration 2 of 2 ──" in app.main.model_pane.text
         await pilot.press("escape", "q")  # out of the review, then finish
         finished = await app.wait_for_event(ev.LoopFinished)
         assert finished.status == "passed" and finished.iterations == 2
@@ -518,6 +521,7 @@ async def test_a_rejected_hunk_with_a_comment_sends_the_loop_on(make_repo, scrip
             scripted_openai.requests[2]
         )
         assert "rejected hunks reverted in calc.py" in app.main.model_pane.text
+        assert "── iteration 2 of 11 ──" in app.main.model_pane.text  # a fresh budget of 10
         # Issue 16 item 2: the feedback (several lines, a fenced diff) is shown line by line;
         # a newline inside one line reached the terminal and drew over the other panes.
         pane = app.main.model_pane

@@ -113,8 +113,22 @@ def test_a_spent_budget_waits_and_more_iterations_go_on() -> None:
     changes = apply_all(s, [STARTED, ev.IterationStarted(1), ev.BudgetSpent(2)])
     assert changes[-1] == Changes.STATUS | Changes.BINDINGS and s.awaiting_developer
     assert s.status().hint == "c for 2 more · v to review · q to finish"
-    assert s.more_iterations() == Changes.STATUS | Changes.BINDINGS
+    assert s.more_iterations(2) == Changes.STATUS | Changes.BINDINGS
     assert not s.awaiting_developer and s.status().hint == ""
+    # Issue 16 item 6: the loop may now run to iteration 4 (it said 3 when it started).
+    assert s.total_iterations == 4 and s.status().max_iterations == 4
+    [separator] = narrate(ev.IterationStarted(3), s)
+    assert separator.text == "iteration 3 of 4"
+
+
+def test_feedback_to_a_waiting_loop_gives_a_fresh_budget() -> None:
+    s, _clock = state(budget=3)
+    apply_all(s, red_then_green())  # green at iteration 1, waiting for the review
+    assert s.feedback_sent() == Changes.STATUS and s.total_iterations == 4
+    running, _clock = state(budget=3)
+    running.apply(STARTED)
+    running.apply(ev.IterationStarted(1))
+    assert running.feedback_sent() == Changes.NONE and running.total_iterations == 3
 
 
 def test_the_end_of_a_session_and_its_exit_status() -> None:
