@@ -219,14 +219,27 @@ class MainScreen(Screen[None]):
         return True
 
     def action_toggle_pause(self) -> None:
+        state = self.session.state
         if not self.session.loop_running:
             self.notify("the loop is not running")
-            return
-        self.session.toggle_pause()
+        elif state.review_ready is not None:
+            self.notify("the loop is green and waits for you: v reviews the change, q finishes")
+        elif state.budget_spent is not None:
+            self.notify("the loop waits for you: c gives it more iterations, q finishes")
+        else:
+            self.session.toggle_pause()
 
     def action_message(self) -> None:
         if not self.session.loop_running:
             self.notify("the loop has finished: there is no next model turn")
+            return
+        if self.session.state.review_ready is not None:
+            self.notify(
+                "the loop is green and waits for your review: no model turn would read a "
+                "message; reject a hunk with a comment (v, then c) to send the loop on",
+                severity="warning",
+                timeout=8,
+            )
             return
         self.app.push_screen(
             PromptScreen(
@@ -238,7 +251,10 @@ class MainScreen(Screen[None]):
 
     def _message_entered(self, text: str | None) -> None:
         if text and self.session.send(ev.Steer(text)):
-            self.notify("message queued: it joins the conversation at the model's next turn")
+            if self.session.state.budget_spent is not None:
+                self.notify("message queued: it joins the conversation if you give more (c)")
+            else:
+                self.notify("message queued: it joins the conversation at the model's next turn")
 
     def action_more_iterations(self) -> None:
         """Red with the budget spent: as many iterations again, the conversation kept."""

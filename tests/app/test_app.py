@@ -495,6 +495,32 @@ async def test_review_after_green_applies_the_accepted_hunks(make_repo, scripted
     assert app.exit_status == 0
 
 
+async def test_once_green_space_and_m_say_the_loop_waits(make_repo, scripted_openai) -> None:
+    """Issue 16 item 9: green, waiting for the review: space left PAUSING… on for good and m
+    took a message no model turn would read. Both are refused, with a toast."""
+    repo = make_repo(KATA)
+    scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="Fixed."))
+    app = review_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.wait_for_event(ev.ReviewReady)
+        await app.wait_until(lambda: isinstance(app.screen, ReviewScreen))
+        await pilot.press("escape")
+        await pilot.pause()
+        await pilot.press("space")
+        await pilot.pause()
+        status = app.main.status_line.render_info().plain
+        assert "PAUSING" not in status and "GREEN" in status
+        await pilot.press("m")
+        await pilot.pause()
+        assert not isinstance(app.screen, PromptScreen)
+        messages = [n.message for n in app._notifications]
+        assert any(m.startswith("the loop is green and waits for you: v") for m in messages)
+        assert any("no model turn would read a message" in m for m in messages)
+        await pilot.press("q")
+        finished = await app.wait_for_event(ev.LoopFinished)
+        assert finished.status == "passed"
+
+
 async def test_a_rejected_hunk_with_a_comment_sends_the_loop_on(make_repo, scripted_openai) -> None:
     repo = make_repo(KATA)
     scripted_openai.add(
