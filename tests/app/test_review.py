@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import run_git
 from textual.app import App
 
-from codexloop.core import gitops, record
+from codexloop.core import gitops
 from codexloop.tui.review import ReviewOutcome, ReviewScreen
 
 LINES = "".join(f"line {i}\n" for i in range(1, 31))
@@ -20,9 +21,11 @@ def preview(repo: Path) -> tuple[str, str]:
     text = LINES.replace("line 2\n", "line two\n").replace("line 15\n", "line fifteen\n")
     (worktree / "f.txt").write_text(text.replace("line 28\n", "line twenty-eight\n"))
     (worktree / "new.txt").write_text("brand new\n")
-    head = record.commit_all(worktree, "model")
-    assert head is not None
-    return base, head
+    # Committed with git itself: the recorder's first use seeds its cache from HEAD, and on a
+    # loaded machine f.txt, written more than 100 ms before, was taken as unchanged.
+    run_git(worktree, "add", "-A")
+    run_git(worktree, "commit", "-qm", "model")
+    return base, run_git(worktree, "rev-parse", "HEAD").strip()
 
 
 class ReviewApp(App[None]):
