@@ -292,9 +292,10 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
         if self.items:
             self.app.push_screen(
                 PromptScreen(
-                    "Reject with a comment (enter sends it to the model, escape cancels)",
+                    "Reject this hunk with a comment for the model",
                     placeholder="e.g. keep the public signature",
-                    hint="",
+                    hint="enter rejects it · the comment goes to the model when you apply "
+                    "(enter in the review) · escape cancels",
                     warning=True,
                 ),
                 self._commented,

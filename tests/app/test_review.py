@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 from conftest import run_git
 from textual.app import App
+from textual.widgets import Label
 
 from codexloop.core import gitops
+from codexloop.tui.dialogs import PromptScreen
 from codexloop.tui.review import ReviewOutcome, ReviewScreen
 
 LINES = "".join(f"line {i}\n" for i in range(1, 31))
@@ -92,6 +94,24 @@ async def test_keep_two_of_three_hunks_with_your_own_edits_intact(make_repo) -> 
     assert "line 8 (mine)\n" in text  # the developer's own edit
     assert (repo / "mine.txt").read_text() == "mine, edited\n"
     assert not (repo / "new.txt").exists()
+
+
+@pytest.mark.anyio
+async def test_the_comment_dialog_says_when_the_comment_is_sent(make_repo) -> None:
+    """Issue 16 item 13: it said "enter sends it to the model"; it goes on apply."""
+    repo = make_repo({"f.txt": LINES})
+    base, head = preview(repo)
+    app = ReviewApp(repo, base, head)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await loaded(pilot)
+        await pilot.press("c")
+        await pilot.pause()
+        dialog = app.screen
+        assert isinstance(dialog, PromptScreen)
+        shown = " ".join(str(label.render()) for label in dialog.query(Label))
+        assert "sends it to the model" not in shown
+        assert "the comment goes to the model when you apply" in shown
+        await pilot.press("escape")
 
 
 @pytest.mark.anyio
