@@ -14,6 +14,7 @@ from textual.signal import Signal
 from textual.timer import Timer
 
 from codexloop.core.diff import CLIP_MARK, clip_diff, commit_diff, sandbox_diff
+from codexloop.core.words import counted
 from codexloop.tui.linebuffer import LineBuffer
 from codexloop.tui.session import DiffSource
 from codexloop.tui.workers import describe, spawn
@@ -189,9 +190,7 @@ class SandboxDiffPane(DiffPane):
     def _computed(self, result: tuple[str, list[Text], tuple[int, int, int]]) -> None:
         self.diff, self.lines, (files, added, removed) = result
         self.show(self.diff, self.lines)
-        self.border_subtitle = (
-            f"{files} file{'s' if files != 1 else ''} · +{added} −{removed}" if files else ""
-        )
+        self.border_subtitle = f"{counted(files, 'file')} · +{added} −{removed}" if files else ""
         self.updated.publish((self.diff, self.lines))
         self._finished()
 

@@ -21,6 +21,7 @@ from textual.widgets import Footer, OptionList
 from codexloop.core import events as ev
 from codexloop.core.config import ConfigError
 from codexloop.core.errors import setup_failure
+from codexloop.core.words import counted
 from codexloop.tui import narration
 from codexloop.tui.dialogs import ChoiceScreen, PromptScreen
 from codexloop.tui.diff_pane import SandboxDiffPane, iteration_diff
@@ -296,7 +297,8 @@ class MainScreen(Screen[None]):
         if outcome.feedback:
             if session.feedback(outcome.feedback):
                 self.notify(
-                    f"{len(outcome.feedback)} comment(s) sent to the model: the loop goes on"
+                    f"{counted(len(outcome.feedback), 'comment')} sent to the model: "
+                    "the loop goes on"
                 )
             else:
                 self.notify("the loop has finished: the comments were not sent", severity="warning")

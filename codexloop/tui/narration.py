@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 from codexloop.core import events as ev
+from codexloop.core.words import counted
 from codexloop.tui.state import SessionState
 
 Span = tuple[str, str]
@@ -98,13 +99,13 @@ def narrate(event: ev.Event, state: SessionState) -> list[Line]:
         case ev.Applied():
             parts = [f"{len(event.written)} written", f"{len(event.deleted)} deleted"]
             if event.conflicts:
-                parts.append(f"{len(event.conflicts)} conflicts")
+                parts.append(counted(len(event.conflicts), "conflict"))
             return [note("applied to your working tree: " + ", ".join(parts), "cyan")]
         case ev.BudgetSpent():
             return [
                 note(
-                    f"✗ not green after {event.iterations} iteration"
-                    f"{'s' if event.iterations != 1 else ''}: c gives it {state.budget} more "
+                    f"✗ not green after {counted(event.iterations, 'iteration')}: "
+                    f"c gives it {state.budget} more "
                     "(the conversation goes on), v reviews what it has, q finishes",
                     "bold red",
                 )
@@ -166,7 +167,7 @@ def hunks_reverted(event: ev.HunksReverted) -> list[Line]:
 
 
 def loop_finished(event: ev.LoopFinished) -> list[Line]:
-    count = f"{event.iterations} iteration{'s' if event.iterations != 1 else ''}"
+    count = counted(event.iterations, "iteration")
     text = {
         "passed": f"green after {count}",
         "failed": event.reason or f"not green after {count}",
@@ -183,7 +184,7 @@ def loop_finished(event: ev.LoopFinished) -> list[Line]:
 
 
 def more_iterations(count: int) -> Line:
-    return note(f"↻ {count} more iterations", "cyan")
+    return note(f"↻ {counted(count, 'more iteration')}", "cyan")
 
 
 def targets_pending(targets: Sequence[str]) -> Line:
@@ -211,7 +212,7 @@ def events_failed(message: str) -> Line:
 
 def review_summary(kept: int, dropped: int, changed_files: int | None) -> str:
     """After a review: what was kept, and what changed in the working tree (when applied)."""
-    summary = f"review: {kept} hunk(s) kept, {dropped} not"
+    summary = f"review: {counted(kept, 'hunk')} kept, {dropped} not"
     if changed_files is not None:
-        summary += f"; {changed_files} file(s) changed in your working tree"
+        summary += f"; {counted(changed_files, 'file')} changed in your working tree"
     return summary

@@ -32,6 +32,7 @@ from codexloop.core import events as ev
 from codexloop.core.diff import FileChange, Hunk, apply_selected, changes
 from codexloop.core.flags import Flag, for_commit
 from codexloop.core.gitops import ApplyResult, GitError
+from codexloop.core.words import counted
 from codexloop.tui.dialogs import PromptScreen
 from codexloop.tui.workers import describe, spawn
 
@@ -225,16 +226,20 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
         await hunks.mount_all(HunkView(item, n) for n, item in enumerate(self.items))
         if not self.is_attached:
             return
-        title = f"Review · {len(found)} files, {len(self.items)} hunks against the snapshot"
+        title = (
+            f"Review · {counted(len(found), 'file')}, {counted(len(self.items), 'hunk')} "
+            "against the snapshot"
+        )
         heading = Text(title if self.items else "Review · no changes")
         if self.flags:
             warning = (
-                f" · {FLAG_MARK}: {len(self.flags)} line(s) touch test machinery "
+                f" · {FLAG_MARK}: {counted(len(self.flags), 'line')} "
+                f"{'touches' if len(self.flags) == 1 else 'touch'} test machinery "
                 "(code in the test process can fake a pass)"
             )
             heading.append(warning, style=FLAG_STYLE)
             self.notify(
-                f"{len(self.flags)} flagged line(s): the change touches test machinery; "
+                f"{counted(len(self.flags), 'flagged line')}: the change touches test machinery; "
                 "check the marked hunks before you accept them",
                 severity="warning",
                 timeout=10,

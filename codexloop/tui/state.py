@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from codexloop.core import events as ev
 from codexloop.core.errors import CodexloopError, error_line, result_status
+from codexloop.core.words import counted
 
 RATE_WINDOW_S = 2.0
 """Tokens per second are measured over this window."""
@@ -218,7 +219,7 @@ class SessionState:
         self.ended_at = self.clock()
         if self.transition != "stopping…":
             self.transition = ""
-        count = f"{event.iterations} iteration{'s' if event.iterations != 1 else ''}"
+        count = counted(event.iterations, "iteration")
         self.info.final = event.status
         self.info.final_note = {
             "passed": f"after {count}",
@@ -375,7 +376,7 @@ class SessionState:
             return f"codexloop: {self.failure or 'the loop did not finish'}"
         finished = self.finished
         word = {"passed": "green", "failed": "not green", "stopped": "stopped"}[finished.status]
-        line = f"codexloop: {word} after {finished.iterations} iteration(s)"
+        line = f"codexloop: {word} after {counted(finished.iterations, 'iteration')}"
         if finished.reason and finished.status != "passed":
             line += f" ({finished.reason})"
         line += f"; the work is on branch {finished.branch}"

@@ -141,7 +141,7 @@ async def test_runs_to_green_with_all_panes_filled(make_repo, scripted_openai) -
         await pilot.press("q")  # finished: quits at once
         await pilot.pause()
     assert app.exit_status == 0 and app.return_code == 0
-    assert "green after 2 iteration(s)" in app.summary()
+    assert "green after 2 iterations;" in app.summary()
 
 
 async def test_test_output_is_formatted_for_the_terminal_panes_width(
@@ -483,6 +483,9 @@ async def test_review_after_green_applies_the_accepted_hunks(make_repo, scripted
         await pilot.pause()
         assert isinstance(app.screen, ReviewScreen)
         await workers_named(app, pilot, "load")
+        # Issue 16 item 14: counted nouns ("1 files, 1 hunks" and "hunk(s)" before).
+        title = str(app.screen.query_one("#review-title").render())
+        assert title == "Review · 1 file, 1 hunk against the snapshot"
         await pilot.press("A", "enter")
         await workers_named(app, pilot, "apply_now")
         finished = await app.wait_for_event(ev.LoopFinished)  # applied, no comment: finished
@@ -490,9 +493,12 @@ async def test_review_after_green_applies_the_accepted_hunks(make_repo, scripted
         assert finished.status == "passed"
         assert not isinstance(app.screen, ReviewScreen)
         assert (repo / "calc.py").read_text().endswith("return a + b\n")
+        summary = "review: 1 hunk kept, 0 not; 1 file changed in your working tree"
+        assert summary in app.main.model_pane.text
         await pilot.press("q")
         await pilot.pause()
     assert app.exit_status == 0
+    assert "green after 1 iteration;" in app.summary()
 
 
 async def test_once_green_space_and_m_say_the_loop_waits(make_repo, scripted_openai) -> None:

@@ -147,8 +147,7 @@ def test_the_end_of_a_session_and_its_exit_status() -> None:
     assert s.session_over
     assert s.exit_status(interrupted=False) == 0 and s.exit_status(interrupted=True) == 130
     assert s.summary() == (
-        "codexloop: green after 1 iteration(s); the work is on branch codexloop/s "
-        "(worktree /tmp/wt)"
+        "codexloop: green after 1 iteration; the work is on branch codexloop/s (worktree /tmp/wt)"
     )
 
 
