@@ -14,9 +14,16 @@ if TYPE_CHECKING:
     from codexloop.tui.app import CodexloopApp
 
 
+TEXTUAL_TWINS = frozenset({"Keys", "Quit", "Maximize", "Minimize"})
+"""Textual's commands the key table has its own of (help, quit, zoom): listed once."""
+
+
 def system_commands(app: CodexloopApp, screen: Screen[Any]) -> Iterable[SystemCommand]:
-    """Textual's own commands, then each action of the key table that makes sense now."""
-    yield from App.get_system_commands(app, screen)
+    """Textual's own commands (theme, screenshot), then each action of the key table that
+    makes sense now."""
+    for command in App.get_system_commands(app, screen):
+        if command.title not in TEXTUAL_TWINS:
+            yield command
     for key in palette_entries():
         if key.scope == "main" and not app.main.available(key.action):
             continue

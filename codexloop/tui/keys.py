@@ -114,7 +114,16 @@ KEYS: tuple[Key, ...] = (
         help_keys="enter",
     ),
     Key("", help="move between panes (arrows, page up/down, home/end scroll)", help_keys="tab"),
-    Key("zoom", "z", "Zoom", "zoom the focused pane (again to restore)", scope="app", show=False),
+    Key(
+        "zoom",
+        "z",
+        "Zoom",
+        "zoom the focused pane (again to restore)",
+        palette="Zoom the focused pane",
+        palette_help="It fills the screen; again to restore (z)",
+        scope="app",
+        show=False,
+    ),
     Key("", help="command palette: the same actions by name", help_keys="ctrl+p"),
     Key(
         "help",
