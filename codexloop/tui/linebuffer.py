@@ -100,6 +100,7 @@ class LineBuffer(ScrollView, can_focus=True):
         self.lines_written = 0
         self._line_style = Style()
         self._line_width = 0
+        self._following = True
         self.line_filter: Callable[[str], bool] | None = None
         """ANSI mode: a finished line whose plain text fails this test is dropped."""
 
@@ -344,9 +345,15 @@ class LineBuffer(ScrollView, can_focus=True):
         else:
             self.refresh_lines(first_changed, max(1, len(self._rows) - first_changed))
 
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        self._following = new_value >= self.max_scroll_y
+
     def on_resize(self, event: events.Resize) -> None:
         if self.wrap and self._content_width() != self._wrap_width and self._lines:
-            at_end = self.is_vertical_scroll_end
+            # Whether it followed the tail before the resize (measured now, with the new size
+            # and the old rows, a pane shrunk back from a zoom would seem scrolled up).
+            at_end = self._following
             self._rows.clear()
             self._cache.clear()
             self._mark(self._first, grow=False)

@@ -686,6 +686,33 @@ async def test_small_terminals_hide_the_timeline_and_t_toggles_it(
         assert app.main.timeline.display
 
 
+async def test_zoom_fills_the_screen_and_back_follows_the_tail(make_repo, scripted_openai) -> None:
+    """Issue 16 item 5: a zoomed pane was as wide as its share times the screen (three screens
+    for the model pane: no right border, lines cut), the timeline kept its 21 columns, and the
+    model pane came back from a zoom scrolled to its top."""
+    repo = make_repo(KATA)
+    scripted_openai.add(*red_then_green())
+    app = make_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await finish(app, pilot)
+        pane = app.main.model_pane
+        assert pane.has_focus and pane.is_vertical_scroll_end and pane.scroll_offset.y > 0
+        before = pane.region
+        await pilot.press("z")
+        await pilot.pause()
+        assert pane.region.x == 0 and pane.region.width == 80
+        assert pane.virtual_size.width <= pane.scrollable_content_region.width  # wrapped
+        await pilot.press("z")
+        await pilot.pause()
+        assert pane.region == before and pane.is_vertical_scroll_end and pane.scroll_offset.y > 0
+        timeline = app.main.timeline
+        await pilot.press("t")
+        timeline.focus()
+        await pilot.press("z")
+        await pilot.pause()
+        assert timeline.region.width == 80
+
+
 async def test_a_loop_that_cannot_start_is_reported_not_crashed(tmp_path: Path) -> None:
     config = Config(
         repo=tmp_path,
