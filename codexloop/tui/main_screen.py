@@ -201,6 +201,10 @@ class MainScreen(Screen[None]):
         show = self._timeline_choice if self._timeline_choice is not None else not narrow
         self.timeline.display = show
         self.query_one("#main").set_class(narrow, "-narrow")
+        footer = self.query_one(Footer)
+        # Narrow: every key fits, q included (ctrl+p still opens the palette; help says so).
+        footer.compact = narrow
+        footer.show_command_palette = not narrow
 
     # -- actions -----------------------------------------------------------------------------------
 

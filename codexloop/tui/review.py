@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from rich.console import Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.syntax import Syntax
 from rich.text import Text
 from textual.app import ComposeResult
@@ -41,6 +41,7 @@ SHOWN_LINES = 400  # of one hunk or file in the review; its decision still cover
 MARKS = {"pending": ("·", "dim"), "accepted": ("✓", "bold green"), "rejected": ("✗", "bold red")}
 FLAG_MARK = "⚠ flagged"
 FLAG_STYLE = "bold yellow"
+MOVE = Binding.Group("Move", compact=True)
 
 
 @dataclass
@@ -98,6 +99,28 @@ class ReviewOutcome:
     feedback: tuple[ev.Rejection, ...] = field(default=())
 
 
+class MarkedLines:
+    """A hunk's highlighted lines, wrapped to the width there is, each wrapped piece under
+    its line's mark (``+``, ``-`` or a space), so a long added line reads as added throughout."""
+
+    def __init__(self, text: Text) -> None:
+        self.lines = text.split("\n", allow_blank=True)
+        if self.lines and not self.lines[-1].plain:
+            self.lines.pop()  # the hunk's last newline ends its last line
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = max(options.max_width, 2)
+        for line in self.lines:
+            if line.cell_len <= width or line.plain[:1] not in ("+", "-", " "):
+                pieces = list(line.wrap(console, width))
+            else:
+                mark = line[:1]
+                pieces = [Text.assemble(mark, piece) for piece in line[1:].wrap(console, width - 1)]
+            for piece in pieces:
+                piece.end = "\n"
+                yield piece
+
+
 class HunkView(Static):
     """One hunk, highlighted, with its decision."""
 
@@ -118,7 +141,7 @@ class HunkView(Static):
             title.append(f"  “{item.comment}”", style="italic")
         self.border_title = title
         self.set_classes(f"hunk {item.decision}{' flagged' if item.flags else ''}")
-        diff = Syntax(item.text(), "diff", theme="ansi_dark", word_wrap=True)
+        diff = MarkedLines(Syntax("", "diff", theme="ansi_dark").highlight(item.text()))
         if not item.flags:
             self.update(diff)
             return
@@ -137,8 +160,9 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
 
     CSS_PATH = "review.tcss"
     BINDINGS: ClassVar = [
-        Binding("down,j", "move(1)", "Next", priority=True),
-        Binding("up,k", "move(-1)", "Previous", priority=True),
+        # One footer key for both (the footer fits Apply and Back in 80 columns).
+        Binding("down,j", "move(1)", "Next", priority=True, group=MOVE),
+        Binding("up,k", "move(-1)", "Previous", priority=True, group=MOVE),
         Binding("a", "decide('accepted')", "Accept", priority=True),
         Binding("x", "decide('rejected')", "Reject", priority=True),
         Binding("c", "comment", "Reject + comment", priority=True),
@@ -166,6 +190,12 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
             yield VerticalScroll(id="review-hunks")
         yield Label("", id="review-status")
         yield Footer()
+
+    def on_resize(self) -> None:
+        narrow = self.size.width < 100
+        footer = self.query_one(Footer)
+        footer.compact = narrow  # Apply and Back show at 80 columns
+        footer.show_command_palette = not narrow
 
     def on_mount(self) -> None:
         self.query_one("#review-files", OptionList).can_focus = False  # keys belong to the hunks

@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Grid, Vertical
+from textual.containers import Grid, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.signal import Signal
 from textual.widgets import Footer, Label, Static
@@ -34,7 +34,7 @@ class HelpScreen(ModalScreen[None]):
         table.add_column()
         for keys, what in help_rows():
             table.add_row(keys, what)
-        with Vertical(id="help-box"):
+        with VerticalScroll(id="help-box"):
             yield Label("codexloop · keys", id="help-title")
             yield Static(table, id="help-keys")
             yield Static(
@@ -45,6 +45,9 @@ class HelpScreen(ModalScreen[None]):
                 id="help-note",
             )
             yield Label("escape to close", id="help-close")
+
+    def on_mount(self) -> None:
+        self.query_one("#help-box").focus()  # arrows and page keys scroll a help cut short
 
     def action_close(self) -> None:
         self.dismiss(None)

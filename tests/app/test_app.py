@@ -27,7 +27,7 @@ from codexloop.tui.app import run_app
 from codexloop.tui.dialogs import PromptScreen, QuitScreen
 from codexloop.tui.diff_pane import diff_stats, highlight_diff
 from codexloop.tui.linebuffer import LineBuffer
-from codexloop.tui.review import ReviewScreen
+from codexloop.tui.review import HunkView, MarkedLines, ReviewScreen
 from codexloop.tui.screens import DiffScreen, HelpScreen, IterationScreen
 from codexloop.tui.terminal_pane import TerminalPane, short_command
 
@@ -711,6 +711,55 @@ async def test_zoom_fills_the_screen_and_back_follows_the_tail(make_repo, script
         await pilot.press("z")
         await pilot.pause()
         assert timeline.region.width == 80
+
+
+def keys_shown(screen: Any, width: int) -> set[str]:
+    """The footer keys drawn whole within ``width`` columns."""
+    return {
+        key.key
+        for key in screen.query("FooterKey")
+        if key.region.width and key.region.right <= width
+    }
+
+
+async def test_at_80_columns_every_key_shows_and_help_scrolls(make_repo, scripted_openai) -> None:
+    """Issue 16 item 7: at 80x24 the footer lost q, the review's footer lost apply and back,
+    the help stopped after ctrl+p and did not scroll, and the review's file list took 35 of
+    80 columns (hunks wrapped at 40, continuation lines without their + or -)."""
+    repo = make_repo(KATA)
+    long_line = "    return a + b  # " + "the sum, as the exam says " * 4
+    scripted_openai.add(
+        Reply(tool_calls=[edit("calc.py", "    return a - b", long_line)]), Reply(text="Fixed.")
+    )
+    app = review_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.wait_for_event(ev.ReviewReady)
+        await app.wait_until(lambda: isinstance(app.screen, ReviewScreen))
+        await workers_named(app, pilot, "load")
+        review = app.screen
+        assert {"enter", "escape", "a", "x", "c"} <= keys_shown(review, 80)
+        assert review.query_one("#review-files").region.width <= 24
+        hunk = review.query_one(HunkView)
+        assert hunk.region.width >= 50
+        console = app.console
+        options = console.options.update_width(hunk.content_size.width)
+        body = hunk.content
+        assert isinstance(body, MarkedLines)
+        lines = ["".join(s.text for s in row) for row in console.render_lines(body, options)]
+        added = [line for line in lines if line.startswith("+")]
+        assert len(added) >= 2 and all(line.strip() for line in lines)  # marked throughout
+        await pilot.press("escape")
+        await pilot.pause()
+        assert {"q", "space", "m", "v", "question_mark"} <= keys_shown(app.screen, 80)
+        await pilot.press("question_mark")
+        await pilot.pause()
+        box = app.screen.query_one("#help-box")
+        assert box.max_scroll_y > 0 and box.has_focus
+        await pilot.press("end")
+        await pilot.pause()
+        assert box.scroll_y == box.max_scroll_y  # the rest of the help, down to "escape"
+        await pilot.press("escape", "q")
+        await app.wait_for_event(ev.LoopFinished)
 
 
 async def test_a_loop_that_cannot_start_is_reported_not_crashed(tmp_path: Path) -> None:
