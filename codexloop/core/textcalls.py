@@ -110,9 +110,19 @@ def _decoded(text: str) -> Iterator[tuple[Any, int, int]]:
         at = end
 
 
+_TRIPLE_QUOTED = re.compile(r'(?:"""|\'\'\')(.*?)(?:"""|\'\'\')', re.S)
+
+
+def _repaired(text: str) -> str:
+    """JSON as small models get it wrong: Python's triple-quoted strings made JSON strings."""
+    return _TRIPLE_QUOTED.sub(lambda m: json.dumps(m.group(1)), text)
+
+
 def _loads(text: str) -> list[Any]:
-    """The values of a tagged call's body: JSON, one or several, else a Python literal."""
+    """The values of a tagged call's body: JSON, one or several (triple quotes repaired),
+    else a Python literal."""
     values = [value for value, _start, _end in _decoded(text)]
+    values = values or [value for value, _start, _end in _decoded(_repaired(text))]
     if values:
         return values
     try:
@@ -207,7 +217,12 @@ def _read_calls(text: str) -> tuple[list[TextCall], list[str]]:
     if not calls:
         for found in _JSON_FENCE.finditer(text):
             body = found.group(2)
-            if found.group(1) and '"name"' in body and not list(_decoded(body)):
+            if not found.group(1) or '"name"' not in body or list(_decoded(body)):
+                continue
+            repaired = [v for v, _s, _e in _decoded(_repaired(body))]
+            got = [c for v in repaired for c in _as_calls(v, "fenced", loose=False)]
+            calls += got
+            if not got:
                 unreadable.append("a JSON block that is not valid JSON")
     return calls, unreadable
 

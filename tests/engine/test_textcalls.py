@@ -56,6 +56,11 @@ def test_more_forms_and_what_is_not_a_call() -> None:
     raw = '<tool_call>{"name": "write_file", "arguments": {"path": "calc.py", "content": "def add(a, b):\n    return a + b\n"}}</tool_call>'
     [write] = find_calls(raw)
     assert json.loads(write.arguments)["content"] == FIXED
+    # Python's triple quotes where JSON wants a string (small models write files that way).
+    triple = f'{FENCE}json\n{{"name": "write_file", "arguments": {{"path": "calc.py", '
+    triple += f'"content": """{FIXED}"""}}}}\n{FENCE}'
+    [write] = find_calls(triple)
+    assert json.loads(write.arguments)["content"] == FIXED
     # Plain JSON data, code, and names of tools that do not exist outside tags are no calls.
     assert find_calls('{"name": "Ada", "age": 36}') == []
     assert find_calls(f"{FENCE}python\nconfig = {{'name': 'x'}}\n{FENCE}") == []
