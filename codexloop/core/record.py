@@ -219,7 +219,9 @@ def _tree_bytes(items: dict[str, tuple[str, str]], size: int) -> bytes:
 class Recorder:
     """Records one sandbox worktree; keeps a stat cache between recordings (thread-safe)."""
 
-    def __init__(self, worktree: Path, exclude_file: Path | None = None) -> None:
+    def __init__(
+        self, worktree: Path, exclude_file: Path | None = None, *, fresh_checkout: bool = False
+    ) -> None:
         self.root = Path(worktree).resolve()
         env = gitops.worktree_env(self.root)
         self.gitdir = Path(env["GIT_DIR"])
@@ -235,7 +237,10 @@ class Recorder:
         self._commits: dict[str, dict[str, Entry]] = {}  # a commit's entries never change
         self._global = self._global_layers()
         self.tracked: dict[str, Entry] = {}
-        self.seed()
+        if fresh_checkout:
+            self.seed()
+        else:  # anything may have changed since the checkout: every file is read once
+            self.tracked = self.head_entries()
 
     def _env(self) -> dict[str, str]:
         # GIT_DIR alone: a bare view of the repository, no work tree, so no attributes, ignore
@@ -272,8 +277,17 @@ class Recorder:
             found[rel] = Entry(mode, sha)
         return found
 
+    def set_exclude(self, exclude_file: Path | None) -> None:
+        """Another exclude file (the sandbox's own, once it shares paths); the cache stays."""
+        with self._lock:
+            self.exclude_file = exclude_file
+            self._global = self._global_layers()
+
     def seed(self) -> None:
-        """Remember what git checked out: untouched files keep their blob whatever the filters."""
+        """Remember what git checked out: untouched files keep their blob whatever the filters.
+
+        Only right after the checkout (``fresh_checkout``): a file changed since then with its
+        size kept would otherwise be taken for the checked-out blob, and the change lost."""
         self.tracked = self.head_entries()
         now = time.time_ns()
         for rel, entry in self.tracked.items():
@@ -530,14 +544,20 @@ _RECORDERS: dict[Path, Recorder] = {}
 _RECORDERS_LOCK = threading.Lock()
 
 
-def recorder(worktree: Path, exclude_file: Path | None = None) -> Recorder:
-    """The recorder of a worktree (one per worktree and exclude file, made on first use)."""
+def recorder(
+    worktree: Path, exclude_file: Path | None = None, *, fresh_checkout: bool = False
+) -> Recorder:
+    """The recorder of a worktree: one per worktree, made on first use (``fresh_checkout``:
+    right after git checked it out, so its stat data can stand for the checked-out blobs). A
+    caller with another exclude file changes the exclude file, never the cache."""
     root = Path(worktree).resolve()
     with _RECORDERS_LOCK:
         found = _RECORDERS.get(root)
-        if found is None or found.exclude_file != exclude_file:
-            found = Recorder(root, exclude_file)
+        if found is None or fresh_checkout:
+            found = Recorder(root, exclude_file, fresh_checkout=fresh_checkout)
             _RECORDERS[root] = found
+        elif found.exclude_file != exclude_file:
+            found.set_exclude(exclude_file)
         return found
 
 

@@ -178,7 +178,8 @@ class Sandbox:
             exclude.write_text(_EXCLUDES)
         tmp = home / "tmp" / name
         tmp.mkdir(parents=True, exist_ok=True)
-        record.recorder(worktree, exclude)  # remembers the checkout before anyone touches it
+        # Remembers the checkout before anyone touches it.
+        record.recorder(worktree, exclude, fresh_checkout=True)
         return cls(repo, worktree, branch, base, name, exclude, tmp, left_out=tuple(left_out))
 
     @property
