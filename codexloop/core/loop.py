@@ -59,7 +59,6 @@ from codexloop.core.timings import Timings
 from codexloop.core.turns import Turns
 
 _STREAMED = (ev.ModelText, ev.ModelReasoning, ev.TestOutput, ev.CommandOutput)
-MAX_CONTEXT_SHRINKS = 2  # a refused request is shortened and sent again at most this often
 _FINAL_STATES: dict[ev.FinalStatus, ev.State] = {
     "passed": "green",
     "failed": "red",

@@ -123,7 +123,7 @@ class CodexloopApp(App[int]):
 
 
 async def _check_endpoint(config: Config) -> None:
-    client = make_client(config.base_url, config.api_key)
+    client = make_client(config.base_url, config.api_key, config.request_timeout)
     try:
         await probe_endpoint(client)
     finally:
