@@ -1,1 +1,1 @@
-"""The Textual app and the command line."""
+"""The full-screen app (Textual): a thin App, the main screen, its panes, dialogs and state."""

@@ -9,6 +9,9 @@ bounded: beyond ``max_lines`` logical lines the oldest ones are dropped.
 The same widget serves the model stream (styled fragments, word wrap), the sandbox
 terminal (ANSI colours, folded like a terminal) and the static panes (diff, exam: no
 wrap, horizontal scroll).
+
+Why one module of ~400 lines: the line model (ids, open line, ANSI decoding), the row layout
+and the row cache share their indices; split, each part would reach into the others' state.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from itertools import pairwise
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from rich._wrap import divide_line
 from rich.ansi import AnsiDecoder
@@ -36,7 +39,29 @@ MAX_OPEN_CHARS = 20_000
 Row = tuple[int, int, int]
 """A screen row: (line id, start offset, end offset) in that line's plain text."""
 
-_Op = tuple[str, object, object]
+
+class _Fragment(NamedTuple):
+    """Queued: streamed text (any number of newlines)."""
+
+    text: str
+    style: Style | str | None
+
+
+class _WholeLine(NamedTuple):
+    """Queued: a whole line."""
+
+    line: Text | str
+    tag: str | None
+
+
+class _Replacement(NamedTuple):
+    """Queued: the last line if it carries ``tag``, else a new one."""
+
+    line: Text | str
+    tag: str
+
+
+_Op = _Fragment | _WholeLine | _Replacement
 
 
 class LineBuffer(ScrollView, can_focus=True):
@@ -109,15 +134,15 @@ class LineBuffer(ScrollView, can_focus=True):
     def write(self, text: str, style: Style | str | None = None) -> None:
         """Queue a streamed fragment; it may hold any number of newlines."""
         if text:
-            self._pending.append(("text", text, style))
+            self._pending.append(_Fragment(text, style))
 
     def write_line(self, line: Text | str, tag: str | None = None) -> None:
         """Queue a whole line (the open line, if any, ends first)."""
-        self._pending.append(("line", line, tag))
+        self._pending.append(_WholeLine(line, tag))
 
     def replace_line(self, tag: str, line: Text | str) -> None:
         """Queue: replace the last line if it carries ``tag``, else add ``line``."""
-        self._pending.append(("replace", line, tag))
+        self._pending.append(_Replacement(line, tag))
 
     @property
     def has_pending(self) -> bool:
@@ -128,18 +153,17 @@ class LineBuffer(ScrollView, can_focus=True):
         if not self._pending:
             return False
         pending, self._pending = self._pending, []
-        for op, payload, extra in pending:
-            if op == "text":
-                assert isinstance(payload, str)
+        for op in pending:
+            if isinstance(op, _Fragment):
                 if self.ansi:
-                    self._add_ansi(payload)
+                    self._add_ansi(op.text)
                 else:
-                    self._add_text(payload, extra)  # type: ignore[arg-type]
+                    self._add_text(op.text, op.style)
                 self._last_tag = None
-            elif op == "line":
-                self._add_line(payload, extra)  # type: ignore[arg-type]
+            elif isinstance(op, _WholeLine):
+                self._add_line(op.line, op.tag)
             else:
-                self._replace_line(payload, extra)  # type: ignore[arg-type]
+                self._replace_line(op.line, op.tag)
         self._prune()
         self._update()
         return True

@@ -26,8 +26,9 @@ from codexloop.core.loop import Loop
 from codexloop.tui.app import run_app
 from codexloop.tui.dialogs import PromptScreen, QuitScreen
 from codexloop.tui.diff_pane import diff_stats, highlight_diff
+from codexloop.tui.hunks import HunkView, MarkedLines
 from codexloop.tui.linebuffer import LineBuffer
-from codexloop.tui.review import HunkView, MarkedLines, ReviewScreen
+from codexloop.tui.review import ReviewScreen
 from codexloop.tui.screens import DiffScreen, HelpScreen, IterationScreen
 from codexloop.tui.terminal_pane import TerminalPane, short_command
 

@@ -15,7 +15,8 @@ from rich.console import ConsoleRenderable
 from textual.app import App
 
 from codexloop.core import gitops
-from codexloop.tui.review import FLAG_MARK, HunkView, ReviewScreen
+from codexloop.tui.hunks import FLAG_MARK, HunkView
+from codexloop.tui.review import ReviewScreen
 
 HACK = (
     "class _Five:\n"
