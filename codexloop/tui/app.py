@@ -35,7 +35,12 @@ from codexloop.tui.session import LoopFactory, Session
 
 
 class CodexloopApp(App[int]):
-    """codexloop's screen: exam | model on top, terminal | diff below, timeline on the side."""
+    """codexloop's screen: exam | model on top, terminal | diff below, timeline on the side.
+
+    ``loop_factory`` and ``banner`` come together for a session that plays a recording (the
+    scripted demo, a replay): the banner says so on screen, and the exam stays as recorded
+    while it plays.
+    """
 
     CSS_PATH: ClassVar = Path(__file__).with_name("app.tcss")  # also for subclasses elsewhere
     TITLE = "codexloop"

@@ -122,6 +122,9 @@ class ExamEditor(TextArea):
         )
         self.rel = rel
         self.original = text
+        # A steady cursor: a blinking one is gone half the time (a terminal that reports
+        # focus oddly, a tmux capture), and the panes beside it move all the time anyway.
+        self.cursor_blink = False
 
     @property
     def changed(self) -> bool:

@@ -160,6 +160,13 @@ class MainScreen(Screen[None]):
             self.timeline.sync(self.session.state.records)
         if Changes.EXAM in changes:
             self.exam.load()
+            if self.banner and self.session.loop_running:  # changed outside the app
+                self.notify(
+                    f"{self.banner}: a recording cannot follow an edit of the exam; the replay "
+                    "stops at its next model turn",
+                    severity="warning",
+                    timeout=10,
+                )
         if Changes.TARGETS in changes:
             self.exam.show_targets()
         if Changes.DIFF_NOW in changes:
@@ -310,12 +317,26 @@ class MainScreen(Screen[None]):
             session.send(ev.Finish())
 
     def action_edit_exam(self) -> None:
-        if self.exam.editing or self.app.screen is self:
+        if (self.exam.editing or self.app.screen is self) and self._exam_may_change():
             self.exam.edit()
 
     def action_external_editor(self) -> None:
-        if self.exam.editing or self.app.screen is self:
+        if (self.exam.editing or self.app.screen is self) and self._exam_may_change():
             self.exam.edit_outside()
+
+    def _exam_may_change(self) -> bool:
+        """A recorded session (the scripted demo, a replay: the banner says which) has no model
+        turn for an exam that changed: it would end with 'the recording has no model turn
+        left'. So while it plays, the exam stays as recorded; afterwards it is yours again."""
+        if not self.banner or not self.session.loop_running or self.exam.editing:
+            return True
+        self.notify(
+            f"{self.banner}: a recording cannot follow an edit of the exam (it has no model turn "
+            "for it). Edit the exam once the loop has finished, or in a live session.",
+            severity="warning",
+            timeout=10,
+        )
+        return False
 
     def action_toggle_timeline(self) -> None:
         self._timeline_choice = not self.timeline.display

@@ -19,6 +19,7 @@ from test_app import finish, make_app, stop
 from textual.widgets import Input
 
 from codexloop.core import events as ev
+from codexloop.core.loop import Loop
 from codexloop.tui.dialogs import ChoiceScreen, PromptScreen
 from codexloop.tui.exam_editor import editor_command, editor_language, write_atomic
 
@@ -168,6 +169,55 @@ async def test_with_two_exam_files_e_asks_which(make_repo, scripted_openai) -> N
         assert editor.rel == "tests/test_more.py" and editor.text == MORE
         await pilot.press("escape")
         await app.wait_until(lambda: app.main.exam.editor is None)
+
+
+async def test_a_recorded_session_keeps_the_exam_while_it_plays(
+    make_repo, scripted_openai, tmp_path, monkeypatch
+) -> None:
+    """Issue 16 item 10: editing the exam during the demo ended it with 'HTTP 400: the
+    recording has no model turn left'. While a recorded session plays, e and E say why not."""
+    repo = make_repo(KATA)
+    monkeypatch.setenv("EDITOR", fake_editor(tmp_path, "    assert add(1, 1) == 2\n"))
+    hold = threading.Event()
+    scripted_openai.add(*read_then_fix(hold))
+    config = make_config(repo, scripted_openai.base_url)
+    app = ProbedApp(
+        config,
+        loop_factory=lambda cfg: Loop(cfg, name="test_add", backoff=(0.0,)),
+        clock=lambda: 0.0,
+        banner="scripted demo: not a live model",
+    )
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.wait_for_event(ev.ModelTurnStarted)
+        await pilot.press("e", "E")
+        await pilot.pause()
+        assert app.main.exam.editor is None and app.screen is app.main
+        assert (repo / "tests" / "test_calc.py").read_text() == TEST_CALC
+        warnings = [n.message for n in app._notifications if n.severity == "warning"]
+        assert len(warnings) == 2 and "a recording cannot follow an edit of the exam" in warnings[0]
+        assert "PAUSING" not in status(app)
+        hold.set()
+        finished = await finish(app, pilot)
+        assert finished.status == "passed"
+        await pilot.press("e")  # the recording is over: the exam is yours again
+        await editor_open(app, pilot)
+        await pilot.press("escape")
+
+
+async def test_the_editor_cursor_does_not_blink_away(make_repo, scripted_openai) -> None:
+    """Issue 16 item 10: in tmux the editor's cursor was not to be seen (it blinked, and a
+    capture or a terminal with odd focus reports caught it off)."""
+    repo = make_repo(KATA)
+    app = ProbedApp(make_config(repo, scripted_openai.base_url), autostart=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("e")
+        editor = await editor_open(app, pilot)
+        seen = []
+        for _ in range(3):
+            seen.append(editor._draw_cursor)
+            await pilot.pause(0.35)
+        assert seen == [True, True, True]
+        await pilot.press("escape")
 
 
 # -- E: $EDITOR, the app suspended --------------------------------------------------------------
