@@ -105,8 +105,8 @@ class MainScreen(Screen[None]):
         self.pump.route(ev.Notice, self._notice)
         self.timeline.border_title = "iterations"
         self.model_pane.border_title = f"model · {session.config.model}"
-        if self.banner:
-            self.model_pane.border_title += f" · {self.banner}"
+        if self.banner:  # first, so it stays in sight at 80 columns
+            self.model_pane.border_title = f"model · {self.banner} · {session.config.model}"
             self.model_pane.note(f"▌{self.banner}", "bold yellow")
         self.terminal_pane.border_title = "sandbox terminal"
         self.diff_pane.border_title = "diff vs base"
@@ -177,8 +177,10 @@ class MainScreen(Screen[None]):
             self.show_status()
         if Changes.BINDINGS in changes:
             self.app.refresh_bindings()
-        if Changes.REVIEW in changes and self.app.screen is self:
-            self.action_review()  # offered at once, unless a dialog is open
+        if Changes.REVIEW in changes and self.app.screen is self and not self.banner:
+            # Offered at once, unless a dialog is open, or a recording plays (the scripted
+            # demo: a newcomer sees the red run, the fix and the green run; v opens it).
+            self.action_review()
 
     def show_status(self) -> None:
         self.status_line.show(self.session.state.status())

@@ -528,6 +528,32 @@ async def test_once_green_space_and_m_say_the_loop_waits(make_repo, scripted_ope
         assert finished.status == "passed"
 
 
+async def test_a_recorded_session_offers_the_review_on_a_key(make_repo, scripted_openai) -> None:
+    """Issue 16 item 21: in the scripted demo the review covered the loop the moment it went
+    green, and "scripted" was cut from the model pane's title at 80 columns."""
+    repo = make_repo(KATA)
+    scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="Fixed."))
+    app = ProbedApp(
+        make_config(repo, scripted_openai.base_url),
+        loop_factory=lambda cfg: Loop(cfg, name=SESSION, backoff=(0.0,), review=True),
+        clock=lambda: 0.0,
+        banner="scripted demo: not a live model",
+    )
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.wait_for_event(ev.ReviewReady)
+        await pilot.pause(0.3)
+        assert app.screen is app.main  # the green run stays in sight
+        title = str(app.main.model_pane.border_title)
+        assert title.startswith("model · scripted demo: not a live model")
+        assert "v to review" in app.main.status_line.render_info().plain
+        await pilot.press("v")
+        await pilot.pause()
+        assert isinstance(app.screen, ReviewScreen)
+        await pilot.press("escape", "q")
+        finished = await app.wait_for_event(ev.LoopFinished)
+        assert finished.status == "passed"
+
+
 async def test_a_rejected_hunk_with_a_comment_sends_the_loop_on(make_repo, scripted_openai) -> None:
     repo = make_repo(KATA)
     scripted_openai.add(
