@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 from app_probe import ProbedApp
+from apphelpers import finish, make_app, stop
 from loophelpers import KATA, TARGET, TEST_CALC, edit, make_config
 from scripted_openai import Call, Reply
-from test_app import finish, make_app, stop
 from textual.widgets import Input
 
 from codexloop.core import events as ev
