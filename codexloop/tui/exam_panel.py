@@ -2,8 +2,9 @@
 
 The exam stays the developer's. The panel shows it (:class:`ExamPane`), re-reads it whenever it
 changes in the checkout (a watcher on the target files), turns into an editor of one target file
-on ``e`` (the loop pauses meanwhile; ``ctrl+s`` saves, ``escape`` cancels) and hands the terminal
-to ``$EDITOR`` on ``E``. The engine picks every change up at its next safe point.
+on ``e`` (the loop pauses meanwhile; ``ctrl+s`` saves, ``escape`` cancels), hands the terminal
+to ``$EDITOR`` on ``E``, and adds or removes targets (the palette). The engine picks every
+change up at its next safe point.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from textual.app import ComposeResult, SuspendNotSupported
 from textual.containers import Vertical
 from watchfiles import awatch
 
+from codexloop.core.config import ConfigError
 from codexloop.tui import narration
-from codexloop.tui.dialogs import ChoiceScreen
+from codexloop.tui.dialogs import ChoiceScreen, PromptScreen
 from codexloop.tui.exam_editor import ExamEditor, editor_command, read_exam_file, write_atomic
 from codexloop.tui.exam_pane import ExamPane, load_exam
 from codexloop.tui.narration import Line
@@ -259,6 +261,64 @@ class ExamPanel(Vertical):
         if edit.paused:
             self.session.resume_after_edit()
         self.screen.refresh_bindings()
+
+    # -- targets ------------------------------------------------------------------------------
+
+    def add_target(self) -> None:
+        """A target to add, asked for; the loop switches at its next test run."""
+        if not self.session.loop_running:
+            self.notify("the loop is not running: the targets cannot change now")
+            return
+        self.app.push_screen(
+            PromptScreen(
+                "Add a target to the exam",
+                placeholder="tests/test_x.py::test_y (from the repository root)",
+                note="now: " + " ".join(self.session.current_targets()),
+                hint="enter to add (from the next test run on) · escape to cancel",
+            ),
+            self._target_entered,
+        )
+
+    def _target_entered(self, target: str | None) -> None:
+        if target:
+            self.change_targets((*self.session.current_targets(), target))
+
+    def remove_target(self) -> None:
+        """A target to remove, picked (one always stays)."""
+        if not self.session.loop_running:
+            self.notify("the loop is not running: the targets cannot change now")
+            return
+        current = self.session.current_targets()
+        if len(current) < 2:
+            self.notify(
+                "the exam keeps at least one target: add another one first", severity="warning"
+            )
+            return
+        self.app.push_screen(
+            ChoiceScreen(
+                "Remove which target?",
+                current,
+                "enter to remove it (from the next test run on) · escape to cancel",
+            ),
+            self._target_removed,
+        )
+
+    def _target_removed(self, target: str | None) -> None:
+        if target:
+            self.change_targets(tuple(t for t in self.session.current_targets() if t != target))
+
+    def change_targets(self, targets: tuple[str, ...]) -> bool:
+        """New targets, checked as the command line checks them, for the loop's next test run."""
+        try:
+            sent = self.session.change_targets(targets)
+        except ConfigError as exc:
+            self.notify(str(exc), severity="error", timeout=8)
+            return False
+        if isinstance(sent, str):
+            self.notify(sent)
+            return False
+        self.note(narration.targets_pending(sent))
+        return True
 
     # -- $EDITOR -------------------------------------------------------------------------------
 

@@ -19,11 +19,10 @@ from textual.screen import Screen
 from textual.widgets import Footer, OptionList
 
 from codexloop.core import events as ev
-from codexloop.core.config import ConfigError
 from codexloop.core.errors import setup_failure
 from codexloop.core.words import counted
 from codexloop.tui import narration
-from codexloop.tui.dialogs import ChoiceScreen, PromptScreen
+from codexloop.tui.dialogs import PromptScreen
 from codexloop.tui.diff_pane import SandboxDiffPane, iteration_diff
 from codexloop.tui.exam_panel import ExamPanel
 from codexloop.tui.model_pane import ModelPane
@@ -345,58 +344,10 @@ class MainScreen(Screen[None]):
         self._apply_layout()
 
     def action_add_target(self) -> None:
-        if not self.session.loop_running:
-            self.notify("the loop is not running: the targets cannot change now")
-            return
-        self.app.push_screen(
-            PromptScreen(
-                "Add a target to the exam",
-                placeholder="tests/test_x.py::test_y (from the repository root)",
-                note="now: " + " ".join(self.session.current_targets()),
-                hint="enter to add (from the next test run on) · escape to cancel",
-            ),
-            self._target_entered,
-        )
-
-    def _target_entered(self, target: str | None) -> None:
-        if target:
-            self.change_targets((*self.session.current_targets(), target))
+        self.exam.add_target()
 
     def action_remove_target(self) -> None:
-        if not self.session.loop_running:
-            self.notify("the loop is not running: the targets cannot change now")
-            return
-        current = self.session.current_targets()
-        if len(current) < 2:
-            self.notify(
-                "the exam keeps at least one target: add another one first", severity="warning"
-            )
-            return
-        self.app.push_screen(
-            ChoiceScreen(
-                "Remove which target?",
-                current,
-                "enter to remove it (from the next test run on) · escape to cancel",
-            ),
-            self._target_removed,
-        )
-
-    def _target_removed(self, target: str | None) -> None:
-        if target:
-            self.change_targets(tuple(t for t in self.session.current_targets() if t != target))
-
-    def change_targets(self, targets: tuple[str, ...]) -> bool:
-        """New targets, checked as the command line checks them, for the loop's next test run."""
-        try:
-            sent = self.session.change_targets(targets)
-        except ConfigError as exc:
-            self.notify(str(exc), severity="error", timeout=8)
-            return False
-        if isinstance(sent, str):
-            self.notify(sent)
-            return False
-        self.note(narration.targets_pending(sent))
-        return True
+        self.exam.remove_target()
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         if event.option_list is not self.timeline:

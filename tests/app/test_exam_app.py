@@ -314,7 +314,7 @@ async def test_a_target_added_from_the_palette_joins_the_exam(make_repo, scripte
         await app.wait_for_event(ev.ModelTurnStarted)
         titles = [c.title for c in app.get_system_commands(app.screen)]
         assert "Add a target…" in titles and "Remove a target…" in titles
-        app.main.action_add_target()
+        app.main.exam.add_target()
         await pilot.pause()
         assert isinstance(app.screen, PromptScreen)
         app.screen.query_one(Input).value = MORE_TARGET
@@ -344,7 +344,7 @@ async def test_a_target_removed_from_the_palette_leaves_the_exam(
     app = make_app(make_config(repo, scripted_openai.base_url, TARGET, MORE_TARGET))
     async with app.run_test(size=(120, 40)) as pilot:
         await app.wait_for_event(ev.ModelTurnStarted)
-        app.main.action_remove_target()
+        app.main.exam.remove_target()
         await pilot.pause()
         assert isinstance(app.screen, ChoiceScreen)
         await pilot.press("down", "enter")
@@ -354,7 +354,7 @@ async def test_a_target_removed_from_the_palette_leaves_the_exam(
         assert changed.targets == (TARGET,)
         await app.wait_until(lambda: "def test_zero" not in app.main.exam.pane.text)
         assert "tests/test_more.py" not in str(app.main.exam.pane.border_title)
-        app.main.action_remove_target()  # the last one stays
+        app.main.exam.remove_target()  # the last one stays
         await pilot.pause()
         assert not isinstance(app.screen, ChoiceScreen)
         assert any("at least one target" in n.message for n in app._notifications)
@@ -376,12 +376,12 @@ async def test_a_bad_target_is_refused_and_nothing_is_sent(make_repo, scripted_o
             return send(command)
 
         setattr(app.session, "send", spy)  # noqa: B010 (a spy on the commands sent)
-        app.main.action_add_target()
+        app.main.exam.add_target()
         await pilot.pause()
         app.screen.query_one(Input).value = "tests/test_nope.py"
         await pilot.press("enter")
         await pilot.pause()
-        assert app.main.change_targets(("../elsewhere/test_x.py",)) is False
+        assert app.main.exam.change_targets(("../elsewhere/test_x.py",)) is False
         await pilot.pause()
         errors = [n.message for n in app._notifications if n.severity == "error"]
         assert any("'tests/test_nope.py' does not exist" in m for m in errors)
