@@ -302,6 +302,8 @@ class MainScreen(Screen[None]):
             return
         applied = outcome.applied
         changed = len(applied.written) + len(applied.deleted) if applied is not None else None
+        if changed:
+            self.session.state.applied = (self.session.state.applied or 0) + changed
         summary = narration.review_summary(outcome.kept, outcome.dropped, changed)
         self.note(narration.note(summary, "cyan"))
         self.notify(summary)

@@ -129,6 +129,8 @@ class SessionState:
         self.error: CodexloopError | None = None
         """A user-facing error that ended the session (the sandbox could not be set up, an exam
         that can never pass): the app exits with its status, as headless mode does."""
+        self.applied: int | None = None
+        """Files the review changed in the developer's working tree (None: nothing applied)."""
         self.loop_over = False
         self.events_over = False
         self.started_at = clock()
@@ -379,6 +381,10 @@ class SessionState:
         line = f"codexloop: {word} after {counted(finished.iterations, 'iteration')}"
         if finished.reason and finished.status != "passed":
             line += f" ({finished.reason})"
+        if self.applied:
+            line += f"; {counted(self.applied, 'file')} changed in your working tree"
+        else:
+            line += "; nothing applied to your working tree"
         line += f"; the work is on branch {finished.branch}"
         if finished.worktree:
             line += f" (worktree {finished.worktree})"

@@ -209,7 +209,7 @@ async def test_review_after_green_applies_the_accepted_hunks(make_repo, scripted
         await pilot.press("q")
         await pilot.pause()
     assert app.exit_status == 0
-    assert "green after 1 iteration;" in app.summary()
+    assert "green after 1 iteration; 1 file changed in your working tree;" in app.summary()
 
 
 async def test_once_green_space_and_m_say_the_loop_waits(make_repo, scripted_openai) -> None:

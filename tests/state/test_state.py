@@ -146,9 +146,13 @@ def test_the_end_of_a_session_and_its_exit_status() -> None:
     s.events_ended()
     assert s.session_over
     assert s.exit_status(interrupted=False) == 0 and s.exit_status(interrupted=True) == 130
+    # Issue 16 item 16: the exit line says whether anything was applied.
     assert s.summary() == (
-        "codexloop: green after 1 iteration; the work is on branch codexloop/s (worktree /tmp/wt)"
+        "codexloop: green after 1 iteration; nothing applied to your working tree; "
+        "the work is on branch codexloop/s (worktree /tmp/wt)"
     )
+    s.applied = 2
+    assert "; 2 files changed in your working tree; the work is on branch" in s.summary()
 
 
 def test_a_loop_that_ends_without_finishing_is_a_failure() -> None:
