@@ -101,6 +101,29 @@ def pytest_collection_modifyitems(session, config, items):
         items.append(pytest.Function.from_parent(session, name=name, callobj=function))
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_collection(session):
+    yield
+    # The developer's count: progress ([100%]) and "no tests collected" as without us.
+    ours = sum(1 for item in session.items if item.name in _NAMES and item.parent is session)
+    session.testscollected = max(0, session.testscollected - ours)
+
+
+_reporter = []
+
+
+def pytest_configure(config):
+    _reporter.append(config.pluginmanager.get_plugin("terminalreporter"))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_logfinish(nodeid, location):
+    if nodeid.rsplit("::", 1)[-1] in _NAMES:
+        reported = getattr(_reporter[0] if _reporter else None, "_progress_nodeids_reported", None)
+        if isinstance(reported, set):
+            reported.discard(nodeid)
+
+
 _failed = set()
 _others_failed = []
 
@@ -120,7 +143,8 @@ def pytest_report_teststatus(report, config):
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session, exitstatus):
     if exitstatus == pytest.ExitCode.TESTS_FAILED and _failed and not _others_failed:
-        session.exitstatus = pytest.ExitCode.OK
+        no_tests = session.testscollected == 0
+        session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED if no_tests else pytest.ExitCode.OK
 """
 
     def addopts(self) -> str:

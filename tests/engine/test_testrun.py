@@ -194,8 +194,18 @@ def test_a_canary_run_is_green_and_its_tests_stay_off_the_terminal(tmp_path: Pat
     assert verdict.passed and verdict.tampered is None
     assert canary.passing not in run.output and canary.token not in run.output
     assert "1 passed" in run.output and "failed" not in run.output
+    assert "[100%]" in run.output  # the progress counts the developer's tests alone
     assert [c.name for c in verdict.cases] == ["test_ok"]
     assert run.exit_code == 0  # the canary that must fail leaves the exit status alone
+
+
+def test_with_the_canary_a_run_that_selects_nothing_still_exits_5(tmp_path: Path) -> None:
+    """pytest says 'no tests collected' (exit 5) as it would without the canary."""
+    canary = Canary.new()
+    _verdict, run = _run_with_canary(
+        tmp_path, "def test_ok():\n    assert True\n", canary, "-k", "nothing"
+    )
+    assert run.exit_code == 5
 
 
 @pytest.mark.parametrize(
