@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from codexloop.core import events as ev
 from codexloop.core import gitops, record, safefs
+from codexloop.core.exam import MAX_EXAM_BYTES
 from codexloop.core.words import counted
 
 FILE_LINES_SHOWN = 2_000
@@ -347,9 +348,6 @@ def revert_hunk(text: str, hunk: Hunk) -> str | None:
     return "".join(lines[:start] + before + lines[start + len(after) :])
 
 
-MAX_REVERT_BYTES = 50_000_000  # a file larger than this is not read back to revert a hunk
-
-
 def revert_rejected(
     repo: Path, base: str, root: Path, rejections: Sequence[ev.Rejection]
 ) -> list[str]:
@@ -367,7 +365,7 @@ def revert_rejected(
                 else:
                     safefs.write_file(root, rejection.path, original)
                 continue
-            data = safefs.read_file(root, rejection.path, limit=MAX_REVERT_BYTES)
+            data = safefs.read_file(root, rejection.path, limit=MAX_EXAM_BYTES)
             reverted = revert_hunk(data.decode("utf-8", "surrogateescape"), rejection.hunk)
             if reverted is None:
                 failed.append(rejection.path)

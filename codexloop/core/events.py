@@ -8,6 +8,7 @@ Each event class names its wire ``type`` (the ``type`` field of a JSON line).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -381,3 +382,9 @@ def printable_event(event: E) -> E:
         if clean != value:
             changes[item.name] = clean
     return dataclasses.replace(event, **changes) if changes else event
+
+
+Emit = Callable[[Event], Awaitable[None]]
+"""How the engine's parts hand an event to the loop (trace and front end)."""
+SetState = Callable[[State], Awaitable[None]]
+"""How they change the loop's state (a ``state_changed`` event when it changes)."""

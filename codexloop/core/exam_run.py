@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
-from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 
@@ -27,8 +26,6 @@ from codexloop.core.testrun import Canary, Verdict, default_args, judge, junit_e
 from codexloop.core.timings import Timings
 from codexloop.core.warm import WarmError, WarmRunner
 
-Emit = Callable[[ev.Event], Awaitable[None]]
-SetState = Callable[[ev.State], Awaitable[None]]
 _JUNIT_NOTE = re.compile(r"-* ?generated xml file: \S+ ?-*\n?")
 
 
@@ -41,8 +38,8 @@ class ExamRunner:
         sandbox: Sandbox,
         place: ExamPlace,
         *,
-        emit: Emit,
-        set_state: SetState,
+        emit: ev.Emit,
+        set_state: ev.SetState,
         timings: Timings,
         plugin_args: str,
         custom_command: bool,

@@ -9,7 +9,6 @@ which files the model had changed (the developer's own edits are not an attempt)
 from __future__ import annotations
 
 import difflib
-from collections.abc import Awaitable, Callable
 
 import anyio
 
@@ -18,11 +17,9 @@ from codexloop.core import gitops, prompts, safefs
 from codexloop.core.exam import MAX_EXAM_BYTES, Exam
 from codexloop.core.sandbox import Sandbox
 
-Emit = Callable[[ev.Event], Awaitable[None]]
-
 
 class ExamSync:
-    def __init__(self, emit: Emit) -> None:
+    def __init__(self, emit: ev.Emit) -> None:
         self._emit = emit
         self._seen: dict[str, bytes | None] = {}  # the exam as the model last saw it
         self._in_sandbox: dict[str, bytes | None] = {}  # as the engine last wrote it there

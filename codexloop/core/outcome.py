@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 
@@ -15,11 +14,9 @@ from codexloop.core.gitops import ApplyResult
 from codexloop.core.sandbox import Sandbox
 from codexloop.core.words import counted
 
-Emit = Callable[[ev.Event], Awaitable[None]]
-
 
 async def flag(
-    repo: Path, sandbox: Sandbox, head: str, target_files: tuple[str, ...], emit: Emit
+    repo: Path, sandbox: Sandbox, head: str, target_files: tuple[str, ...], emit: ev.Emit
 ) -> list[ev.Flagged]:
     """Flag what the green change touches of test machinery (one ``flagged`` event each)."""
     from codexloop.core import flags  # a large module, needed only once a session is green
@@ -41,7 +38,7 @@ async def apply(
     sandbox: Sandbox,
     head: str,
     target_files: tuple[str, ...],
-    emit: Emit,
+    emit: ev.Emit,
     *,
     flagged: list[ev.Flagged],
     accept_flagged: bool,

@@ -25,8 +25,6 @@ from codexloop.core.tools import Tools
 from codexloop.core.trace import TraceWriter, traces_dir
 from codexloop.core.warm import WarmRunner
 
-Emit = Callable[[ev.Event], Awaitable[None]]
-
 
 @dataclass
 class Session:
@@ -55,7 +53,7 @@ async def open_session(
     from_checkout: bool,
     write_trace: bool,
     timings: Timings,
-    emit: Emit,
+    emit: ev.Emit,
     set_state: Callable[[ev.State], Awaitable[None]],
     run_model_command: Callable[[str], Awaitable[RunResult]],
 ) -> Session:
@@ -104,7 +102,7 @@ async def open_session(
     return Session(sandbox, exam, python, test_command, tools, runner, trace, isolation)
 
 
-async def announce(session: Session, config: Config, api: str, emit: Emit) -> None:
+async def announce(session: Session, config: Config, api: str, emit: ev.Emit) -> None:
     """``loop_started``, and notices of what the session could not have."""
     sandbox, isolation, trace = session.sandbox, session.isolation, session.trace
     await emit(

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from codexloop.core import safefs
 from codexloop.core.process import RunResult, plain_text
+from codexloop.core.words import counted
 
 DIGEST_CHARS = 6_000
 FAILURE_CHARS = 2_500
@@ -376,7 +377,7 @@ def judge(
     green = run.exit_code == 0 and not failing and not problems and passed_count > 0
     summary = f"{passed_count} passed, {len(failing)} failed"
     if problems and not failing:
-        summary += f", {len(problems)} target problem(s)"
+        summary += f", {counted(len(problems), 'target problem')}"
     if green:
         return Verdict(True, summary, "", tuple(cases))
     parts = [f"The tests are red ({summary}, exit code {run.exit_code})."]

@@ -29,7 +29,7 @@ import itertools
 import json
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -62,8 +62,6 @@ REPEAT_NOTICE = (
 IDLE_END_NOTICE = "{count} answers in a row changed nothing ({what}): running the tests"
 BUDGET_NOTICE = "tool budget of {limit} calls spent; running the tests"
 
-Emit = Callable[[ev.Event], Awaitable[None]]
-SetState = Callable[[ev.State], Awaitable[None]]
 
 # -- reading calls from text ---------------------------------------------------------------
 
@@ -293,8 +291,8 @@ class Work:
         *,
         edit_format: str,
         limit: int,
-        emit: Emit,
-        set_state: SetState,
+        emit: ev.Emit,
+        set_state: ev.SetState,
         timings: Timings,
     ) -> None:
         self.tools = tools

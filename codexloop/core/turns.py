@@ -18,7 +18,6 @@ what was actually done. Streamed text, retries and notices become events as they
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import openai
@@ -35,7 +34,6 @@ from codexloop.core.model import (
 )
 from codexloop.core.tools import TOOL_SCHEMAS
 
-Emit = Callable[[ev.Event], Awaitable[None]]
 MAX_CONTEXT_SHRINKS = 4  # a refused request is shortened and sent again at most this often
 MIN_CHARS_PER_TOKEN = 1.0
 MAX_CHARS_PER_TOKEN = 8.0  # more than any tokenizer gives: the server counted something else
@@ -52,7 +50,7 @@ class Turns:
         model_name: str,
         base_url: str | None,
         context_tokens: int,
-        emit: Emit,
+        emit: ev.Emit,
         tools: list[dict[str, Any]] | None = None,
     ) -> None:
         self.model = model
