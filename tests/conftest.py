@@ -45,7 +45,9 @@ def no_bwrap(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
     bin_dir = tmp_path_factory.mktemp("bin-without-bwrap")
     for entry in os.environ["PATH"].split(os.pathsep):
         folder = Path(entry)
-        if not folder.is_dir():
+        # os.path.isdir: Path.is_dir raises for a folder the user may not read (root's PATH
+        # inherited by a normal user, as the hostile suites are also run).
+        if not os.path.isdir(folder) or not os.access(folder, os.R_OK | os.X_OK):
             continue
         for program in folder.iterdir():
             target = bin_dir / program.name
