@@ -32,6 +32,7 @@ class Controls:
     targets: ev.SetTargets | None = None
     columns: int | None = None  # the front end's terminal width (SetColumns)
     on_stop: Callable[[], None] = lambda: None  # cancels the work in progress
+    on_apply: Callable[[ev.Apply], None] = lambda command: None  # applies a review's hunks
     _changed: anyio.Event = field(default_factory=anyio.Event)
 
     async def read(self, commands: ObjectReceiveStream[ev.Command]) -> None:
@@ -57,6 +58,8 @@ class Controls:
             self.finish = True
         elif isinstance(command, ev.MoreIterations) and command.iterations > 0:
             self.more += command.iterations
+        elif isinstance(command, ev.Apply):
+            self.on_apply(command)  # at once, beside the work: it touches only the working tree
         elif isinstance(command, ev.SetColumns) and command.columns > 0:
             self.columns = command.columns
         self._changed.set()  # whoever waits looks again

@@ -267,10 +267,19 @@ class Notice(Event):
 
 @dataclass(frozen=True)
 class Applied(Event):
+    """What a green change (``--accept``) or a review's accepted hunks (:class:`Apply`) did to
+    the developer's working tree: all or nothing, so with a conflict or an error nothing was
+    written."""
+
     type: ClassVar[str] = "applied"
     written: tuple[str, ...]
     deleted: tuple[str, ...]
     conflicts: tuple[str, ...] = field(default=())
+    error: str = ""  # why nothing could be tried (git failed, a file unreadable)
+
+    @property
+    def ok(self) -> bool:
+        return not self.conflicts and not self.error
 
 
 @dataclass(frozen=True)
@@ -340,6 +349,16 @@ class Feedback(Command):
     """Rejected hunks: reverted in the sandbox, told to the model, and the loop goes on."""
 
     rejections: tuple[Rejection, ...]
+
+
+@dataclass(frozen=True)
+class Apply(Command):
+    """A review's accepted hunks of ``head`` (a commit of the sandbox's branch) into the
+    developer's working tree, three-way; the loop answers with :class:`Applied`. Each hunk is
+    ``(path, index)``, index -1 for a file as a whole."""
+
+    head: str
+    hunks: tuple[tuple[str, int], ...]
 
 
 @dataclass(frozen=True)

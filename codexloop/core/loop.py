@@ -208,6 +208,11 @@ class Loop:
         try:
             async with anyio.create_task_group() as tg:
                 if commands is not None:
+
+                    def apply_hunks(command: ev.Apply) -> None:
+                        tg.start_soon(self._apply_hunks, sandbox.base, command)
+
+                    self.controls.on_apply = apply_hunks
                     tg.start_soon(self.controls.read, commands)
                 with anyio.CancelScope() as self._work_scope:
                     try:
@@ -283,6 +288,14 @@ class Loop:
         if self.accept_all:
             self.applied = await outcome.apply(
                 *args, flagged=self.flagged, accept_flagged=self.accept_flagged
+            )
+
+    async def _apply_hunks(self, base: str, command: ev.Apply) -> None:
+        """A review's accepted hunks into the working tree; answered with ``applied`` (which
+        the loop's end waits for: the answer comes before ``loop_finished``)."""
+        with anyio.CancelScope(shield=True):
+            await outcome.apply_hunks(
+                self.config.repo, base, command.head, command.hunks, self.emit
             )
 
     # -- iterations --------------------------------------------------------------

@@ -1,15 +1,18 @@
 """What becomes of a green result: flags on what it touches of test machinery, then, with
-``--accept``, the change brought into the developer's working tree (three-way)."""
+``--accept``, the change brought into the developer's working tree (three-way); or, from a
+review, the hunks the developer accepted (:func:`apply_hunks`). Either way one ``applied``
+event says what happened to the working tree."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from functools import partial
 from pathlib import Path
 
 import anyio
 
+from codexloop.core import diff, gitops
 from codexloop.core import events as ev
-from codexloop.core import gitops
 from codexloop.core.gitops import ApplyResult
 from codexloop.core.sandbox import Sandbox
 from codexloop.core.words import counted
@@ -63,13 +66,7 @@ async def apply(
             leave_out=target_files,  # the exam is yours, never written
         )
     )
-    await emit(
-        ev.Applied(
-            tuple(result.written),
-            tuple(result.deleted),
-            tuple(f"{c.path}: {c.reason}" for c in result.conflicts),
-        )
-    )
+    await emit(answer(result))
     if not result.ok:
         await emit(
             ev.Notice(
@@ -79,3 +76,26 @@ async def apply(
             )
         )
     return result
+
+
+async def apply_hunks(
+    repo: Path, base: str, head: str, hunks: Collection[tuple[str, int]], emit: ev.Emit
+) -> ev.Applied:
+    """A review's accepted hunks of ``head`` into the working tree, three-way, all or nothing;
+    what happened (also emitted). A failure of git or of a file is the answer's ``error``."""
+    try:
+        result = await anyio.to_thread.run_sync(diff.apply_selected, repo, base, head, hunks)
+    except (gitops.GitError, OSError) as exc:
+        applied = ev.Applied((), (), error=str(exc) or type(exc).__name__)
+    else:
+        applied = answer(result)
+    await emit(applied)
+    return applied
+
+
+def answer(result: ApplyResult) -> ev.Applied:
+    return ev.Applied(
+        tuple(result.written),
+        tuple(result.deleted),
+        tuple(f"{c.path}: {c.reason}" for c in result.conflicts),
+    )

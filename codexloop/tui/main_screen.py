@@ -102,6 +102,7 @@ class MainScreen(Screen[None]):
         self.pump.route(ev.TargetsChanged, session.targets_changed)
         self.pump.route(ev.TamperDetected, self._tampered)
         self.pump.route(ev.Notice, self._notice)
+        self.pump.route(ev.Applied, session.applied)
         self.timeline.border_title = "iterations"
         self.model_pane.border_title = f"model · {session.config.model}"
         if self.banner:  # first, so it stays in sight at 80 columns
@@ -293,7 +294,13 @@ class MainScreen(Screen[None]):
             return
         config = self.session.config
         self.app.push_screen(
-            ReviewScreen(config.repo, state.started.base, head, config.target_files),
+            ReviewScreen(
+                config.repo,
+                state.started.base,
+                head,
+                config.target_files,
+                apply=partial(self.session.apply_hunks, feed=self.pump.feed),
+            ),
             self._review_done,
         )
 

@@ -97,10 +97,7 @@ def narrate(event: ev.Event, state: SessionState) -> list[Line]:
             icon, style = NOTICE_STYLES[event.level]
             return [note(f"{icon} {event.message}", style)]
         case ev.Applied():
-            parts = [f"{len(event.written)} written", f"{len(event.deleted)} deleted"]
-            if event.conflicts:
-                parts.append(counted(len(event.conflicts), "conflict"))
-            return [note("applied to your working tree: " + ", ".join(parts), "cyan")]
+            return [applied(event)]
         case ev.BudgetSpent():
             return [
                 note(
@@ -208,6 +205,17 @@ def loop_failed(failure: str) -> Line:
 
 def events_failed(message: str) -> Line:
     return note(f"✗ the event stream failed: {message}", "bold red")
+
+
+def applied(event: ev.Applied) -> Line:
+    """What a change did to the working tree: all of it, or nothing and why."""
+    if event.error:
+        return note(f"✗ nothing applied to your working tree: {event.error}", "bold red")
+    if event.conflicts:
+        conflicts = "; ".join(event.conflicts)
+        return note(f"✗ nothing applied: conflicts with your working tree ({conflicts})", "bold red")
+    parts = [f"{len(event.written)} written", f"{len(event.deleted)} deleted"]
+    return note("applied to your working tree: " + ", ".join(parts), "cyan")
 
 
 def review_summary(kept: int, dropped: int, changed_files: int | None) -> str:

@@ -2,7 +2,8 @@
 
 Files on the left with their counts, hunks on the right, each pending, accepted or
 rejected. ``enter`` applies the accepted hunks to the working tree three-way (a
-conflict changes nothing and is shown); rejected hunks with a comment go back to the
+conflict changes nothing and is shown) — through the engine, which answers with an
+``applied`` event (see ``Session.apply_hunks``); rejected hunks with a comment go back to the
 model, and the loop goes on from there.
 
 A hunk whose added lines touch test machinery (an ``__eq__`` that returns True, a patch of
@@ -13,7 +14,7 @@ mark and the reasons, from :func:`codexloop.core.flags.for_commit`. Each hunk is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -28,9 +29,10 @@ from textual.widgets import Footer, Label, OptionList
 from textual.widgets.option_list import Option
 
 from codexloop.core import events as ev
-from codexloop.core.diff import FileChange, apply_selected, changes
+from codexloop.core import outcome
+from codexloop.core.diff import FileChange, changes
 from codexloop.core.flags import Flag, for_commit
-from codexloop.core.gitops import ApplyResult, GitError
+from codexloop.core.gitops import GitError
 from codexloop.core.words import counted
 from codexloop.tui.dialogs import PromptScreen
 from codexloop.tui.hunks import FLAG_MARK, FLAG_STYLE, MARKS, Decision, HunkView, Item
@@ -39,11 +41,15 @@ from codexloop.tui.workers import describe, spawn
 MOVE = Binding.Group("Move", compact=True)
 
 
+ApplyHunks = Callable[[str, tuple[tuple[str, int], ...]], Awaitable[ev.Applied]]
+"""Applies a review's accepted hunks of a commit: ``(head, hunks) -> applied``."""
+
+
 @dataclass
 class ReviewOutcome:
     """What the review ended with: what was applied, and what goes back to the model."""
 
-    applied: ApplyResult | None
+    applied: ev.Applied | None
     kept: int
     dropped: int
     feedback: tuple[ev.Rejection, ...] = field(default=())
@@ -65,9 +71,18 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
         Binding("escape", "close", "Back"),
     ]
 
-    def __init__(self, repo: Path, base: str, head: str, leave_out: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        repo: Path,
+        base: str,
+        head: str,
+        leave_out: tuple[str, ...] = (),
+        apply: ApplyHunks | None = None,
+    ) -> None:
         super().__init__()
         self.repo = repo
+        self.apply = apply or partial(apply_here, repo, base)
+        """How the accepted hunks are applied (the session's engine, or here)."""
         self.base = base
         self.head = head
         self.leave_out = leave_out  # the exam: the developer's own edits are not up for review
@@ -260,10 +275,10 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
             return
         status = self.query_one("#review-status", Label)
         status.update("applying…")
-        accepted = {i.key for i in self.items if i.decision == "accepted"}
+        accepted = tuple(i.key for i in self.items if i.decision == "accepted")
         spawn(
             self,
-            partial(apply_accepted, self.repo, self.base, self.head, accepted),
+            self._apply_accepted(accepted),
             name="apply_now",
             exclusive=True,
             done=self._applied,
@@ -271,13 +286,22 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
         )
 
     def _apply_failed(self, error: Exception) -> None:
-        message = f"nothing applied: {describe(error)}"
+        self._apply_failed_because(describe(error))
+
+    def _apply_failed_because(self, why: str) -> None:
+        message = f"nothing applied: {why}"
         self.query_one("#review-status", Label).update(Text(message, style="bold red"))
         self.notify(f"{message}. Your working tree is unchanged.", severity="error", timeout=10)
 
-    def _applied(self, result: ApplyResult | None) -> None:
-        if result is not None and not result.ok:
-            lines = "; ".join(f"{c.path}: {c.reason}" for c in result.conflicts)
+    async def _apply_accepted(self, accepted: tuple[tuple[str, int], ...]) -> ev.Applied | None:
+        return await self.apply(self.head, accepted) if accepted else None
+
+    def _applied(self, result: ev.Applied | None) -> None:
+        if result is not None and result.error:
+            self._apply_failed_because(result.error)
+            return
+        if result is not None and result.conflicts:
+            lines = "; ".join(result.conflicts)
             self.query_one("#review-status", Label).update(
                 Text(
                     f"nothing applied: conflicts with your working tree ({lines})", style="bold red"
@@ -311,10 +335,12 @@ def load_change(
     return found, flags
 
 
-def apply_accepted(
-    repo: Path, base: str, head: str, accepted: set[tuple[str, int]]
-) -> ApplyResult | None:
-    """Blocking (thread): the accepted hunks into the working tree (None: none accepted)."""
-    if not accepted:
-        return None
-    return apply_selected(repo, base, head, accepted)
+async def apply_here(
+    repo: Path, base: str, head: str, hunks: tuple[tuple[str, int], ...]
+) -> ev.Applied:
+    """The accepted hunks into the working tree without a session (the engine's function)."""
+
+    async def nowhere(event: ev.Event) -> None:
+        pass
+
+    return await outcome.apply_hunks(repo, base, head, hunks, nowhere)

@@ -21,6 +21,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectSendStream
 
 from codexloop.core import events as ev
+from codexloop.core import outcome
 from codexloop.core.config import Config, ConfigError, resolve_targets
 from codexloop.core.loop import Loop, LoopResult, event_channel
 from codexloop.tui.state import Changes, SessionState
@@ -54,6 +55,8 @@ class Session:
         """Called once, when both the loop and the stream of its events are over."""
         self._commands: MemoryObjectSendStream[ev.Command] | None = None
         self._over = False
+        self._applying: asyncio.Future[ev.Applied] | None = None
+        """A review's hunks sent to the loop, its ``applied`` answer not in yet."""
 
     # -- running the loop --------------------------------------------------------------------
 
@@ -96,6 +99,10 @@ class Session:
     def events_ended(self) -> None:
         """The stream of the loop's events is over (closed, or its worker cancelled)."""
         self.state.events_ended()
+        if self._applying is not None and not self._applying.done():
+            # Every event is in: the loop ended before it answered.
+            error = "the loop ended before the hunks were applied"
+            self._applying.set_result(ev.Applied((), (), error=error))
         self._maybe_over()
 
     def _maybe_over(self) -> None:
@@ -165,6 +172,30 @@ class Session:
             return False
         self.on_change(self.state.feedback_sent())
         return True
+
+    async def apply_hunks(
+        self, head: str, hunks: tuple[tuple[str, int], ...], feed: Callable[[ev.Event], None]
+    ) -> ev.Applied:
+        """A review's accepted hunks into the working tree. The loop applies them while it
+        runs (its trace records the ``applied`` answer); once it is over, the same engine
+        function runs here, and ``feed`` takes its answer as the loop's events go."""
+        if self.loop_running and (self._applying is None or self._applying.done()):
+            self._applying = asyncio.get_running_loop().create_future()
+            if self.send(ev.Apply(head, hunks)):
+                return await self._applying
+        started = self.state.started
+        if started is None:
+            return ev.Applied((), (), error="the session has no snapshot to apply against")
+
+        async def emit(event: ev.Event) -> None:
+            feed(event)
+
+        return await outcome.apply_hunks(self.config.repo, started.base, head, hunks, emit)
+
+    def applied(self, event: ev.Applied) -> None:
+        """The loop's answer to :meth:`apply_hunks`."""
+        if self._applying is not None and not self._applying.done():
+            self._applying.set_result(event)
 
     def stop(self, reason: str, *, finish: bool) -> None:
         """End the session: ``finish`` it as it stands (it waits for the developer), or stop it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -17,7 +18,7 @@ from apphelpers import (
     workers_named,
 )
 from loophelpers import KATA, edit, make_config, user_texts
-from scripted_openai import Call, Reply
+from scripted_openai import Call, HTTPError, Reply
 
 from codexloop.core import events as ev
 from codexloop.core.loop import Loop
@@ -95,6 +96,34 @@ async def test_q_at_a_spent_budget_finishes_red(make_repo, scripted_openai) -> N
     assert app.return_code == 1
 
 
+async def test_a_review_after_the_loop_ended_still_applies_and_says_so(
+    make_repo, scripted_openai
+) -> None:
+    """Once the loop is over (here: the model's endpoint failed), nobody answers an ``Apply``:
+    the app runs the engine's own function, and its ``applied`` answer shows as the loop's."""
+    repo = make_repo(KATA)
+    scripted_openai.add(
+        Reply(tool_calls=[edit("calc.py", "a - b", "a * b")]),
+        Reply(text="Hm."),
+        HTTPError(400, "no more"),
+    )
+    app = review_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        finished = await app.wait_for_event(ev.LoopFinished)
+        assert finished.status == "failed"
+        await app.wait_until(lambda: not app.session.loop_running)
+        await pilot.press("v")
+        await workers_named(app, pilot, "load")
+        assert isinstance(app.screen, ReviewScreen)
+        await pilot.press("A", "enter")
+        await workers_named(app, pilot, "apply_now")
+        await pilot.pause()
+        assert not isinstance(app.screen, ReviewScreen)
+        assert "applied to your working tree: 1 written, 0 deleted" in app.main.model_pane.text
+        await pilot.press("q")
+    assert "return a * b" in (repo / "calc.py").read_text()
+
+
 async def test_leaving_the_review_before_it_loaded_is_harmless(
     make_repo, scripted_openai, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -164,7 +193,9 @@ async def test_a_git_error_in_the_review_is_shown_not_a_crash(
         await pilot.pause()
 
         monkeypatch.undo()
-        monkeypatch.setattr(review_module, "apply_selected", refused)
+        from codexloop.core import diff
+
+        monkeypatch.setattr(diff, "apply_selected", refused)
         await pilot.press("v")
         await workers_named(app, pilot, "load")
         review = app.screen
@@ -172,8 +203,10 @@ async def test_a_git_error_in_the_review_is_shown_not_a_crash(
         await pilot.press("A", "enter")
         await workers_named(app, pilot, "apply_now")
         status = str(review.query_one("#review-status").render())
-        assert "nothing applied: GitError: git diff failed" in status
+        assert "nothing applied: git diff failed" in status
         assert app.screen is review and app.is_running
+        # The loop answered (it applies the hunks), and says so in the model pane.
+        assert "nothing applied to your working tree: git diff failed" in app.main.model_pane.text
         await pilot.press("escape", "q")
         finished = await app.wait_for_event(ev.LoopFinished)
         assert finished.status == "passed"
@@ -206,9 +239,17 @@ async def test_review_after_green_applies_the_accepted_hunks(make_repo, scripted
         assert (repo / "calc.py").read_text().endswith("return a + b\n")
         summary = "review: 1 hunk kept, 0 not; 1 file changed in your working tree"
         assert summary in app.main.model_pane.text
+        # Issue 15: the engine applied them, so the session's trace says so, as headless's does.
+        assert "applied to your working tree: 1 written, 0 deleted" in app.main.model_pane.text
         await pilot.press("q")
         await pilot.pause()
     assert app.exit_status == 0
+    trace = app.session.result.trace if app.session.result else None
+    assert trace is not None
+    [applied] = [
+        e for e in map(json.loads, trace.read_text().splitlines()) if e["type"] == "applied"
+    ]
+    assert applied["written"] == ["calc.py"] and applied["conflicts"] == []
     assert "green after 1 iteration; 1 file changed in your working tree;" in app.summary()
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import anyio
 import pytest
 from conftest import run_git
 from loophelpers import drive_review, edit, make_config, user_texts
@@ -11,7 +13,7 @@ from scripted_openai import Reply
 
 from codexloop.core import events as ev
 from codexloop.core.diff import changes
-from codexloop.core.loop import Loop
+from codexloop.core.loop import Loop, event_channel
 
 pytestmark = pytest.mark.anyio
 
@@ -112,3 +114,85 @@ async def test_finishing_at_a_spent_budget_ends_red(make_repo, scripted_openai) 
     result, seen = await drive_review(loop, lambda event, seen: ev.Finish())
     assert result.status == "failed" and result.reason == "not green after 1 iteration"
     assert [type(e) for e in seen if isinstance(e, ev.BudgetSpent)] == [ev.BudgetSpent]
+
+
+async def test_the_loop_applies_a_reviews_accepted_hunks_and_records_it(
+    make_repo, scripted_openai
+) -> None:
+    """Issue 15: the front end sends the accepted hunks; the engine applies them (three-way)
+    and answers with ``applied``, which the trace records, before the session ends."""
+    repo = make_repo({"calc.py": CALC, "tests/test_calc.py": TEST})
+    scripted_openai.add(
+        Reply(
+            tool_calls=[
+                edit("calc.py", "a - b", "a + b"),
+                edit("calc.py", "VERSION = 1", "VERSION = 2"),
+            ]
+        ),
+        Reply(text="Fixed, and bumped the version."),
+    )
+    loop = Loop(make_config(repo, scripted_openai.base_url), backoff=(0.0,), review=True)
+    send, receive = event_channel()
+    commands, commands_receive = event_channel()
+    seen: list[ev.Event] = []
+
+    async def developer() -> None:
+        async with receive:
+            async for event in receive:
+                seen.append(event)
+                if isinstance(event, ev.ReviewReady):
+                    assert loop.sandbox is not None and event.commit is not None
+                    [change] = changes(repo, loop.sandbox.base, event.commit)
+                    fix = next(h for h in change.hunks if "+    return a + b" in h.lines)
+                    await commands.send(ev.Apply(event.commit, (("calc.py", fix.index),)))
+                elif isinstance(event, ev.Applied):
+                    await commands.send(ev.Finish())
+
+    with anyio.fail_after(120):  # no answer to the Apply would leave the loop waiting
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(developer)
+            async with send:
+                result = await loop.run(send, commands_receive)
+
+    assert result.status == "passed"
+    text = (repo / "calc.py").read_text()
+    assert "return a + b" in text and "VERSION = 1" in text  # the accepted hunk only
+    [applied] = [e for e in seen if isinstance(e, ev.Applied)]
+    assert applied.ok and applied.written == ("calc.py",)
+    assert seen.index(applied) < len(seen) - 1 and isinstance(seen[-1], ev.LoopFinished)
+    assert result.trace is not None
+    kinds = [json.loads(line)["type"] for line in result.trace.read_text().splitlines()]
+    assert "applied" in kinds and kinds.index("applied") < kinds.index("loop_finished")
+
+
+async def test_an_apply_that_conflicts_writes_nothing_and_says_so(
+    make_repo, scripted_openai
+) -> None:
+    repo = make_repo({"calc.py": CALC, "tests/test_calc.py": TEST})
+    scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="Fixed."))
+    loop = Loop(make_config(repo, scripted_openai.base_url), backoff=(0.0,), review=True)
+    send, receive = event_channel()
+    commands, commands_receive = event_channel()
+    seen: list[ev.Event] = []
+    mine = CALC.replace("a - b", "a * b  # mine")
+
+    async def developer() -> None:
+        async with receive:
+            async for event in receive:
+                seen.append(event)
+                if isinstance(event, ev.ReviewReady):
+                    assert event.commit is not None
+                    (repo / "calc.py").write_text(mine)  # the developer's own edit, meanwhile
+                    await commands.send(ev.Apply(event.commit, (("calc.py", 0),)))
+                elif isinstance(event, ev.Applied):
+                    await commands.send(ev.Finish())
+
+    with anyio.fail_after(120):  # no answer to the Apply would leave the loop waiting
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(developer)
+            async with send:
+                await loop.run(send, commands_receive)
+
+    [applied] = [e for e in seen if isinstance(e, ev.Applied)]
+    assert not applied.ok and applied.conflicts and applied.conflicts[0].startswith("calc.py")
+    assert (repo / "calc.py").read_text() == mine
