@@ -53,7 +53,7 @@ from codexloop.core.model import (
 from codexloop.core.process import RunResult
 from codexloop.core.sandbox import Sandbox, session_name
 from codexloop.core.session import Session, announce, create_sandbox, open_session
-from codexloop.core.testrun import Verdict, default_command
+from codexloop.core.testrun import Verdict, default_command, runs_the_exam
 from codexloop.core.textcalls import Work
 from codexloop.core.timings import Timings
 from codexloop.core.turns import Turns
@@ -484,6 +484,9 @@ class Loop:
             emit=self.emit,
             set_state=self._set_state,
             timings=self.timings,
+            runs_the_exam=lambda command: runs_the_exam(
+                command, self.config.targets, self.config.test_cmd
+            ),
         )
         while True:
             await self.checkpoint()

@@ -182,6 +182,38 @@ def default_command(python: str, targets: tuple[str, ...]) -> str:
     return shlex.join([python, "-m", "pytest", *default_args(targets)])
 
 
+def runs_the_exam(command: str, targets: tuple[str, ...], test_cmd: str | None) -> bool:
+    """Whether a model's ``run_command`` ran the exam's tests: the configured test command, or
+    pytest on a target (a target file or node id, a folder holding one, or no path at all:
+    the whole suite). Its passing ends the model's turn: the engine runs the exam then."""
+    if test_cmd is not None and " ".join(command.split()) == " ".join(test_cmd.split()):
+        return True
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = command.split()
+    if any(w in ("|", "||", "&&", ";") or w.endswith(";") for w in words):
+        return False  # a pipeline or a list: its exit status is not pytest's alone
+    runner = next(
+        (n for n, w in enumerate(words) if w in ("pytest", "py.test") or w.endswith("/pytest")),
+        None,
+    )
+    if runner is None:
+        return False
+    arguments = words[runner + 1 :]
+    paths = [
+        w.split("::")[0].rstrip("/") for w in arguments if not w.startswith("-") and _is_path(w)
+    ]
+    if not paths:
+        return True
+    files = {t.split("::")[0] for t in targets}
+    return any(p in files or any(f.startswith(p + "/") for f in files) or p == "." for p in paths)
+
+
+def _is_path(word: str) -> bool:
+    return "/" in word or word.endswith(".py") or "::" in word or word == "."
+
+
 def junit_env(junit_path: Path) -> dict[str, str]:
     """Ask any pytest the command starts for a JUnit report, without touching the command."""
     return {"PYTEST_ADDOPTS": f"--junitxml={junit_path} -o junit_family=xunit1"}

@@ -19,7 +19,10 @@ message saying what was not applied and how to call the tools (:func:`prompts.no
 from the second such answer in a row the developer gets a ``notice``. A failed call or edit
 lets the model try again in the same turn, but the same answer (or the same failing call) given
 three times, or five idle answers in a row, end the turn: the engine runs the tests instead of
-spending the budget. An answer with no call and no edit ends the turn as it always has.
+spending the budget. An answer with no call and no edit ends the turn as it always has, and so
+does a ``run_command`` that ran the exam's tests after a change and passed
+(:func:`~codexloop.core.testrun.runs_the_exam`): the engine runs the exam at once, before a
+model that saw green wanders on and undoes its fix.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import itertools
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -61,6 +64,9 @@ REPEAT_NOTICE = (
 )
 IDLE_END_NOTICE = "{count} answers in a row changed nothing ({what}): running the tests"
 BUDGET_NOTICE = "tool budget of {limit} calls spent; running the tests"
+EXAM_PASSED_NOTICE = (
+    "the model ran the tests after its change and they passed: the engine runs the exam now"
+)
 
 
 # -- reading calls from text ---------------------------------------------------------------
@@ -277,6 +283,14 @@ def _first_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
+def _command(arguments: str) -> str:
+    try:
+        command = json.loads(arguments).get("command", "")
+    except (json.JSONDecodeError, AttributeError):
+        return ""
+    return command if isinstance(command, str) else ""
+
+
 def _key(text: str) -> str:
     return "answer:" + " ".join(text.split())
 
@@ -294,8 +308,13 @@ class Work:
         emit: ev.Emit,
         set_state: ev.SetState,
         timings: Timings,
+        runs_the_exam: Callable[[str], bool] = lambda command: False,
     ) -> None:
         self.tools = tools
+        self.runs_the_exam = runs_the_exam
+        """Whether a ``run_command`` ran the exam's tests: passing after a change, it ends the
+        turn (a small model that saw them pass tends to wander on and undo its fix)."""
+        self.exam_passed = False
         self.conversation = conversation
         self.edit_format = edit_format
         self.limit = limit
@@ -339,6 +358,8 @@ class Work:
         await self.emit(ev.ToolResult(name, outcome.ok, outcome.summary, call_id, outcome.refused))
         if outcome.changed or name == "run_command":
             await self.emit(ev.SandboxChanged(outcome.changed))
+        if name == "run_command" and outcome.ok and self.changed:
+            self.exam_passed = self.exam_passed or self.runs_the_exam(_command(arguments))
         if outcome.changed or (name == "run_command" and outcome.ok):
             self.changed = True
         return outcome
@@ -421,6 +442,12 @@ class Work:
         )
 
     async def _after_calls(self, done: list[_Done], *, said: str) -> bool:
+        if self.exam_passed:
+            if said:
+                self.conversation.say(said)
+            self.answers.progressed()
+            await self.emit(ev.Notice("info", EXAM_PASSED_NOTICE))
+            return True
         if self.calls_left <= 0:
             if said:
                 self.conversation.say(said)

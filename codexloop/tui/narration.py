@@ -213,7 +213,9 @@ def applied(event: ev.Applied) -> Line:
         return note(f"✗ nothing applied to your working tree: {event.error}", "bold red")
     if event.conflicts:
         conflicts = "; ".join(event.conflicts)
-        return note(f"✗ nothing applied: conflicts with your working tree ({conflicts})", "bold red")
+        return note(
+            f"✗ nothing applied: conflicts with your working tree ({conflicts})", "bold red"
+        )
     parts = [f"{len(event.written)} written", f"{len(event.deleted)} deleted"]
     return note("applied to your working tree: " + ", ".join(parts), "cyan")
 

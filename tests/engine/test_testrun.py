@@ -300,3 +300,24 @@ def test_control_characters_written_out_in_a_report_are_dropped(tmp_path: Path) 
     assert case.message == "- 3.50 EUR bell #x41 stays"  # #x41 ('A') is never written so
     assert case.detail == "E  + 3.5 EUR\nsee issue  and"
     assert report_text("plain #xAB text") == "plain #xAB text"
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("pytest tests/test_calc.py::test_add", True),
+        ("python -m pytest -q tests/test_calc.py", True),
+        ("/usr/bin/python3 -m pytest", True),  # the whole suite holds the targets
+        ("pytest tests", True),
+        ("pytest -k add .", True),
+        ("pytest tests/test_other.py", False),
+        ("pytest tests/test_calc.py | tail -3", False),  # the status is tail's
+        ("pytest tests/test_calc.py || true", False),
+        ("python calc.py", False),
+        ("make test", True),  # the configured test command
+    ],
+)
+def test_what_counts_as_the_model_running_the_exam(command: str, expected: bool) -> None:
+    from codexloop.core.testrun import runs_the_exam
+
+    assert runs_the_exam(command, ("tests/test_calc.py::test_add",), "make  test") is expected

@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import run_git
 from loophelpers import KATA, make_config, of_type, run_loop, tool_results, user_texts
-from scripted_openai import Reply
+from scripted_openai import Call, Reply
 
 from codexloop.core import events as ev
 from codexloop.core.textcalls import find_calls
@@ -130,3 +130,49 @@ async def test_text_calls_share_the_tool_budget(make_repo, scripted_openai) -> N
     assert [r.ok for r in of_type(events, ev.ToolResult)] == [True, True, False]
     assert any("tool budget" in n.message for n in of_type(events, ev.Notice))
     assert len(scripted_openai.requests) == 1 and result.status == "failed"
+
+
+WANDER = {"path": "calc.py", "content": "from calc import add\n"}  # what a small model did next
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "text"])
+async def test_the_models_own_passing_run_of_the_exam_ends_the_turn(
+    make_repo, scripted_openai, native: bool
+) -> None:
+    """Seen with Qwen2.5-Coder-1.5B: it fixed the code, ran the test (exit 0), then wandered on
+    and overwrote the fix. A passing run of the exam's tests after a change ends the turn: the
+    engine runs the exam at once."""
+    repo = make_repo(KATA)
+    run = {"command": "python -m pytest -q tests/test_calc.py"}
+    if native:
+        scripted_openai.add(
+            Reply(tool_calls=[Call("edit_file", EDIT)]),
+            Reply(tool_calls=[Call("run_command", run)]),
+            Reply(tool_calls=[Call("write_file", WANDER)]),
+            Reply(text="Done."),
+        )
+    else:
+        scripted_openai.add(
+            Reply(text=f"<tool_call>{CALL}</tool_call>"),
+            Reply(text=json.dumps({"name": "run_command", "arguments": run})),
+            Reply(text=json.dumps({"name": "write_file", "arguments": WANDER})),
+            Reply(text="Done."),
+        )
+    result, events = await run_loop(make_config(repo, scripted_openai.base_url))
+    assert result.status == "passed" and result.iterations == 1
+    assert len(scripted_openai.requests) == 2  # the wandering answer was never asked for
+    notices = [e.message for e in of_type(events, ev.Notice)]
+    assert any("ran the tests after its change and they passed" in n for n in notices)
+
+
+async def test_a_passing_run_of_other_tests_goes_on(make_repo, scripted_openai) -> None:
+    repo = make_repo({**KATA, "tests/test_other.py": "def test_other():\n    pass\n"})
+    other = Call("run_command", {"command": "python -m pytest -q tests/test_other.py"})
+    scripted_openai.add(
+        Reply(tool_calls=[Call("edit_file", EDIT)]),
+        Reply(tool_calls=[other]),
+        Reply(text="Done."),
+    )
+    result, events = await run_loop(make_config(repo, scripted_openai.base_url))
+    assert [r.ok for r in of_type(events, ev.ToolResult)] == [True, True]
+    assert result.status == "passed" and len(scripted_openai.requests) == 3
