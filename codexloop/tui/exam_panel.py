@@ -82,17 +82,18 @@ class ExamPanel(Vertical):
     def show_targets(self) -> None:
         """The exam's targets (again, after they changed): title, files, watcher."""
         self.pane.border_title = "exam · " + " ".join(self.session.config.targets)
-        self.load()
+        self.load(to_target=True)
         self.watch_files()
 
-    def load(self) -> None:
-        """(Re)read the exam from the developer's checkout, off the event loop."""
+    def load(self, *, to_target: bool = False) -> None:
+        """(Re)read the exam from the developer's checkout, off the event loop; with
+        ``to_target``, show its first targeted test (else keep the developer's place)."""
         config = self.session.config
         spawn(
             self,
-            partial(load_exam, config.repo, config.target_files),
+            partial(load_exam, config.repo, config.target_files, config.targets),
             name="exam",
-            done=self.pane.set_lines,
+            done=partial(self.pane.show, to_target=to_target),
             failed=lambda error: self.pane.set_lines(
                 [Text(f"cannot show the exam: {describe(error)}", style="red")]
             ),

@@ -389,3 +389,50 @@ async def test_a_bad_target_is_refused_and_nothing_is_sent(make_repo, scripted_o
         assert not any(isinstance(c, ev.SetTargets) for c in sent)
         assert app.session.config.targets == (TARGET,)
         await stop(app, pilot)
+
+
+# -- where the exam pane opens -----------------------------------------------------------------
+
+
+LONG_TEST = (
+    "from calc import add\n\n"
+    + "".join(f"\ndef test_other_{n}():\n    assert add({n}, 0) == {n}\n\n" for n in range(60))
+    + "\nclass TestAdd:\n    @pytest.mark.parametrize('x', [1])\n"
+    + "    def test_add(self, x):\n        assert add(2, 3) == 5\n"
+)
+
+
+async def test_the_exam_pane_opens_on_the_targeted_test(make_repo, scripted_openai) -> None:
+    """Issue 16 item 15: a long test file shows its targeted test, marked, not line 1."""
+    repo = make_repo({**KATA, "tests/test_calc.py": "import pytest\n" + LONG_TEST})
+    target = "tests/test_calc.py::TestAdd::test_add[1]"
+    app = ProbedApp(make_config(repo, scripted_openai.base_url, target), autostart=False)
+    async with app.run_test(size=(120, 40)):
+        pane = app.main.exam.pane
+        await app.wait_until(lambda: "class TestAdd" in pane.text)
+        lines = pane.text.splitlines()
+        decorator = next(n for n, line in enumerate(lines) if "@pytest.mark.parametrize" in line)
+        assert "▶" in lines[decorator] and sum("▶" in line for line in lines) == 1
+        # In sight, with a line above it (or as far down as the pane goes: it ends the file).
+        await app.wait_until(
+            lambda: pane.max_scroll_y > 200
+            and pane.scroll_y == min(decorator - 1, pane.max_scroll_y)
+        )
+        # An edit in the checkout keeps the developer's place.
+        pane.scroll_to(y=3, animate=False)
+        await app.wait_until(lambda: pane.scroll_y == 3)
+        (repo / "tests" / "test_calc.py").write_text("import pytest\n" + LONG_TEST + "\n# more\n")
+        await app.wait_until(lambda: "# more" in pane.text)
+        assert pane.scroll_y == 3
+
+
+def test_definition_lines_of_node_ids() -> None:
+    from codexloop.tui.exam_pane import definition_line
+
+    source = "import pytest\n\n@pytest.mark.x\ndef test_a():\n    pass\n\nclass TestB:\n    def test_c(self):\n        pass\n"
+    assert definition_line(source, ["test_a"]) == 3
+    assert definition_line(source, ["TestB", "test_c"]) == 8
+    assert definition_line(source, ["TestB"]) == 7
+    assert definition_line(source, ["test_c"]) is None  # not at the top level
+    assert definition_line(source, ["test_missing"]) is None
+    assert definition_line(source + "def broken(:\n", ["TestB", "test_c"]) == 8  # by its name
