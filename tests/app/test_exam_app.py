@@ -415,8 +415,9 @@ async def test_the_exam_pane_opens_on_the_targeted_test(make_repo, scripted_open
         assert "▶" in lines[decorator] and sum("▶" in line for line in lines) == 1
         # In sight, with a line above it (or as far down as the pane goes: it ends the file).
         await app.wait_until(
-            lambda: pane.max_scroll_y > 200
-            and pane.scroll_y == min(decorator - 1, pane.max_scroll_y)
+            lambda: (
+                pane.max_scroll_y > 200 and pane.scroll_y == min(decorator - 1, pane.max_scroll_y)
+            )
         )
         # An edit in the checkout keeps the developer's place.
         pane.scroll_to(y=3, animate=False)
