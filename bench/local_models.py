@@ -149,14 +149,14 @@ def run_codexloop(repo: Path, target: str, url: str, iterations: int, extra: lis
     )
 
 
-def run_aider(repo: Path, target: str, url: str, iterations: int) -> Outcome:
+def run_aider(repo: Path, target: str, url: str, iterations: int, aider: str) -> Outcome:
     """aider with its whole-file edit format and its own test loop (the test run afterwards
     decides green: aider exits 0 either way)."""
     test = f"{shlex_quote(sys.executable)} -m pytest -q {target}"
     started = time.perf_counter()
     subprocess.run(
         [
-            "aider",
+            aider,
             "--model",
             "openai/local",
             "--openai-api-base",
@@ -173,10 +173,15 @@ def run_aider(repo: Path, target: str, url: str, iterations: int) -> Outcome:
             "--auto-test",
             "--max-reflections",
             str(iterations),
+            "--no-check-update",
+            "--analytics-disable",
+            "--no-show-release-notes",
+            "--no-gitignore",
             "--read",
             target.split("::")[0],
             "--message",
             f"Make the failing test pass: {target}",
+            *code_files(repo),  # in the chat, editable: what codexloop's first message shows
         ],
         cwd=repo,
         capture_output=True,
@@ -187,6 +192,15 @@ def run_aider(repo: Path, target: str, url: str, iterations: int) -> Outcome:
     seconds = time.perf_counter() - started
     check = subprocess.run(test, shell=True, cwd=repo, capture_output=True, text=True)
     return Outcome("aider", repo.name, 0, check.returncode == 0, 0, seconds, 0)
+
+
+def code_files(repo: Path) -> list[str]:
+    """The kata's Python files outside its tests (aider edits files added to its chat)."""
+    return sorted(
+        str(p.relative_to(repo))
+        for p in repo.rglob("*.py")
+        if ".git" not in p.parts and "tests" not in p.relative_to(repo).parts
+    )
 
 
 def shlex_quote(text: str) -> str:
@@ -206,6 +220,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--kata", action="append", help="only these katas (repeatable)")
     parser.add_argument("--no-aider", action="store_true", help="skip aider even if installed")
+    parser.add_argument("--aider", default=shutil.which("aider"), help="aider (default: on PATH)")
     parser.add_argument(
         "--codexloop-arg", action="append", default=[], help="passed to codexloop (repeatable)"
     )
@@ -215,7 +230,7 @@ def main() -> int:
     katas = sorted(p for p in KATAS.iterdir() if (p / "TARGET").is_file())
     if args.kata:
         katas = [k for k in katas if k.name in args.kata]
-    tools = ["codexloop"] + (["aider"] if shutil.which("aider") and not args.no_aider else [])
+    tools = ["codexloop"] + (["aider"] if args.aider and not args.no_aider else [])
     server = start_server(args.server, args.model, args.port, args.ctx, args.threads)
     url = f"http://127.0.0.1:{args.port}/v1"
     outcomes: list[Outcome] = []
@@ -230,7 +245,7 @@ def main() -> int:
                                 repo, target, url, args.iterations, args.codexloop_arg
                             )
                         else:
-                            result = run_aider(repo, target, url, args.iterations)
+                            result = run_aider(repo, target, url, args.iterations, args.aider)
                     result.run = run
                     outcomes.append(result)
                     print(result.line(), flush=True)
