@@ -21,11 +21,18 @@ def open_app(
     loop_factory: Callable[[Config], Loop] | None = None,
     check_endpoint: bool = True,
     banner: str = "",
+    throwaway: bool = False,
 ) -> int:
     """Open the full-screen app on ``config`` (Textual is imported only now)."""
     from codexloop.tui.app import run_app
 
-    return run_app(config, loop_factory=loop_factory, check_endpoint=check_endpoint, banner=banner)
+    return run_app(
+        config,
+        loop_factory=loop_factory,
+        check_endpoint=check_endpoint,
+        banner=banner,
+        throwaway=throwaway,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

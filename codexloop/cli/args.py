@@ -55,6 +55,7 @@ class OpenApp(Protocol):
         loop_factory: Callable[[Config], Loop] | None = None,
         check_endpoint: bool = True,
         banner: str = "",
+        throwaway: bool = False,
     ) -> int: ...
 
 

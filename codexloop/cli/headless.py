@@ -20,7 +20,6 @@ import anyio
 from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
 
-from codexloop.cli.leftovers import discard_session
 from codexloop.core import events as ev
 from codexloop.core.config import Config
 from codexloop.core.errors import (
@@ -32,6 +31,7 @@ from codexloop.core.errors import (
     error_line,
     setup_failure,
 )
+from codexloop.core.leftovers import discard_session
 from codexloop.core.loop import Loop, LoopResult, event_channel
 from codexloop.core.model import check_endpoint, make_client
 

@@ -48,8 +48,8 @@ def branches(argv: Sequence[str]) -> int:
 
 
 def clean(argv: Sequence[str]) -> int:
-    from codexloop.cli.leftovers import remove_preview_branch
     from codexloop.core import gitops
+    from codexloop.core.leftovers import remove_preview_branch
 
     parser = _Parser(
         prog="codexloop clean",
@@ -92,18 +92,31 @@ def _speed(text: str) -> float | None:
 
 
 def _run_front(
-    config: Config, loop: Loop, open_app: OpenApp, *, headless: bool, banner: str
+    config: Config,
+    loop: Loop,
+    open_app: OpenApp,
+    *,
+    headless: bool,
+    banner: str,
+    throwaway: bool,
 ) -> int:
+    """The session in the app or headless; ``throwaway``: its branch is removed afterwards."""
     if headless:
         from codexloop.cli.headless import run_headless
 
         return run_headless(config, loop=loop)
-    return open_app(config, loop_factory=lambda _config: loop, check_endpoint=False, banner=banner)
+    return open_app(
+        config,
+        loop_factory=lambda _config: loop,
+        check_endpoint=False,
+        banner=banner,
+        throwaway=throwaway,
+    )
 
 
 def demo(argv: Sequence[str], open_app: OpenApp) -> int:
-    from codexloop.cli.leftovers import remove_kata
     from codexloop.core.demo import make_kata
+    from codexloop.core.leftovers import remove_kata
 
     parser = _Parser(
         prog="codexloop demo",
@@ -141,8 +154,10 @@ def demo(argv: Sequence[str], open_app: OpenApp) -> int:
         kept = " (kept: --keep)" if args.keep else " (removed when the demo ends; --keep keeps it)"
         print(f"codexloop demo: kata repository at {repo}{kept}", file=sys.stderr)
         if args.live:
-            return _live_demo(repo, open_app, headless=args.headless)
-        return _scripted_demo(repo, open_app, headless=args.headless, speed=args.speed)
+            return _live_demo(repo, open_app, headless=args.headless, keep=args.keep)
+        return _scripted_demo(
+            repo, open_app, headless=args.headless, speed=args.speed, keep=args.keep
+        )
     finally:
         if not args.keep:
             remove_kata(root, root / "invoice-kata")
@@ -153,7 +168,7 @@ def demo(argv: Sequence[str], open_app: OpenApp) -> int:
                 )
 
 
-def _live_demo(repo: Path, open_app: OpenApp, *, headless: bool) -> int:
+def _live_demo(repo: Path, open_app: OpenApp, *, headless: bool, keep: bool) -> int:
     from codexloop.core.config import Settings, load_config
     from codexloop.core.demo import TARGET
 
@@ -162,10 +177,12 @@ def _live_demo(repo: Path, open_app: OpenApp, *, headless: bool) -> int:
         from codexloop.cli.headless import run_headless
 
         return run_headless(config)
-    return open_app(config)
+    return open_app(config, throwaway=not keep)
 
 
-def _scripted_demo(repo: Path, open_app: OpenApp, *, headless: bool, speed: float | None) -> int:
+def _scripted_demo(
+    repo: Path, open_app: OpenApp, *, headless: bool, speed: float | None, keep: bool
+) -> int:
     from codexloop.core.demo import answer_review, demo_config, demo_turns
     from codexloop.core.loop import Loop
     from codexloop.core.model import make_client
@@ -182,14 +199,19 @@ def _scripted_demo(repo: Path, open_app: OpenApp, *, headless: bool, speed: floa
             write_trace=False,  # the kata it would replay on is gone after the demo
         )
         return _run_front(
-            config, loop, open_app, headless=headless, banner="scripted demo: not a live model"
+            config,
+            loop,
+            open_app,
+            headless=headless,
+            banner="scripted demo: not a live model",
+            throwaway=not keep,
         )
 
 
 def replay(argv: Sequence[str], open_app: OpenApp) -> int:
-    from codexloop.cli.leftovers import discard_session
     from codexloop.core import gitops
     from codexloop.core.config import Config
+    from codexloop.core.leftovers import discard_session
     from codexloop.core.loop import Loop
     from codexloop.core.model import make_client
     from codexloop.core.replay import ReplayServer, TraceError, read_recording
@@ -251,6 +273,7 @@ def replay(argv: Sequence[str], open_app: OpenApp) -> int:
                 open_app,
                 headless=args.headless,
                 banner=f"replay of {args.trace.name}",
+                throwaway=True,
             )
         finally:
             # The recorded session keeps its own branch: a replay's copy is no work of its own.

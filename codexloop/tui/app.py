@@ -24,6 +24,7 @@ from textual.screen import Screen
 
 from codexloop.core.config import Config
 from codexloop.core.errors import EXIT_INTERRUPTED, EXIT_USAGE
+from codexloop.core.leftovers import discard_session
 from codexloop.core.loop import Loop
 from codexloop.core.model import ModelError, make_client
 from codexloop.core.model import check_endpoint as probe_endpoint
@@ -135,16 +136,33 @@ async def _check_endpoint(config: Config) -> None:
         await client.close()
 
 
+def leave(app: CodexloopApp, *, throwaway: bool) -> str:
+    """After the screen closed: a session that recorded nothing and has nothing to continue
+    (green at once, or an exam that can never pass) leaves no branch behind, as in headless
+    mode; the line for the terminal ("" when the session never started)."""
+    state, loop = app.session.state, app.session.loop
+    finished = state.finished
+    over = finished is not None and (finished.status == "passed" or state.error is not None)
+    removed = discard_session(loop) if over and loop and not throwaway else None
+    if state.started is None and state.failure is None:
+        return ""
+    return state.summary("throwaway" if throwaway else "removed" if removed else None)
+
+
 def run_app(
     config: Config,
     *,
     loop_factory: LoopFactory | None = None,
     check_endpoint: bool = True,
     banner: str = "",
+    throwaway: bool = False,
 ) -> int:
     """Open the app on ``config``; the exit status: 0 green, 1 not green or stopped, 130 interrupted.
 
-    ``loop_factory`` lets demo and replay bring their own loop; ``banner`` says so on screen.
+    ``loop_factory`` lets demo and replay bring their own loop; ``banner`` says so on screen;
+    ``throwaway``: the caller removes the session's branch afterwards (the exit line does not
+    name it). Otherwise a session green with nothing recorded (the exam passed at once) leaves
+    no branch behind, as in headless mode.
     """
     if check_endpoint:
         try:
@@ -161,9 +179,9 @@ def run_app(
         return EXIT_INTERRUPTED
     finally:
         app.exit_policy.restore_signals()
-    state = app.session.state
-    if state.started is not None or state.failure is not None:
+    line = leave(app, throwaway=throwaway)
+    if line:
         with contextlib.suppress(OSError):  # a closed terminal
-            print(app.summary())
+            print(line)
     code = app.return_code
     return app.exit_status if code is None else code

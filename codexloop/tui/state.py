@@ -14,6 +14,7 @@ import enum
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from codexloop.core import events as ev
 from codexloop.core.errors import CodexloopError, error_line, result_status
@@ -370,8 +371,10 @@ class SessionState:
             info.hint = "v to review · q to finish" if self.review_ready is not None else ""
         return info
 
-    def summary(self) -> str:
-        """The line printed on the terminal after the screen closed."""
+    def summary(self, branch: Literal["removed", "throwaway"] | None = None) -> str:
+        """The line printed on the terminal after the screen closed. ``branch``: the session's
+        branch was removed, having nothing to keep; or it is the demo's or a replay's, removed
+        by the caller (not named)."""
         if self.error is not None:
             return error_line(self.error)
         if self.finished is None:
@@ -385,7 +388,10 @@ class SessionState:
             line += f"; {counted(self.applied, 'file')} changed in your working tree"
         else:
             line += "; nothing applied to your working tree"
-        line += f"; the work is on branch {finished.branch}"
-        if finished.worktree:
-            line += f" (worktree {finished.worktree})"
+        if branch == "removed":
+            line += f"; nothing to keep: removed {finished.branch} and its worktree"
+        elif branch is None:
+            line += f"; the work is on branch {finished.branch}"
+            if finished.worktree:
+                line += f" (worktree {finished.worktree})"
         return line

@@ -16,13 +16,14 @@ from apphelpers import (
     stop,
     workers_named,
 )
+from conftest import run_git
 from loophelpers import KATA, edit, make_config, user_texts
 from scripted_openai import Call, Reply
 from textual.worker import WorkerFailed
 
 from codexloop.core import events as ev
 from codexloop.core.config import Config
-from codexloop.tui.app import run_app
+from codexloop.tui.app import leave, run_app
 from codexloop.tui.dialogs import PromptScreen, QuitScreen
 from codexloop.tui.screens import HelpScreen
 
@@ -276,6 +277,45 @@ async def test_an_exam_that_can_never_pass_ends_with_exit_2(make_repo, scripted_
     assert app.exit_status == 2 and app.return_code == 2
     assert app.summary().startswith("codexloop: error: target 'tests/test_calc.py::test_ad'")
     assert scripted_openai.requests == []
+    # Nothing to continue: its branch goes, as in headless mode (issue 16 item 19).
+    assert leave(app, throwaway=False).startswith("codexloop: error: target")
+    assert run_git(repo, "branch", "--list", "codexloop/*") == ""
+
+
+async def test_a_session_green_at_once_leaves_no_branch(make_repo, scripted_openai) -> None:
+    """Issue 16 item 19: the exam passed at once; nothing was made, so nothing is kept, and
+    the exit line says so instead of naming a branch that holds nothing."""
+    repo = make_repo({**KATA, "calc.py": "def add(a, b):\n    return a + b\n"})
+    app = make_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        finished = await finish(app, pilot)
+        assert finished.status == "passed" and finished.iterations == 0
+        await pilot.press("q")
+        await pilot.pause()
+    branch = finished.branch
+    assert branch in run_git(repo, "branch", "--list", branch)
+    line = leave(app, throwaway=False)
+    assert line.startswith("codexloop: green after 0 iterations;")
+    assert f"nothing to keep: removed {branch} and its worktree" in line
+    assert run_git(repo, "branch", "--list", "codexloop/*") == ""
+    assert not Path(finished.worktree).exists()
+
+
+async def test_the_exit_line_of_a_throwaway_session_names_no_branch(
+    make_repo, scripted_openai
+) -> None:
+    """The demo and replay remove their session's branch themselves: the app's exit line does
+    not send the developer to it."""
+    repo = make_repo(KATA)
+    scripted_openai.add(*red_then_green())
+    app = make_app(make_config(repo, scripted_openai.base_url))
+    async with app.run_test(size=(120, 40)) as pilot:
+        finished = await finish(app, pilot)
+        await pilot.press("q")
+        await pilot.pause()
+    line = leave(app, throwaway=True)
+    assert line.startswith("codexloop: green after 2 iterations;") and "branch" not in line
+    assert finished.branch in run_git(repo, "branch", "--list", finished.branch)
 
 
 async def test_an_exam_changed_by_the_developer_is_shown_again(make_repo, scripted_openai) -> None:
