@@ -14,6 +14,9 @@ lookups are followed to the module they name; other files (and Python that does 
 go through text rules on their added lines. Only what the change adds is reported: a line
 already in the base is not flagged (except an always-true ``__eq__`` the change produced
 by deleting its checks, shown where the lines were removed).
+
+Over 400 lines: one rule set read as a whole (the AST checks and the text rules share
+what counts as test machinery); split by rule, a reviewer could not see what is checked.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ developer's controls (:mod:`~codexloop.core.controls`), the conversation
 becomes of a green result (:mod:`~codexloop.core.outcome`). Front ends consume
 :mod:`codexloop.core.events` from a memory stream and send
 :class:`~codexloop.core.events.Command` objects the other way.
+
+Over 400 lines: ``run → iterate → work → turn`` in one place, the order a newcomer reads;
+everything each step needs lives in the modules it names.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ arrive, function-call arguments are assembled per call, usage is counted. Connec
 failures, dropped streams, rate limits and server errors are retried with backoff
 (reported through ``on_retry``); errors no retry can fix raise :class:`ModelError`
 with a message for people.
+
+Over 400 lines: the two wire protocols, their streaming and the retry policy share one
+Turn shape and one error mapping; split, each protocol would repeat the other's retry code.
 """
 
 from __future__ import annotations

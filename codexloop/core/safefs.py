@@ -9,6 +9,9 @@ opened (``lstat`` first, then ``O_NONBLOCK | O_NOFOLLOW`` and ``fstat`` to be su
 FIFO or device is never opened blocking), and reads can be bounded in size.
 
 Failures are ``OSError`` subclasses whose messages a model can read and act on.
+
+Over 400 lines: every host-side access to the model's worktree goes through these few
+functions, so their no-link, regular-file rules are audited in one place.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ The worktree starts from a snapshot of the developer's working tree as it is now
 (uncommitted and untracked-not-ignored files included); the developer's checkout
 is never written. Commands run with a small, explicit environment (no API keys or
 other secrets) and the sandbox's source roots first on ``PYTHONPATH``.
+
+Over 400 lines: the snapshot, the worktree, the environment and the command runner are
+the sandbox's one lifecycle; each part needs the others' paths.
 """
 
 from __future__ import annotations

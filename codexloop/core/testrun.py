@@ -3,6 +3,9 @@
 Green is decided here, never by the model: the command exited 0 *and* every target
 was collected, ran and passed. No tests collected, skipped, deselected or xfail
 targets are red.
+
+Over 400 lines: the verdict (JUnit, exit code, canary, digest) is one rule, "green is
+decided here"; its parts are read together when that rule is checked.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ spending the budget. An answer with no call and no edit ends the turn as it alwa
 does a ``run_command`` that ran the exam's tests after a change and passed
 (:func:`~codexloop.core.testrun.runs_the_exam`): the engine runs the exam at once, before a
 model that saw green wanders on and undoes its fix.
+
+Over 400 lines: the readers of text calls and the rules of a turn (idle, repeats, budgets)
+judge the same answers; split, the rules would re-read what the readers found.
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ through :class:`~codexloop.core.tools.Tools`, so path confinement and the protec
 (a text edit of a test file is refused like a tool call). Blocks that cannot be what they seem
 are left alone: an unclosed fence (a cut answer), a shell or output block, a Python file that
 does not parse, an excerpt (``# ... rest of the file ...``) that cannot be merged.
+
+Over 400 lines: every text form of an edit (labelled block, SEARCH/REPLACE, unified diff,
+bare definition) is read by one scanner of fences, in one order of precedence.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ error), writes replace the name atomically (never writing through a link or a ha
 link), and sizes are bounded. ``list_files`` shows a symlink as ``name -> target``
 without following it; ``grep`` skips links and special files. Every failure becomes a
 clear result the model can read; nothing raises.
+
+Over 400 lines: six tools bound to one sandbox share its confinement checks, size bounds and
+result shapes; the schema the model reads sits beside the code that honours it.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ imports again. Correctness first: the project's own modules are imported fresh i
 every child; a change to the test configuration (any conftest.py, pytest.ini, tox.ini,
 setup.cfg, pyproject.toml) or to the installed packages restarts the server; results
 are the same as a cold run (a test compares them).
+
+Over 400 lines: the warm server's protocol, its fingerprint and its fallback to a cold run
+must agree exactly (a warm result is trusted only as a cold one would be).
 """
 
 from __future__ import annotations
