@@ -58,10 +58,14 @@ def _roots(folders: Iterable[Path | str]) -> list[str]:
 
 class Conversation:
     def __init__(
-        self, first_message: str | FirstMessage, *, roots: Iterable[Path | str] = ()
+        self,
+        first_message: str | FirstMessage,
+        *,
+        roots: Iterable[Path | str] = (),
+        system: str = SYSTEM,
     ) -> None:
         """``roots``: the folders whose paths the model reads relative to the project (the
-        sandbox's worktree, the run tree the exam runs in)."""
+        sandbox's worktree, the run tree the exam runs in); ``system``: the system prompt."""
         self._roots = _roots(roots)
         first = (
             first_message
@@ -70,7 +74,7 @@ class Conversation:
         )
         self._sections = [(kind, self.clean(text)) for kind, text in first.sections]
         self.messages: list[dict[str, Any]] = [
-            {"role": "system", "content": SYSTEM},
+            {"role": "system", "content": system},
             {"role": "user", "content": self._opening()},
         ]
         self.iteration = 0

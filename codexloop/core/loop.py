@@ -59,6 +59,7 @@ from codexloop.core.session import Session, announce, create_sandbox, open_sessi
 from codexloop.core.testrun import Verdict, default_command, runs_the_exam
 from codexloop.core.textcalls import Work
 from codexloop.core.timings import Timings
+from codexloop.core.tools import TOOL_SCHEMAS
 from codexloop.core.turns import Turns
 
 _STREAMED = (ev.ModelText, ev.ModelReasoning, ev.TestOutput, ev.CommandOutput)
@@ -130,6 +131,7 @@ class Loop:
             base_url=config.base_url,
             context_tokens=config.context_tokens,
             emit=self.emit,
+            tools=[] if config.edit_format == "text" else TOOL_SCHEMAS,  # text: none is sent
         )
         self.test_outcomes: list[bool] = []
         self.flagged: list[ev.Flagged] = []
@@ -338,6 +340,7 @@ class Loop:
                 modules=modules,
             ),
             roots=(worktree, session.runner.place.worktree),
+            system=prompts.system(config.edit_format, TOOL_SCHEMAS),
         )
         iteration = 0
         budget_end = config.max_iterations

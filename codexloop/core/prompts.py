@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from codexloop.core.briefing import Briefing
 
@@ -33,6 +34,47 @@ Rules:
   runs the tests and tells you the result.
 - Keep changes small and focused on what the tests require.
 """
+
+SYSTEM_TEXT = """\
+You are a coding agent working inside a sandboxed copy of a software project (a git worktree).
+Your goal: make the target tests pass. The tests are the specification.
+
+Rules:
+- The target test files and the test setup (conftest.py, pytest.ini, tox.ini, setup.cfg, the
+  [tool.pytest] section of pyproject.toml, and any file the test command runs) are protected:
+  you cannot change them, and the engine restores them before every test run. Change the code
+  under test instead.
+- You act by writing tool calls as text: one JSON object per line, for example
+  {{"name": "edit_file", "arguments": {{"path": "src/app.py", "old_text": "return a - b", "new_text": "return a + b"}}}}
+  The tools (paths relative to the project root):
+{tools}
+  The engine runs each call and answers with its result.
+- Or write a whole new file in a fenced code block whose first line is a comment with its path
+  (# src/app.py); or a SEARCH/REPLACE block, or a unified diff.
+- run_command runs in the sandbox: time-limited, no network. The engine runs the target tests
+  itself after your turn.
+- When you think the code is fixed, reply with a short summary and no tool call: the engine then
+  runs the tests and tells you the result.
+- Keep changes small and focused on what the tests require.
+"""
+
+
+def system(edit_format: str, tools: Sequence[dict[str, Any]]) -> str:
+    """The system prompt: the tools are the server's to describe (native calls), or listed
+    here when the model writes its calls as text (``--edit-format text``: no tool is sent)."""
+    if edit_format != "text":
+        return SYSTEM
+    lines = []
+    for tool in tools:
+        function = tool["function"]
+        parameters = function["parameters"]
+        required = set(parameters.get("required", ()))
+        names = ", ".join(
+            name if name in required else f"{name}?" for name in parameters["properties"]
+        )
+        lines.append(f"  - {function['name']}{{{names}}}: {function['description']}")
+    return SYSTEM_TEXT.format(tools="\n".join(lines))
+
 
 TASK = "Task from the developer: {task}\n"
 CONTINUED = (

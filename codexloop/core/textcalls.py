@@ -95,7 +95,7 @@ class TextCall:
 
     name: str
     arguments: str
-    form: str  # "tagged", "llama", "mistral", "fenced", "bare"
+    form: str  # "tagged", "llama", "mistral", "fenced", "bare", "pythonic"
 
 
 def without_thinking(text: str) -> str:
@@ -206,6 +206,78 @@ def _marked(text: str) -> tuple[list[TextCall], list[str]]:
     return calls, unreadable
 
 
+_PYTHONIC_START = re.compile(
+    r"^[ \t]*\[?[ \t]*(" + "|".join(sorted(TOOL_NAMES)) + r")[ \t]*\(", re.M
+)
+
+
+def _pythonic(text: str) -> list[TextCall]:
+    """Calls in the Python form Llama 3.x writes, ``[edit_file(path="x.py", old_text="…")]``,
+    alone or in a list, each starting a line: a tool's name, keyword arguments with literal
+    values, nothing else (a line of code that calls a function of the same name is not one)."""
+    calls: list[TextCall] = []
+    at = 0
+    while (found := _PYTHONIC_START.search(text, at)) is not None:
+        at = found.end()
+        expression = _balanced(text, found.start())
+        if expression is None:
+            continue
+        try:
+            tree = ast.parse(expression.strip(), mode="eval").body
+        except (SyntaxError, ValueError, MemoryError, RecursionError):
+            continue
+        items = tree.elts if isinstance(tree, ast.List) else [tree]
+        got = [call for item in items if (call := _pythonic_call(item)) is not None]
+        if got and len(got) == len(items):
+            calls += got
+            at = found.start() + len(expression)
+    return calls
+
+
+def _balanced(text: str, start: int) -> str | None:
+    """The text from ``start`` to where its brackets close (strings skipped), or None."""
+    depth = 0
+    quote = ""
+    n = start
+    while n < len(text):
+        char = text[n]
+        if quote:
+            if char == "\\":
+                n += 1
+            elif text.startswith(quote, n):
+                n += len(quote) - 1
+                quote = ""
+        elif text.startswith(('"""', "'''"), n):
+            quote = text[n : n + 3]
+            n += 2
+        elif char in "\"'":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+            if depth == 0:
+                return text[start : n + 1]
+        n += 1
+    return None
+
+
+def _pythonic_call(node: ast.expr) -> TextCall | None:
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+        return None
+    if node.func.id not in TOOL_NAMES or node.args:
+        return None
+    arguments: dict[str, Any] = {}
+    for keyword in node.keywords:
+        if keyword.arg is None:
+            return None
+        try:
+            arguments[keyword.arg] = ast.literal_eval(keyword.value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return None
+    return TextCall(node.func.id, json.dumps(arguments), "pythonic")
+
+
 def find_calls(text: str) -> list[TextCall]:
     """The tool calls ``text`` writes out, in order."""
     return _read_calls(text)[0]
@@ -231,6 +303,8 @@ def _read_calls(text: str) -> tuple[list[TextCall], list[str]]:
             calls += got
             if not got:
                 unreadable.append("a JSON block that is not valid JSON")
+    if not calls and not unreadable:
+        calls = _pythonic(text)
     return calls, unreadable
 
 

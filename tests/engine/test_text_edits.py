@@ -191,6 +191,22 @@ async def test_edit_format_text_runs_no_native_call(make_repo, scripted_openai) 
     assert [(r.name, r.ok) for r in results] == [("edit_file", False), ("write_file", True)]
     [native] = [m for m in scripted_openai.requests[1]["messages"] if m["role"] == "tool"]
     assert "--edit-format text" in native["content"]
+    # No tool is sent (a server would render their schemas and invite native calls): the
+    # system prompt lists them and shows how to write a call as text.
+    first = scripted_openai.requests[0]
+    assert "tools" not in first and "tool_choice" not in first
+    system = first["messages"][0]["content"]
+    assert "writing tool calls as text" in system
+    assert "edit_file{path, old_text, new_text}" in system and "list_files{path?}" in system
+
+
+async def test_the_tools_are_sent_in_auto(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="ok"))
+    await run_loop(make_config(repo, scripted_openai.base_url, max_iterations=1))
+    first = scripted_openai.requests[0]
+    assert len(first["tools"]) == 6 and first["tool_choice"] == "auto"
+    assert "writing tool calls as text" not in first["messages"][0]["content"]
 
 
 async def test_native_tool_calls_stay_first_in_auto(make_repo, scripted_openai) -> None:

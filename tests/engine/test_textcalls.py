@@ -28,6 +28,7 @@ FORMS = {
     "llama": '<|python_tag|>{"name": "edit_file", "parameters": ' + json.dumps(EDIT) + "}",
     "mistral": f"[TOOL_CALLS] [{CALL}]",
     "list": f"{FENCE}json\n[{CALL}]\n{FENCE}",
+    "pythonic": '[edit_file(path="calc.py", old_text="a - b", new_text="a + b")]',
 }
 
 
@@ -36,6 +37,23 @@ def test_each_form_is_read_as_a_call(form: str) -> None:
     [call] = find_calls(FORMS[form])
     assert call.name == "edit_file"
     assert json.loads(call.arguments) == EDIT
+
+
+def test_the_pythonic_form_and_code_that_only_looks_like_it() -> None:
+    """Llama 3.x writes ``[tool(arg="…")]``; a line of code calling a function of that name,
+    a positional or computed argument, is no call."""
+    fenced = f'Fixing it.\n{FENCE}python\nedit_file(path="calc.py", old_text="a - b", new_text="a + b")\n{FENCE}'
+    assert [json.loads(c.arguments) for c in find_calls(fenced)] == [EDIT]
+    two = '[read_file(path="calc.py"), grep(pattern="def add(")]'
+    assert [(c.name, json.loads(c.arguments)) for c in find_calls(two)] == [
+        ("read_file", {"path": "calc.py"}),
+        ("grep", {"pattern": "def add("}),
+    ]
+    content = '[write_file(path="a.py", content="""def f():\n    return \'x)\'\n""")]'
+    [write] = find_calls(content)
+    assert json.loads(write.arguments)["content"] == "def f():\n    return 'x)'\n"
+    for code in ('x = grep(pattern="a")', "grep(pattern=compute())", 'run_command("ls")'):
+        assert find_calls(code) == [], code
 
 
 def test_more_forms_and_what_is_not_a_call() -> None:
