@@ -204,6 +204,7 @@ def rejection(
 
 # Tool calls and edits written as text, and answers that change nothing (core/textcalls).
 TEXT_CALLS_RAN = "The engine ran the tool calls written in your answer:\n{results}"
+TEXT_CALLS_CHANGED = "\n\nThey changed the code: the tests run next."
 TEXT_CALL_RESULT = "\n--- {call}\n{content}"
 TEXT_EDITS_APPLIED = "The engine applied the edits written in your answer (the tests run next):\n"
 TEXT_EDITS_FAILED = "Not applied:\n"

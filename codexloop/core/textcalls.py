@@ -7,6 +7,9 @@ Small local models rarely emit native tool calls. They write the call as text: a
 ``[TOOL_CALLS]`` marker. :func:`find_calls` reads those for the six tools; they then run exactly
 like native calls — same validation, refusals, tool budget, ``tool_call``/``tool_result``
 events — and their results come back as a user message (the model sent no call id to answer).
+An answer whose text calls changed files ends the turn, as edits written as text do: a model
+that writes its calls as text is a small one, and the test run tells it more than it would
+find on its own (Qwen2.5-Coder-1.5B fixed a bug with its first call, then wandered on).
 
 :class:`Work` is one turn of the model's work between two test runs. With ``edit_format``
 ``auto`` an answer's native calls come first, then calls written as text, then edits written
@@ -466,13 +469,20 @@ class Work:
         if calls:
             await self._tell_once(CALLS_NOTICE)
         results, done = [], []
+        changed = False
         for call in calls:
             outcome = await self._run(call.name, call.arguments, f"text-{next(self.answers.ids)}")
             described = f"{call.name} {_target(call.arguments)}".strip()
             results.append(prompts.TEXT_CALL_RESULT.format(call=described, content=outcome.content))
             done.append(self._done(call.name, call.arguments, outcome))
+            changed = changed or bool(outcome.changed)
         done += [_Done(False, _key(text), problem) for problem in unreadable]
         said = prompts.TEXT_CALLS_RAN.format(results="".join(results)) if results else ""
+        if changed and not self.exam_passed and self.calls_left > 0:
+            # As edits written as text: a change ends the turn, and the tests judge it now.
+            self.answers.progressed()
+            self.conversation.say(said + prompts.TEXT_CALLS_CHANGED)
+            return True
         return await self._after_calls(done, said=said)
 
     async def _text_edits(self, text: str, planned: list[Planned]) -> bool:

@@ -96,12 +96,27 @@ async def test_a_text_call_runs_like_a_native_call(make_repo, scripted_openai, f
     assert call.name == "edit_file" and json.loads(call.arguments) == EDIT
     [outcome] = of_type(events, ev.ToolResult)
     assert outcome.ok and outcome.call_id == call.call_id
-    # The model reads the result in the next request, as text (it sent no call id).
-    told = user_texts(scripted_openai.requests[1])
-    assert "edited calc.py" in told
-    assert tool_results(scripted_openai.requests[1]) == []
+    # The change ended the turn (as an edit written as text does): the tests judged it at once.
+    assert len(scripted_openai.requests) == 1
     infos = [n.message for n in of_type(events, ev.Notice) if "tool calls as text" in n.message]
     assert len(infos) == 1
+
+
+async def test_a_text_call_that_changes_a_file_ends_the_turn_and_the_tests_judge_it(
+    make_repo, scripted_openai
+) -> None:
+    """Red after the change: the model hears its call's result and the failure together, in
+    the next iteration's first request."""
+    repo = make_repo(KATA)
+    wrong = json.dumps({"name": "edit_file", "arguments": {**EDIT, "new_text": "a * b"}})
+    right = json.dumps({"name": "edit_file", "arguments": {**EDIT, "old_text": "a * b"}})
+    scripted_openai.add(Reply(text=wrong), Reply(text=f"<tool_call>{right}</tool_call>"))
+    result, events = await run_loop(make_config(repo, scripted_openai.base_url, max_iterations=2))
+    assert result.status == "passed" and result.iterations == 2
+    told = user_texts(scripted_openai.requests[1])
+    assert "edited calc.py" in told and "They changed the code: the tests run next." in told
+    assert "assert 6 == 5" in told  # the failure of the run that judged it
+    assert tool_results(scripted_openai.requests[1]) == []
 
 
 async def test_text_calls_read_then_write(make_repo, scripted_openai) -> None:
@@ -153,29 +168,20 @@ async def test_text_calls_share_the_tool_budget(make_repo, scripted_openai) -> N
 WANDER = {"path": "calc.py", "content": "from calc import add\n"}  # what a small model did next
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["native", "text"])
 async def test_the_models_own_passing_run_of_the_exam_ends_the_turn(
-    make_repo, scripted_openai, native: bool
+    make_repo, scripted_openai
 ) -> None:
     """Seen with Qwen2.5-Coder-1.5B: it fixed the code, ran the test (exit 0), then wandered on
     and overwrote the fix. A passing run of the exam's tests after a change ends the turn: the
-    engine runs the exam at once."""
+    engine runs the exam at once. (Text calls that change a file end the turn already.)"""
     repo = make_repo(KATA)
     run = {"command": "python -m pytest -q tests/test_calc.py"}
-    if native:
-        scripted_openai.add(
-            Reply(tool_calls=[Call("edit_file", EDIT)]),
-            Reply(tool_calls=[Call("run_command", run)]),
-            Reply(tool_calls=[Call("write_file", WANDER)]),
-            Reply(text="Done."),
-        )
-    else:
-        scripted_openai.add(
-            Reply(text=f"<tool_call>{CALL}</tool_call>"),
-            Reply(text=json.dumps({"name": "run_command", "arguments": run})),
-            Reply(text=json.dumps({"name": "write_file", "arguments": WANDER})),
-            Reply(text="Done."),
-        )
+    scripted_openai.add(
+        Reply(tool_calls=[Call("edit_file", EDIT)]),
+        Reply(tool_calls=[Call("run_command", run)]),
+        Reply(tool_calls=[Call("write_file", WANDER)]),
+        Reply(text="Done."),
+    )
     result, events = await run_loop(make_config(repo, scripted_openai.base_url))
     assert result.status == "passed" and result.iterations == 1
     assert len(scripted_openai.requests) == 2  # the wandering answer was never asked for
