@@ -482,12 +482,16 @@ class Tools:
                     if len(hits) >= MAX_GREP:
                         break
             if len(hits) >= MAX_GREP:
-                hits.append(f"[stopped at {MAX_GREP} matches]")
                 break
-        if stopped and len(hits) < MAX_GREP:
+        found = len(hits)  # the notes below are no matches
+        if found >= MAX_GREP:
+            hits.append(f"[stopped at {MAX_GREP} matches]")
+        elif stopped:
             hits.append(f"[searched the first {MAX_WALK} entries only: give a folder]")
         return ToolOutcome(
-            True, "\n".join(hits) or "no matches", f"{len(hits)} matches for /{pattern}/"
+            True,
+            "\n".join(hits) or "no matches",
+            f"{counted(found, 'match', 'matches')} for /{pattern}/",
         )
 
     async def _run_command(self, args: dict[str, Any]) -> ToolOutcome:
