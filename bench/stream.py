@@ -1,7 +1,7 @@
 """How fast can the app absorb a model stream? The real app, headless, a synthetic stream.
 
 Drives :class:`codexloop.tui.app.CodexloopApp` with ``App.run_test`` (no loop, no model):
-``ModelText`` events of ~4-character tokens go into the app's event consumer at a target
+``ModelText`` events of ~4-character tokens go into the main screen's event pump at a target
 rate, exactly as the engine sends them. Screen updates are rendered to terminal escape
 sequences and thrown away, so the cost of drawing is counted too.
 
@@ -95,12 +95,31 @@ async def stream(
     source = tokens()
     async with app.run_test(size=size) as pilot:
         await pilot.pause()
-        app.consume_events(receive)
+        pump = app.main.pump
+        fed = 0  # tokens the pump took in
+        shown = 0  # tokens painted onto the panes by the last flush
+        feed, flush = pump.feed, pump.flush
+
+        def counting_feed(event: ev.Event) -> None:
+            nonlocal fed
+            feed(event)
+            if type(event) is ev.ModelText:
+                fed += 1
 
         def on_refresh(flushed: int) -> None:
             refreshes.append((flushed, time.perf_counter()))
 
-        app.flush_hook = lambda flushed: app.call_after_refresh(on_refresh, flushed)
+        def hooked_flush() -> None:
+            # After a flush that put new tokens on the panes: note when the screen shows them.
+            nonlocal shown
+            flush()
+            if shown != fed:
+                shown = fed
+                app.call_after_refresh(on_refresh, shown)
+
+        pump.feed = counting_feed  # type: ignore[method-assign]
+        pump.flush = hooked_flush  # type: ignore[method-assign]
+        consumer = asyncio.create_task(pump.consume(receive))
         rss_before = rss_mb()
         start = time.perf_counter()
         sent = 0
@@ -121,8 +140,9 @@ async def stream(
             await asyncio.sleep(0.005)
         end = refreshes[-1][1]
         rss_after = rss_mb()
-        model_lines = app.model_pane.line_count
+        model_lines = app.main.model_pane.line_count
         await send.aclose()
+        await consumer
         await pilot.pause()
     lags: list[float] = []
     index = 0
