@@ -175,14 +175,20 @@ class Sandbox:
         worktree = home / "worktrees" / repo_key(repo) / name
         branch = f"codexloop/{name}"
         gitops.create_worktree(repo, start, branch, worktree)
-        exclude = home / "exclude"
-        if not exclude.exists() or exclude.read_text() != _EXCLUDES:
-            exclude.parent.mkdir(parents=True, exist_ok=True)
-            exclude.write_text(_EXCLUDES)
         tmp = home / "tmp" / name
-        tmp.mkdir(parents=True, exist_ok=True)
-        # Remembers the checkout before anyone touches it.
-        record.recorder(worktree, exclude, fresh_checkout=True)
+        made_tmp = False
+        try:
+            exclude = home / "exclude"
+            if not exclude.exists() or exclude.read_text() != _EXCLUDES:
+                exclude.parent.mkdir(parents=True, exist_ok=True)
+                exclude.write_text(_EXCLUDES)
+            made_tmp = not os.path.lexists(tmp)
+            tmp.mkdir(parents=True, exist_ok=True)
+            # Remembers the checkout before anyone touches it.
+            record.recorder(worktree, exclude, fresh_checkout=True)
+        except BaseException as exc:
+            _undo_create(repo, worktree, branch, tmp if made_tmp else None, exc)
+            raise
         return cls(repo, worktree, branch, base, name, exclude, tmp, left_out=tuple(left_out))
 
     @property
@@ -457,6 +463,21 @@ class ExamPlace:
         return await self.sandbox.run(
             command, timeout=timeout, on_output=on_output, extra_env=extra_env, place=self
         )
+
+
+def _undo_create(
+    repo: Path, worktree: Path, branch: str, tmp: Path | None, error: BaseException
+) -> None:
+    """A create that failed after the worktree was made leaves nothing behind: not the worktree,
+    not its branch, not the temp folder it made. What cannot be removed is said on ``error``
+    (which the caller raises: the cause the developer needs to see)."""
+    try:
+        record.forget(worktree)
+        gitops.remove_worktree(repo, worktree, branch)
+        if tmp is not None:
+            safefs.remove_tree(tmp)
+    except Exception as cleanup:  # the first error is the one to report
+        error.add_note(f"codexloop: the half-made sandbox {worktree} ({branch}) stays: {cleanup}")
 
 
 def runs_folder(name: str) -> Path:
