@@ -122,7 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--test-cmd", metavar="CMD", help="test command; default runs pytest on the targets"
     )
-    parser.add_argument("--model", metavar="NAME", help="model name (default from config/env)")
+    parser.add_argument(
+        "--model",
+        metavar="NAME",
+        help="model name (default from config/env); a,b spreads --attempts over several",
+    )
     parser.add_argument(
         "--base-url",
         metavar="URL",
@@ -234,6 +238,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="let sandboxed commands reach the network (off by default)",
     )
+    parser.add_argument(
+        "--attempts",
+        type=_positive_int,
+        metavar="N",
+        help="N attempts race from one snapshot, each its own sandbox and branch (default 1; "
+        "headless for now)",
+    )
+    parser.add_argument(
+        "--pick",
+        choices=("first", "best"),
+        help="first: the first green wins, the others stop (default); best: every attempt "
+        "runs, then unflagged beats flagged, then the smallest diff",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=_positive_int,
+        metavar="N",
+        help="test runs at once across attempts (default: the CPU count)",
+    )
+    parser.add_argument(
+        "--hint",
+        action="append",
+        metavar="TEXT",
+        help="an approach for one attempt, in order (repeatable: the first for attempt 1, ...)",
+    )
     return parser
 
 
@@ -325,8 +354,17 @@ def run_loop(args: argparse.Namespace, open_app: OpenApp) -> int:
         edit_format=args.edit_format,
         request_timeout=args.request_timeout,
         warm=args.warm,
+        attempts=args.attempts,
+        pick=args.pick,
+        jobs=args.jobs,
+        hints=tuple(args.hint) if args.hint else None,
     )
     config = load_config(settings)  # a CodexloopError ends main() with its line and status
+    if config.attempts > 1 and not args.headless:
+        return _fail(
+            f"--attempts {config.attempts} runs with --headless for now: the app shows one "
+            "attempt (lanes for a race are not built yet)"
+        )
     if args.accept != "none" and not args.headless:
         return _fail("--accept applies to --headless runs; in the app, review with v")
     if not args.headless:

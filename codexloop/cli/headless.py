@@ -34,6 +34,7 @@ from codexloop.core.errors import (
 from codexloop.core.leftovers import discard_session
 from codexloop.core.loop import Loop, LoopResult, event_channel
 from codexloop.core.model import check_endpoint, make_client
+from codexloop.core.race import Race
 
 
 async def print_events(
@@ -85,7 +86,7 @@ async def headless_session(
     accept_all: bool = False,
     accept_flagged: bool = False,
     read_stdin: bool = True,
-    loop: Loop | None = None,
+    loop: Loop | Race | None = None,
 ) -> int:
     """Run one session, printing its events; ``loop`` lets demo and replay bring their own
     (and clean up after it: a session built here that made nothing is removed here)."""
@@ -97,7 +98,8 @@ async def headless_session(
         except CodexloopError as exc:
             print(error_line(exc), file=sys.stderr)
             return exc.exit_code
-        loop = Loop(config, client=client, accept_all=accept_all, accept_flagged=accept_flagged)
+        kind: type[Loop] | type[Race] = Race if config.attempts > 1 else Loop
+        loop = kind(config, client=client, accept_all=accept_all, accept_flagged=accept_flagged)
     send_events, receive_events = event_channel()
     send_commands, receive_commands = event_channel()
     interrupted = output_closed = False
@@ -163,7 +165,7 @@ async def headless_session(
     return EXIT_RED
 
 
-def held_back_by_flags(loop: Loop, result: LoopResult) -> bool:
+def held_back_by_flags(loop: Loop | Race, result: LoopResult) -> bool:
     """``--accept all`` and a flagged green: nothing was applied, and the run is not green."""
     return loop.accept_all and not loop.accept_flagged and bool(result.flagged)
 

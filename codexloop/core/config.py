@@ -6,6 +6,7 @@ reported as a :class:`ConfigError` whose message is one clear line.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
@@ -28,6 +29,8 @@ DEFAULT_COMMAND_TIMEOUT = 120.0
 DEFAULT_TEST_TIMEOUT = 600.0
 DEFAULT_MAX_TOOL_CALLS = 40
 EDIT_FORMATS = ("auto", "tools", "text")
+PICKS = ("first", "best")
+MAX_ATTEMPTS = 16
 # A model request's time limit: OpenAI answers in seconds; a local server on a CPU can take a
 # minute before the first byte of a long prompt (and longer while its slot is busy).
 DEFAULT_REQUEST_TIMEOUT = 120.0
@@ -53,6 +56,10 @@ _FILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "reasoning": str,
     "edit_format": str,
     "request_timeout": (int, float),
+    "attempts": int,
+    "pick": str,
+    "jobs": int,
+    "hints": list,
 }
 
 
@@ -116,6 +123,10 @@ class Settings:
     reasoning: str | None = None
     edit_format: str | None = None
     request_timeout: float | None = None
+    attempts: int | None = None
+    pick: str | None = None
+    jobs: int | None = None
+    hints: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -145,10 +156,29 @@ class Config:
     # How the model's changes arrive: tool calls, edits written as text, or both (auto).
     edit_format: str = "auto"
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT  # seconds for one model request
+    # --attempts N: N sandboxes race; the models (``--model a,b``) are spread over them.
+    attempts: int = 1
+    pick: str = "first"  # first: the first green wins; best: the best of the greens
+    jobs: int = 0  # test runs at once across attempts; 0: the CPU count
+    hints: tuple[str, ...] = ()  # one approach hint per attempt, in order
+    hint: str = ""  # this attempt's hint (set per attempt from ``hints``)
 
     @property
     def endpoint(self) -> str:
         return self.base_url or f"https://{OPENAI_HOST}/v1"
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """``--model a,b``: the models the attempts are spread over (one: every attempt)."""
+        return tuple(m.strip() for m in self.model.split(",") if m.strip()) or (self.model,)
+
+    def for_attempt(self, attempt: int) -> Config:
+        """This session's config as attempt ``attempt`` (from 1) runs it: its model, its hint."""
+        models = self.models
+        hint = self.hints[attempt - 1] if attempt <= len(self.hints) else ""
+        return dataclasses.replace(
+            self, model=models[(attempt - 1) % len(models)], hint=hint, attempts=1
+        )
 
 
 def read_file_config(repo: Path) -> dict[str, Any]:
@@ -346,6 +376,23 @@ def load_config(
         raise ConfigError(
             f"edit_format must be one of {', '.join(EDIT_FORMATS)}, not {edit_format!r}"
         )
+    attempts = int(_first(settings.attempts, file_cfg.get("attempts"), 1))
+    if not 1 <= attempts <= MAX_ATTEMPTS:
+        raise ConfigError(f"--attempts must be between 1 and {MAX_ATTEMPTS}, not {attempts}")
+    pick = _first(settings.pick, file_cfg.get("pick"), "first")
+    if pick not in PICKS:
+        raise ConfigError(f"pick must be one of {', '.join(PICKS)}, not {pick!r}")
+    jobs = int(_first(settings.jobs, file_cfg.get("jobs"), 0))
+    if jobs < 0:
+        raise ConfigError("--jobs must be a number of test runs at once (0: the CPU count)")
+    hints = _first(settings.hints, file_cfg.get("hints"), ())
+    if not all(isinstance(h, str) for h in hints):
+        raise ConfigError("hints: each entry must be a string (one approach hint per attempt)")
+    hints = tuple(" ".join(h.split()) for h in hints)
+    if len(hints) > attempts:
+        raise ConfigError(
+            f"{len(hints)} hints for {attempts} attempts: one hint per attempt at most"
+        )
     reasoning = _first(settings.reasoning, file_cfg.get("reasoning"))
     if reasoning is not None and reasoning not in REASONING:
         raise ConfigError(f"reasoning must be one of {', '.join(REASONING)}, not {reasoning!r}")
@@ -376,4 +423,8 @@ def load_config(
         share=share,
         continue_from=continue_from,
         tmp_size=tmp_size,
+        attempts=attempts,
+        pick=str(pick),
+        jobs=jobs,
+        hints=hints,
     )

@@ -21,9 +21,11 @@ FinalStatus = Literal["passed", "failed", "stopped"]
 
 @dataclass(frozen=True)
 class Event:
-    """Base of every event; ``type`` is the wire name."""
+    """Base of every event; ``type`` is the wire name. ``attempt``: which of the session's
+    attempts it comes from (1 when there is one; ``--attempts N`` races N)."""
 
     type: ClassVar[str] = "event"
+    attempt: int = field(default=1, kw_only=True)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"type": self.type}
@@ -129,7 +131,7 @@ class Usage(Event):
 @dataclass(frozen=True)
 class ModelRetry(Event):
     type: ClassVar[str] = "model_retry"
-    attempt: int
+    retry: int  # the how-manieth retry of this request
     reason: str
     delay_s: float
 
@@ -286,6 +288,26 @@ class Applied(Event):
 
 
 @dataclass(frozen=True)
+class AttemptFinished(Event):
+    """One attempt of a race is over (``--attempts N``); its branch stays for reference."""
+
+    type: ClassVar[str] = "attempt_finished"
+    status: FinalStatus
+    iterations: int
+    branch: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Winner(Event):
+    """The attempt whose result the session keeps, and why it was picked."""
+
+    type: ClassVar[str] = "winner"
+    branch: str
+    why: str
+
+
+@dataclass(frozen=True)
 class LoopFinished(Event):
     type: ClassVar[str] = "loop_finished"
     status: FinalStatus
@@ -300,7 +322,10 @@ class LoopFinished(Event):
 
 @dataclass(frozen=True)
 class Command:
-    pass
+    """Base of every command. ``attempt``: the one attempt of a race it is for (a steering
+    message to one lane); None: every attempt."""
+
+    attempt: int | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)

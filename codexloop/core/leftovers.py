@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from codexloop.core.gitops import PreviewBranch
     from codexloop.core.loop import Loop
+    from codexloop.core.race import Race
 
 
 def made_nothing(loop: Loop) -> bool:
@@ -32,19 +33,23 @@ def made_nothing(loop: Loop) -> bool:
         return False
 
 
-def discard_session(loop: Loop, *, always: bool = False) -> str | None:
+def discard_session(loop: Loop | Race, *, always: bool = False) -> str | None:
     """Remove the session's worktree and preview branch if it made nothing (or ``always``);
-    the branch removed, or None. Never raises: a leftover is not worth a failed exit."""
+    of a race, every attempt's that made nothing. The branches removed (comma-separated), or
+    None. Never raises: a leftover is not worth a failed exit."""
     from codexloop.core.gitops import GitError
 
-    sandbox = loop.sandbox
-    if sandbox is None or not (always or made_nothing(loop)):
-        return None
-    try:
-        sandbox.remove(delete_branch=True)
-    except (GitError, OSError):
-        return None
-    return sandbox.branch
+    removed = []
+    for one in loop.loops if hasattr(loop, "loops") else [loop]:
+        sandbox = one.sandbox
+        if sandbox is None or not (always or made_nothing(one)):
+            continue
+        try:
+            sandbox.remove(delete_branch=True)
+        except (GitError, OSError):
+            continue
+        removed.append(sandbox.branch)
+    return ", ".join(removed) or None
 
 
 def remove_preview_branch(repo: Path, branch: PreviewBranch) -> int:

@@ -23,6 +23,7 @@ everything each step needs lives in the modules it names.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -101,8 +102,18 @@ class Loop:
         accept_flagged: bool = False,
         base: str | None = None,
         review: bool = False,
+        attempt: int = 1,
+        snapshot: str | None = None,
+        test_slots: anyio.CapacityLimiter | None = None,
     ) -> None:
+        """``attempt``: which attempt of a race this is (its model and hint, the ``attempt``
+        of its events); ``snapshot``: the race's snapshot of the checkout to start from (the
+        exam still comes from the checkout); ``test_slots``: bounds test runs across a race."""
+        config = config.for_attempt(attempt)
         self.config = config
+        self.attempt = attempt
+        self.snapshot = snapshot
+        self.test_slots = test_slots
         self.client = client or make_client(config.base_url, config.api_key, config.request_timeout)
         self.model = AutoModel(
             self.client,
@@ -152,6 +163,8 @@ class Loop:
     async def emit(self, event: ev.Event) -> None:
         if not isinstance(event, _STREAMED):  # streamed text is decoded with "replace"
             event = ev.printable_event(event)
+        if self.attempt != 1:
+            event = dataclasses.replace(event, attempt=self.attempt)
         trace = self.session.trace if self.session else None
         if trace is not None:
             trace.write(event)
@@ -192,7 +205,9 @@ class Loop:
         self._events = events
         config = self.config
         with self.timings.timed("sandbox setup"):
-            self.sandbox = sandbox = await create_sandbox(config, self.name, self.base)
+            self.sandbox = sandbox = await create_sandbox(
+                config, self.name, self.base or self.snapshot
+            )
         session = await open_session(
             config,
             sandbox,
@@ -338,6 +353,7 @@ class Loop:
                 exam=self.exam_sync.show(exam),
                 digest=baseline.digest,
                 modules=modules,
+                hint=config.hint,
             ),
             roots=(worktree, session.runner.place.worktree),
             system=prompts.system(config.edit_format, TOOL_SCHEMAS),
@@ -402,14 +418,15 @@ class Loop:
         await self._apply_targets(session)
         with self.timings.timed("exam check and restore"):
             changed = await self.exam_sync.restore(session.sandbox, session.exam)
-        verdict, _run = await session.runner.run(
-            iteration,
-            session.exam,
-            changed,
-            targets=self.config.targets,
-            test_command=self.test_command,
-            display_env=self._display_env(),
-        )
+        async with self.test_slots or contextlib.nullcontext():  # a race: a slot of --jobs
+            verdict, _run = await session.runner.run(
+                iteration,
+                session.exam,
+                changed,
+                targets=self.config.targets,
+                test_command=self.test_command,
+                display_env=self._display_env(),
+            )
         self.test_outcomes.append(verdict.passed)
         if not verdict.passed:
             await self._set_state("red")

@@ -77,6 +77,7 @@ def system(edit_format: str, tools: Sequence[dict[str, Any]]) -> str:
 
 
 TASK = "Task from the developer: {task}\n"
+HINT = "Approach to take: {hint}\n"
 CONTINUED = (
     "This sandbox continues the work of an earlier session ({session}): the code already holds "
     "its changes.\n"
@@ -150,6 +151,7 @@ def first_message(
     exam: Sequence[tuple[str, str]],
     digest: str,
     modules: Briefing | None = None,
+    hint: str = "",
 ) -> FirstMessage:
     """The session's first message: task, targets, the test command as the developer would
     type it (:func:`plain_command`), project files, the project code the exam imports, the
@@ -157,6 +159,8 @@ def first_message(
     parts: list[tuple[str, str]] = []
     if task:
         parts.append(("task", TASK.format(task=task)))
+    if hint:
+        parts.append(("hint", HINT.format(hint=hint)))
     if continue_from:
         parts.append(("continued", CONTINUED.format(session=continue_from)))
     parts.append(("targets", TARGETS.format(targets=", ".join(targets))))

@@ -79,7 +79,7 @@ def narrate(event: ev.Event, state: SessionState) -> list[Line]:
         case ev.ModelRetry():
             return [
                 note(
-                    f"↻ model request failed ({event.reason}); retry {event.attempt} in "
+                    f"↻ model request failed ({event.reason}); retry {event.retry} in "
                     f"{event.delay_s:.0f}s",
                     "yellow",
                 )

@@ -513,3 +513,51 @@ def test_subcommand_repo_options_are_explained(tmp_path: Path, sub: str) -> None
         line for line in done.stdout.splitlines() if "--repo PATH" in line and "usage" not in line
     ]
     assert "git checkout" in line
+
+
+def test_headless_attempts_race_and_the_winner_is_applied(make_repo, scripted_openai) -> None:
+    """Issue 17: ``--attempts 2 --model m1,m2 --accept all``: every line names its attempt, one
+    attempt_finished each, one winner, one loop_finished naming the winner's branch."""
+    repo = make_repo(KATA)
+    scripted_openai.add_for("m1", Reply(tool_calls=[edit("calc.py", "a - b", "a * b")]))
+    scripted_openai.add_for("m1", Reply(text="Done."))
+    scripted_openai.add_for("m2", Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]))
+    scripted_openai.add_for("m2", Reply(text="Fixed."))
+    done = codexloop(
+        TARGET,
+        "--headless",
+        "--base-url",
+        scripted_openai.base_url,
+        "--model",
+        "m1,m2",
+        "--attempts",
+        "2",
+        "--max-iterations",
+        "1",
+        "--accept",
+        "all",
+        cwd=repo,
+    )
+    assert done.returncode == 0, done.stderr
+    events = events_of(done.stdout)
+    assert all("attempt" in e for e in events)
+    started = [e for e in events if e["type"] == "loop_started"]
+    assert sorted((e["attempt"], e["model"]) for e in started) == [(1, "m1"), (2, "m2")]
+    finished = {e["attempt"]: e for e in events if e["type"] == "attempt_finished"}
+    assert finished[2]["status"] == "passed"
+    assert finished[1]["status"] in ("failed", "stopped")  # red, or stopped by a2's green
+    [winner] = [e for e in events if e["type"] == "winner"]
+    assert winner["attempt"] == 2 and winner["branch"].endswith("/a2")
+    assert events[-1]["type"] == "loop_finished" and events[-1]["branch"] == winner["branch"]
+    assert [e["type"] for e in events].count("loop_finished") == 1
+    [applied] = [e for e in events if e["type"] == "applied"]
+    assert applied["written"] == ["calc.py"] and applied["attempt"] == 2
+    assert (repo / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
+
+
+def test_attempts_in_the_app_are_refused_for_now(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    done = codexloop(
+        TARGET, "--base-url", scripted_openai.base_url, "--model", "m", "--attempts", "2", cwd=repo
+    )
+    assert_one_line_error(done, "--attempts 2 runs with --headless for now")

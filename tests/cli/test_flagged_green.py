@@ -66,6 +66,7 @@ async def test_accept_all_does_not_apply_a_flagged_green(make_repo, scripted_ope
     assert "__eq__" in flagged[0].reason
     assert flagged[0].to_dict() == {
         "type": "flagged",
+        "attempt": 1,
         "path": "calc.py",
         "line": HACK_LINE,
         "reason": flagged[0].reason,

@@ -245,7 +245,7 @@ async def test_api_errors_and_dropped_streams_are_retried_visibly(
     result, events = await run_loop(config)
     assert result.status == "passed"
     retries = of_type(events, ev.ModelRetry)
-    assert [r.attempt for r in retries] == [1, 2]
+    assert [r.retry for r in retries] == [1, 2]
     assert "HTTP 503" in retries[0].reason
     assert any("broke off" in n.message for n in of_type(events, ev.Notice))
 

@@ -171,7 +171,7 @@ async def test_a_hung_up_stream_is_a_visible_model_retry_in_the_loop(
     result, events = await run_loop(make_config(repo, scripted_openai.base_url, api=api))
     assert result.status == "passed" and result.iterations == 1
     [retry] = of_type(events, ev.ModelRetry)
-    assert retry.attempt == 1 and "ended before the answer was finished" in retry.reason
+    assert retry.retry == 1 and "ended before the answer was finished" in retry.reason
     # The cut call was never run: the only edit is the whole one.
     assert [c.arguments for c in of_type(events, ev.ToolCall)] == [
         '{"path": "calc.py", "old_text": "a - b", "new_text": "a + b"}'

@@ -162,7 +162,7 @@ async def test_incomplete_and_failed_responses(make_repo, scripted_openai) -> No
     )
     result, events = await run_loop(make_config(repo, scripted_openai.base_url, api="responses"))
     assert result.status == "passed"
-    assert [r.attempt for r in of_type(events, ev.ModelRetry)] == [1]
+    assert [r.retry for r in of_type(events, ev.ModelRetry)] == [1]
     assert any("cut off" in n.message for n in of_type(events, ev.Notice))
 
 

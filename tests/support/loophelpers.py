@@ -17,6 +17,7 @@ from scripted_openai import Call
 from codexloop.core import events as ev
 from codexloop.core.config import Config, Settings, load_config
 from codexloop.core.loop import Loop, LoopResult, event_channel
+from codexloop.core.race import Race
 
 CALC = "def add(a, b):\n    return a - b\n"
 TEST_CALC = "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
@@ -65,7 +66,7 @@ async def drive_review(
 
 
 async def event_channel_run(
-    loop: Loop, commands: ObjectReceiveStream[ev.Command] | None = None
+    loop: Loop | Race, commands: ObjectReceiveStream[ev.Command] | None = None
 ) -> tuple[LoopResult, list[ev.Event]]:
     """Run a loop to the end, collecting every event it emits."""
     send, receive = event_channel()

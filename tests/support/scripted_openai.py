@@ -161,6 +161,7 @@ class ScriptedOpenAI:
         # (path, body) of requests refused by the switches above; they consume no turn.
         self.rejected_requests: list[tuple[str, dict[str, Any]]] = []
         self._turns: deque[_Scripted] = deque()
+        self._by_model: dict[str, deque[_Scripted]] = {}  # scripts of one model (attempts)
         self._cond = threading.Condition()
         self._ids: dict[str, itertools.count[int]] = {}
         self._closing = threading.Event()
@@ -181,6 +182,14 @@ class ScriptedOpenAI:
         """Queue turns; a callable receives the request body and returns the turn."""
         with self._cond:
             self._turns.extend(turns)
+
+    def add_for(self, model: str, *turns: _Scripted) -> None:
+        """Queue turns for requests naming ``model`` (attempts racing over a model list each
+        follow their own script); other requests take the shared queue."""
+        with self._cond:
+            self._by_model.setdefault(model, deque()).extend(turns)
+            if model not in self.models:
+                self.models.append(model)
 
     def wait_for_requests(self, n: int, timeout: float = 10.0) -> bool:
         """Block until at least `n` requests (chat or responses) arrived; False on timeout."""
@@ -211,7 +220,11 @@ class ScriptedOpenAI:
             self.requests.append(body)
             (self.responses_requests if path == RESPONSES_PATH else self.chat_requests).append(body)
             number = len(self.requests)
-            turn = self._turns.popleft() if self._turns else None
+            own = self._by_model.get(str(body.get("model")))
+            if own is not None:
+                turn = own.popleft() if own else None
+            else:
+                turn = self._turns.popleft() if self._turns else None
             self._cond.notify_all()
         return number, turn
 

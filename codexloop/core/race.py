@@ -1,0 +1,411 @@
+"""Attempts racing: ``--attempts N`` runs N loops from one snapshot, and the exam picks the winner.
+
+Each attempt is a whole :class:`~codexloop.core.loop.Loop` — its own worktree and branch
+(``codexloop/<session>/a1`` … ``aN``), conversation, budget and trace — started from the same
+snapshot of the checkout (the exam still comes from the checkout, so an edit reaches every
+attempt). What differs between attempts: the model, when ``--model a,b`` names several (spread
+over the attempts in turn), an approach hint (``--hint``, one per attempt), and the sampling of
+the model itself. Model requests run in parallel (they are waits); test runs share
+``--jobs`` slots, the CPU count by default, so N attempts on a small machine do not thrash.
+
+Selection: ``first`` — the first attempt to go green wins and the others are stopped at their
+next safe point; ``best`` — every attempt runs to its end, and among the greens an unflagged
+change beats a flagged one, then the smaller diff, then the earlier finish. Losers keep their
+branches for reference (a loser that recorded nothing is removed). One attempt that fails — a
+crash of the engine, an endpoint error — ends that attempt, never the race.
+
+Events: every event of attempt K carries ``attempt=K``; its own ``loop_finished`` becomes
+``attempt_finished``; the race ends with ``winner`` (when one went green), ``applied`` (with
+``--accept``), then one ``loop_finished`` for the whole session, naming the winner's branch
+(``attempt`` 0 when no attempt won).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import openai
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
+
+from codexloop.core import diff, gitops, outcome
+from codexloop.core import events as ev
+from codexloop.core.config import Config
+from codexloop.core.exam import ExamError
+from codexloop.core.gitops import ApplyResult
+from codexloop.core.loop import Loop, LoopResult, event_channel
+from codexloop.core.model import BACKOFF_S, make_client
+from codexloop.core.sandbox import Sandbox, session_name
+from codexloop.core.trace import traces_dir
+
+
+@dataclass
+class Lane:
+    """One attempt: its loop, the commands it reads, and how it ended."""
+
+    number: int
+    loop: Loop
+    commands: MemoryObjectSendStream[ev.Command]
+    inbox: ObjectReceiveStream[ev.Command]
+    result: LoopResult | None = None
+    finished: ev.AttemptFinished | None = None
+    order: int = 0  # the how-manieth attempt to finish
+    error: BaseException | None = None
+
+
+@dataclass
+class RaceState:
+    winner: Lane | None = None
+    why: str = ""
+    finished: int = 0
+    exam_errors: list[ExamError] = field(default_factory=list)
+
+
+class Race:
+    """N attempts of one session racing; the exam picks the winner (:mod:`codexloop.core.race`).
+
+    Presents what front ends use of a :class:`Loop`: ``run``, ``sandbox`` (the winner's),
+    ``accept_all`` and ``accept_flagged``, ``flagged``, ``test_outcomes``, ``loops``.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        client: openai.AsyncOpenAI | None = None,
+        name: str | None = None,
+        backoff: tuple[float, ...] = BACKOFF_S,
+        write_trace: bool = True,
+        accept_all: bool = False,
+        accept_flagged: bool = False,
+        review: bool = False,
+    ) -> None:
+        self.config = config
+        self.name = name or session_name(config.targets)
+        self.client = client or make_client(config.base_url, config.api_key, config.request_timeout)
+        self.slots = anyio.CapacityLimiter(config.jobs or os.cpu_count() or 1)
+        self.accept_all = accept_all
+        self.accept_flagged = accept_flagged
+        self.write_trace = write_trace
+        self.loops = [
+            Loop(
+                config,
+                client=self.client,
+                name=f"{self.name}/a{number}",
+                backoff=backoff,
+                write_trace=write_trace,
+                review=review,
+                attempt=number,
+                test_slots=self.slots,
+            )
+            for number in range(1, config.attempts + 1)
+        ]
+        self.state = RaceState()
+        self.flagged: list[ev.Flagged] = []
+        self.applied: ApplyResult | None = None
+
+    @property
+    def winner(self) -> Loop | None:
+        return self.state.winner.loop if self.state.winner else None
+
+    @property
+    def sandbox(self) -> Sandbox | None:
+        """The winner's sandbox, else the first attempt's (None until one exists)."""
+        chosen = self.winner or self.loops[0]
+        return chosen.sandbox or next((lp.sandbox for lp in self.loops if lp.sandbox), None)
+
+    @property
+    def test_outcomes(self) -> list[bool]:
+        return self.winner.test_outcomes if self.winner else self.loops[0].test_outcomes
+
+    async def run(
+        self,
+        events: ObjectSendStream[ev.Event] | None = None,
+        commands: ObjectReceiveStream[ev.Command] | None = None,
+    ) -> LoopResult:
+        config = self.config
+        if config.continue_from is None:  # one snapshot for all: the same start, one read
+            snapshot = await anyio.to_thread.run_sync(gitops.snapshot, config.repo)
+            for loop in self.loops:
+                loop.snapshot = snapshot
+        lanes = []
+        for number, loop in enumerate(self.loops, 1):
+            send, receive = event_channel()
+            lanes.append(Lane(number, loop, send, receive))
+        async with anyio.create_task_group() as tg:
+            if commands is not None:
+                tg.start_soon(self._route_commands, commands, lanes)
+            async with anyio.create_task_group() as attempts:
+                for lane in lanes:
+                    attempts.start_soon(self._run_lane, lane, lanes, events)
+            tg.cancel_scope.cancel()  # the command router: every attempt is over
+        return await self._finish(lanes, events)
+
+    # -- one attempt ---------------------------------------------------------------------------
+
+    async def _run_lane(
+        self, lane: Lane, lanes: list[Lane], out: ObjectSendStream[ev.Event] | None
+    ) -> None:
+        send, receive = event_channel()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._forward, lane, lanes, receive, out)
+            try:
+                async with send:
+                    lane.result = await lane.loop.run(send, lane.inbox)
+            except ExamError as exc:  # every attempt meets the same exam: reported once
+                self.state.exam_errors.append(exc)
+            except Exception as exc:  # one attempt's crash ends that attempt, not the race
+                lane.error = exc = _innermost(exc)
+                await self._lane_over(
+                    lane,
+                    lanes,
+                    out,
+                    ev.AttemptFinished(
+                        "failed",
+                        lane.loop._iteration,
+                        lane.loop.sandbox.branch if lane.loop.sandbox else "",
+                        f"the attempt failed: {type(exc).__name__}: {exc}",
+                        attempt=lane.number,
+                    ),
+                )
+
+    async def _forward(
+        self,
+        lane: Lane,
+        lanes: list[Lane],
+        receive: ObjectReceiveStream[ev.Event],
+        out: ObjectSendStream[ev.Event] | None,
+    ) -> None:
+        """The attempt's events to the front end: its end as ``attempt_finished``; a green
+        (in the app: ready for review) may decide the race."""
+        async with receive:
+            async for event in receive:
+                if isinstance(event, ev.LoopFinished):
+                    finished = ev.AttemptFinished(
+                        event.status,
+                        event.iterations,
+                        event.branch,
+                        event.reason,
+                        attempt=lane.number,
+                    )
+                    await self._lane_over(lane, lanes, out, finished)
+                    continue
+                await self._send(out, event)
+                if isinstance(event, ev.ReviewReady):
+                    await self._green(lane, lanes, out)
+
+    async def _lane_over(
+        self,
+        lane: Lane,
+        lanes: list[Lane],
+        out: ObjectSendStream[ev.Event] | None,
+        finished: ev.AttemptFinished,
+    ) -> None:
+        if lane.finished is not None:
+            return
+        self.state.finished += 1
+        lane.order, lane.finished = self.state.finished, finished
+        await self._send(out, finished)
+        if finished.status == "passed":
+            await self._green(lane, lanes, out)
+
+    async def _green(
+        self, lane: Lane, lanes: list[Lane], out: ObjectSendStream[ev.Event] | None
+    ) -> None:
+        """``first``: the first green wins, and every other attempt is stopped."""
+        if self.config.pick != "first" or self.state.winner is not None:
+            return
+        self.state.winner, self.state.why = lane, "the first attempt to go green"
+        for other in lanes:
+            if other is not lane and other.finished is None:
+                await _command(other, ev.Stop(f"attempt {lane.number} went green first"))
+
+    # -- commands ------------------------------------------------------------------------------
+
+    async def _route_commands(
+        self, commands: ObjectReceiveStream[ev.Command], lanes: list[Lane]
+    ) -> None:
+        """A command with an ``attempt`` goes to that attempt; any other to every attempt."""
+        async for command in commands:
+            for lane in lanes:
+                if command.attempt in (None, lane.number):
+                    await _command(lane, command)
+
+    # -- the end -------------------------------------------------------------------------------
+
+    async def _finish(
+        self, lanes: list[Lane], out: ObjectSendStream[ev.Event] | None
+    ) -> LoopResult:
+        state = self.state
+        if state.exam_errors and len(state.exam_errors) == len(lanes):
+            await self._send(
+                out, ev.LoopFinished("failed", 0, "", "", str(state.exam_errors[0]), attempt=0)
+            )
+            raise state.exam_errors[0]
+        if self.config.pick == "best":
+            state.winner, state.why = await anyio.to_thread.run_sync(self._best, lanes)
+        winner = state.winner
+        for lane in lanes:
+            if lane is not winner:
+                await anyio.to_thread.run_sync(_discard_if_empty, lane.loop)
+        self._write_index(lanes)
+        if winner is None or winner.result is None:
+            return await self._no_winner(lanes, out)
+        result, loop = winner.result, winner.loop
+        await self._send(out, ev.Winner(result.branch, state.why, attempt=winner.number))
+        self.flagged = list(loop.flagged)
+        if self.accept_all and loop.sandbox is not None and result.head is not None:
+            self.applied = await outcome.apply(
+                self.config.repo,
+                loop.sandbox,
+                result.head,
+                self.config.target_files,
+                self._emitter(out, winner.number),
+                flagged=self.flagged,
+                accept_flagged=self.accept_flagged,
+            )
+        await self._send(
+            out,
+            ev.LoopFinished(
+                "passed",
+                result.iterations,
+                result.branch,
+                str(result.worktree),
+                state.why,
+                attempt=winner.number,
+            ),
+        )
+        return LoopResult(
+            "passed",
+            result.iterations,
+            result.branch,
+            result.worktree,
+            result.base,
+            result.head,
+            state.why,
+            result.trace,
+            result.outcomes,
+            tuple(self.flagged),
+            self.applied,
+            result.timings,
+        )
+
+    async def _no_winner(
+        self, lanes: list[Lane], out: ObjectSendStream[ev.Event] | None
+    ) -> LoopResult:
+        """No attempt went green: failed (stopped when every attempt was stopped); every
+        branch stays."""
+        ended = [lane.finished for lane in lanes if lane.finished is not None]
+        stopped = bool(ended) and all(f.status == "stopped" for f in ended)
+        status: ev.FinalStatus = "stopped" if stopped else "failed"
+        reasons = "; ".join(f"a{f.attempt}: {f.reason or f.status}" for f in ended)
+        reason = f"no attempt went green ({reasons})"
+        iterations = max((f.iterations for f in ended), default=0)
+        await self._send(out, ev.LoopFinished(status, iterations, "", "", reason, attempt=0))
+        first = next((lane.result for lane in lanes if lane.result is not None), None)
+        if first is None:
+            return LoopResult(status, iterations, "", Path(), "", None, reason)
+        return dataclasses.replace(first, status=status, iterations=iterations, reason=reason)
+
+    def _best(self, lanes: list[Lane]) -> tuple[Lane | None, str]:
+        """Blocking: among the greens, unflagged first, then the smallest diff, then the
+        earliest to finish."""
+        greens = [
+            lane
+            for lane in lanes
+            if lane.result is not None and lane.result.status == "passed" and lane.result.head
+        ]
+        if not greens:
+            return None, ""
+
+        def size(lane: Lane) -> int:
+            result = lane.result
+            assert result is not None and result.head is not None
+            try:
+                found = diff.changes(
+                    self.config.repo, result.base, result.head, self.config.target_files
+                )
+            except (gitops.GitError, OSError):
+                return 1 << 30
+            return sum(h.added + h.removed for change in found for h in change.hunks) + sum(
+                1 for change in found if change.whole
+            )
+
+        ranked = sorted(greens, key=lambda lane: (bool(lane.loop.flagged), size(lane), lane.order))
+        best = ranked[0]
+        if len(greens) == 1:
+            why = "the only attempt to go green"
+        elif bool(best.loop.flagged) != bool(ranked[1].loop.flagged):
+            why = f"green without flags, of {len(greens)} green attempts"
+        else:
+            why = f"the smallest change ({size(best)} lines) of {len(greens)} green attempts"
+        return best, why
+
+    def _write_index(self, lanes: list[Lane]) -> None:
+        """The session's index of traces: one line per attempt, and the winner."""
+        if not self.write_trace:
+            return
+        winner = self.state.winner
+        index = {
+            "session": self.name,
+            "attempts": [
+                {
+                    "attempt": lane.number,
+                    "model": lane.loop.config.model,
+                    "branch": lane.finished.branch if lane.finished else "",
+                    "status": lane.finished.status if lane.finished else "",
+                    "trace": str(lane.result.trace) if lane.result and lane.result.trace else "",
+                }
+                for lane in lanes
+            ],
+            "winner": winner.number if winner else None,
+            "pick": self.config.pick,
+        }
+        path = traces_dir() / self.name / "index.json"
+        with contextlib.suppress(OSError):  # an index is a convenience, never a failure
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(index, indent=2) + "\n")
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _send(self, out: ObjectSendStream[ev.Event] | None, event: ev.Event) -> None:
+        if out is None:
+            return
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await out.send(event)
+
+    def _emitter(self, out: ObjectSendStream[ev.Event] | None, number: int) -> ev.Emit:
+        async def emit(event: ev.Event) -> None:
+            await self._send(out, dataclasses.replace(event, attempt=number))
+
+        return emit
+
+
+def _innermost(exc: Exception) -> Exception:
+    """The first error inside task groups' exception groups (what actually went wrong)."""
+    while isinstance(exc, ExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+async def _command(lane: Lane, command: ev.Command) -> None:
+    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+        await lane.commands.send(command)  # (an attempt that is over reads no more)
+
+
+def _discard_if_empty(loop: Loop) -> None:
+    """A losing attempt that recorded nothing is no reference: its branch goes."""
+    sandbox = loop.sandbox
+    if sandbox is None:
+        return
+    try:
+        if sandbox.head() == sandbox.base:
+            sandbox.remove(delete_branch=True)
+    except (gitops.GitError, OSError):
+        pass
