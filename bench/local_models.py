@@ -150,8 +150,10 @@ def run_codexloop(repo: Path, target: str, url: str, iterations: int, extra: lis
 
 
 def run_aider(repo: Path, target: str, url: str, iterations: int, aider: str) -> Outcome:
-    """aider with its whole-file edit format and its own test loop (the test run afterwards
-    decides green: aider exits 0 either way)."""
+    """aider with its whole-file edit format and its own test loop: the message, then up to
+    3 reflections on a red test (aider's ``max_reflections``, which no flag changes; the
+    ``iterations`` asked for are not used). The test run afterwards decides green: aider
+    exits 0 either way."""
     test = f"{shlex_quote(sys.executable)} -m pytest -q {target}"
     started = time.perf_counter()
     subprocess.run(
@@ -170,9 +172,7 @@ def run_aider(repo: Path, target: str, url: str, iterations: int, aider: str) ->
             "--no-show-model-warnings",
             "--test-cmd",
             test,
-            "--auto-test",
-            "--max-reflections",
-            str(iterations),
+            "--auto-test",  # up to 3 reflections on a red test: aider's own cap (no flag)
             "--no-check-update",
             "--analytics-disable",
             "--no-show-release-notes",
@@ -220,6 +220,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--kata", action="append", help="only these katas (repeatable)")
     parser.add_argument("--no-aider", action="store_true", help="skip aider even if installed")
+    parser.add_argument("--no-codexloop", action="store_true", help="run aider only")
     parser.add_argument("--aider", default=shutil.which("aider"), help="aider (default: on PATH)")
     parser.add_argument(
         "--codexloop-arg", action="append", default=[], help="passed to codexloop (repeatable)"
@@ -230,7 +231,9 @@ def main() -> int:
     katas = sorted(p for p in KATAS.iterdir() if (p / "TARGET").is_file())
     if args.kata:
         katas = [k for k in katas if k.name in args.kata]
-    tools = ["codexloop"] + (["aider"] if args.aider and not args.no_aider else [])
+    tools = ([] if args.no_codexloop else ["codexloop"]) + (
+        ["aider"] if args.aider and not args.no_aider else []
+    )
     server = start_server(args.server, args.model, args.port, args.ctx, args.threads)
     url = f"http://127.0.0.1:{args.port}/v1"
     outcomes: list[Outcome] = []
