@@ -60,6 +60,14 @@ class ExamRunner:
         self._canary_on = True  # the engine's own tests in every run (see testrun.Canary)
         self._reported = False  # a run wrote a JUnit report: every later run must too
 
+    def learned(self) -> tuple[bool, bool]:
+        """What the baseline taught this runner: canary on, reports written."""
+        return self._canary_on, self._reported
+
+    def adopt(self, learned: tuple[bool, bool]) -> None:
+        """What another runner's baseline on the same snapshot taught it (a race)."""
+        self._canary_on, self._reported = learned
+
     async def run(
         self,
         iteration: int,

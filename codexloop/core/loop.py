@@ -87,6 +87,18 @@ class LoopResult:
     timings: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
 
+@dataclass
+class SharedBaseline:
+    """The baseline of a race's attempts, run once (they start from one snapshot)."""
+
+    lock: anyio.Lock = dataclasses.field(default_factory=anyio.Lock)
+    verdict: Verdict | None = None
+    learned: tuple[bool, bool] = (True, False)
+    exit_code: int | None = None
+    attempt: int = 1
+    error: ExamError | None = None
+
+
 class Loop:
     """One session: a sandbox, a conversation, and iterations until green or the budget ends."""
 
@@ -114,6 +126,8 @@ class Loop:
         self.attempt = attempt
         self.snapshot = snapshot
         self.test_slots = test_slots
+        self.shared_baseline: SharedBaseline | None = None  # a race's one baseline run
+        self._last_run: RunResult | None = None
         self.client = client or make_client(config.base_url, config.api_key, config.request_timeout)
         self.model = AutoModel(
             self.client,
@@ -327,7 +341,7 @@ class Loop:
         )
         if broken is not None:
             raise ExamError(broken)
-        baseline = await self._run_tests(session, 0)
+        baseline = await self._baseline(session)
         if baseline.passed:
             await self.emit(ev.Notice("info", "the target tests already pass: nothing to do"))
             return "passed", 0, "already green"
@@ -419,7 +433,7 @@ class Loop:
         with self.timings.timed("exam check and restore"):
             changed = await self.exam_sync.restore(session.sandbox, session.exam)
         async with self.test_slots or contextlib.nullcontext():  # a race: a slot of --jobs
-            verdict, _run = await session.runner.run(
+            verdict, self._last_run = await session.runner.run(
                 iteration,
                 session.exam,
                 changed,
@@ -428,6 +442,35 @@ class Loop:
                 display_env=self._display_env(),
             )
         self.test_outcomes.append(verdict.passed)
+        if not verdict.passed:
+            await self._set_state("red")
+        return verdict
+
+    async def _baseline(self, session: Session) -> Verdict:
+        """The exam on the code as it stands. The attempts of a race share one baseline run:
+        same snapshot, same exam, same verdict; the others wait for it and show it as theirs."""
+        shared = self.shared_baseline
+        if shared is None:
+            return await self._run_tests(session, 0)
+        async with shared.lock:
+            if shared.error is not None:
+                raise shared.error
+            if shared.verdict is None:
+                try:
+                    verdict = await self._run_tests(session, 0)
+                except ExamError as exc:
+                    shared.error = exc
+                    raise
+                shared.verdict, shared.learned = verdict, session.runner.learned()
+                shared.exit_code = self._last_run.exit_code if self._last_run else None
+                shared.attempt = self.attempt
+                return verdict
+        verdict = shared.verdict
+        session.runner.adopt(shared.learned)
+        self.test_outcomes.append(verdict.passed)
+        await self.emit(ev.TestStarted(0, self.test_command))
+        await self.emit(ev.TestOutput(f"(the baseline run of attempt {shared.attempt})\n"))
+        await self.emit(ev.TestFinished(0, verdict.passed, shared.exit_code, 0.0, verdict.summary))
         if not verdict.passed:
             await self._set_state("red")
         return verdict

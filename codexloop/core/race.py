@@ -7,6 +7,8 @@ attempt). What differs between attempts: the model, when ``--model a,b`` names s
 over the attempts in turn), an approach hint (``--hint``, one per attempt), and the sampling of
 the model itself. Model requests run in parallel (they are waits); test runs share
 ``--jobs`` slots, the CPU count by default, so N attempts on a small machine do not thrash.
+The baseline runs once for all (same snapshot, same exam), and test runs are cold: a warm
+server per attempt held 50-80 MB each for little time saved (``bench/attempts.py``).
 
 Selection: ``first`` — the first attempt to go green wins and the others are stopped at their
 next safe point; ``best`` — every attempt runs to its end, and among the greens an unflagged
@@ -14,8 +16,9 @@ change beats a flagged one, then the smaller diff, then the earlier finish. Lose
 branches for reference (a loser that recorded nothing is removed). One attempt that fails — a
 crash of the engine, an endpoint error — ends that attempt, never the race.
 
-Events: every event of attempt K carries ``attempt=K``; its own ``loop_finished`` becomes
-``attempt_finished``; the race ends with ``winner`` (when one went green), ``applied`` (with
+Events: every event of attempt K carries ``attempt=K``; each ``usage`` of an attempt is
+followed by the session's running total (``usage`` with ``attempt`` 0, every attempt's
+tokens together); an attempt's own ``loop_finished`` becomes ``attempt_finished``; the race ends with ``winner`` (when one went green), ``applied`` (with
 ``--accept``), then one ``loop_finished`` for the whole session, naming the winner's branch
 (``attempt`` 0 when no attempt won).
 """
@@ -39,7 +42,7 @@ from codexloop.core import events as ev
 from codexloop.core.config import Config
 from codexloop.core.exam import ExamError
 from codexloop.core.gitops import ApplyResult
-from codexloop.core.loop import Loop, LoopResult, event_channel
+from codexloop.core.loop import Loop, LoopResult, SharedBaseline, event_channel
 from codexloop.core.model import BACKOFF_S, make_client
 from codexloop.core.sandbox import Sandbox, session_name
 from codexloop.core.trace import traces_dir
@@ -65,6 +68,7 @@ class RaceState:
     why: str = ""
     finished: int = 0
     exam_errors: list[ExamError] = field(default_factory=list)
+    spent: dict[int, tuple[int, int]] = field(default_factory=dict)  # tokens in, out per attempt
 
 
 class Race:
@@ -93,9 +97,12 @@ class Race:
         self.accept_all = accept_all
         self.accept_flagged = accept_flagged
         self.write_trace = write_trace
+        # Cold test runs: a warm server per attempt held 50-80 MB for little time saved
+        # (bench/attempts.py); a race's runs are bounded by --jobs anyway.
+        cold = dataclasses.replace(config, warm=False)
         self.loops = [
             Loop(
-                config,
+                cold,
                 client=self.client,
                 name=f"{self.name}/a{number}",
                 backoff=backoff,
@@ -106,6 +113,9 @@ class Race:
             )
             for number in range(1, config.attempts + 1)
         ]
+        shared = SharedBaseline()
+        for loop in self.loops:
+            loop.shared_baseline = shared
         self.state = RaceState()
         self.flagged: list[ev.Flagged] = []
         self.applied: ApplyResult | None = None
@@ -197,7 +207,9 @@ class Race:
                     await self._lane_over(lane, lanes, out, finished)
                     continue
                 await self._send(out, event)
-                if isinstance(event, ev.ReviewReady):
+                if isinstance(event, ev.Usage):
+                    await self._send(out, self._total(lane, event))
+                elif isinstance(event, ev.ReviewReady):
                     await self._green(lane, lanes, out)
 
     async def _lane_over(
@@ -225,6 +237,20 @@ class Race:
         for other in lanes:
             if other is not lane and other.finished is None:
                 await _command(other, ev.Stop(f"attempt {lane.number} went green first"))
+
+    def _total(self, lane: Lane, usage: ev.Usage) -> ev.Usage:
+        """The session's spend so far, every attempt together (``attempt`` 0)."""
+        state = self.state
+        state.spent[lane.number] = (usage.input_total, usage.output_total)
+        return ev.Usage(
+            usage.input_tokens,
+            usage.output_tokens,
+            sum(spent[0] for spent in state.spent.values()),
+            sum(spent[1] for spent in state.spent.values()),
+            usage.cached_tokens,
+            usage.reasoning_tokens,
+            attempt=0,
+        )
 
     # -- commands ------------------------------------------------------------------------------
 

@@ -56,6 +56,11 @@ async def test_the_first_green_wins_and_the_others_stop(make_repo, scripted_open
     assert (started[1].model, started[2].model) == ("m1", "m2")
     assert started[1].branch.endswith("/a1") and started[1].base == started[2].base
     assert {e.attempt for e in events if isinstance(e, ev.ModelText)} <= {1, 2}
+    # The spend: per attempt, and the session's running total (attempt 0) after each.
+    usage = of_type(events, ev.Usage)
+    per_attempt = {u.attempt: u.input_total for u in usage if u.attempt}
+    totals = [u for u in usage if u.attempt == 0]
+    assert totals and totals[-1].input_total == sum(per_attempt.values())
     # The winner's branch holds the fix; the stopped attempt recorded nothing and is gone.
     assert "a + b" in run_git(repo, "show", f"{result.branch}:calc.py")
     branches = run_git(repo, "branch", "--list", "codexloop/*")
