@@ -56,6 +56,10 @@ async def test_the_first_green_wins_and_the_others_stop(make_repo, scripted_open
     assert (started[1].model, started[2].model) == ("m1", "m2")
     assert started[1].branch.endswith("/a1") and started[1].base == started[2].base
     assert {e.attempt for e in events if isinstance(e, ev.ModelText)} <= {1, 2}
+    # One baseline run for both (same snapshot, same exam); each attempt shows it as its own.
+    baselines = [e for e in of_type(events, ev.TestFinished) if e.iteration == 0]
+    assert sorted(e.attempt for e in baselines) == [1, 2]
+    assert [e.duration_s > 0 for e in baselines].count(True) == 1
     # The spend: per attempt, and the session's running total (attempt 0) after each.
     usage = of_type(events, ev.Usage)
     per_attempt = {u.attempt: u.input_total for u in usage if u.attempt}
@@ -161,3 +165,22 @@ async def test_steering_reaches_every_attempt_or_one(make_repo, scripted_openai)
             hold.set()
     steered = {(e.attempt, e.text) for e in of_type(seen, ev.UserMessage)}
     assert steered == {(1, "to everyone"), (2, "to everyone"), (2, "to the second only")}
+
+
+async def test_an_exam_that_can_never_pass_ends_the_race_before_any_model_call(
+    make_repo, scripted_openai
+) -> None:
+    from codexloop.core.exam import ExamError
+
+    repo = make_repo(KATA)
+    config = make_config(
+        repo, scripted_openai.base_url, "tests/test_calc.py::test_ad", model="m1,m2", attempts=2
+    )
+    contest = Race(config, backoff=(0.0,))
+    with (
+        anyio.fail_after(60),
+        pytest.RaisesGroup(ExamError, allow_unwrapped=True, flatten_subgroups=True) as caught,
+    ):
+        await event_channel_run(contest)
+    assert "collects no test" in str(caught.value.exceptions[0])
+    assert scripted_openai.requests == []
