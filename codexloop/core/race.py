@@ -35,11 +35,12 @@ from pathlib import Path
 import anyio
 import openai
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from codexloop.core import diff, gitops, outcome
 from codexloop.core import events as ev
 from codexloop.core.config import Config
+from codexloop.core.errors import CodexloopError
 from codexloop.core.exam import ExamError
 from codexloop.core.gitops import ApplyResult
 from codexloop.core.loop import Loop, LoopResult, SharedBaseline, event_channel
@@ -55,11 +56,22 @@ class Lane:
     number: int
     loop: Loop
     commands: MemoryObjectSendStream[ev.Command]
-    inbox: ObjectReceiveStream[ev.Command]
+    inbox: MemoryObjectReceiveStream[ev.Command]
     result: LoopResult | None = None
+    ended: ev.LoopFinished | None = None  # the loop's own end, held back by the forwarder
     finished: ev.AttemptFinished | None = None
     order: int = 0  # the how-manieth attempt to finish
     error: BaseException | None = None
+    setup_error: Exception | None = None  # the attempt could not start (no session)
+    removed: bool = False  # it recorded nothing and lost: its branch went
+
+    @property
+    def green_commit(self) -> str | None:
+        """What went green: the commit that was tested (and scanned for flags), never the
+        worktree's later state (code under test may write there during the green run)."""
+        if self.result is None or self.result.status != "passed":
+            return None
+        return self.loop._green_commit or self.result.head
 
 
 @dataclass
@@ -67,6 +79,7 @@ class RaceState:
     winner: Lane | None = None
     why: str = ""
     finished: int = 0
+    stopped: str | None = None  # a stop for every attempt (the developer's): the race is off
     exam_errors: list[ExamError] = field(default_factory=list)
     spent: dict[int, tuple[int, int]] = field(default_factory=dict)  # tokens in, out per attempt
 
@@ -163,27 +176,39 @@ class Race:
         self, lane: Lane, lanes: list[Lane], out: ObjectSendStream[ev.Event] | None
     ) -> None:
         send, receive = event_channel()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._forward, lane, lanes, receive, out)
-            try:
-                async with send:
-                    lane.result = await lane.loop.run(send, lane.inbox)
-            except ExamError as exc:  # every attempt meets the same exam: reported once
-                self.state.exam_errors.append(exc)
-            except Exception as exc:  # one attempt's crash ends that attempt, not the race
-                lane.error = exc = _innermost(exc)
-                await self._lane_over(
-                    lane,
-                    lanes,
-                    out,
-                    ev.AttemptFinished(
-                        "failed",
-                        lane.loop._iteration,
-                        lane.loop.sandbox.branch if lane.loop.sandbox else "",
-                        f"the attempt failed: {type(exc).__name__}: {exc}",
-                        attempt=lane.number,
-                    ),
-                )
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._forward, lane, lanes, receive, out)
+                try:
+                    async with send:
+                        lane.result = await lane.loop.run(send, lane.inbox)
+                except ExamError as exc:  # every attempt meets the same exam: reported once
+                    self.state.exam_errors.append(exc)
+                except Exception as exc:  # one attempt's crash ends that attempt, not the race
+                    lane.error = exc = _innermost(exc)
+                    if lane.loop.session is None and isinstance(exc, CodexloopError | OSError):
+                        lane.setup_error = exc  # its sandbox could not be set up
+        finally:
+            lane.commands.close()  # an attempt that is over reads no more commands
+            lane.inbox.close()
+        # Every event of the attempt is out (the forwarder drained them): now its end, once,
+        # with the crash's reason when it crashed (whatever its loop said on the way out).
+        ended, error = lane.ended, lane.error
+        if error is not None:
+            finished = ev.AttemptFinished(
+                "failed",
+                ended.iterations if ended else lane.loop._iteration,
+                lane.loop.sandbox.branch if lane.loop.sandbox else "",
+                f"the attempt failed: {type(error).__name__}: {error}",
+                attempt=lane.number,
+            )
+        elif ended is not None:
+            finished = ev.AttemptFinished(
+                ended.status, ended.iterations, ended.branch, ended.reason, attempt=lane.number
+            )
+        else:
+            return  # an exam that can never pass: the session's end says it
+        await self._lane_over(lane, lanes, out, finished)
 
     async def _forward(
         self,
@@ -192,19 +217,13 @@ class Race:
         receive: ObjectReceiveStream[ev.Event],
         out: ObjectSendStream[ev.Event] | None,
     ) -> None:
-        """The attempt's events to the front end: its end as ``attempt_finished``; a green
-        (in the app: ready for review) may decide the race."""
+        """The attempt's events to the front end; its own end is held back (the attempt's
+        end is said by :meth:`_run_lane` once the loop is over); a green (in the app: ready
+        for review) may decide the race."""
         async with receive:
             async for event in receive:
                 if isinstance(event, ev.LoopFinished):
-                    finished = ev.AttemptFinished(
-                        event.status,
-                        event.iterations,
-                        event.branch,
-                        event.reason,
-                        attempt=lane.number,
-                    )
-                    await self._lane_over(lane, lanes, out, finished)
+                    lane.ended = event
                     continue
                 await self._send(out, event)
                 if isinstance(event, ev.Usage):
@@ -230,8 +249,10 @@ class Race:
     async def _green(
         self, lane: Lane, lanes: list[Lane], out: ObjectSendStream[ev.Event] | None
     ) -> None:
-        """``first``: the first green wins, and every other attempt is stopped."""
-        if self.config.pick != "first" or self.state.winner is not None:
+        """``first``: the first green wins, and every other attempt is stopped. Once the
+        developer stopped the race, no winner is decided any more."""
+        state = self.state
+        if self.config.pick != "first" or state.winner is not None or state.stopped is not None:
             return
         self.state.winner, self.state.why = lane, "the first attempt to go green"
         for other in lanes:
@@ -259,6 +280,8 @@ class Race:
     ) -> None:
         """A command with an ``attempt`` goes to that attempt; any other to every attempt."""
         async for command in commands:
+            if isinstance(command, ev.Stop) and command.attempt is None:
+                self.state.stopped = command.reason  # before any attempt hears it
             for lane in lanes:
                 if command.attempt in (None, lane.number):
                     await _command(lane, command)
@@ -274,23 +297,30 @@ class Race:
                 out, ev.LoopFinished("failed", 0, "", "", str(state.exam_errors[0]), attempt=0)
             )
             raise state.exam_errors[0]
-        if self.config.pick == "best":
+        failed_setup = [lane.setup_error for lane in lanes if lane.setup_error is not None]
+        if len(failed_setup) == len(lanes):  # no attempt could start: as one loop says it
+            reason = f"the session could not start: {failed_setup[0]}"
+            await self._send(out, ev.LoopFinished("failed", 0, "", "", reason, attempt=0))
+            raise failed_setup[0]
+        if self.config.pick == "best" and state.stopped is None:
             state.winner, state.why = await anyio.to_thread.run_sync(self._best, lanes)
         winner = state.winner
-        for lane in lanes:
-            if lane is not winner:
-                await anyio.to_thread.run_sync(_discard_if_empty, lane.loop)
+        if winner is not None:  # no winner: every branch stays (a stopped one is continued)
+            for lane in lanes:
+                if lane is not winner:
+                    lane.removed = await anyio.to_thread.run_sync(_discard_if_empty, lane.loop)
         self._write_index(lanes)
         if winner is None or winner.result is None:
             return await self._no_winner(lanes, out)
         result, loop = winner.result, winner.loop
         await self._send(out, ev.Winner(result.branch, state.why, attempt=winner.number))
         self.flagged = list(loop.flagged)
-        if self.accept_all and loop.sandbox is not None and result.head is not None:
+        green = winner.green_commit
+        if self.accept_all and loop.sandbox is not None and green is not None:
             self.applied = await outcome.apply(
                 self.config.repo,
                 loop.sandbox,
-                result.head,
+                green,
                 self.config.target_files,
                 self._emitter(out, winner.number),
                 flagged=self.flagged,
@@ -325,13 +355,17 @@ class Race:
     async def _no_winner(
         self, lanes: list[Lane], out: ObjectSendStream[ev.Event] | None
     ) -> LoopResult:
-        """No attempt went green: failed (stopped when every attempt was stopped); every
-        branch stays."""
+        """No winner: failed, or stopped (the developer stopped the race before it was
+        decided, or every attempt was stopped); every branch stays."""
         ended = [lane.finished for lane in lanes if lane.finished is not None]
-        stopped = bool(ended) and all(f.status == "stopped" for f in ended)
+        everyone_stopped = bool(ended) and all(f.status == "stopped" for f in ended)
+        stopped = self.state.stopped is not None or everyone_stopped
         status: ev.FinalStatus = "stopped" if stopped else "failed"
         reasons = "; ".join(f"a{f.attempt}: {f.reason or f.status}" for f in ended)
-        reason = f"no attempt went green ({reasons})"
+        if self.state.stopped is not None and any(f.status == "passed" for f in ended):
+            reason = f"stopped before the race was decided ({reasons})"
+        else:
+            reason = f"no attempt went green ({reasons})"
         iterations = max((f.iterations for f in ended), default=0)
         await self._send(out, ev.LoopFinished(status, iterations, "", "", reason, attempt=0))
         first = next((lane.result for lane in lanes if lane.result is not None), None)
@@ -342,21 +376,15 @@ class Race:
     def _best(self, lanes: list[Lane]) -> tuple[Lane | None, str]:
         """Blocking: among the greens, unflagged first, then the smallest diff, then the
         earliest to finish."""
-        greens = [
-            lane
-            for lane in lanes
-            if lane.result is not None and lane.result.status == "passed" and lane.result.head
-        ]
+        greens = [lane for lane in lanes if lane.green_commit is not None]
         if not greens:
             return None, ""
 
         def size(lane: Lane) -> int:
-            result = lane.result
-            assert result is not None and result.head is not None
+            result, green = lane.result, lane.green_commit
+            assert result is not None and green is not None
             try:
-                found = diff.changes(
-                    self.config.repo, result.base, result.head, self.config.target_files
-                )
+                found = diff.changes(self.config.repo, result.base, green, self.config.target_files)
             except (gitops.GitError, OSError):
                 return 1 << 30
             return sum(h.added + h.removed for change in found for h in change.hunks) + sum(
@@ -385,8 +413,9 @@ class Race:
                     "attempt": lane.number,
                     "model": lane.loop.config.model,
                     "branch": lane.finished.branch if lane.finished else "",
+                    "kept": bool(lane.loop.sandbox) and not lane.removed,
                     "status": lane.finished.status if lane.finished else "",
-                    "trace": str(lane.result.trace) if lane.result and lane.result.trace else "",
+                    "trace": _trace_of(lane),
                 }
                 for lane in lanes
             ],
@@ -413,6 +442,15 @@ class Race:
         return emit
 
 
+def _trace_of(lane: Lane) -> str:
+    """The attempt's trace (a crashed attempt's too: its session opened one)."""
+    if lane.result is not None and lane.result.trace is not None:
+        return str(lane.result.trace)
+    session = lane.loop.session
+    trace = session.trace if session is not None else None
+    return str(trace.path) if trace is not None else ""
+
+
 def _innermost(exc: Exception) -> Exception:
     """The first error inside task groups' exception groups (what actually went wrong)."""
     while isinstance(exc, ExceptionGroup) and exc.exceptions:
@@ -425,13 +463,15 @@ async def _command(lane: Lane, command: ev.Command) -> None:
         await lane.commands.send(command)  # (an attempt that is over reads no more)
 
 
-def _discard_if_empty(loop: Loop) -> None:
-    """A losing attempt that recorded nothing is no reference: its branch goes."""
+def _discard_if_empty(loop: Loop) -> bool:
+    """A losing attempt that recorded nothing is no reference: its branch goes (True)."""
     sandbox = loop.sandbox
     if sandbox is None:
-        return
+        return False
     try:
         if sandbox.head() == sandbox.base:
             sandbox.remove(delete_branch=True)
+            return True
     except (gitops.GitError, OSError):
         pass
+    return False
