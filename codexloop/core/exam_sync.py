@@ -21,6 +21,7 @@ from codexloop.core.sandbox import Sandbox
 class ExamSync:
     def __init__(self, emit: ev.Emit) -> None:
         self._emit = emit
+        self.changes = 0  # how many times the developer changed the exam so far
         self._seen: dict[str, bytes | None] = {}  # the exam as the model last saw it
         self._in_sandbox: dict[str, bytes | None] = {}  # as the engine last wrote it there
         self._note: str | None = None
@@ -49,6 +50,7 @@ class ExamSync:
             diff = "".join(_unified(self._seen.get(rel), current[rel], rel) for rel in changed)
             diff = prompts.clipped(diff)
             self._seen = current
+            self.changes += 1
             self._note = prompts.EXAM_CHANGED.format(diff=diff)
             await self._emit(ev.ExamChanged(tuple(changed), diff))
 

@@ -36,7 +36,7 @@ import openai
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from codexloop.core import briefing, gitops, outcome, prompts
+from codexloop.core import briefing, gitops, outcome, prompts, setbacks
 from codexloop.core import events as ev
 from codexloop.core.config import Config
 from codexloop.core.controls import Controls, Stopped
@@ -57,6 +57,7 @@ from codexloop.core.model import (
 from codexloop.core.process import RunResult
 from codexloop.core.sandbox import Sandbox, session_name
 from codexloop.core.session import Session, announce, create_sandbox, open_session
+from codexloop.core.setbacks import Setbacks
 from codexloop.core.testrun import Verdict, default_command, runs_the_exam
 from codexloop.core.textcalls import Work
 from codexloop.core.timings import Timings
@@ -127,6 +128,7 @@ class Loop:
         self.snapshot = snapshot
         self.test_slots = test_slots
         self.shared_baseline: SharedBaseline | None = None  # a race's one baseline run
+        self.setbacks: Setbacks | None = None  # the best state so far, to undo a setback
         self._last_run: RunResult | None = None
         self.client = client or make_client(config.base_url, config.api_key, config.request_timeout)
         self.model = AutoModel(
@@ -345,6 +347,8 @@ class Loop:
         if baseline.passed:
             await self.emit(ev.Notice("info", "the target tests already pass: nothing to do"))
             return "passed", 0, "already green"
+        start = await anyio.to_thread.run_sync(session.sandbox.head)
+        self.setbacks = Setbacks(self.exam_sync.changes, config.targets, start, baseline)
         files = await anyio.to_thread.run_sync(exam.snapshot_files)
         await self.turns.fit_to_window()
         worktree = session.sandbox.worktree
@@ -409,7 +413,7 @@ class Loop:
                 continue
             conversation.compact()
             await self.exam_sync.check(exam)
-            digest = prompts.RED.format(digest=verdict.digest)
+            digest = await self._after_red(session, iteration, verdict, commit)
             note = self.exam_sync.take_note()
             conversation.say(f"{note}\n\n{digest}" if note else digest)
         return (
@@ -445,6 +449,49 @@ class Loop:
         if not verdict.passed:
             await self._set_state("red")
         return verdict
+
+    async def _after_red(
+        self, session: Session, iteration: int, verdict: Verdict, commit: str | None
+    ) -> str:
+        """What the model hears of a red run; a setback (fewer target tests ran than in the
+        best state so far) is undone first (:mod:`~codexloop.core.setbacks`)."""
+        sandbox = session.sandbox
+        tested: str = commit if commit else await anyio.to_thread.run_sync(sandbox.head)
+        best = (
+            self.setbacks.judge(
+                iteration, verdict, tested, self.exam_sync.changes, self.config.targets
+            )
+            if self.setbacks
+            else None
+        )
+        if best is None or best.commit == tested:
+            return prompts.RED.format(digest=verdict.digest)
+        protected = session.exam.protected_files()
+        paths = await anyio.to_thread.run_sync(
+            setbacks.undo, self.config.repo, sandbox.worktree, best.commit, tested, protected
+        )
+        when = (
+            "they were at the start"
+            if best.iteration == 0
+            else (f"they were after iteration {best.iteration}")
+        )
+        ran, before = setbacks.progress(self.config.targets, verdict)[1], best.progress[1]
+        await self.emit(
+            ev.Notice(
+                "warning",
+                f"iteration {iteration} stopped the target tests from running ({ran} ran, "
+                f"{before} before): {', '.join(paths) or 'nothing'} put back as {when}",
+            )
+        )
+        if paths:
+            await self.emit(ev.SandboxChanged(tuple(paths)))
+        return prompts.SETBACK.format(
+            ran=ran,
+            before=before,
+            paths=", ".join(paths) or "nothing",
+            when=when,
+            digest=verdict.digest,
+        )
 
     async def _baseline(self, session: Session) -> Verdict:
         """The exam on the code as it stands. The attempts of a race share one baseline run:

@@ -99,6 +99,11 @@ BASELINE = "\nThe tests are red now:\n{digest}"
 CUT = "\n[... cut ...]"
 
 RED = "{digest}\n\nFix the code so the tests pass."
+SETBACK = (
+    "Your change stopped the target tests from running ({ran} ran, {before} before it). "
+    "The engine put {paths} back as {when}. What your change caused:\n{digest}\n\n"
+    "Fix the code so the tests pass, starting from the files as they are now."
+)
 EXAM_CHANGED = (
     "The developer changed the exam (the tests that define success). The change:\n"
     "{diff}\nThe new version is what the next test run uses."
