@@ -591,3 +591,62 @@ async def test_the_winner_applied_is_the_commit_that_went_green(
     assert result.applied is not None and list(result.applied.written) == ["calc.py"]
     assert green.commit is not None
     assert run_git(repo, "show", f"{green.commit}:calc.py") == (repo / "calc.py").read_text()
+
+
+async def test_a_stop_for_an_attempt_that_is_over_changes_nothing(
+    make_repo, scripted_openai
+) -> None:
+    """a1 ends (its endpoint fails); the front end then stops a1 — and steers it: nothing
+    breaks, no second end is said for a1, a2 still wins."""
+    repo = make_repo(KATA)
+    hold = threading.Event()
+    scripted_openai.add_for("m1", *[HTTPError(500, "overloaded") for _ in range(8)])
+    scripted_openai.add_for("m2", Reply(tool_calls=[FIX], hold=hold), Reply(text="Fixed."))
+    contest = race(repo, scripted_openai.base_url, "m1,m2", attempts=2)
+
+    async def after_a1(event: ev.Event, seen: list[ev.Event], send: Any) -> None:
+        if isinstance(event, ev.AttemptFinished) and event.attempt == 1:
+            await send(ev.Stop("too late", attempt=1))
+            await send(ev.Steer("anyone there?", attempt=1))
+            await send(ev.Pause(attempt=1))
+            hold.set()
+
+    try:
+        with anyio.fail_after(WAIT_S):
+            result, events = await run_with_commands(contest, after_a1)
+    finally:
+        hold.set()
+    assert_one_session_end(events)
+    assert result.status == "passed" and result.branch.endswith("/a2")
+    [a1] = [e for e in of_type(events, ev.AttemptFinished) if e.attempt == 1]
+    assert a1.status == "failed" and "overloaded" in a1.reason
+    assert [e for e in of_type(events, ev.UserMessage) if e.attempt == 1] == []
+
+
+async def test_the_attempt_running_the_shared_baseline_is_stopped_the_other_runs_its_own(
+    make_repo, scripted_openai
+) -> None:
+    """One baseline run serves every attempt; when the attempt running it is stopped during
+    it, the attempt waiting for it is not left with nothing: it runs the baseline itself."""
+    repo = make_repo(KATA)
+    for model in ("m1", "m2"):
+        scripted_openai.add_for(model, Reply(tool_calls=[FIX]), Reply(text="Fixed."))
+    contest = race(repo, scripted_openai.base_url, "m1,m2", attempts=2)
+    stopped: list[int] = []
+
+    async def stop_the_baseline(event: ev.Event, seen: list[ev.Event], send: Any) -> None:
+        if isinstance(event, ev.TestStarted) and event.iteration == 0 and not stopped:
+            stopped.append(event.attempt)
+            await send(ev.Stop("not you", attempt=event.attempt))
+
+    with anyio.fail_after(WAIT_S):
+        result, events = await run_with_commands(contest, stop_the_baseline)
+    assert_one_session_end(events)
+    [first] = stopped
+    other = 3 - first
+    assert result.status == "passed" and result.branch.endswith(f"/a{other}")
+    finished = {e.attempt: e for e in of_type(events, ev.AttemptFinished)}
+    assert finished[first].status == "stopped" and finished[other].status == "passed"
+    baselines = [e for e in of_type(events, ev.TestFinished) if e.iteration == 0]
+    assert [(e.attempt, e.passed) for e in baselines] == [(other, False)]
+    assert baselines[0].duration_s > 0  # run by the other attempt itself
