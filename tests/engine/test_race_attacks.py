@@ -650,3 +650,68 @@ async def test_the_attempt_running_the_shared_baseline_is_stopped_the_other_runs
     baselines = [e for e in of_type(events, ev.TestFinished) if e.iteration == 0]
     assert [(e.attempt, e.passed) for e in baselines] == [(other, False)]
     assert baselines[0].duration_s > 0  # run by the other attempt itself
+
+
+async def test_accept_flagged_applies_the_flagged_winner_and_nothing_of_the_others(
+    make_repo, scripted_openai
+) -> None:
+    """``--pick first --accept flagged``: a1's flagged green comes first and is applied (with
+    its flags said); a2, green a moment later, is a loser: none of its change is written."""
+    repo = make_repo(KATA)
+    a2_may_go = threading.Event()
+    scripted_openai.add_for("m1", Reply(tool_calls=[SNEAKY]), Reply(text="Fixed."))
+    scripted_openai.add_for(
+        "m2",
+        Reply(tool_calls=[NOISY], hold=a2_may_go),
+        Reply(tool_calls=[Call("write_file", {"path": "extra.txt", "content": "a2\n"})]),
+        Reply(text="Fixed."),
+    )
+    contest = race(
+        repo,
+        scripted_openai.base_url,
+        "m1,m2",
+        attempts=2,
+        accept_all=True,
+        accept_flagged=True,
+    )
+
+    async def release_a2(event: ev.Event, seen: list[ev.Event], send: Any) -> None:
+        if isinstance(event, ev.AttemptFinished) and event.attempt == 1:
+            a2_may_go.set()
+
+    try:
+        with anyio.fail_after(WAIT_S):
+            result, events = await run_with_commands(contest, release_a2)
+    finally:
+        a2_may_go.set()
+    assert_one_session_end(events)
+    assert result.status == "passed" and result.branch.endswith("/a1")
+    assert result.flagged and {f.attempt for f in result.flagged} == {1}
+    [applied] = of_type(events, ev.Applied)
+    assert applied.attempt == 1 and applied.written == ("calc.py",)
+    assert "meta_path" in (repo / "calc.py").read_text()
+    assert not (repo / "extra.txt").exists()
+
+
+async def test_best_does_not_take_a_big_binary_file_for_a_small_change(
+    make_repo, scripted_openai
+) -> None:
+    """A binary file has no lines to count: a green that adds one (here 20,000 bytes no one
+    can review in a diff) must not rank as a one-line change ahead of an honest readable fix
+    of a few lines."""
+    repo = make_repo(KATA)
+    blob = Call("write_file", {"path": "model.bin", "content": "\x00\x01" * 10_000})
+    scripted_openai.add_for("m1", Reply(tool_calls=[FIX, blob]), Reply(text="Fixed."))
+    scripted_openai.add_for("m2", Reply(tool_calls=[NOISY]), Reply(text="Fixed, commented."))
+    contest = race(repo, scripted_openai.base_url, "m1,m2", attempts=2, pick="best")
+    with anyio.fail_after(WAIT_S):
+        result, events = await event_channel_run(contest)
+    assert_one_session_end(events)
+    finished = {e.attempt: e.status for e in of_type(events, ev.AttemptFinished)}
+    assert finished == {1: "passed", 2: "passed"}
+    assert "model.bin" in run_git(repo, "ls-tree", "--name-only", f"codexloop/{contest.name}/a1")
+    assert result.branch.endswith("/a2")
+    # It holds through the flags: a binary file cannot be reviewed, so it is flagged.
+    [winner] = of_type(events, ev.Winner)
+    assert "without flags" in winner.why
+    assert [(f.attempt, f.path) for f in of_type(events, ev.Flagged)] == [(1, "model.bin")]
