@@ -64,6 +64,16 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _dollars(text: str) -> float:
+    try:
+        value = float(text.lstrip("$"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an amount of US dollars") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0 dollars")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -239,6 +249,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="let sandboxed commands reach the network (off by default)",
     )
     parser.add_argument(
+        "--max-tokens",
+        type=_positive_int,
+        metavar="N",
+        help="end the session once it has used N tokens (in and out; default: no limit)",
+    )
+    parser.add_argument(
+        "--max-time",
+        metavar="DURATION",
+        help="end the session after this long (seconds, or 90s, 15m, 1h30m; default: no limit)",
+    )
+    parser.add_argument(
+        "--max-cost",
+        type=_dollars,
+        metavar="USD",
+        help="end the session once it has cost this many US dollars (needs price_in and "
+        "price_out in [tool.codexloop])",
+    )
+    parser.add_argument(
         "--attempts",
         type=_positive_int,
         metavar="N",
@@ -358,6 +386,9 @@ def run_loop(args: argparse.Namespace, open_app: OpenApp) -> int:
         pick=args.pick,
         jobs=args.jobs,
         hints=tuple(args.hint) if args.hint else None,
+        max_tokens=args.max_tokens,
+        max_time=args.max_time,
+        max_cost=args.max_cost,
     )
     config = load_config(settings)  # a CodexloopError ends main() with its line and status
     if config.attempts > 1 and not args.headless:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,6 +61,11 @@ _FILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "pick": str,
     "jobs": int,
     "hints": list,
+    "max_tokens": int,
+    "max_time": (int, float, str),
+    "max_cost": (int, float),
+    "price_in": (int, float),
+    "price_out": (int, float),
 }
 
 
@@ -127,6 +133,9 @@ class Settings:
     pick: str | None = None
     jobs: int | None = None
     hints: tuple[str, ...] | None = None
+    max_tokens: int | None = None
+    max_time: str | float | None = None
+    max_cost: float | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,12 @@ class Config:
     jobs: int = 0  # test runs at once across attempts; 0: the CPU count
     hints: tuple[str, ...] = ()  # one approach hint per attempt, in order
     hint: str = ""  # this attempt's hint (set per attempt from ``hints``)
+    # Budgets beyond iterations (None: none): tokens in + out, wall seconds, US dollars.
+    max_tokens: int | None = None
+    max_time: float | None = None
+    max_cost: float | None = None
+    price_in: float | None = None  # US dollars per million input tokens
+    price_out: float | None = None  # ... per million output tokens
 
     @property
     def endpoint(self) -> str:
@@ -393,6 +408,21 @@ def load_config(
         raise ConfigError(
             f"{len(hints)} hints for {attempts} attempts: one hint per attempt at most"
         )
+    max_tokens = _first(settings.max_tokens, file_cfg.get("max_tokens"))
+    if max_tokens is not None and max_tokens < 1:
+        raise ConfigError("--max-tokens must be a positive number of tokens")
+    max_time = _first(settings.max_time, file_cfg.get("max_time"))
+    max_time = None if max_time is None else duration(max_time)
+    max_cost = _first(settings.max_cost, file_cfg.get("max_cost"))
+    price_in, price_out = file_cfg.get("price_in"), file_cfg.get("price_out")
+    if max_cost is not None:
+        if max_cost <= 0:
+            raise ConfigError("--max-cost must be a positive amount of US dollars")
+        if price_in is None or price_out is None:
+            raise ConfigError(
+                "--max-cost needs the model's prices: set price_in and price_out (US dollars "
+                "per million tokens) under [tool.codexloop] in pyproject.toml"
+            )
     reasoning = _first(settings.reasoning, file_cfg.get("reasoning"))
     if reasoning is not None and reasoning not in REASONING:
         raise ConfigError(f"reasoning must be one of {', '.join(REASONING)}, not {reasoning!r}")
@@ -427,4 +457,30 @@ def load_config(
         pick=str(pick),
         jobs=jobs,
         hints=hints,
+        max_tokens=max_tokens,
+        max_time=max_time,
+        max_cost=None if max_cost is None else float(max_cost),
+        price_in=None if price_in is None else float(price_in),
+        price_out=None if price_out is None else float(price_out),
     )
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
+
+
+def duration(value: object) -> float:
+    """Seconds of a duration: a number of seconds, or ``90s``, ``15m``, ``1h30m``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        found = _DURATION.fullmatch(text)
+        if not text or found is None or not any(found.groups()):
+            raise ConfigError(
+                f"max_time {value!r}: give seconds, or a duration like 90s, 15m, 1h30m"
+            )
+        hours, minutes, secs = (float(g) if g else 0.0 for g in found.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    if seconds <= 0:
+        raise ConfigError(f"max_time {value!r}: must be more than nothing")
+    return seconds

@@ -126,6 +126,7 @@ class Usage(Event):
     output_total: int
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    cost_total: float | None = None  # US dollars so far, when the model's prices are set
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ import openai
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from codexloop.core import briefing, gitops, outcome, prompts, setbacks
+from codexloop.core import briefing, gitops, outcome, prompts, setbacks, spend
 from codexloop.core import events as ev
 from codexloop.core.config import Config
 from codexloop.core.controls import Controls, Stopped
@@ -130,6 +131,7 @@ class Loop:
         self.shared_baseline: SharedBaseline | None = None  # a race's one baseline run
         self.setbacks: Setbacks | None = None  # the best state so far, to undo a setback
         self._last_run: RunResult | None = None
+        self._started = time.monotonic()  # for --max-time (set again when the run starts)
         self.client = client or make_client(config.base_url, config.api_key, config.request_timeout)
         self.model = AutoModel(
             self.client,
@@ -159,6 +161,7 @@ class Loop:
             context_tokens=config.context_tokens,
             emit=self.emit,
             tools=[] if config.edit_format == "text" else TOOL_SCHEMAS,  # text: none is sent
+            cost=partial(spend.cost, config),
         )
         self.test_outcomes: list[bool] = []
         self.flagged: list[ev.Flagged] = []
@@ -207,6 +210,12 @@ class Loop:
             await self._set_state("paused" if paused else previous)
 
         await self.controls.checkpoint(show)
+        turns = self.turns
+        seconds = time.monotonic() - self._started
+        if (
+            why := spend.spent(self.config, turns.tokens_in, turns.tokens_out, seconds)
+        ) is not None:
+            raise spend.SpendExhausted(why)
 
     def _display_env(self) -> dict[str, str]:
         return {"COLUMNS": str(self.columns)} if self.columns else {}
@@ -219,6 +228,7 @@ class Loop:
         commands: ObjectReceiveStream[ev.Command] | None = None,
     ) -> LoopResult:
         self._events = events
+        self._started = time.monotonic()
         config = self.config
         with self.timings.timed("sandbox setup"):
             self.sandbox = sandbox = await create_sandbox(
@@ -255,6 +265,9 @@ class Loop:
                         status, iterations, reason = await self._iterate(session)
                     except Stopped:
                         status, reason = "stopped", self.controls.stop_reason or "stopped"
+                    except spend.SpendExhausted as exc:
+                        status, reason = "failed", str(exc)
+                        await self.emit(ev.Notice("warning", f"{exc}: the session ends here"))
                     except ExamError as exc:
                         status, reason, unusable = "failed", str(exc), exc
                     except ModelError as exc:

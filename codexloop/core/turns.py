@@ -18,6 +18,7 @@ what was actually done. Streamed text, retries and notices become events as they
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -52,6 +53,7 @@ class Turns:
         context_tokens: int,
         emit: ev.Emit,
         tools: list[dict[str, Any]] | None = None,
+        cost: Callable[[int, int], float | None] = lambda tokens_in, tokens_out: None,
     ) -> None:
         self.model = model
         self.client = client
@@ -59,6 +61,7 @@ class Turns:
         self.base_url = base_url
         self.context_tokens = context_tokens
         self.tools = TOOL_SCHEMAS if tools is None else tools
+        self.cost = cost  # US dollars of tokens in and out, when the prices are known
         self._emit = emit
         self.tokens_in = 0
         self.tokens_out = 0
@@ -138,6 +141,7 @@ class Turns:
                 self.tokens_out,
                 turn.cached_tokens,
                 turn.reasoning_tokens,
+                self.cost(self.tokens_in, self.tokens_out),
             )
         )
         if turn.finish_reason and turn.finish_reason.startswith("incomplete"):

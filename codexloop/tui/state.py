@@ -95,6 +95,7 @@ class StatusInfo:
     elapsed: float = 0.0
     tokens_in: int = 0
     tokens_out: int = 0
+    cost: float | None = None  # US dollars so far, when the model's prices are set
     rate: float = 0.0
     isolation: str = ""
     network: bool = False
@@ -167,6 +168,7 @@ class SessionState:
                 return Changes.STATUS | Changes.TIMELINE
             case ev.Usage():
                 self.info.tokens_in, self.info.tokens_out = event.input_total, event.output_total
+                self.info.cost = event.cost_total
             case ev.ToolResult():
                 if event.refused and "is protected" in event.summary:
                     self.info.exam_attempts += 1

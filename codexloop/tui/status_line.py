@@ -86,6 +86,9 @@ class StatusLine(Widget):
         line.append(" in · ", style="dim")
         line.append(human_count(info.tokens_out), style="bold")
         line.append(" out", style="dim")
+        if info.cost is not None:
+            line.append(" · ", style="dim")
+            line.append(f"${info.cost:.2f}", style="bold")
         if info.final is None:
             line.append("  ")
             line.append(f"{info.rate:.0f}", style="bold")

@@ -286,3 +286,16 @@ def test_a_user_facing_error_ends_the_session_with_its_own_status() -> None:
     assert s.info.final == "failed" and s.exit_status(interrupted=False) == 2
     assert s.exit_status(interrupted=True) == 130
     assert s.summary() == "codexloop: error: cannot set up the sandbox: not a git checkout"
+
+
+def test_the_cost_shows_in_the_status_line_when_known() -> None:
+    from codexloop.tui.status_line import StatusLine
+
+    state = SessionState(10, lambda: 0.0)
+    line = StatusLine()
+    state.apply(ev.Usage(100, 20, 100, 20))
+    line.show(state.info)
+    assert "$" not in line.render_info().plain  # no prices set: no money shown
+    state.apply(ev.Usage(100, 20, 200, 40, cost_total=0.125))
+    line.show(state.info)
+    assert "tokens 200 in · 40 out · $0.12" in line.render_info().plain
