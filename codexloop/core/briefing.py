@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from codexloop.core import safefs
+from codexloop.core import pysyntax, safefs
 
 BUDGET_CHARS = 12_000  # of module sources in the first message, all files together
 WHOLE_CHARS = 4_000  # a file up to this size is shown whole, a larger one as an outline
@@ -60,7 +60,7 @@ def imported_modules(
         if source is None:
             continue
         try:
-            tree = ast.parse(source)
+            tree = pysyntax.parse(source)
         except (SyntaxError, ValueError):
             continue
         for name, folder in _imports(tree, target):
@@ -158,7 +158,7 @@ def outline(source: str) -> str:
     line) and its top-level assignments, bodies as ``...``; the source's head when it does
     not parse."""
     try:
-        tree = ast.parse(source)
+        tree = pysyntax.parse(source)
     except (SyntaxError, ValueError):
         return source[:1_000] + "\n[... does not parse; read_file shows it whole]"
     lines = source.splitlines()

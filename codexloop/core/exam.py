@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from codexloop.core import gitops, safefs, shadow
+from codexloop.core import gitops, pysyntax, safefs, shadow
 from codexloop.core.errors import CodexloopError
 from codexloop.core.plugins import Installed, installed
 from codexloop.core.sandbox import find_python
@@ -118,7 +118,7 @@ def syntax_error(root: Path, target_files: Iterable[str]) -> str | None:
         except OSError:
             continue  # not there or not a regular file: pytest will say so
         try:
-            compile(source, rel, "exec", dont_inherit=True)
+            pysyntax.check(source, rel)
         except SyntaxError as exc:
             where = f"{rel}:{exc.lineno}" if exc.lineno else rel
             return f"the exam has a syntax error at {where}: {exc.msg}"

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from codexloop.core import pysyntax
+
 MAX_PARSE_BYTES = 2_000_000
 """A Python file larger than this is not parsed (bounded host-side work): it is flagged."""
 MAX_TEXT_LINES = 200_000
@@ -873,7 +875,7 @@ def scan_python(
 ) -> list[Flag] | None:
     """Findings of one Python file on ``touched`` lines (None: it does not parse)."""
     try:
-        tree = ast.parse(source, filename=path, type_comments=False)
+        tree = pysyntax.parse(source, filename=path, type_comments=False)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
     try:

@@ -47,7 +47,7 @@ from weakref import WeakKeyDictionary
 import anyio
 
 from codexloop.core import events as ev
-from codexloop.core import prompts
+from codexloop.core import prompts, pysyntax
 from codexloop.core.conversation import Conversation
 from codexloop.core.model import CUT_FINISH, ToolCallRequest, Turn
 from codexloop.core.textedits import Planned, read_edits
@@ -136,7 +136,7 @@ def _loads(text: str) -> list[Any]:
     if values:
         return values
     try:
-        return [ast.literal_eval(text.strip())]
+        return [pysyntax.literal_eval(text.strip())]
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return []
 
@@ -226,7 +226,7 @@ def _pythonic(text: str) -> list[TextCall]:
         if expression is None:
             continue
         try:
-            tree = ast.parse(expression.strip(), mode="eval").body
+            tree = pysyntax.parse(expression.strip(), mode="eval").body
         except (SyntaxError, ValueError, MemoryError, RecursionError):
             continue
         items = tree.elts if isinstance(tree, ast.List) else [tree]
@@ -275,7 +275,7 @@ def _pythonic_call(node: ast.expr) -> TextCall | None:
         if keyword.arg is None:
             return None
         try:
-            arguments[keyword.arg] = ast.literal_eval(keyword.value)
+            arguments[keyword.arg] = pysyntax.literal_eval(keyword.value)
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             return None
     return TextCall(node.func.id, json.dumps(arguments), "pythonic")

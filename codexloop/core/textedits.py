@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Protocol
 
+from codexloop.core import pysyntax
+
 _FENCE_OPEN = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([^`]*?)\s*$")
 _PATHLIKE = re.compile(r"^(?:\./)?[\w.\-]+(?:/[\w.\-]+)*\.[A-Za-z][\w]{0,9}$")
 _LABEL_KEY = re.compile(r"(?:title|file|filename|path)\s*=\s*[\"']?([^\"'\s]+)", re.IGNORECASE)
@@ -332,7 +334,7 @@ _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 def _parse(source: str) -> ast.Module | None:
     try:
-        return ast.parse(source)
+        return pysyntax.parse(source)
     except (SyntaxError, ValueError):
         return None
 
@@ -497,7 +499,7 @@ def _whole(edit: Stated, project: Project) -> Planned:
     if not path.endswith(".py"):
         return Planned(what, "write_file", {"path": path, "content": content})
     try:
-        ast.parse(content)
+        pysyntax.parse(content)
     except (SyntaxError, ValueError) as exc:
         where = f" (line {exc.lineno}: {exc.msg})" if isinstance(exc, SyntaxError) else ""
         return Planned(what, problem=f"the block is not valid Python{where}: not written")
@@ -619,7 +621,9 @@ def _definitions_plan(block: str, index: _Index, project: Project) -> list[Plann
         if source is None:
             continue
         part = "\n".join("\n".join(lines[slice(*_span(node))]) for node in sorted(group, key=_span))
-        imports = [n for n in ast.parse(block).body if isinstance(n, ast.Import | ast.ImportFrom)]
+        imports = [
+            n for n in pysyntax.parse(block).body if isinstance(n, ast.Import | ast.ImportFrom)
+        ]
         prefix = "\n".join("\n".join(lines[slice(*_span(n))]) for n in imports)
         merged = merge(source, f"{prefix}\n{part}\n" if prefix else part + "\n", into=cls)
         if merged is None:

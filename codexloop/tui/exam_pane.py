@@ -16,6 +16,7 @@ from pygments.util import ClassNotFound
 from rich.syntax import Syntax
 from rich.text import Text
 
+from codexloop.core import pysyntax
 from codexloop.tui.linebuffer import LineBuffer
 
 SYNTAX_THEME = "ansi_dark"
@@ -92,7 +93,7 @@ def definition_line(source: str, names: list[str]) -> int | None:
     if not names:
         return None
     try:
-        body: list[ast.stmt] = ast.parse(source).body
+        body: list[ast.stmt] = pysyntax.parse(source).body
     except (SyntaxError, ValueError):  # being edited: the first line that defines the last name
         pattern = re.compile(rf"^\s*(?:async\s+def|def|class)\s+{re.escape(names[-1])}\b", re.M)
         match = pattern.search(source)
