@@ -82,6 +82,7 @@ class RaceState:
     stopped: str | None = None  # a stop for every attempt (the developer's): the race is off
     exam_errors: list[ExamError] = field(default_factory=list)
     spent: dict[int, tuple[int, int]] = field(default_factory=dict)  # tokens in, out per attempt
+    costs: dict[int, float] = field(default_factory=dict)  # US dollars so far per attempt
 
 
 class Race:
@@ -260,9 +261,12 @@ class Race:
                 await _command(other, ev.Stop(f"attempt {lane.number} went green first"))
 
     def _total(self, lane: Lane, usage: ev.Usage) -> ev.Usage:
-        """The session's spend so far, every attempt together (``attempt`` 0)."""
+        """The session's spend so far, every attempt together (``attempt`` 0); its cost when
+        the attempts' usage carries one."""
         state = self.state
         state.spent[lane.number] = (usage.input_total, usage.output_total)
+        if usage.cost_total is not None:
+            state.costs[lane.number] = usage.cost_total
         return ev.Usage(
             usage.input_tokens,
             usage.output_tokens,
@@ -270,6 +274,7 @@ class Race:
             sum(spent[1] for spent in state.spent.values()),
             usage.cached_tokens,
             usage.reasoning_tokens,
+            cost_total=sum(state.costs.values()) if state.costs else None,
             attempt=0,
         )
 

@@ -184,3 +184,19 @@ async def test_an_exam_that_can_never_pass_ends_the_race_before_any_model_call(
         await event_channel_run(contest)
     assert "collects no test" in str(caught.value.exceptions[0])
     assert scripted_openai.requests == []
+
+
+async def test_the_sessions_cost_total_sums_every_attempts(make_repo, scripted_openai) -> None:
+    """With prices set, each attempt's usage carries its own cost; the session's usage
+    (attempt 0) carries every attempt's together."""
+    prices = "[tool.codexloop]\nprice_in = 1.0\nprice_out = 2.0\n"
+    repo = make_repo({**KATA, "pyproject.toml": prices})
+    for model in ("m1", "m2"):
+        scripted_openai.add_for(model, Reply(tool_calls=[WRONG]), Reply(text="Done."))
+    contest = race(repo, scripted_openai.base_url, "m1,m2", attempts=2, max_iterations=1)
+    with anyio.fail_after(60):
+        _, events = await event_channel_run(contest)
+    usage = of_type(events, ev.Usage)
+    last_cost = {u.attempt: u.cost_total for u in usage}
+    assert last_cost[1] is not None and last_cost[2] is not None
+    assert last_cost[0] == pytest.approx(last_cost[1] + last_cost[2])
