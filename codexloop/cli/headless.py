@@ -102,8 +102,9 @@ async def headless_session(
         loop = kind(config, client=client, accept_all=accept_all, accept_flagged=accept_flagged)
     send_events, receive_events = event_channel()
     send_commands, receive_commands = event_channel()
-    interrupted = output_closed = False
+    interrupted = output_closed = gave_up = False
     failure: CodexloopError | None = None
+    result: LoopResult | None = None
 
     async def stop_for_closed_output() -> None:
         nonlocal output_closed
@@ -112,11 +113,13 @@ async def headless_session(
         await send_commands.send(ev.Stop("standard output was closed"))
 
     async def watch_signals() -> None:
-        nonlocal interrupted
+        nonlocal interrupted, gave_up
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for _ in signals:
-                if interrupted:  # a second interrupt: give up at once
-                    raise KeyboardInterrupt
+                if interrupted:  # a second interrupt: give up at once (no traceback)
+                    gave_up = True
+                    tg.cancel_scope.cancel()
+                    return
                 interrupted = True
                 await send_commands.send(ev.Stop("interrupted"))
 
@@ -138,6 +141,8 @@ async def headless_session(
                         raise  # a bug of ours: the internal-error path keeps its details
                     failure, result = failed, None
             inner.cancel_scope.cancel()
+    if gave_up:
+        return EXIT_INTERRUPTED
     if failure is not None or result is None:
         failure = failure or SandboxError("the session ended before it started")
         print(error_line(failure), file=sys.stderr)

@@ -404,6 +404,13 @@ def load_config(
     if not all(isinstance(h, str) for h in hints):
         raise ConfigError("hints: each entry must be a string (one approach hint per attempt)")
     hints = tuple(" ".join(h.split()) for h in hints)
+    models = [m for m in str(model).split(",") if m.strip()]
+    if len(models) > attempts:
+        raise ConfigError(
+            f"--model names {len(models)} models for {attempts} "
+            f"attempt{'s' if attempts > 1 else ''}: give --attempts {len(models)} (or more) to "
+            "race them, or name one model"
+        )
     if len(hints) > attempts:
         raise ConfigError(
             f"{len(hints)} hints for {attempts} attempts: one hint per attempt at most"

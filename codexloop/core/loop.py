@@ -87,6 +87,7 @@ class LoopResult:
     flagged: tuple[ev.Flagged, ...] = ()  # what the green change touches of test machinery
     applied: ApplyResult | None = None  # what --accept brought into the working tree
     timings: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    green: str | None = None  # the commit that was tested green (what --accept applies)
 
 
 @dataclass
@@ -311,6 +312,7 @@ class Loop:
             tuple(self.flagged),
             self.applied,
             dict(self.timings),
+            green if status == "passed" else None,
         )
 
     async def _close(self, session: Session, status: str) -> str | None:

@@ -71,7 +71,7 @@ class Lane:
         worktree's later state (code under test may write there during the green run)."""
         if self.result is None or self.result.status != "passed":
             return None
-        return self.loop._green_commit or self.result.head
+        return self.result.green or self.result.head
 
 
 @dataclass

@@ -329,23 +329,7 @@ def test_one_attempt_is_exactly_one_loop(make_repo, scripted_openai) -> None:
     assert (repo / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
 
 
-@pytest.mark.parametrize(
-    "quiet",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="cli/headless.py: watch_signals raises KeyboardInterrupt inside a task "
-                "group; asyncio.run then often prints 'unhandled exception during asyncio.run() "
-                "shutdown' with the BaseExceptionGroup's traceback (exit 130 all the same). "
-                "Fix: cancel the outer task group instead (see the race review's report).",
-            ),
-        ),
-    ],
-    ids=["exit-and-processes", "no-traceback"],
-)
+@pytest.mark.parametrize("quiet", [False, True], ids=["exit-and-processes", "no-traceback"])
 def test_a_second_interrupt_gives_up_at_once_and_still_leaves_nothing_running(
     make_repo, scripted_openai, races, no_bwrap, quiet: bool
 ) -> None:

@@ -9,7 +9,8 @@ from codexloop.core.config import ConfigError, Settings, load_config
 
 
 def _load(repo, **given):
-    settings = Settings(targets=("tests/test_calc.py",), repo=repo, model="m", **given)
+    given.setdefault("model", "m")
+    settings = Settings(targets=("tests/test_calc.py",), repo=repo, **given)
     return load_config(settings, env={"OPENAI_API_KEY": "k"}, cwd=repo)
 
 
@@ -36,6 +37,11 @@ def test_edit_format_defaults_to_auto_and_comes_from_the_project_file(make_repo)
     [
         ({"edit_format": "prose"}, "edit_format must be one of auto, tools, text"),
         ({"request_timeout": 0}, "timeouts must be positive"),
+        ({"model": "a,b"}, "--model names 2 models for 1 attempt: give --attempts 2"),
+        ({"model": "a,b,c", "attempts": 2}, "--model names 3 models for 2 attempts"),
+        ({"attempts": 2, "hints": ("x", "y", "z")}, "3 hints for 2 attempts"),
+        ({"attempts": 99}, "--attempts must be between 1 and 16"),
+        ({"pick": "worst"}, "pick must be one of first, best"),
     ],
 )
 def test_bad_values_are_one_clear_line(make_repo, given, message) -> None:
