@@ -15,6 +15,7 @@ result shapes; the schema the model reads sits beside the code that honours it.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import json
@@ -27,7 +28,7 @@ from typing import Any
 
 import anyio
 
-from codexloop.core import safefs
+from codexloop.core import pysyntax, safefs
 from codexloop.core.events import printable
 from codexloop.core.exam import Exam
 from codexloop.core.process import RunResult, plain_text
@@ -128,6 +129,28 @@ class ToolOutcome:
     summary: str  # one line for people
     refused: bool = False
     changed: tuple[str, ...] = field(default=())
+
+
+def self_import_note(rel: str, source: str) -> str:
+    """A note for a Python module that imports names from itself (small models copy the
+    test's ``from calc import add`` into ``calc.py``): it cannot import, so say why."""
+    if not rel.endswith(".py"):
+        return ""
+    module = rel[:-3].replace("/", ".").removesuffix(".__init__")
+    names = {module, module.rsplit(".", 1)[-1], module.split(".", 1)[-1]}
+    try:
+        tree = pysyntax.parse(source)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return ""
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in names:
+            shown = ", ".join(alias.name for alias in node.names)
+            return (
+                f". Warning: {rel} imports from itself (from {node.module} import {shown}): "
+                "a module cannot import its own names while it loads. Define them in it "
+                "instead, and remove that line"
+            )
+    return ""
 
 
 def _cut(text: str, limit: int = MAX_RESULT_CHARS) -> str:
@@ -357,7 +380,7 @@ class Tools:
         verb = "updated" if old is not None else "created"
         return ToolOutcome(
             True,
-            f"{verb} {rel} ({len(new)} bytes)",
+            f"{verb} {rel} ({len(new)} bytes){self_import_note(rel, content)}",
             f"{verb} {rel} ({content.count(chr(10)) + 1} lines)",
             changed=(rel,),
         )
@@ -398,11 +421,12 @@ class Tools:
         removed = len(text[match.start : match.end].splitlines())
         added = len(match.new_text.splitlines())
         summary = f"edited {rel}:{line} (-{removed} +{added} lines)"
+        note = self_import_note(rel, updated)
         if not match.forgiven:
-            return ToolOutcome(True, f"edited {rel} at line {line}", summary, changed=(rel,))
+            return ToolOutcome(True, f"edited {rel} at line {line}{note}", summary, changed=(rel,))
         return ToolOutcome(
             True,
-            f"edited {rel} at line {line}. Note: old_text did not match exactly; it matched "
+            f"edited {rel} at line {line}{note}. Note: old_text did not match exactly; it matched "
             f"once when {match.forgiven} is ignored, so that text of the file was replaced "
             "(next time copy old_text exactly from read_file)",
             summary[:-1] + f", near match: {match.forgiven})",

@@ -200,3 +200,29 @@ async def test_a_passing_run_of_other_tests_goes_on(make_repo, scripted_openai) 
     result, events = await run_loop(make_config(repo, scripted_openai.base_url))
     assert [r.ok for r in of_type(events, ev.ToolResult)] == [True, True]
     assert result.status == "passed" and len(scripted_openai.requests) == 3
+
+
+async def test_a_module_written_to_import_from_itself_gets_a_warning(
+    make_repo, scripted_openai
+) -> None:
+    """Seen with the 1.5B model, five iterations in a row: the test's import line written into
+    the module it imports from. The write goes through, and its result says why it cannot work."""
+    repo = make_repo(KATA)
+    wrong = "from calc import add\n\ndef add(a, b):\n    return a + b\n"
+    scripted_openai.add(
+        Reply(tool_calls=[Call("write_file", {"path": "calc.py", "content": wrong})]),
+        Reply(text="Done."),
+    )
+    await run_loop(make_config(repo, scripted_openai.base_url, max_iterations=1))
+    [result] = tool_results(scripted_openai.requests[1])
+    assert "Warning: calc.py imports from itself (from calc import add)" in result
+
+
+def test_what_counts_as_importing_from_itself() -> None:
+    from codexloop.core.tools import self_import_note
+
+    assert self_import_note("src/pkg/mod.py", "from pkg.mod import a\n")
+    assert self_import_note("pkg/__init__.py", "from pkg import a\n")
+    assert not self_import_note("calc.py", "from os import path\nfrom .calc import x\n")
+    assert not self_import_note("calc.txt", "from calc import add\n")
+    assert not self_import_note("calc.py", "from calc import (\n")  # does not parse: no note
