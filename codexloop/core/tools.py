@@ -375,6 +375,8 @@ class Tools:
         self._special(rel, kind)
         old = self._read(rel) if kind == "file" else None
         new = content.encode()
+        if old == new:
+            raise ToolError(f"{rel} already holds exactly this content: nothing changed")
         self._guard(rel, old, new)
         self._write(rel, new)
         verb = "updated" if old is not None else "created"
@@ -395,6 +397,8 @@ class Tools:
             raise ToolError(f"{rel} does not exist; use write_file to create it")
         if not old_text:
             raise ToolError("old_text is empty; give the exact text to replace")
+        if old_text == new_text:
+            raise ToolError("new_text is the same as old_text: nothing would change")
         data = self._read(rel)
         text = data.decode("utf-8", errors="strict")
         count = text.count(old_text)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from conftest import run_git
-from loophelpers import KATA, make_config, of_type, run_loop, tool_results, user_texts
+from loophelpers import KATA, edit, make_config, of_type, run_loop, tool_results, user_texts
 from scripted_openai import Call, Reply
 
 from codexloop.core import events as ev
@@ -226,3 +226,18 @@ def test_what_counts_as_importing_from_itself() -> None:
     assert not self_import_note("calc.py", "from os import path\nfrom .calc import x\n")
     assert not self_import_note("calc.txt", "from calc import add\n")
     assert not self_import_note("calc.py", "from calc import (\n")  # does not parse: no note
+
+
+async def test_a_change_that_changes_nothing_says_so(make_repo, scripted_openai) -> None:
+    """The 1.5B model wrote the same content again and again; and edited a line into itself."""
+    repo = make_repo(KATA)
+    same = Call("write_file", {"path": "calc.py", "content": KATA["calc.py"]})
+    noop = edit("calc.py", "a - b", "a - b")
+    scripted_openai.add(Reply(tool_calls=[same, noop]), Reply(text="Done."))
+    _result, events = await run_loop(make_config(repo, scripted_openai.base_url, max_iterations=1))
+    results = of_type(events, ev.ToolResult)
+    assert [(r.ok, r.summary) for r in results] == [
+        (False, "calc.py already holds exactly this content: nothing changed"),
+        (False, "new_text is the same as old_text: nothing would change"),
+    ]
+    assert not of_type(events, ev.SandboxChanged)
