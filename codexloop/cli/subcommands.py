@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -16,6 +18,7 @@ from codexloop.core.words import counted
 
 if TYPE_CHECKING:
     from codexloop.core.config import Config
+    from codexloop.core.gitops import PreviewBranch
     from codexloop.core.loop import Loop
 
 
@@ -40,11 +43,44 @@ def branches(argv: Sequence[str]) -> int:
     found = gitops.preview_branches(repo)
     if not found:
         print("no preview branches")
+    races: dict[str, list[PreviewBranch]] = {}
     for branch in found:
-        where = f"  worktree {branch.worktree}" if branch.worktree else ""
-        stamp = branch.committed_at.strftime("%Y-%m-%d %H:%M")
-        print(f"{branch.name}  {branch.sha[:10]}  {stamp}  {branch.subject}{where}")
+        session, _, attempt = branch.name.removeprefix(gitops.PREVIEW_PREFIX).rpartition("/")
+        if session and re.fullmatch(r"a\d+", attempt):
+            races.setdefault(session, []).append(branch)
+    shown: set[str] = set()
+    for branch in found:
+        session = branch.name.removeprefix(gitops.PREVIEW_PREFIX).rpartition("/")[0]
+        if session in races:
+            if session not in shown:  # the attempts of a race, together under it
+                shown.add(session)
+                print(_race_header(session, races[session]))
+                for one in races[session]:
+                    print("  " + _branch_line(one, one.name.rpartition("/")[2]))
+            continue
+        print(_branch_line(branch, branch.name))
     return 0
+
+
+def _branch_line(branch: PreviewBranch, label: str) -> str:
+    where = f"  worktree {branch.worktree}" if branch.worktree else ""
+    stamp = branch.committed_at.strftime("%Y-%m-%d %H:%M")
+    return f"{label}  {branch.sha[:10]}  {stamp}  {branch.subject}{where}"
+
+
+def _race_header(session: str, attempts: list[PreviewBranch]) -> str:
+    """``codexloop/<session>/``, how many attempts are kept, and the winner when the session's
+    index (beside its traces) names one."""
+    from codexloop.core.gitops import PREVIEW_PREFIX
+    from codexloop.core.trace import traces_dir
+
+    header = f"{PREVIEW_PREFIX}{session}/  race: {counted(len(attempts), 'attempt branch', 'attempt branches')} kept"
+    try:
+        index = json.loads((traces_dir() / session / "index.json").read_text())
+    except (OSError, ValueError):
+        return header
+    winner = index.get("winner") if isinstance(index, dict) else None
+    return header + (f", winner a{winner}" if isinstance(winner, int) else ", no winner")
 
 
 def clean(argv: Sequence[str]) -> int:

@@ -553,6 +553,12 @@ def test_headless_attempts_race_and_the_winner_is_applied(make_repo, scripted_op
     [applied] = [e for e in events if e["type"] == "applied"]
     assert applied["written"] == ["calc.py"] and applied["attempt"] == 2
     assert (repo / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
+    # `codexloop branches` shows the race's kept branches together, and its winner.
+    session = winner["branch"].rpartition("/")[0]
+    listed = codexloop("branches", cwd=repo).stdout.splitlines()
+    header = next(n for n, line in enumerate(listed) if line.startswith(session + "/"))
+    assert "race:" in listed[header] and listed[header].endswith("winner a2")
+    assert any(line.startswith("  a2  ") for line in listed[header + 1 :])
 
 
 def test_attempts_in_the_app_are_refused_for_now(make_repo, scripted_openai) -> None:
