@@ -130,6 +130,9 @@ class Loop:
         self.snapshot = snapshot
         self.test_slots = test_slots
         self.shared_baseline: SharedBaseline | None = None  # a race's one baseline run
+        # A race's sandboxes are made one at a time: concurrent `git worktree add` on one
+        # repository can fail on git's own lock files.
+        self.setup_lock: anyio.Lock | None = None
         self.setbacks: Setbacks | None = None  # the best state so far, to undo a setback
         self._last_run: RunResult | None = None
         self._started = time.monotonic()  # for --max-time (set again when the run starts)
@@ -232,9 +235,10 @@ class Loop:
         self._started = time.monotonic()
         config = self.config
         with self.timings.timed("sandbox setup"):
-            self.sandbox = sandbox = await create_sandbox(
-                config, self.name, self.base or self.snapshot
-            )
+            async with self.setup_lock or contextlib.nullcontext():  # a race: one at a time
+                self.sandbox = sandbox = await create_sandbox(
+                    config, self.name, self.base or self.snapshot
+                )
         session = await open_session(
             config,
             sandbox,

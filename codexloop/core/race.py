@@ -127,9 +127,9 @@ class Race:
             )
             for number in range(1, config.attempts + 1)
         ]
-        shared = SharedBaseline()
+        shared, setup = SharedBaseline(), anyio.Lock()
         for loop in self.loops:
-            loop.shared_baseline = shared
+            loop.shared_baseline, loop.setup_lock = shared, setup
         self.state = RaceState()
         self.flagged: list[ev.Flagged] = []
         self.applied: ApplyResult | None = None
