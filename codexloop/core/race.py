@@ -37,7 +37,7 @@ import openai
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from codexloop.core import diff, gitops, outcome
+from codexloop.core import diff, gitops, leftovers, outcome
 from codexloop.core import events as ev
 from codexloop.core.config import Config
 from codexloop.core.errors import CodexloopError
@@ -313,7 +313,7 @@ class Race:
         if winner is not None:  # no winner: every branch stays (a stopped one is continued)
             for lane in lanes:
                 if lane is not winner:
-                    lane.removed = await anyio.to_thread.run_sync(_discard_if_empty, lane.loop)
+                    lane.removed = await anyio.to_thread.run_sync(_discard_empty, lane.loop)
         self._write_index(lanes)
         if winner is None or winner.result is None:
             return await self._no_winner(lanes, out)
@@ -468,15 +468,6 @@ async def _command(lane: Lane, command: ev.Command) -> None:
         await lane.commands.send(command)  # (an attempt that is over reads no more)
 
 
-def _discard_if_empty(loop: Loop) -> bool:
+def _discard_empty(loop: Loop) -> bool:
     """A losing attempt that recorded nothing is no reference: its branch goes (True)."""
-    sandbox = loop.sandbox
-    if sandbox is None:
-        return False
-    try:
-        if sandbox.head() == sandbox.base:
-            sandbox.remove(delete_branch=True)
-            return True
-    except (gitops.GitError, OSError):
-        pass
-    return False
+    return leftovers.discard_session(loop) is not None
