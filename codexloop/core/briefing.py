@@ -5,8 +5,11 @@ not there, a function written twice): the first message shows it. The target tes
 imports are resolved with :mod:`ast` to files of the project (the folders pytest imports
 from: the root, ``src``, the test folders), relative imports included; standard library and
 installed packages are not the project's and are left out. Small files are shown whole,
-large ones as an outline of their signatures, all within a budget of characters. Blocking
-(reads files): call it from a worker thread.
+large ones as an outline of their signatures, all within a budget of characters. A name the
+exam imports from a project module that does not define it (``from textutil import slugify``
+with no ``slugify`` in ``textutil.py``) is named as a gap: the function the test wants is
+missing, and a small model reading only the ``ImportError`` tends to "fix" the import in the
+test instead. Blocking (reads files): call it from a worker thread.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class Briefing:
     modules: tuple[Shown, ...] = ()
     missing: tuple[str, ...] = ()  # dotted names imported from a project package, not found
     left_out: tuple[str, ...] = ()  # paths found but past the budget
+    undefined: tuple[tuple[str, str], ...] = ()  # (name, path): imported, not defined there
 
 
 def imported_modules(
@@ -55,6 +59,7 @@ def imported_modules(
     targets = set(target_files)
     found: list[str] = []
     missing: list[str] = []
+    undefined: list[tuple[str, str]] = []
     for target in target_files:
         source = _read(worktree, target)
         if source is None:
@@ -71,6 +76,9 @@ def imported_modules(
                 continue
             if path not in targets and path not in found:
                 found.append(path)
+        undefined += [
+            gap for gap in _undefined(worktree, tree, target, roots, known) if gap not in undefined
+        ]
     shown: list[Shown] = []
     left_out: list[str] = []
     remaining = budget
@@ -92,7 +100,67 @@ def imported_modules(
             remaining -= len(sketch)
         else:
             left_out.append(path)
-    return Briefing(tuple(shown), tuple(dict.fromkeys(missing)), tuple(left_out))
+    return Briefing(tuple(shown), tuple(dict.fromkeys(missing)), tuple(left_out), tuple(undefined))
+
+
+def _undefined(
+    worktree: Path, tree: ast.Module, target: str, roots: Sequence[str], known: set[str]
+) -> list[tuple[str, str]]:
+    """``(name, path)`` of each ``from module import name`` whose module is a file of the
+    project that neither defines, assigns nor imports ``name`` (nor is a package with a
+    submodule of that name); a module with a star import or ``__getattr__`` may have anything."""
+    here = PurePosixPath(target).parent
+    gaps: list[tuple[str, str]] = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom) or not node.module:
+            continue
+        folder = None
+        if node.level:
+            base = here
+            for _ in range(node.level - 1):
+                base = base.parent
+            folder = base.as_posix()
+        path = _resolve(node.module, folder, roots, known)
+        source = _read(worktree, path) if path is not None else None
+        if path is None or source is None:
+            continue
+        names = _top_level_names(source)
+        if names is None:
+            continue
+        for alias in node.names:
+            submodule = _resolve(f"{node.module}.{alias.name}", folder, roots, known)
+            if alias.name != "*" and alias.name not in names and submodule is None:
+                gaps.append((alias.name, path))
+    return gaps
+
+
+def _top_level_names(source: str) -> set[str] | None:
+    """What a module binds at its top level (also inside ``if``/``try`` blocks); None when
+    it cannot be known (it does not parse, star-imports, or has a module ``__getattr__``)."""
+    try:
+        module = pysyntax.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    names: set[str] = set()
+    pending: list[ast.stmt] = list(module.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            for alias in node.names:
+                if alias.name == "*":
+                    return None
+                names.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, ast.If | ast.Try | ast.With | ast.For | ast.While):
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                for child in getattr(node, field, ()):
+                    pending.extend(child.body if isinstance(child, ast.ExceptHandler) else [child])
+        else:
+            for child in ast.walk(node):
+                if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store):
+                    names.add(child.id)
+    return None if "__getattr__" in names else names
 
 
 def _read(worktree: Path, rel: str) -> str | None:

@@ -28,6 +28,7 @@ from codexloop.core.words import counted
 OLD_TOOL_RESULT_CHARS = 600  # what is kept of a tool result of an earlier iteration
 ITERATION = PRIVATE_PREFIX + "iteration"  # the iteration a message belongs to
 LEFT_OUT = PRIVATE_PREFIX + "left_out"  # the note standing for messages left out
+IDLE = PRIVATE_PREFIX + "idle"  # the engine's note on an answer that changed nothing
 FILES_KEPT = 20  # of the first message's file listing, once it has to give way
 EXAM_KEPT = 2_000  # of each exam file in the first message, as a last resort
 BASELINE_KEPT = 1_500  # of the baseline failure in the first message, as a last resort
@@ -93,9 +94,32 @@ class Conversation:
         message[ITERATION] = self.iteration
         self.messages.append(message)
 
-    def say(self, text: str) -> None:
-        """A user message from the engine or the developer."""
-        self._add({"role": "user", "content": self.clean(text)})
+    def say(self, text: str, *, idle: bool = False) -> None:
+        """A user message from the engine or the developer (``idle``: the engine's note on
+        an answer that changed nothing, see :meth:`forget_idle_answer`)."""
+        message: dict[str, Any] = {"role": "user", "content": self.clean(text)}
+        if idle:
+            message[IDLE] = True
+        self._add(message)
+
+    def forget_idle_answer(self) -> bool:
+        """Take the model's last answer out, with the notes on the idle answers before it,
+        when it is text only (an answer with tool calls stays: their results answer them).
+
+        A small model reads its own earlier answers as the answer and writes them again, word
+        for word, turn after turn: an answer that changed nothing is not shown back to it. The
+        note that follows (what was not applied, how to edit) says what it needs to know."""
+        last = next(
+            (i for i in range(len(self.messages) - 1, 1, -1) if self.messages[i]["role"] != "user"),
+            None,
+        )
+        if last is None or self.messages[last].get("role") != "assistant":
+            return False
+        if self.messages[last].get("tool_calls"):
+            return False
+        del self.messages[last]
+        self.messages[:] = [m for m in self.messages if not m.get(IDLE)]
+        return True
 
     def answer(self, turn: Turn) -> None:
         """The model's turn (its text, reasoning items and tool calls)."""

@@ -134,6 +134,7 @@ class Loop:
         # repository can fail on git's own lock files.
         self.setup_lock: anyio.Lock | None = None
         self.setbacks: Setbacks | None = None  # the best state so far, to undo a setback
+        self.code_paths: tuple[str, ...] = ()  # the project files the exam imports
         self._last_run: RunResult | None = None
         self._started = time.monotonic()  # for --max-time (set again when the run starts)
         self.client = client or make_client(config.base_url, config.api_key, config.request_timeout)
@@ -380,6 +381,7 @@ class Loop:
                 budget=min(briefing.BUDGET_CHARS, self.turns.budget_chars // 4),
             )
         )
+        self.code_paths = prompts.code_paths(modules)
         conversation = Conversation(
             prompts.first_message(
                 task=config.task,
@@ -484,7 +486,7 @@ class Loop:
             else None
         )
         if best is None or best.commit == tested:
-            return prompts.RED.format(digest=verdict.digest)
+            return prompts.red(verdict.digest, self.code_paths)
         protected = session.exam.protected_files()
         paths = await anyio.to_thread.run_sync(
             setbacks.undo, self.config.repo, sandbox.worktree, best.commit, tested, protected
@@ -576,11 +578,11 @@ class Loop:
             return 0
         return controls.take_more() or self.config.max_iterations
 
-    async def _apply_feedback(self, session: Session, conversation: Conversation) -> None:
-        """Revert rejected hunks in the sandbox and tell the model why."""
+    async def _apply_feedback(self, session: Session, conversation: Conversation) -> bool:
+        """Revert rejected hunks in the sandbox and tell the model why; True if there were."""
         rejections = self.controls.take_feedback()
         if not rejections:
-            return
+            return False
         sandbox = session.sandbox
         failed = await anyio.to_thread.run_sync(
             revert_rejected, sandbox.repo, sandbox.base, sandbox.worktree, rejections
@@ -601,6 +603,7 @@ class Loop:
             )
             conversation.say(text)
             await self.emit(ev.UserMessage(text))
+        return True
 
     # -- the model's work ----------------------------------------------------------
 
@@ -629,7 +632,8 @@ class Loop:
             for text in self.controls.take_steering():
                 conversation.say(prompts.STEERING.format(text=text))
                 await self.emit(ev.UserMessage(text))
-            await self._apply_feedback(session, conversation)
+            if await self._apply_feedback(session, conversation):
+                work.changed = True  # the reviewer's rejections changed the sandbox
             await self._set_state("thinking")
             await self.emit(ev.ModelTurnStarted(iteration))
             turn = await self.turns.take(conversation)

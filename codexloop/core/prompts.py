@@ -95,10 +95,19 @@ MODULE_FILE = "--- {path} ---\n{source}"
 MODULE_OUTLINE = "--- {path} (outline of its {lines} lines: read_file shows it whole) ---\n{source}"
 MODULES_LEFT_OUT = "[also imported, not shown: {paths}]"
 MODULES_MISSING = "Imported by the tests but not in the project yet: {names}"
+UNDEFINED = "The tests import {name} from {path}, which does not define it yet."
 BASELINE = "\nThe tests are red now:\n{digest}"
+# Last in the first message and in every red run's message: what to do, said where a small
+# model reads it (at the end), and a sentence of diagnosis before the change, which makes
+# small models change the right line far more often than a bare "fix it".
+ASK = (
+    "\nChange {code} so that the tests pass (the tests are right and cannot be changed). "
+    "Say in one sentence what is wrong, then make the change."
+)
+ASK_CODE_NAMED = 3  # files named in the ask; more are "the code under test"
 CUT = "\n[... cut ...]"
 
-RED = "{digest}\n\nFix the code so the tests pass."
+RED = "{digest}\n{ask}"
 SETBACK = (
     "Your change stopped the target tests from running ({ran} ran, {before} before it). "
     "The engine put {paths} back as {when}. What your change caused:\n{digest}\n\n"
@@ -180,7 +189,31 @@ def first_message(
     if modules is not None and (modules.modules or modules.missing):
         parts.append(("modules", imported_code(modules)))
     parts.append(("baseline", BASELINE.format(digest=digest)))
+    parts.append(("ask", ask(code_paths(modules), modules.undefined if modules else ())))
     return FirstMessage(tuple(parts))
+
+
+def code_paths(modules: Briefing | None) -> tuple[str, ...]:
+    """The project files the exam imports (shown, or missing a name it imports)."""
+    if modules is None:
+        return ()
+    paths = [shown.path for shown in modules.modules]
+    paths += [path for _name, path in modules.undefined if path not in paths]
+    return tuple(dict.fromkeys(paths))
+
+
+def ask(paths: Sequence[str], undefined: Sequence[tuple[str, str]] = ()) -> str:
+    """What the model is asked to do, last in a message: the names the tests import and the
+    code does not define yet, and the files to change (when the exam imports a few)."""
+    lines = [UNDEFINED.format(name=name, path=path) for name, path in undefined]
+    code = " and ".join(paths) if 0 < len(paths) <= ASK_CODE_NAMED else "the code under test"
+    lines.append(ASK.format(code=code).lstrip("\n"))
+    return "\n" + "\n".join(lines)
+
+
+def red(digest: str, paths: Sequence[str]) -> str:
+    """What the model reads of a red test run: the failure, then what to do."""
+    return RED.format(digest=digest, ask=ask(paths))
 
 
 def imported_code(briefing: Briefing) -> str:
@@ -225,6 +258,10 @@ TEXT_ONLY = (
 NOTHING_PLAIN = (
     "Your last answer changed no file: it had no tool call and no edit the engine could apply, "
     "so the tests below ran on unchanged code."
+)
+NOTHING_PLAIN_YET = (
+    "Your last answer changed no file: it had no tool call and no edit the engine could apply. "
+    "Make the change now."
 )
 NOTHING_FAILED = "Nothing in the project changed: nothing of your last answer was applied.\n"
 NOTHING_REPEATED = (
@@ -271,13 +308,21 @@ def how_to_edit(edit_format: str, path: str) -> str:
     return template.format(call=call, path=path)
 
 
-def nothing_applied(failures: Sequence[str], *, repeated: bool, edit_format: str, path: str) -> str:
+def nothing_applied(
+    failures: Sequence[str],
+    *,
+    repeated: bool,
+    edit_format: str,
+    path: str,
+    testing: bool = True,
+) -> str:
     """An answer that changed nothing: what was not applied (``failures``, one line each;
-    none: the answer asked for nothing), and how to change a file."""
+    none: the answer asked for nothing; ``testing``: the tests run now on unchanged code),
+    and how to change a file."""
     if repeated:
         head = NOTHING_REPEATED
     elif failures:
         head = NOTHING_FAILED + "".join(f"- {line}\n" for line in failures)
     else:
-        head = NOTHING_PLAIN
+        head = NOTHING_PLAIN if testing else NOTHING_PLAIN_YET
     return f"{head.rstrip()}\n{how_to_edit(edit_format, path)}"

@@ -405,9 +405,11 @@ class Work:
         self.answers = answers_of(conversation)
         self.changed = False  # something in the sandbox changed during this turn
         self.idle = 0  # idle answers in a row in this turn
+        self.answered = 0  # answers in this turn
 
     async def act(self, turn: Turn) -> bool:
         """Act on one answer; True when the turn is over (the engine runs the tests)."""
+        self.answered += 1
         if turn.tool_calls:
             return await self._native(turn)
         if self.edit_format != "tools" and turn.finish_reason != CUT_FINISH:
@@ -421,7 +423,7 @@ class Work:
                     return await self._text_edits(turn.text, planned)
             if unreadable:  # a call was meant, and nothing else can be applied
                 return await self._text_calls(turn.text, [], unreadable)
-        return await self._plain(turn.text)
+        return await self._plain(turn.text, cut=turn.finish_reason == CUT_FINISH)
 
     # -- one call, native or not -----------------------------------------------------------
 
@@ -506,17 +508,22 @@ class Work:
             return True
         failures = [line.removeprefix("- ").rstrip() for line in failed]
         message, over = await self._nothing([_key(text)], failures)
-        self.conversation.say(message)
+        self._say_idle(message)
         return over
 
-    async def _plain(self, text: str) -> bool:
-        """No call, no edit: the model is done. If this turn changed nothing, it hears so."""
+    async def _plain(self, text: str, *, cut: bool = False) -> bool:
+        """No call, no edit: the model is done when this turn changed something. When it
+        changed nothing and was the turn's first answer, it hears so and answers once more (a
+        small model asked to say what is wrong often stops at saying it); after that, or after
+        calls, a plain answer ends the turn. The answer stays in the conversation: what it says
+        is wrong is worth reading again. An answer cut off for its length ends the turn."""
         if self.changed:
             self.answers.progressed()
             return True
-        message, _over = await self._nothing([_key(text)], [], ending=True)
-        self.conversation.say(message)
-        return True
+        ending = cut or self.answered > 1
+        message, over = await self._nothing([_key(text)], [], ending=ending, plain=True)
+        self.conversation.say(message, idle=True)
+        return over
 
     # -- judging -------------------------------------------------------------------------------
 
@@ -548,7 +555,7 @@ class Work:
         message, over = await self._nothing(
             [d.key for d in done], [d.line for d in done], what="only failed or refused calls"
         )
-        self.conversation.say(f"{said}\n\n{message}" if said else message)
+        self._say_idle(f"{said}\n\n{message}" if said else message)
         return over
 
     async def _nothing(
@@ -558,6 +565,7 @@ class Work:
         *,
         ending: bool = False,
         what: str = "",
+        plain: bool = False,
     ) -> tuple[str, bool]:
         """An answer that changed nothing: the message to the model, and whether the turn is
         over; the developer hears of it from the second time in a row."""
@@ -579,10 +587,17 @@ class Work:
         message = prompts.nothing_applied(
             failures,
             repeated=repeated,
+            testing=ending or not plain,
             edit_format=self.edit_format,
             path=await self._example(),
         )
         return message, ending or repeated or worn_out
+
+    def _say_idle(self, message: str) -> None:
+        """The note on an answer that changed nothing, in place of a text answer (which the
+        model is not shown again: :meth:`Conversation.forget_idle_answer`)."""
+        self.conversation.forget_idle_answer()
+        self.conversation.say(message, idle=True)
 
     async def _tell_once(self, notice: str) -> None:
         if notice not in self.answers.told:

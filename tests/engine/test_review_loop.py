@@ -107,7 +107,8 @@ async def test_a_spent_budget_waits_and_more_iterations_keep_the_conversation(
 
 async def test_finishing_at_a_spent_budget_ends_red(make_repo, scripted_openai) -> None:
     repo = make_repo({"calc.py": CALC, "tests/test_calc.py": TEST})
-    scripted_openai.add(Reply(text="I give up."))
+    # A first answer that changes nothing is asked once more; the second ends the turn.
+    scripted_openai.add(Reply(text="I give up."), Reply(text="I still give up."))
     loop = Loop(
         make_config(repo, scripted_openai.base_url, max_iterations=1), backoff=(0.0,), review=True
     )

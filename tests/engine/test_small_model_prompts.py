@@ -1,0 +1,128 @@
+"""What a small model reads: the gap the exam imports, the ask last in every red message, and
+answers that changed nothing kept out of what it reads next (Qwen2.5-Coder-1.5B copied its own
+failed answers word for word, iteration after iteration)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from loophelpers import KATA, edit, make_config, run_loop, user_texts
+from scripted_openai import Reply
+
+from codexloop.core.briefing import imported_modules
+
+pytestmark = pytest.mark.anyio
+
+FENCE = "```"
+TEXTUTIL = '"""Small text helpers."""\n\n\ndef shout(text):\n    return text.upper() + "!"\n'
+TEST_SLUG = (
+    "from textutil import slugify, shout\n\n\ndef test_slugify():\n"
+    '    assert slugify("Hello World") == "hello-world"\n'
+)
+SLUGIFY = 'def slugify(text):\n    return "-".join(text.lower().split())\n'
+
+
+def write(root: Path, files: dict[str, str]) -> list[str]:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return sorted(files)
+
+
+def test_a_name_the_exam_imports_and_the_module_lacks_is_a_gap(tmp_path: Path) -> None:
+    files = write(
+        tmp_path,
+        {
+            "textutil.py": TEXTUTIL,
+            "pkg/__init__.py": "from .impl import *\n",
+            "pkg/impl.py": "def a():\n    pass\n",
+            "pkg/sub.py": "",
+            "lazy.py": "def __getattr__(name):\n    return name\n",
+            "guarded.py": "try:\n    from json import loads as fast\nexcept ImportError:\n"
+            "    fast = None\nif True:\n    LIMIT = 3\nclass Shop:\n    pass\n",
+            "tests/test_x.py": "from textutil import slugify, shout\nfrom pkg import b, sub\n"
+            "from lazy import anything\nfrom guarded import fast, LIMIT, Shop, missing\n",
+        },
+    )
+    found = imported_modules(tmp_path, ["tests/test_x.py"], files, ["", "tests"])
+    # Not a gap: a star import, a module __getattr__, a submodule, names bound in if/try.
+    assert found.undefined == (("slugify", "textutil.py"), ("missing", "guarded.py"))
+
+
+async def test_the_first_message_names_the_gap_and_ends_with_what_to_do(
+    make_repo, scripted_openai
+) -> None:
+    repo = make_repo({"textutil.py": TEXTUTIL, "tests/test_textutil.py": TEST_SLUG})
+    fix = edit(
+        "textutil.py", 'return text.upper() + "!"\n', 'return text.upper() + "!"\n\n\n' + SLUGIFY
+    )
+    scripted_openai.add(Reply(tool_calls=[fix]), Reply(text="Added slugify."))
+    config = make_config(repo, scripted_openai.base_url, "tests/test_textutil.py::test_slugify")
+    result, _events = await run_loop(config)
+    assert result.status == "passed"
+    first = scripted_openai.requests[0]["messages"][1]["content"]
+    tail = first.rstrip().splitlines()[-2:]
+    assert tail == [
+        "The tests import slugify from textutil.py, which does not define it yet.",
+        "Change textutil.py so that the tests pass (the tests are right and cannot be changed). "
+        "Say in one sentence what is wrong, then make the change.",
+    ]
+
+
+async def test_a_red_run_ends_with_what_to_do(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(
+        Reply(tool_calls=[edit("calc.py", "a - b", "a * b")]),
+        Reply(text="Done."),
+        Reply(tool_calls=[edit("calc.py", "a * b", "a + b")]),
+        Reply(text="Done."),
+    )
+    result, _events = await run_loop(make_config(repo, scripted_openai.base_url))
+    assert result.status == "passed" and result.iterations == 2
+    red = scripted_openai.requests[2]["messages"][-1]["content"]
+    assert "assert 6 == 5" in red
+    assert red.rstrip().endswith(
+        "Change calc.py so that the tests pass (the tests are right and cannot be changed). "
+        "Say in one sentence what is wrong, then make the change."
+    )
+
+
+async def test_an_answer_that_changed_nothing_is_not_shown_back(make_repo, scripted_openai) -> None:
+    """Two text edits of the protected test, refused: the model reads the notes, not them."""
+    repo = make_repo(KATA)
+    hack = f"{FENCE}python\n# tests/test_calc.py\ndef test_add():\n    assert True\n{FENCE}\n"
+    hack2 = hack.replace("assert True", "pass")
+    scripted_openai.add(
+        Reply(text=hack),
+        Reply(text=hack2),
+        Reply(text=f"{FENCE}python\n# calc.py\ndef add(a, b):\n    return a + b\n{FENCE}\n"),
+    )
+    result, _events = await run_loop(make_config(repo, scripted_openai.base_url))
+    assert result.status == "passed" and result.iterations == 1
+    second, third = scripted_openai.requests[1], scripted_openai.requests[2]
+    for request in (second, third):
+        assistant = [m for m in request["messages"] if m["role"] == "assistant"]
+        assert assistant == []  # neither refused answer is in the conversation
+    assert "refused" in user_texts(second) and "protected" in user_texts(second)
+    # One note stands for the idle answers: the latest.
+    notes = [m for m in third["messages"] if "Nothing in the project changed" in str(m["content"])]
+    assert len(notes) == 1
+
+
+async def test_a_first_answer_that_only_says_what_is_wrong_is_asked_to_act(
+    make_repo, scripted_openai
+) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(
+        Reply(text="The operator in add is wrong: it subtracts."),
+        Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]),
+        Reply(text="Fixed."),
+    )
+    result, _events = await run_loop(make_config(repo, scripted_openai.base_url))
+    assert result.status == "passed" and result.iterations == 1  # no test run in between
+    second = scripted_openai.requests[1]["messages"]
+    assert {"role": "assistant", "content": "The operator in add is wrong: it subtracts."} in [
+        {k: m.get(k) for k in ("role", "content")} for m in second
+    ]
+    assert "Make the change now." in second[-1]["content"]
