@@ -128,6 +128,12 @@ class Conversation:
     def tool_result(self, call_id: str, content: str) -> None:
         self._add(tool_message(call_id, self.clean(content)))
 
+    def forget_iterations(self) -> None:
+        """Only the system prompt and the first message stay: a model that acts through text
+        (a small one) starts each iteration afresh from the red run's message, which shows
+        the code as it now is. Shown its earlier answers, it writes them again."""
+        del self.messages[2:]
+
     def start_iteration(self) -> None:
         """A new iteration begins. The engine's messages just before it (the failure it is
         to fix) belong to it: leaving out the iteration before never leaves them out."""

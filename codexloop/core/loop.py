@@ -60,7 +60,7 @@ from codexloop.core.sandbox import Sandbox, session_name
 from codexloop.core.session import Session, announce, create_sandbox, open_session
 from codexloop.core.setbacks import Setbacks
 from codexloop.core.testrun import Verdict, default_command, runs_the_exam
-from codexloop.core.textcalls import Work
+from codexloop.core.textcalls import Work, answers_of
 from codexloop.core.timings import Timings
 from codexloop.core.tools import TOOL_SCHEMAS
 from codexloop.core.turns import Turns
@@ -434,7 +434,7 @@ class Loop:
                 continue
             conversation.compact()
             await self.exam_sync.check(exam)
-            digest = await self._after_red(session, iteration, verdict, commit)
+            digest = await self._after_red(session, iteration, verdict, commit, conversation)
             note = self.exam_sync.take_note()
             conversation.say(f"{note}\n\n{digest}" if note else digest)
         return (
@@ -472,10 +472,17 @@ class Loop:
         return verdict
 
     async def _after_red(
-        self, session: Session, iteration: int, verdict: Verdict, commit: str | None
+        self,
+        session: Session,
+        iteration: int,
+        verdict: Verdict,
+        commit: str | None,
+        conversation: Conversation,
     ) -> str:
         """What the model hears of a red run; a setback (fewer target tests ran than in the
-        best state so far) is undone first (:mod:`~codexloop.core.setbacks`)."""
+        best state so far) is undone first (:mod:`~codexloop.core.setbacks`). A model that
+        acts through text starts the next iteration afresh: the conversation goes back to its
+        first message, and the red message shows the files its changes touched as they are."""
         sandbox = session.sandbox
         tested: str = commit if commit else await anyio.to_thread.run_sync(sandbox.head)
         best = (
@@ -486,7 +493,19 @@ class Loop:
             else None
         )
         if best is None or best.commit == tested:
-            return prompts.red(verdict.digest, self.code_paths)
+            answers = answers_of(conversation)
+            if not answers.by_text:
+                return prompts.red(verdict.digest, self.code_paths)
+            conversation.forget_iterations()
+            tools = session.tools
+            now = await anyio.to_thread.run_sync(
+                lambda: [
+                    (path, text)
+                    for path in answers.touched
+                    if not tools.protected(path) and (text := tools.read_text(path)) is not None
+                ]
+            )
+            return prompts.red(verdict.digest, self.code_paths, now)
         protected = session.exam.protected_files()
         paths = await anyio.to_thread.run_sync(
             setbacks.undo, self.config.repo, sandbox.worktree, best.commit, tested, protected

@@ -322,6 +322,8 @@ class Answers:
     repeats: Counter[str] = field(default_factory=Counter)  # idle answers and failing calls
     told: set[str] = field(default_factory=set)  # the notices given once
     example: str | None = None  # the project file the "how to" example names
+    by_text: bool = False  # the model has acted through calls or edits written as text
+    touched: dict[str, None] = field(default_factory=dict)  # files its calls changed, in order
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def progressed(self) -> None:
@@ -440,6 +442,7 @@ class Work:
         await self.emit(ev.ToolResult(name, outcome.ok, outcome.summary, call_id, outcome.refused))
         if outcome.changed or name == "run_command":
             await self.emit(ev.SandboxChanged(outcome.changed))
+        self.answers.touched.update(dict.fromkeys(outcome.changed))
         if name == "run_command" and outcome.ok and self.changed:
             self.exam_passed = self.exam_passed or self.runs_the_exam(_command(arguments))
         if outcome.changed or (name == "run_command" and outcome.ok):
@@ -469,6 +472,7 @@ class Work:
 
     async def _text_calls(self, text: str, calls: list[TextCall], unreadable: list[str]) -> bool:
         if calls:
+            self.answers.by_text = True
             await self._tell_once(CALLS_NOTICE)
         results, done = [], []
         changed = False
@@ -488,6 +492,7 @@ class Work:
         return await self._after_calls(done, said=said)
 
     async def _text_edits(self, text: str, planned: list[Planned]) -> bool:
+        self.answers.by_text = True
         await self._tell_once(EDITS_NOTICE)
         applied: list[str] = []
         failed: list[str] = []

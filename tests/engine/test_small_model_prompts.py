@@ -126,3 +126,26 @@ async def test_a_first_answer_that_only_says_what_is_wrong_is_asked_to_act(
         {k: m.get(k) for k in ("role", "content")} for m in second
     ]
     assert "Make the change now." in second[-1]["content"]
+
+
+async def test_a_model_acting_through_text_starts_each_iteration_afresh(
+    make_repo, scripted_openai
+) -> None:
+    """It reads the first message and the red run's, which shows the file as its change left
+    it; a model using native calls keeps the whole conversation (the red run above)."""
+    repo = make_repo(KATA)
+    block = f"{FENCE}python\n# calc.py\ndef add(a, b):\n    return a * b\n{FENCE}\n"
+    scripted_openai.add(
+        Reply(text=block),
+        Reply(text=block.replace("a * b", "a + b")),
+    )
+    result, _events = await run_loop(make_config(repo, scripted_openai.base_url))
+    assert result.status == "passed" and result.iterations == 2
+    messages = scripted_openai.requests[1]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "user"]
+    red = messages[-1]["content"]
+    assert red.startswith(
+        "The code as it is now, with your changes so far (the tests below ran on it):\n"
+        "--- calc.py ---\ndef add(a, b):\n    return a * b\n"
+    )
+    assert "assert 6 == 5" in red
