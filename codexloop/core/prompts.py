@@ -305,9 +305,14 @@ HOW_TEXT = (
 )
 
 
+EXAMPLE_OLD = "the exact lines to replace"  # placeholders: a model that copies the example
+EXAMPLE_NEW = "the lines that replace them"  # as it is is told so (textcalls)
 EXAMPLE_ARGUMENTS = (
-    '{{"path": {path}, "old_text": "the exact lines to replace", '
-    '"new_text": "the lines that replace them"}}'
+    '{{"path": {path}, "old_text": "' + EXAMPLE_OLD + '", "new_text": "' + EXAMPLE_NEW + '"}}'
+)
+EXAMPLE_COPIED = (
+    "{call}: not run, it is the example from the instructions: old_text must be lines copied "
+    "from the file, new_text what replaces them"
 )
 EXAMPLE_CALL = '{{"name": "edit_file", "arguments": {arguments}}}'
 

@@ -373,6 +373,18 @@ def _command(arguments: str) -> str:
     return command if isinstance(command, str) else ""
 
 
+def _is_example(call: TextCall) -> bool:
+    """The how-to example's call, copied as it is (its placeholders for old and new text)."""
+    try:
+        arguments = json.loads(call.arguments)
+    except ValueError:
+        return False
+    return isinstance(arguments, dict) and (
+        arguments.get("old_text") == prompts.EXAMPLE_OLD
+        or arguments.get("new_text") == prompts.EXAMPLE_NEW
+    )
+
+
 def _key(text: str) -> str:
     return "answer:" + " ".join(text.split())
 
@@ -417,6 +429,9 @@ class Work:
         if self.edit_format != "tools" and turn.finish_reason != CUT_FINISH:
             text = without_thinking(turn.text)
             calls, unreadable = _read_calls(text)
+            copied = [c for c in calls if _is_example(c)]
+            calls = [c for c in calls if c not in copied]
+            unreadable += [prompts.EXAMPLE_COPIED.format(call=c.name) for c in copied]
             if calls:
                 return await self._text_calls(turn.text, calls, unreadable)
             if self.edit_format == "text" or not self.changed:

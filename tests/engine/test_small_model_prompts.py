@@ -149,3 +149,25 @@ async def test_a_model_acting_through_text_starts_each_iteration_afresh(
         "--- calc.py ---\ndef add(a, b):\n    return a * b\n"
     )
     assert "assert 6 == 5" in red
+
+
+async def test_the_how_to_example_copied_as_it_is_is_not_run(make_repo, scripted_openai) -> None:
+    """Qwen2.5-Coder-1.5B echoed the engine's message, example call and all."""
+    import json
+
+    from codexloop.core import events as ev
+    from codexloop.core.prompts import example_call
+
+    repo = make_repo(KATA)
+    _arguments, call = example_call("calc.py")
+    fixed = json.dumps({"name": "edit_file", "arguments": {**json.loads(_arguments), **FIX}})
+    scripted_openai.add(Reply(text=f"To change a file:\n{call}"), Reply(text=fixed))
+    result, events = await run_loop(make_config(repo, scripted_openai.base_url))
+    assert result.status == "passed" and result.iterations == 1
+    assert [json.loads(c.arguments)["old_text"] for c in events if isinstance(c, ev.ToolCall)] == [
+        "a - b"
+    ]
+    assert "it is the example from the instructions" in user_texts(scripted_openai.requests[1])
+
+
+FIX = {"old_text": "a - b", "new_text": "a + b"}
