@@ -419,7 +419,8 @@ def judge(
     parts.extend(f"- {p}" for p in problems)
     budget = DIGEST_CHARS
     for case in failing:
-        block = f"\n## {case.label} {case.outcome.upper()}: {case.message}\n{_cut(case.detail, FAILURE_CHARS)}"
+        detail = _cut(project_frames(case.detail), FAILURE_CHARS)
+        block = f"\n## {case.label} {case.outcome.upper()}: {case.message}\n{detail}"
         if len(block) > budget:
             parts.append(f"\n[{len(failing)} failures in all; the rest left out]")
             break
@@ -428,3 +429,26 @@ def judge(
     if not failing:
         parts.append("\nOutput:\n" + _cut(run.output, DIGEST_CHARS // 2))
     return Verdict(False, summary, "\n".join(parts), tuple(cases))
+
+
+_FOREIGN_FRAME = re.compile(r"^/\S+:\d+: in \S+$")  # pytest names project files relatively
+_IMPORT_HINT = "Hint: make sure your test modules/packages have valid Python names."
+
+
+def project_frames(detail: str) -> str:
+    """A failure's traceback without the frames of the standard library and installed
+    packages (their absolute paths and source lines: ``importlib/__init__.py:126: in
+    import_module``) and without pytest's hint on module names, which a small model took for
+    the fault; the terminal pane keeps the whole output."""
+    kept: list[str] = []
+    foreign = False
+    for line in detail.split("\n"):
+        if _FOREIGN_FRAME.match(line):
+            foreign = True
+            continue
+        if foreign and line.startswith(" "):
+            continue
+        foreign = False
+        if line.strip() != _IMPORT_HINT:
+            kept.append(line)
+    return "\n".join(kept)

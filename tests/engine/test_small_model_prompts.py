@@ -62,6 +62,10 @@ async def test_the_first_message_names_the_gap_and_ends_with_what_to_do(
     result, _events = await run_loop(config)
     assert result.status == "passed"
     first = scripted_openai.requests[0]["messages"][1]["content"]
+    # The failure without the standard library's frames and pytest's hint on module names.
+    assert "E   ImportError: cannot import name 'slugify' from 'textutil'" in first
+    assert "tests/test_textutil.py:1: in <module>" in first
+    assert "importlib" not in first and "valid Python names" not in first
     tail = first.rstrip().splitlines()[-2:]
     assert tail == [
         "The tests import slugify from textutil.py, which does not define it yet.",
