@@ -133,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--test-cmd", metavar="CMD", help="test command; default runs pytest on the targets"
     )
     parser.add_argument(
+        "--gate",
+        action="append",
+        metavar="CMD",
+        help="a command that must also pass once the targets are green (repeatable, in "
+        "order; e.g. 'ruff check .'): run in the sandbox, judged by its exit code",
+    )
+    parser.add_argument(
         "--model",
         metavar="NAME",
         help="model name (default from config/env); a,b spreads --attempts over several",
@@ -389,6 +396,7 @@ def run_loop(args: argparse.Namespace, open_app: OpenApp) -> int:
         max_tokens=args.max_tokens,
         max_time=args.max_time,
         max_cost=args.max_cost,
+        gates=tuple(args.gate) if args.gate else None,
     )
     config = load_config(settings)  # a CodexloopError ends main() with its line and status
     if config.attempts > 1 and not args.headless:

@@ -66,6 +66,7 @@ _FILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "max_cost": (int, float),
     "price_in": (int, float),
     "price_out": (int, float),
+    "gates": list,
 }
 
 
@@ -136,6 +137,7 @@ class Settings:
     max_tokens: int | None = None
     max_time: str | float | None = None
     max_cost: float | None = None
+    gates: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,8 @@ class Config:
     max_cost: float | None = None
     price_in: float | None = None  # US dollars per million input tokens
     price_out: float | None = None  # ... per million output tokens
+    # Commands that must pass (exit 0) in the sandbox once the targets are green, in order.
+    gates: tuple[str, ...] = ()
 
     @property
     def endpoint(self) -> str:
@@ -430,6 +434,9 @@ def load_config(
                 "--max-cost needs the model's prices: set price_in and price_out (US dollars "
                 "per million tokens) under [tool.codexloop] in pyproject.toml"
             )
+    gates = _first(settings.gates, file_cfg.get("gates"), ())
+    if not all(isinstance(g, str) and g.strip() for g in gates):
+        raise ConfigError("gates: each entry must be a command (a non-empty string)")
     reasoning = _first(settings.reasoning, file_cfg.get("reasoning"))
     if reasoning is not None and reasoning not in REASONING:
         raise ConfigError(f"reasoning must be one of {', '.join(REASONING)}, not {reasoning!r}")
@@ -469,6 +476,7 @@ def load_config(
         max_cost=None if max_cost is None else float(max_cost),
         price_in=None if price_in is None else float(price_in),
         price_out=None if price_out is None else float(price_out),
+        gates=tuple(g.strip() for g in gates),
     )
 
 

@@ -197,6 +197,20 @@ class TestFinished(Event):
 
 
 @dataclass(frozen=True)
+class GateFinished(Event):
+    """A gate (``--gate CMD``) ran after a green run of the targets; its output came as
+    ``test_output``. A gate that fails makes the iteration red."""
+
+    type: ClassVar[str] = "gate_finished"
+    iteration: int
+    command: str
+    passed: bool
+    exit_code: int | None
+    duration_s: float
+    timed_out: bool = False
+
+
+@dataclass(frozen=True)
 class TamperDetected(Event):
     """A run whose canary tests came out wrong (or missing): its verdict was not the
     tests' own, so the run is red."""

@@ -38,6 +38,24 @@ PROTECTED_NAMES = frozenset(
     }
 )
 PYPROJECT = "pyproject.toml"
+# The configuration of linters and type checkers: protected while gates run (``--gate``), so a
+# gate is passed by the code, not by loosening the gate (the files, and these sections of
+# pyproject.toml). An ignore comment in the code cannot be told from a fix: the diff shows it.
+GATE_CONFIG_NAMES = frozenset(
+    {
+        "ruff.toml",
+        ".ruff.toml",
+        "mypy.ini",
+        ".mypy.ini",
+        ".flake8",
+        ".pylintrc",
+        "pylintrc",
+        "pyrightconfig.json",
+        ".pre-commit-config.yaml",
+        ".editorconfig",
+    }
+)
+GATE_TOOL_SECTIONS = ("ruff", "mypy", "pylint", "pyright", "black", "isort", "flake8")
 # Where no configuration file is found, pytest takes the nearest folder above the tests with a
 # pyproject.toml (8.1+) or a setup.py as rootdir, and conftest.py files above it are not loaded.
 _ROOTDIR_MARKERS = frozenset({PYPROJECT, "setup.py"})
@@ -93,14 +111,24 @@ def command_files(repo: Path, command: str | None) -> tuple[str, ...]:
 
 
 def _pytest_section(text: str | bytes | None) -> Any:
+    return _tool_sections(text, ("pytest",))
+
+
+def _tool_sections(text: str | bytes | None, names: tuple[str, ...]) -> Any:
+    """The ``[tool.NAME]`` sections of a pyproject.toml (one name: that section alone)."""
     if text is None:
         return None
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
     try:
-        return tomllib.loads(text).get("tool", {}).get("pytest")
+        tools = tomllib.loads(text).get("tool", {})
     except tomllib.TOMLDecodeError:
         return "<invalid TOML>"
+    if not isinstance(tools, dict):
+        return tools
+    if len(names) == 1:
+        return tools.get(names[0])
+    return {name: tools.get(name) for name in names}
 
 
 class ExamError(CodexloopError):
@@ -136,6 +164,7 @@ class Exam:
     target_files: tuple[str, ...]
     from_checkout: bool = True  # False for a replay: the exam as it was recorded
     command_files: tuple[str, ...] = ()  # what a custom test command names (see command_files)
+    gated: bool = False  # gates run (--gate): the linters' configuration is protected too
     _targets: frozenset[str] = field(init=False)
     _files: list[str] | None = field(init=False, default=None)
     _installed: Installed | None = field(init=False, default=None, repr=False)
@@ -167,6 +196,8 @@ class Exam:
             return f"{path.name} is test configuration"
         if rel in self.command_files:
             return "the test command runs it"
+        if self.gated and path.name in GATE_CONFIG_NAMES:
+            return f"{path.name} configures a gate (--gate)"
         return None
 
     def check_write(self, rel: str, old: bytes | None, new: bytes | None) -> str | None:
@@ -183,6 +214,13 @@ class Exam:
         name = PurePosixPath(rel).name
         if name == PYPROJECT and _pytest_section(old) != _pytest_section(new):
             return "the [tool.pytest] section of pyproject.toml is test configuration"
+        if (
+            self.gated
+            and name == PYPROJECT
+            and _tool_sections(old, GATE_TOOL_SECTIONS) != _tool_sections(new, GATE_TOOL_SECTIONS)
+        ):
+            sections = ", ".join(f"[tool.{n}]" for n in GATE_TOOL_SECTIONS)
+            return f"the {sections} sections of pyproject.toml configure the gates (--gate)"
         if (
             name in _ROOTDIR_MARKERS
             and (old is None) != (new is None)

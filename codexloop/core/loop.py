@@ -466,10 +466,44 @@ class Loop:
                 test_command=self.test_command,
                 display_env=self._display_env(),
             )
+        if verdict.passed and self.config.gates:
+            verdict = await self._run_gates(session, iteration, verdict)
         self.test_outcomes.append(verdict.passed)
         if not verdict.passed:
             await self._set_state("red")
         return verdict
+
+    async def _run_gates(self, session: Session, iteration: int, green: Verdict) -> Verdict:
+        """The gates, in order, once the targets are green: each runs in the sandbox like a
+        model's command (same isolation and time limit) and passes with exit code 0. The
+        first that fails makes the iteration red: the model reads its output."""
+        for command in self.config.gates:
+            await self.emit(ev.TestOutput(f"$ {command}\n"))
+
+            async def on_output(text: str) -> None:
+                await self.emit(ev.TestOutput(text))
+
+            with self.timings.timed("gates"):
+                run = await session.sandbox.run(
+                    command,
+                    timeout=self.config.command_timeout,
+                    on_output=on_output,
+                    extra_env=self._display_env(),
+                )
+            passed = run.exit_code == 0 and not run.timed_out
+            await self.emit(
+                ev.GateFinished(
+                    iteration, command, passed, run.exit_code, run.duration_s, run.timed_out
+                )
+            )
+            if not passed:
+                return Verdict(
+                    False,
+                    f"{green.summary}; gate failed: {command}",
+                    prompts.gate_red(command, run.exit_code, run.timed_out, run.output),
+                    green.cases,
+                )
+        return green
 
     async def _after_red(
         self,

@@ -211,6 +211,21 @@ def ask(paths: Sequence[str], undefined: Sequence[tuple[str, str]] = ()) -> str:
     return "\n" + "\n".join(lines)
 
 
+GATE_RED = (
+    "The target tests pass, but the gate `{command}` failed ({how}). Its output:\n{output}\n\n"
+    "Change the code so that the gate passes too, and the tests still pass. Do not silence the "
+    "gate (no ignore comments, no change of its configuration): the developer reviews the diff."
+)
+GATE_OUTPUT_CHARS = 6_000
+
+
+def gate_red(command: str, exit_code: int | None, timed_out: bool, output: str) -> str:
+    """What the model reads of a gate that failed after a green run of the targets."""
+    how = "it ran out of time" if timed_out else f"exit code {exit_code}"
+    tail = output if len(output) <= GATE_OUTPUT_CHARS else "[...]\n" + output[-GATE_OUTPUT_CHARS:]
+    return GATE_RED.format(command=command, how=how, output=tail.rstrip() or "(none)")
+
+
 NOW_HEAD = "The code as it is now, with your changes so far (the tests below ran on it):"
 NOW_FILE = "--- {path} ---\n{source}"
 NOW_LEFT_OUT = "[also changed, not shown: {paths}]"

@@ -63,7 +63,14 @@ async def open_session(
         sandbox.base,
         config.target_files,
         from_checkout=from_checkout,
-        command_files=command_files(config.repo, config.test_cmd),
+        command_files=tuple(
+            dict.fromkeys(
+                rel
+                for command in (config.test_cmd, *config.gates)
+                for rel in command_files(config.repo, command)
+            )
+        ),
+        gated=bool(config.gates),
     )
     python = find_python(config.repo)
     test_command = config.test_cmd or default_command(python, config.targets)
