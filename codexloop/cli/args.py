@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--test-cmd", metavar="CMD", help="test command; default runs pytest on the targets"
     )
     parser.add_argument(
+        "--guard",
+        metavar="CMD",
+        help="regression guard: a pytest command (or 'auto': the whole suite) whose tests "
+        "that pass at the start must still pass when the targets are green",
+    )
+    parser.add_argument(
         "--gate",
         action="append",
         metavar="CMD",
@@ -397,6 +403,7 @@ def run_loop(args: argparse.Namespace, open_app: OpenApp) -> int:
         max_time=args.max_time,
         max_cost=args.max_cost,
         gates=tuple(args.gate) if args.gate else None,
+        guard=args.guard,
     )
     config = load_config(settings)  # a CodexloopError ends main() with its line and status
     if config.attempts > 1 and not args.headless:

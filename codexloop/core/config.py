@@ -67,6 +67,7 @@ _FILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "price_in": (int, float),
     "price_out": (int, float),
     "gates": list,
+    "guard": str,
 }
 
 
@@ -138,6 +139,7 @@ class Settings:
     max_time: str | float | None = None
     max_cost: float | None = None
     gates: tuple[str, ...] | None = None
+    guard: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,9 @@ class Config:
     price_out: float | None = None  # ... per million output tokens
     # Commands that must pass (exit 0) in the sandbox once the targets are green, in order.
     gates: tuple[str, ...] = ()
+    # The regression guard: a pytest command ("auto": the whole suite) whose tests passing at
+    # the baseline must still pass when the targets are green.
+    guard: str | None = None
 
     @property
     def endpoint(self) -> str:
@@ -437,6 +442,9 @@ def load_config(
     gates = _first(settings.gates, file_cfg.get("gates"), ())
     if not all(isinstance(g, str) and g.strip() for g in gates):
         raise ConfigError("gates: each entry must be a command (a non-empty string)")
+    guard = _first(settings.guard, file_cfg.get("guard"))
+    if guard is not None and not str(guard).strip():
+        raise ConfigError("guard must be a test command, or auto (the whole pytest suite)")
     reasoning = _first(settings.reasoning, file_cfg.get("reasoning"))
     if reasoning is not None and reasoning not in REASONING:
         raise ConfigError(f"reasoning must be one of {', '.join(REASONING)}, not {reasoning!r}")
@@ -477,6 +485,7 @@ def load_config(
         price_in=None if price_in is None else float(price_in),
         price_out=None if price_out is None else float(price_out),
         gates=tuple(g.strip() for g in gates),
+        guard=None if guard is None else str(guard).strip(),
     )
 
 

@@ -197,6 +197,21 @@ class TestFinished(Event):
 
 
 @dataclass(frozen=True)
+class GuardFinished(Event):
+    """The regression guard (``--guard``) ran: at the baseline (iteration 0: ``failing`` are
+    the tests that already fail, which never count) or after a green run of the targets
+    (``broken``: tests that passed at the baseline and fail now; any makes it red)."""
+
+    type: ClassVar[str] = "guard_finished"
+    iteration: int
+    passed: bool
+    summary: str
+    duration_s: float
+    broken: tuple[str, ...] = ()
+    failing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class GateFinished(Event):
     """A gate (``--gate CMD``) ran after a green run of the targets; its output came as
     ``test_output``. A gate that fails makes the iteration red."""

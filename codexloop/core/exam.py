@@ -165,6 +165,7 @@ class Exam:
     from_checkout: bool = True  # False for a replay: the exam as it was recorded
     command_files: tuple[str, ...] = ()  # what a custom test command names (see command_files)
     gated: bool = False  # gates run (--gate): the linters' configuration is protected too
+    guard_files: frozenset[str] = frozenset()  # the regression guard's test files (--guard)
     _targets: frozenset[str] = field(init=False)
     _files: list[str] | None = field(init=False, default=None)
     _installed: Installed | None = field(init=False, default=None, repr=False)
@@ -196,6 +197,8 @@ class Exam:
             return f"{path.name} is test configuration"
         if rel in self.command_files:
             return "the test command runs it"
+        if rel in self.guard_files:
+            return "it is a test the regression guard runs (--guard)"
         if self.gated and path.name in GATE_CONFIG_NAMES:
             return f"{path.name} configures a gate (--gate)"
         return None
@@ -230,6 +233,20 @@ class Exam:
         if rel == PACKAGE_JSON and _package_test_sections(old) != _package_test_sections(new):
             return "the scripts and test-runner sections of package.json are test configuration"
         return None
+
+    def guard(self, classnames: Iterable[str]) -> None:
+        """Protect the files of the tests the regression guard reported (JUnit classnames:
+        ``tests.test_shop.TestCart`` is ``tests/test_shop.py``); blocking."""
+        files = set(self.snapshot_files())
+        found = set(self.guard_files)
+        for classname in classnames:
+            parts = classname.split(".")
+            for end in range(len(parts), 0, -1):
+                rel = "/".join(parts[:end]) + ".py"
+                if rel in files:
+                    found.add(rel)
+                    break
+        self.guard_files = frozenset(found)
 
     def target_folders(self) -> frozenset[str]:
         """The folders of the target test files and every folder above them (root: "")."""

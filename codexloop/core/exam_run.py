@@ -172,6 +172,43 @@ class ExamRunner:
         )
         return verdict, run
 
+    async def run_guard(
+        self, iteration: int, command: str, *, display_env: dict[str, str]
+    ) -> tuple[Verdict, RunResult]:
+        """The regression guard (``--guard``) on the tree the exam just ran on: the same run
+        tree, report and canary, judged with no targets (every case it reports counts)."""
+        run_tmp = await anyio.to_thread.run_sync(_fresh_run_folder, self.place.tmp)
+        junit = run_tmp / "report" / f"junit-{secrets.token_hex(8)}.xml"
+        junit.parent.mkdir()
+        run_env = {"TMPDIR": str(run_tmp), **junit_env(junit), **display_env}
+        run_env["PYTEST_ADDOPTS"] += f" {self._plugin_args}"
+        run_env.update(plugins.PLUGIN_ENV)
+        if self.sandbox.isolation.active:
+            run_env["HOME"] = str(run_tmp / "home")
+        canary = Canary.new() if self._canary_on else None
+        if canary is not None:
+            await anyio.to_thread.run_sync(
+                (self.place.worktree / canary.filename).write_text, canary.source()
+            )
+            run_env["PYTEST_ADDOPTS"] += f" {canary.addopts()}"
+        await self._emit(ev.TestOutput(f"$ {command}   (the regression guard)\n"))
+
+        async def on_output(text: str) -> None:
+            text = _JUNIT_NOTE.sub("", text)
+            if text:
+                await self._emit(ev.TestOutput(text))
+
+        with self._timings.timed("guard"):
+            run = await self.place.run(
+                command, timeout=self._test_timeout, on_output=on_output, extra_env=run_env
+            )
+            verdict = await anyio.to_thread.run_sync(
+                partial(judge, (), run, junit, strict=True, canary=canary)
+            )
+        if verdict.tampered:
+            await self._emit(ev.TamperDetected(iteration, verdict.tampered))
+        return verdict, run
+
     async def _execute(
         self,
         test_command: str,

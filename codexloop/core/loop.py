@@ -59,7 +59,12 @@ from codexloop.core.process import RunResult
 from codexloop.core.sandbox import Sandbox, session_name
 from codexloop.core.session import Session, announce, create_sandbox, open_session
 from codexloop.core.setbacks import Setbacks
-from codexloop.core.testrun import Verdict, default_command, runs_the_exam
+from codexloop.core.testrun import (
+    Verdict,
+    cases_for_target,
+    default_command,
+    runs_the_exam,
+)
 from codexloop.core.textcalls import Work, answers_of
 from codexloop.core.timings import Timings
 from codexloop.core.tools import TOOL_SCHEMAS
@@ -135,6 +140,7 @@ class Loop:
         self.setup_lock: anyio.Lock | None = None
         self.setbacks: Setbacks | None = None  # the best state so far, to undo a setback
         self.code_paths: tuple[str, ...] = ()  # the project files the exam imports
+        self.guard_failing: frozenset[str] | None = None  # failing at the baseline (--guard)
         self._last_run: RunResult | None = None
         self._started = time.monotonic()  # for --max-time (set again when the run starts)
         self.client = client or make_client(config.base_url, config.api_key, config.request_timeout)
@@ -367,6 +373,8 @@ class Loop:
         if baseline.passed:
             await self.emit(ev.Notice("info", "the target tests already pass: nothing to do"))
             return "passed", 0, "already green"
+        if config.guard:
+            await self._guard_baseline(session)
         start = await anyio.to_thread.run_sync(session.sandbox.head)
         self.setbacks = Setbacks(self.exam_sync.changes, config.targets, start, baseline)
         files = await anyio.to_thread.run_sync(exam.snapshot_files)
@@ -466,12 +474,75 @@ class Loop:
                 test_command=self.test_command,
                 display_env=self._display_env(),
             )
+        if verdict.passed and iteration > 0 and self.guard_failing is not None:
+            verdict = await self._run_guard(session, iteration, verdict)
         if verdict.passed and self.config.gates:
             verdict = await self._run_gates(session, iteration, verdict)
         self.test_outcomes.append(verdict.passed)
         if not verdict.passed:
             await self._set_state("red")
         return verdict
+
+    def _guard_command(self, session: Session) -> str:
+        guard = self.config.guard or ""
+        return default_command(session.python, ()) if guard == "auto" else guard
+
+    async def _guard_baseline(self, session: Session) -> None:
+        """The regression guard on the code as it stands: the tests it reports failing now
+        never count against the model, and the files of all its tests become part of the
+        exam (weakening one would pass the guard)."""
+        verdict, run = await session.runner.run_guard(
+            0, self._guard_command(session), display_env=self._display_env()
+        )
+        if not verdict.reported or verdict.tampered:
+            raise ExamError(
+                f"the regression guard ({self.config.guard}) gave no test report at the start "
+                f"({verdict.summary}): give it a pytest command"
+            )
+        failing = tuple(c.label for c in verdict.cases if c.outcome in ("failed", "error"))
+        self.guard_failing = frozenset(failing)
+        exam = session.exam
+        await anyio.to_thread.run_sync(exam.guard, [c.classname for c in verdict.cases])
+        await self.emit(
+            ev.GuardFinished(0, True, verdict.summary, round(run.duration_s, 3), failing=failing)
+        )
+
+    async def _run_guard(self, session: Session, iteration: int, green: Verdict) -> Verdict:
+        """The regression guard after a green run of the targets: a test it reports failing
+        that did not fail at the baseline makes the iteration red, and the model reads it."""
+        assert self.guard_failing is not None
+        verdict, run = await session.runner.run_guard(
+            iteration, self._guard_command(session), display_env=self._display_env()
+        )
+        targets = self.config.targets
+        broken_cases = [
+            c
+            for c in verdict.cases
+            if c.outcome in ("failed", "error")
+            and c.label not in self.guard_failing
+            and not any(cases_for_target(t, [c]) for t in targets)
+        ]
+        problem = verdict.tampered or (None if verdict.reported else "it gave no test report")
+        broken = tuple(c.label for c in broken_cases)
+        passed = not broken and problem is None
+        await self.emit(
+            ev.GuardFinished(
+                iteration, passed, verdict.summary, round(run.duration_s, 3), broken=broken
+            )
+        )
+        if passed:
+            return green
+        return Verdict(
+            False,
+            f"{green.summary}; the regression guard: " + (problem or f"{len(broken)} broken"),
+            prompts.guard_red(
+                [(c.label, c.message, c.detail) for c in broken_cases],
+                problem,
+                run.output,
+                self._guard_command(session) if self.config.guard != "auto" else "the whole suite",
+            ),
+            green.cases,
+        )
 
     async def _run_gates(self, session: Session, iteration: int, green: Verdict) -> Verdict:
         """The gates, in order, once the targets are green: each runs in the sandbox like a

@@ -211,6 +211,39 @@ def ask(paths: Sequence[str], undefined: Sequence[tuple[str, str]] = ()) -> str:
     return "\n" + "\n".join(lines)
 
 
+GUARD_RED = (
+    "The target tests pass, but your change broke tests that passed before (the regression "
+    "guard, {command}):\n{broken}\n\nChange the code so that these pass again and the target "
+    "tests still pass. The guard's tests are protected: change the code, not them."
+)
+GUARD_PROBLEM = (
+    "The target tests pass, but the regression guard's run cannot be trusted ({problem}). "
+    "Its output:\n{output}"
+)
+GUARD_CASE = "## {label}: {message}\n{detail}"
+GUARD_CHARS = 6_000
+
+
+def guard_red(
+    broken: Sequence[tuple[str, str, str]], problem: str | None, output: str, command: str = ""
+) -> str:
+    """What the model reads when the regression guard fails: the tests it broke
+    (``(label, message, detail)``), or why the guard's run is not a verdict."""
+    if problem is not None:
+        tail = output[-GUARD_CHARS:] if len(output) > GUARD_CHARS else output
+        return GUARD_PROBLEM.format(problem=problem, output=tail.rstrip() or "(none)")
+    blocks: list[str] = []
+    budget = GUARD_CHARS
+    for label, message, detail in broken:
+        block = GUARD_CASE.format(label=label, message=message, detail=detail[:1_500].rstrip())
+        if len(block) > budget:
+            blocks.append(f"[... {len(broken) - len(blocks)} more]")
+            break
+        blocks.append(block)
+        budget -= len(block)
+    return GUARD_RED.format(command=command or "--guard", broken="\n".join(blocks))
+
+
 GATE_RED = (
     "The target tests pass, but the gate `{command}` failed ({how}). Its output:\n{output}\n\n"
     "Change the code so that the gate passes too, and the tests still pass. Do not silence the "
