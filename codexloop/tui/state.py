@@ -103,6 +103,11 @@ class StatusInfo:
     final_note: str = ""
     hint: str = ""  # e.g. green and waiting for the review
     exam_attempts: int = 0  # changes of the exam the model tried (refused or undone)
+    # The last run's checks once a guard or gate ran (None: not run in it): exam, guard, gates.
+    exam_ok: bool | None = None
+    guard_ok: bool | None = None
+    gates_ok: bool | None = None
+    checks: tuple[str, ...] = ()  # "guard", "gates": the checks that ran in this session
 
 
 class SessionState:
@@ -181,7 +186,18 @@ class SessionState:
                 record.test_output.clear()
                 self.testing = record
                 return Changes.TIMELINE
+            case ev.GuardFinished() if event.iteration > 0:
+                self.info.guard_ok = event.passed
+                self.info.checks = tuple(dict.fromkeys((*self.info.checks, "guard")))
+                return Changes.STATUS
+            case ev.GateFinished():
+                self.info.gates_ok = event.passed and self.info.gates_ok is not False
+                self.info.checks = tuple(dict.fromkeys((*self.info.checks, "gates")))
+                return Changes.STATUS
             case ev.TestFinished():
+                if event.iteration > 0:
+                    info = self.info
+                    info.exam_ok, info.guard_ok, info.gates_ok = event.passed, None, None
                 record = self.record(event.iteration)
                 record.summary = event.summary
                 if event.iteration == 0:

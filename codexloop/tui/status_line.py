@@ -17,6 +17,13 @@ STATE_STYLES = {
     "green": ("GREEN", "bold black on green"),
     "stopped": ("STOPPED", "bold white on grey37"),
 }
+CHECKS = ("guard", "gates")  # after the exam, in the order they run
+# A check's mark in the last run: passed, failed, not run (an earlier check failed).
+CHECK_MARKS: dict[bool | None, tuple[str, str]] = {
+    True: ("✓", "bold green"),
+    False: ("✗", "bold red"),
+    None: ("–", "dim"),
+}
 FINAL_STYLES = {
     "passed": ("✓ GREEN", "bold black on green"),
     "failed": ("✗ RED", "bold white on red"),
@@ -103,6 +110,16 @@ class StatusLine(Widget):
                 )
             if info.network:
                 line.append(" · network on", style="yellow")
+        if info.checks:
+            line.append("  ")
+            results = {"exam": info.exam_ok, "guard": info.guard_ok, "gates": info.gates_ok}
+            for index, name in enumerate(("exam", *sorted(info.checks, key=CHECKS.index))):
+                ok = results[name]
+                if index:
+                    line.append(" · ", style="dim")
+                mark, style = CHECK_MARKS[ok]
+                line.append(f"{name} ", style="dim")
+                line.append(mark, style=style)
         if info.exam_attempts:
             line.append("  ")
             line.append(f"⛨ exam guarded ×{info.exam_attempts}", style="bold magenta")

@@ -367,3 +367,17 @@ async def test_a_tampered_run_is_shown_red_with_why(make_repo, scripted_openai) 
         assert any("tampered" in str(n.title) for n in app._notifications)
         await pilot.press("q")
         await pilot.pause()
+
+
+async def test_the_status_line_marks_the_gates_of_the_last_run(make_repo, scripted_openai) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.add(*red_then_green())
+    app = make_app(make_config(repo, scripted_openai.base_url, gates=("true",)))
+    async with app.run_test(size=(120, 40)) as pilot:
+        finished = await finish(app, pilot)
+        assert finished.status == "passed"
+        status = app.main.status_line.render_info().plain
+        assert "exam ✓ · gates ✓" in status and "guard" not in status
+        assert "$ true" in app.main.terminal_pane.text
+        await pilot.press("q")
+        await pilot.pause()

@@ -299,3 +299,27 @@ def test_the_cost_shows_in_the_status_line_when_known() -> None:
     state.apply(ev.Usage(100, 20, 200, 40, cost_total=0.125))
     line.show(state.info)
     assert "tokens 200 in · 40 out · $0.12" in line.render_info().plain
+
+
+def test_the_checks_of_the_last_run_show_once_a_guard_or_gate_ran() -> None:
+    from codexloop.tui.status_line import StatusLine
+
+    state = SessionState(10, lambda: 0.0)
+    line = StatusLine()
+
+    def shown() -> str:
+        line.show(state.info)
+        return line.render_info().plain
+
+    state.apply(ev.TestFinished(0, False, 1, 0.1, "0 passed, 1 failed"))
+    state.apply(ev.GuardFinished(0, True, "3 passed", 0.2, failing=("t::old",)))
+    assert "exam" not in shown()  # the baseline's guard run is no check of a change
+    state.apply(ev.TestFinished(1, True, 0, 0.1, "1 passed, 0 failed"))
+    state.apply(ev.GuardFinished(1, False, "2 passed, 1 failed", 0.2, broken=("t::sub",)))
+    assert "exam ✓ · guard ✗" in shown() and "gates" not in shown()
+    state.apply(ev.TestFinished(2, True, 0, 0.1, "1 passed, 0 failed"))
+    assert "exam ✓ · guard –" in shown()  # a new run: the guard has not run on it yet
+    state.apply(ev.GuardFinished(2, True, "3 passed", 0.2))
+    state.apply(ev.GateFinished(2, "ruff check .", True, 0, 0.3))
+    state.apply(ev.GateFinished(2, "mypy", False, 1, 0.3))
+    assert "exam ✓ · guard ✓ · gates ✗" in shown()
