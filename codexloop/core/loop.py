@@ -59,12 +59,7 @@ from codexloop.core.process import RunResult
 from codexloop.core.sandbox import Sandbox, session_name
 from codexloop.core.session import Session, announce, create_sandbox, open_session
 from codexloop.core.setbacks import Setbacks
-from codexloop.core.testrun import (
-    Verdict,
-    cases_for_target,
-    default_command,
-    runs_the_exam,
-)
+from codexloop.core.testrun import Case, Verdict, default_command, runs_the_exam
 from codexloop.core.textcalls import Work, answers_of
 from codexloop.core.timings import Timings
 from codexloop.core.tools import TOOL_SCHEMAS
@@ -140,7 +135,7 @@ class Loop:
         self.setup_lock: anyio.Lock | None = None
         self.setbacks: Setbacks | None = None  # the best state so far, to undo a setback
         self.code_paths: tuple[str, ...] = ()  # the project files the exam imports
-        self.guard_failing: frozenset[str] | None = None  # failing at the baseline (--guard)
+        self.guard_passed: frozenset[str] | None = None  # passing at the baseline (--guard)
         self._last_run: RunResult | None = None
         self._started = time.monotonic()  # for --max-time (set again when the run starts)
         self.client = client or make_client(config.base_url, config.api_key, config.request_timeout)
@@ -474,7 +469,7 @@ class Loop:
                 test_command=self.test_command,
                 display_env=self._display_env(),
             )
-        if verdict.passed and iteration > 0 and self.guard_failing is not None:
+        if verdict.passed and iteration > 0 and self.guard_passed is not None:
             verdict = await self._run_guard(session, iteration, verdict)
         if verdict.passed and self.config.gates:
             verdict = await self._run_gates(session, iteration, verdict)
@@ -500,7 +495,7 @@ class Loop:
                 f"({verdict.summary}): give it a pytest command"
             )
         failing = tuple(c.label for c in verdict.cases if c.outcome in ("failed", "error"))
-        self.guard_failing = frozenset(failing)
+        self.guard_passed = frozenset(c.label for c in verdict.cases if c.outcome == "passed")
         exam = session.exam
         await anyio.to_thread.run_sync(exam.guard, [c.classname for c in verdict.cases])
         await self.emit(
@@ -509,18 +504,22 @@ class Loop:
 
     async def _run_guard(self, session: Session, iteration: int, green: Verdict) -> Verdict:
         """The regression guard after a green run of the targets: a test it reports failing
-        that did not fail at the baseline makes the iteration red, and the model reads it."""
-        assert self.guard_failing is not None
+        that passed at the baseline and now fails, is skipped or is gone makes the iteration
+        red, and the model reads which."""
+        assert self.guard_passed is not None
         verdict, run = await session.runner.run_guard(
             iteration, self._guard_command(session), display_env=self._display_env()
         )
-        targets = self.config.targets
+        # Broken: passed at the baseline, and now failed, skipped, or not reported at all.
+        now = {c.label: c for c in verdict.cases}
         broken_cases = [
-            c
-            for c in verdict.cases
-            if c.outcome in ("failed", "error")
-            and c.label not in self.guard_failing
-            and not any(cases_for_target(t, [c]) for t in targets)
+            now.get(label) or Case("", label, "missing", "not run any more")
+            for label in sorted(self.guard_passed)
+            if label not in now or now[label].outcome != "passed"
+        ]
+        broken_cases = [
+            c if c.outcome != "skipped" else dataclasses.replace(c, message=f"skipped: {c.message}")
+            for c in broken_cases
         ]
         problem = verdict.tampered or (None if verdict.reported else "it gave no test report")
         broken = tuple(c.label for c in broken_cases)

@@ -83,3 +83,29 @@ async def test_a_guard_that_gives_no_report_is_refused_before_any_model_call(
         caught.value.exceptions[0] if isinstance(caught.value, ExceptionGroup) else caught.value
     )
     assert scripted_openai.requests == []
+
+
+BREAKS = {
+    "fails": CALC.replace("-", "+"),
+    "skips": "import pytest\n\n\ndef add(a, b):\n    return a + b\n\n\n"
+    "def sub(a, b):\n    pytest.skip('later')\n",
+    "is gone": "def add(a, b):\n    return a + b\n",  # test_other cannot import sub any more
+}
+
+
+@pytest.mark.parametrize("how", sorted(BREAKS))
+async def test_a_guarded_test_that_fails_skips_or_is_gone_is_broken(
+    make_repo, scripted_openai, how: str
+) -> None:
+    repo = make_repo(PROJECT)
+    scripted_openai.add(
+        Reply(tool_calls=[Call("write_file", {"path": "calc.py", "content": BREAKS[how]})]),
+        Reply(text="Done."),
+    )
+    config = make_config(repo, scripted_openai.base_url, TARGET, guard="auto", max_iterations=1)
+    result, events = await run_loop(config)
+    assert result.status == "failed"
+    assert [f.passed for f in of_type(events, ev.TestFinished)] == [False, True]  # exam green
+    last = of_type(events, ev.GuardFinished)[-1]
+    assert last.iteration == 1 and not last.passed and SUB in last.broken
+    assert ALREADY not in last.broken
