@@ -71,9 +71,8 @@ def tool_result_line(call: ev.ToolCall | None, result: ev.ToolResult) -> Text:
     if result.summary:
         line.append(" — ", style="dim")
         summary = _one_line(result.summary, SUMMARY_CHARS)
-        line.append(
-            ("refused: " if result.refused else "") + summary, style=None if result.ok else style
-        )
+        refused = result.refused and not summary.startswith("refused")
+        line.append(("refused: " if refused else "") + summary, style=None if result.ok else style)
     return line
 
 

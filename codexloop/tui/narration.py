@@ -55,6 +55,8 @@ NARRATED: tuple[type[ev.Event], ...] = (
     ev.TamperDetected,
     ev.TestStarted,
     ev.TestFinished,
+    ev.GuardFinished,
+    ev.GateFinished,
     ev.Notice,
     ev.Applied,
     ev.BudgetSpent,
@@ -93,6 +95,10 @@ def narrate(event: ev.Event, state: SessionState) -> list[Line]:
             return [separator("baseline: the exam as it stands")]
         case ev.TestFinished():
             return [verdict(event)]
+        case ev.GuardFinished():
+            return [guard_line(event)]
+        case ev.GateFinished():
+            return [gate_line(event)]
         case ev.Notice():
             icon, style = NOTICE_STYLES[event.level]
             return [note(f"{icon} {event.message}", style)]
@@ -151,6 +157,35 @@ def verdict(event: ev.TestFinished) -> Line:
     if event.summary:
         spans.append((f" · {event.summary}", "dim"))
     return line(*spans)
+
+
+def guard_line(event: ev.GuardFinished) -> Line:
+    if event.iteration == 0:
+        already = (
+            f"; already failing, not counted: {counted(len(event.failing), 'test')}"
+            if event.failing
+            else ""
+        )
+        return line(
+            ("  ● regression guard learned", "dim"), (f" · {event.summary}{already}", "dim")
+        )
+    spans: list[Span] = [("  ● regression guard ", "dim")]
+    if event.passed:
+        spans += [("green", "bold green"), (f" · {event.summary}", "dim")]
+    else:
+        names = ", ".join(event.broken[:3]) + (" …" if len(event.broken) > 3 else "")
+        broke = f" · broke {counted(len(event.broken), 'test')}: {names}" if event.broken else ""
+        spans += [("red", "bold red"), (f"{broke} · {event.summary}", "dim")]
+    return line(*spans)
+
+
+def gate_line(event: ev.GateFinished) -> Line:
+    how = "timed out" if event.timed_out else f"exit {event.exit_code}"
+    return line(
+        ("  ● gate ", "dim"),
+        ("passed", "bold green") if event.passed else ("failed", "bold red"),
+        (f" · {event.command} ({how})", "dim"),
+    )
 
 
 def hunks_reverted(event: ev.HunksReverted) -> list[Line]:

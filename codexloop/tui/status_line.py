@@ -86,6 +86,16 @@ class StatusLine(Widget):
         if info.max_iterations:
             line.append("  iteration ", style="dim")
             line.append(f"{info.iteration}/{info.max_iterations}", style="bold")
+        if info.checks:
+            line.append("  ")
+            results = {"exam": info.exam_ok, "guard": info.guard_ok, "gates": info.gates_ok}
+            for index, name in enumerate(("exam", *sorted(info.checks, key=CHECKS.index))):
+                ok = results[name]
+                if index:
+                    line.append(" · ", style="dim")
+                mark, style = CHECK_MARKS[ok]
+                line.append(f"{name} ", style="dim")
+                line.append(mark, style=style)
         line.append("  elapsed ", style="dim")
         line.append(clock_time(info.elapsed), style="bold")
         line.append("  tokens ", style="dim")
@@ -110,16 +120,6 @@ class StatusLine(Widget):
                 )
             if info.network:
                 line.append(" · network on", style="yellow")
-        if info.checks:
-            line.append("  ")
-            results = {"exam": info.exam_ok, "guard": info.guard_ok, "gates": info.gates_ok}
-            for index, name in enumerate(("exam", *sorted(info.checks, key=CHECKS.index))):
-                ok = results[name]
-                if index:
-                    line.append(" · ", style="dim")
-                mark, style = CHECK_MARKS[ok]
-                line.append(f"{name} ", style="dim")
-                line.append(mark, style=style)
         if info.exam_attempts:
             line.append("  ")
             line.append(f"⛨ exam guarded ×{info.exam_attempts}", style="bold magenta")

@@ -217,6 +217,8 @@ def test_every_narrated_event_has_lines_and_the_stream_has_none() -> None:
         ev.TamperDetected(1, "the canary passed"),
         ev.TestStarted(0, "pytest"),
         ev.TestFinished(1, True, 0, 0.3, "1 passed"),
+        ev.GuardFinished(1, False, "49 passed, 1 failed", 0.5, broken=("t::sub",)),
+        ev.GateFinished(1, "ruff check .", False, 1, 0.2),
         ev.Notice("warning", "careful"),
         ev.Applied(("calc.py",), ()),
         ev.BudgetSpent(1),
@@ -323,3 +325,26 @@ def test_the_checks_of_the_last_run_show_once_a_guard_or_gate_ran() -> None:
     state.apply(ev.GateFinished(2, "ruff check .", True, 0, 0.3))
     state.apply(ev.GateFinished(2, "mypy", False, 1, 0.3))
     assert "exam ✓ · guard ✓ · gates ✗" in shown()
+    texts = [
+        "".join(text for text, _style in narrate(event, state).pop().spans)
+        for event in (
+            ev.GuardFinished(0, True, "48 passed, 2 failed", 0.5, failing=("t::a", "t::b")),
+            ev.GuardFinished(1, False, "49 passed, 1 failed", 0.5, broken=("t::sub",)),
+            ev.GateFinished(1, "mypy src", False, 1, 0.2),
+        )
+    ]
+    assert texts == [
+        "  ● regression guard learned · 48 passed, 2 failed; already failing, not counted: 2 tests",
+        "  ● regression guard red · broke 1 test: t::sub · 49 passed, 1 failed",
+        "  ● gate failed · mypy src (exit 1)",
+    ]
+
+
+def test_a_refusal_reads_refused_once() -> None:
+    from codexloop.tui.model_pane import tool_result_line
+
+    call = ev.ToolCall("edit_file", '{"path": "tests/t.py"}', "c1")
+    tools_own = ev.ToolResult("edit_file", False, "refused: tests/t.py is protected", "c1", True)
+    bare = ev.ToolResult("edit_file", False, "tests/t.py is protected", "c1", True)
+    assert tool_result_line(call, tools_own).plain.count("refused") == 1
+    assert "— refused: tests/t.py is protected" in tool_result_line(call, bare).plain
