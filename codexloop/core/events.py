@@ -261,6 +261,7 @@ class BudgetSpent(Event):
 
     type: ClassVar[str] = "budget_spent"
     iterations: int
+    reason: str = ""  # a spend budget (--max-tokens/-time/-cost) and what was used; "": iterations
 
 
 @dataclass(frozen=True)

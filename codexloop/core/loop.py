@@ -136,6 +136,7 @@ class Loop:
         self.setbacks: Setbacks | None = None  # the best state so far, to undo a setback
         self.code_paths: tuple[str, ...] = ()  # the project files the exam imports
         self.guard_passed: frozenset[str] | None = None  # passing at the baseline (--guard)
+        self._spend_scale = 1  # the spend budgets given so far (the app's "more" adds one)
         self._last_run: RunResult | None = None
         self._started = time.monotonic()  # for --max-time (set again when the run starts)
         self.client = client or make_client(config.base_url, config.api_key, config.request_timeout)
@@ -218,10 +219,30 @@ class Loop:
         await self.controls.checkpoint(show)
         turns = self.turns
         seconds = time.monotonic() - self._started
-        if (
-            why := spend.spent(self.config, turns.tokens_in, turns.tokens_out, seconds)
-        ) is not None:
+        why = spend.spent(
+            self.config, turns.tokens_in, turns.tokens_out, seconds, self._spend_scale
+        )
+        if why is None:
+            return
+        if not self.review:
             raise spend.SpendExhausted(why)
+        await self._await_spend(why, previous)
+
+    async def _await_spend(self, why: str, previous: ev.State) -> None:
+        """A spend budget ran out with the developer watching: wait, paused, as for a spent
+        iteration budget. More gives as much again of every budget (the time spent waiting
+        does not count); finishing ends the session, red, with the reason."""
+        controls = self.controls
+        waited = time.monotonic()
+        await self._set_state("paused")
+        await self.emit(ev.BudgetSpent(self._iteration, reason=why))
+        await controls.wait_for(lambda: bool(controls.more or controls.feedback or controls.finish))
+        if controls.finish:
+            raise spend.SpendExhausted(why)
+        controls.take_more()
+        self._spend_scale += 1
+        self._started += time.monotonic() - waited
+        await self._set_state(previous)
 
     def _display_env(self) -> dict[str, str]:
         return {"COLUMNS": str(self.columns)} if self.columns else {}
@@ -563,7 +584,12 @@ class Loop:
             passed = run.exit_code == 0 and not run.timed_out
             await self.emit(
                 ev.GateFinished(
-                    iteration, command, passed, run.exit_code, run.duration_s, run.timed_out
+                    iteration,
+                    command,
+                    passed,
+                    run.exit_code,
+                    round(run.duration_s, 3),
+                    run.timed_out,
                 )
             )
             if not passed:

@@ -2,7 +2,8 @@
 ``--max-cost``).
 
 The loop looks at them at every safe point (where pause and stop are honoured): a spent
-budget ends the session there, red, with its reason. Money is known only when the model's
+budget ends the session there, red, with its reason — or, when a developer is watching (the
+app), waits there like a spent iteration budget: "more" gives as much again (``scale``). Money is known only when the model's
 prices are configured (``price_in``/``price_out``, US dollars per million tokens): codexloop
 ships no price table, since prices change and a wrong one would be worse than none.
 """
@@ -23,16 +24,19 @@ def cost(config: Config, tokens_in: int, tokens_out: int) -> float | None:
     return (tokens_in * config.price_in + tokens_out * config.price_out) / 1_000_000
 
 
-def spent(config: Config, tokens_in: int, tokens_out: int, seconds: float) -> str | None:
-    """Which budget is spent, in words for the developer; None while every one holds."""
+def spent(
+    config: Config, tokens_in: int, tokens_out: int, seconds: float, scale: int = 1
+) -> str | None:
+    """Which budget is spent, in words for the developer; None while every one holds.
+    ``scale``: the budgets given so far (each "more" gives as much again)."""
     used = tokens_in + tokens_out
-    if config.max_tokens is not None and used >= config.max_tokens:
-        return f"the token budget of {config.max_tokens:,} is spent ({used:,} tokens used)"
-    if config.max_time is not None and seconds >= config.max_time:
-        return f"the time budget of {duration_words(config.max_time)} is spent"
+    if config.max_tokens is not None and used >= config.max_tokens * scale:
+        return f"the token budget of {config.max_tokens * scale:,} is spent ({used:,} tokens used)"
+    if config.max_time is not None and seconds >= config.max_time * scale:
+        return f"the time budget of {duration_words(config.max_time * scale)} is spent"
     dollars = cost(config, tokens_in, tokens_out)
-    if config.max_cost is not None and dollars is not None and dollars >= config.max_cost:
-        return f"the cost budget of ${config.max_cost:.2f} is spent (${dollars:.2f} used)"
+    if config.max_cost is not None and dollars is not None and dollars >= config.max_cost * scale:
+        return f"the cost budget of ${config.max_cost * scale:.2f} is spent (${dollars:.2f} used)"
     return None
 
 

@@ -239,7 +239,7 @@ class MainScreen(Screen[None]):
         elif state.review_ready is not None:
             self.notify("the loop is green and waits for you: v reviews the change, q finishes")
         elif state.budget_spent is not None:
-            self.notify("the loop waits for you: c gives it more iterations, q finishes")
+            self.notify("the loop waits for you: c gives it more, q finishes")
         else:
             self.session.toggle_pause()
 
@@ -272,10 +272,14 @@ class MainScreen(Screen[None]):
 
     def action_more_iterations(self) -> None:
         """Red with the budget spent: as many iterations again, the conversation kept."""
-        if self.session.state.budget_spent is None or not self.session.loop_running:
+        spent = self.session.state.budget_spent
+        if spent is None or not self.session.loop_running:
             self.notify("more iterations are for a loop whose budget is spent")
         elif self.session.more_iterations():
-            self.note(narration.more_iterations(self.session.config.max_iterations))
+            if spent.reason:
+                self.note(narration.more_spend())
+            else:
+                self.note(narration.more_iterations(self.session.config.max_iterations))
 
     def action_review(self) -> None:
         """Hunk by hunk, the latest recorded state of the sandbox against the base."""

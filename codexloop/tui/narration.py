@@ -104,6 +104,14 @@ def narrate(event: ev.Event, state: SessionState) -> list[Line]:
             return [note(f"{icon} {event.message}", style)]
         case ev.Applied():
             return [applied(event)]
+        case ev.BudgetSpent() if event.reason:
+            return [
+                note(
+                    f"✗ {event.reason}: c gives as much again (the conversation goes on), "
+                    "v reviews what it has, q finishes",
+                    "bold red",
+                )
+            ]
         case ev.BudgetSpent():
             return [
                 note(
@@ -217,6 +225,10 @@ def loop_finished(event: ev.LoopFinished) -> list[Line]:
 
 def more_iterations(count: int) -> Line:
     return note(f"↻ {counted(count, 'more iteration')}", "cyan")
+
+
+def more_spend() -> Line:
+    return note("↻ as much budget again (tokens, time, cost)", "cyan")
 
 
 def targets_pending(targets: Sequence[str]) -> Line:

@@ -282,7 +282,7 @@ class SessionState:
 
     def more_iterations(self, count: int) -> Changes:
         """``count`` more iterations were given to a loop whose budget was spent."""
-        if self.budget_spent is not None:
+        if self.budget_spent is not None and not self.budget_spent.reason:
             self.info.max_iterations = self.budget_spent.iterations + count
         self.budget_spent = None
         return Changes.STATUS | Changes.BINDINGS
@@ -384,7 +384,8 @@ class SessionState:
         info.elapsed = end - self.started_at
         info.rate = self.token_rate()
         if self.budget_spent is not None:
-            info.hint = f"c for {self.budget} more · v to review · q to finish"
+            more = "as much again" if self.budget_spent.reason else f"{self.budget} more"
+            info.hint = f"c for {more} · v to review · q to finish"
         else:
             info.hint = "v to review · q to finish" if self.review_ready is not None else ""
         return info

@@ -83,6 +83,35 @@ async def test_a_spent_budget_offers_more_iterations_on_c(make_repo, scripted_op
         assert finished.status == "passed" and finished.iterations == 2
 
 
+async def test_a_spent_token_budget_waits_and_c_gives_as_much_again(
+    make_repo, scripted_openai
+) -> None:
+    """Issue 19: in the app a spend budget waits like the iteration budget (it ended the
+    session before)."""
+    repo = make_repo(KATA)
+    look = Reply(tool_calls=[Call("read_file", {"path": "calc.py"})])
+    fix = Reply(tool_calls=[edit("calc.py", "a - b", "a + b")])
+    scripted_openai.add(look, look, look, fix, Reply(text="Now add adds."))
+    app = review_app(make_config(repo, scripted_openai.base_url, max_tokens=350))
+    async with app.run_test(size=(120, 40)) as pilot:
+        spent = await app.wait_for_event(ev.BudgetSpent)
+        await pilot.pause()
+        assert spent.reason == "the token budget of 350 is spent (360 tokens used)"
+        assert app.session.loop_running and app.session.state.awaiting_developer
+        status = app.main.status_line.render_info().plain
+        assert "PAUSED" in status and "c for as much again · v to review · q to finish" in status
+        assert "the token budget of 350 is spent (360 tokens used): c gives as much again" in (
+            app.main.model_pane.text
+        )
+        await pilot.press("c")
+        await app.wait_for_event(ev.ReviewReady)  # the same iteration went on to green
+        assert "iteration 1/10" in app.main.status_line.render_info().plain
+        assert "as much budget again" in app.main.model_pane.text
+        await pilot.press("escape", "q")
+        finished = await app.wait_for_event(ev.LoopFinished)
+        assert finished.status == "passed" and finished.iterations == 1
+
+
 async def test_q_at_a_spent_budget_finishes_red(make_repo, scripted_openai) -> None:
     repo = make_repo(KATA)
     scripted_openai.add(*red_then_green())

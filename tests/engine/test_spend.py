@@ -95,3 +95,34 @@ def test_budget_settings_are_checked(make_repo) -> None:
         load(max_time="soon")
     assert load(max_time="1h30m").max_time == 5400
     assert duration("90s") == 90 and duration(15) == 15
+
+
+async def test_with_a_developer_watching_a_spent_budget_waits_and_more_gives_as_much_again(
+    make_repo, scripted_openai
+) -> None:
+    """The app: the loop waits paused at the safe point; more doubles the token budget and the
+    turn goes on; at the second spend, finishing ends the session with the reason."""
+    from loophelpers import drive_review
+
+    from codexloop.core.loop import Loop
+
+    repo = make_repo(KATA)
+    scripted_openai.add(*[Reply(tool_calls=[LOOK]) for _ in range(10)])
+    config = make_config(repo, scripted_openai.base_url, max_tokens=300)
+    loop = Loop(config, backoff=(0.0,), review=True)
+    spent: list[ev.BudgetSpent] = []
+
+    def on_budget(event: ev.BudgetSpent, seen: list[ev.Event]) -> ev.Command:
+        spent.append(event)
+        return ev.MoreIterations(10) if len(spent) == 1 else ev.Finish()
+
+    result, events = await drive_review(loop, lambda event, seen: ev.Finish(), on_budget)
+    assert [b.reason for b in spent] == [
+        "the token budget of 300 is spent (360 tokens used)",
+        "the token budget of 600 is spent (600 tokens used)",
+    ]
+    assert result.status == "failed"
+    assert result.reason == "the token budget of 600 is spent (600 tokens used)"
+    assert len(scripted_openai.requests) == 5  # three turns, more, two more
+    states = [e.state for e in events if isinstance(e, ev.StateChanged)]
+    assert states.count("paused") == 2
