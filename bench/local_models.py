@@ -156,6 +156,20 @@ def run_aider(repo: Path, target: str, url: str, iterations: int, aider: str) ->
     exits 0 either way."""
     test = f"{shlex_quote(sys.executable)} -m pytest -q {target}"
     started = time.perf_counter()
+    note = ""
+    try:
+        _aider(aider, url, test, target, repo)
+    except subprocess.TimeoutExpired:
+        note = f"stopped after {AIDER_TIMEOUT_S} s"
+    seconds = time.perf_counter() - started
+    check = subprocess.run(test, shell=True, cwd=repo, capture_output=True, text=True)
+    return Outcome("aider", repo.name, 0, check.returncode == 0, 0, seconds, 0, note)
+
+
+AIDER_TIMEOUT_S = 900  # a runaway answer at 5 tokens/s: stopped, and the kata counts as red
+
+
+def _aider(aider: str, url: str, test: str, target: str, repo: Path) -> None:
     subprocess.run(
         [
             aider,
@@ -187,11 +201,8 @@ def run_aider(repo: Path, target: str, url: str, iterations: int, aider: str) ->
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
-        timeout=3600,
+        timeout=AIDER_TIMEOUT_S,
     )
-    seconds = time.perf_counter() - started
-    check = subprocess.run(test, shell=True, cwd=repo, capture_output=True, text=True)
-    return Outcome("aider", repo.name, 0, check.returncode == 0, 0, seconds, 0)
 
 
 def code_files(repo: Path) -> list[str]:
