@@ -262,6 +262,7 @@ class Loop:
                 self.sandbox = sandbox = await create_sandbox(
                     config, self.name, self.base or self.snapshot
                 )
+        self.name = sandbox.name  # another session may have had the name (same test, same second)
         session = await open_session(
             config,
             sandbox,

@@ -107,6 +107,18 @@ def session_name(targets: tuple[str, ...]) -> str:
     return f"{_slug(label.split('[')[0])}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _free_name(repo: Path, home: Path, name: str) -> str:
+    """``name``, or ``name-2``, ``name-3``... when a session of that name already has a
+    branch or a worktree (two sessions on one test started within the same second)."""
+    candidate, number = name, 1
+    while gitops.git(
+        repo, "rev-parse", "--verify", "--quiet", f"refs/heads/codexloop/{candidate}", check=False
+    ).strip() or os.path.lexists(home / "worktrees" / repo_key(repo) / candidate):
+        number += 1
+        candidate = f"{name}-{number}"
+    return candidate
+
+
 def repo_key(repo: Path) -> str:
     digest = hashlib.sha1(str(repo).encode()).hexdigest()[:8]
     return f"{_slug(repo.name)}-{digest}"
@@ -172,6 +184,7 @@ class Sandbox:
         elif gitops.git(repo, "cat-file", "-t", base, check=False).strip() != "commit":
             raise gitops.GitError(f"commit {base[:12]} is not in the repository {repo}")
         assert start is not None
+        name = _free_name(repo, home, name)
         worktree = home / "worktrees" / repo_key(repo) / name
         branch = f"codexloop/{name}"
         gitops.create_worktree(repo, start, branch, worktree)

@@ -59,13 +59,25 @@ def test_an_unwritable_exclude_file_leaves_nothing_behind(make_repo) -> None:
     _assert_nothing_left(repo, "no-exclude")
 
 
-def test_a_taken_name_does_not_remove_the_sandbox_that_has_it(make_repo) -> None:
+def test_a_taken_name_gets_the_next_free_one_and_leaves_the_sandbox_that_has_it(
+    make_repo,
+) -> None:
+    """Two sessions on one test started within the same second: the second is ``name-2``
+    (a kept branch without a worktree counts as taken too)."""
     repo = make_repo({"f.txt": "one\n"})
     box = Sandbox.create(repo, "taken")
+    run_git(repo, "branch", "codexloop/taken-2", "HEAD")  # a kept branch of an earlier session
     try:
-        with pytest.raises(gitops.GitError):
-            Sandbox.create(repo, "taken")
-        assert _branches(repo) == ["codexloop/taken"]
+        second = Sandbox.create(repo, "taken")
+        try:
+            assert second.name == "taken-3" and second.branch == "codexloop/taken-3"
+            assert sorted(_branches(repo)) == [
+                "codexloop/taken",
+                "codexloop/taken-2",
+                "codexloop/taken-3",
+            ]
+        finally:
+            second.remove(delete_branch=True)
         assert (box.worktree / "f.txt").read_text() == "one\n"
         assert box.tmp.is_dir()
     finally:
