@@ -55,6 +55,9 @@ GATE_CONFIG_NAMES = frozenset(
         ".editorconfig",
     }
 )
+# What tools skip: ruff and others honour these, so listing the code in one passes them.
+IGNORE_FILES = frozenset({".gitignore", ".ignore", ".rgignore"})
+GATE_CONFIG_NAMES |= IGNORE_FILES
 GATE_TOOL_SECTIONS = ("ruff", "mypy", "pylint", "pyright", "black", "isort", "flake8")
 # Where no configuration file is found, pytest takes the nearest folder above the tests with a
 # pyproject.toml (8.1+) or a setup.py as rootdir, and conftest.py files above it are not loaded.
@@ -128,7 +131,8 @@ def _tool_sections(text: str | bytes | None, names: tuple[str, ...]) -> Any:
         return tools
     if len(names) == 1:
         return tools.get(names[0])
-    return {name: tools.get(name) for name in names}
+    found = {name: tools[name] for name in names if name in tools}
+    return found or None  # none of them: as a file that is not there
 
 
 class ExamError(CodexloopError):
@@ -201,6 +205,8 @@ class Exam:
             return "it is a test the regression guard runs (--guard)"
         if self.gated and path.name in GATE_CONFIG_NAMES:
             return f"{path.name} configures a gate (--gate)"
+        if self.gated and path.suffix == ".pyi" and rel[:-1] in self.snapshot_files():
+            return f"a stub beside {rel[:-1]} is what a type-checking gate reads instead of it"
         return None
 
     def check_write(self, rel: str, old: bytes | None, new: bytes | None) -> str | None:
@@ -236,15 +242,36 @@ class Exam:
 
     def guard(self, classnames: Iterable[str]) -> None:
         """Protect the files of the tests the regression guard reported (JUnit classnames:
-        ``tests.test_shop.TestCart`` is ``tests/test_shop.py``); blocking."""
-        files = set(self.snapshot_files())
+        ``tests.test_shop.TestCart`` is ``tests/test_shop.py``; a folder with a dot in its
+        name, ``tests/api.v2/test_x.py``, reads the same way; a guard run from a subfolder
+        reports paths below it, so a file whose path ends with the module's is it too);
+        blocking."""
+        by_module: dict[str, list[str]] = {}
+        for rel in self.snapshot_files():
+            if rel.endswith(".py"):
+                dotted = rel[: -len(".py")].replace("/", ".")
+                by_module.setdefault(dotted, []).append(rel)
         found = set(self.guard_files)
-        for classname in classnames:
+        below: dict[str, list[str]] = {}  # module -> files whose dotted path ends with it
+
+        def ending_with(module: str) -> list[str]:
+            if module not in below:
+                tail = "." + module
+                below[module] = [
+                    rel
+                    for dotted, rels in by_module.items()
+                    if dotted.endswith(tail)
+                    for rel in rels
+                ]
+            return below[module]
+
+        for classname in dict.fromkeys(classnames):
             parts = classname.split(".")
             for end in range(len(parts), 0, -1):
-                rel = "/".join(parts[:end]) + ".py"
-                if rel in files:
-                    found.add(rel)
+                module = ".".join(parts[:end])
+                matches = by_module.get(module) or ending_with(module)
+                if matches:
+                    found.update(matches)
                     break
         self.guard_files = frozenset(found)
 

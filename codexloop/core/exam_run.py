@@ -172,11 +172,42 @@ class ExamRunner:
         )
         return verdict, run
 
+    async def reset_tree(self) -> None:
+        """The run tree back to exactly the candidate the exam tested: whatever the exam's
+        run (the model's code under test) wrote there is gone before a guard or gate reads
+        it."""
+        if self.candidate is not None:
+            entries = self.candidate.entries
+            await anyio.to_thread.run_sync(self.place.tree.reconcile, entries)
+
+    async def run_gate(
+        self, command: str, *, timeout: float, display_env: dict[str, str]
+    ) -> RunResult:
+        """A gate (``--gate``) on the candidate the exam tested, in the run tree like the exam:
+        only recorded files (nothing gitignored, no tool caches), a fresh temp folder and home
+        (no user configuration a model command wrote), the tree reset first."""
+        await self.reset_tree()
+        run_tmp = await anyio.to_thread.run_sync(_fresh_run_folder, self.place.tmp)
+        run_env = {"TMPDIR": str(run_tmp), **display_env}
+        if self.sandbox.isolation.active:
+            run_env["HOME"] = str(run_tmp / "home")
+
+        async def on_output(text: str) -> None:
+            await self._emit(ev.TestOutput(text))
+
+        await self._emit(ev.TestOutput(f"$ {command}\n"))
+        with self._timings.timed("gates"):
+            return await self.place.run(
+                command, timeout=timeout, on_output=on_output, extra_env=run_env
+            )
+
     async def run_guard(
         self, iteration: int, command: str, *, display_env: dict[str, str]
     ) -> tuple[Verdict, RunResult]:
         """The regression guard (``--guard``) on the tree the exam just ran on: the same run
-        tree, report and canary, judged with no targets (every case it reports counts)."""
+        tree (reset to the candidate first), report and canary, judged with no targets
+        (every case it reports counts)."""
+        await self.reset_tree()
         run_tmp = await anyio.to_thread.run_sync(_fresh_run_folder, self.place.tmp)
         junit = run_tmp / "report" / f"junit-{secrets.token_hex(8)}.xml"
         junit.parent.mkdir()

@@ -9,12 +9,13 @@ which files the model had changed (the developer's own edits are not an attempt)
 from __future__ import annotations
 
 import difflib
+from pathlib import PurePosixPath
 
 import anyio
 
 from codexloop.core import events as ev
 from codexloop.core import gitops, prompts, safefs
-from codexloop.core.exam import MAX_EXAM_BYTES, Exam
+from codexloop.core.exam import IGNORE_FILES, MAX_EXAM_BYTES, Exam
 from codexloop.core.sandbox import Sandbox
 
 
@@ -64,6 +65,10 @@ class ExamSync:
         changed = await anyio.to_thread.run_sync(sandbox.changed_paths)
         held = await anyio.to_thread.run_sync(_read_targets, sandbox, exam, self._in_sandbox)
         restored = await anyio.to_thread.run_sync(exam.restore, sandbox.worktree, changed)
+        if any(PurePosixPath(rel).name in IGNORE_FILES for rel in restored):
+            # An ignore file put back: what it hid (a config, a conftest) is seen only now.
+            changed = await anyio.to_thread.run_sync(sandbox.changed_paths)
+            restored += await anyio.to_thread.run_sync(exam.restore, sandbox.worktree, changed)
         # What the sandbox holds of the exam now, if the model leaves it alone.
         self._in_sandbox = {rel: held[rel][2] for rel in held}
         # Only what the model did counts as an attempt; the developer's own edits are not one.

@@ -566,22 +566,14 @@ class Loop:
         )
 
     async def _run_gates(self, session: Session, iteration: int, green: Verdict) -> Verdict:
-        """The gates, in order, once the targets are green: each runs in the sandbox like a
-        model's command (same isolation and time limit) and passes with exit code 0. The
-        first that fails makes the iteration red: the model reads its output."""
+        """The gates, in order, once the targets are green: each runs on the tested candidate in
+        the run tree, as the exam does (same isolation; the command time limit), and passes
+        with exit code 0. The first that fails makes the iteration red: the model reads its
+        output."""
         for command in self.config.gates:
-            await self.emit(ev.TestOutput(f"$ {command}\n"))
-
-            async def on_output(text: str) -> None:
-                await self.emit(ev.TestOutput(text))
-
-            with self.timings.timed("gates"):
-                run = await session.sandbox.run(
-                    command,
-                    timeout=self.config.command_timeout,
-                    on_output=on_output,
-                    extra_env=self._display_env(),
-                )
+            run = await session.runner.run_gate(
+                command, timeout=self.config.command_timeout, display_env=self._display_env()
+            )
             passed = run.exit_code == 0 and not run.timed_out
             await self.emit(
                 ev.GateFinished(
