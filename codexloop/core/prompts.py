@@ -314,6 +314,10 @@ def rejection(
 
 # Tool calls and edits written as text, and answers that change nothing (core/textcalls).
 TEXT_CALLS_RAN = "The engine ran the tool calls written in your answer:\n{results}"
+EXCERPT_MERGED = (
+    "\n(the content left out definitions the file has: merged instead — {done}; the rest of "
+    "the file is kept)"
+)
 TEXT_CALLS_CHANGED = "\n\nThey changed the code: the tests run next."
 TEXT_CALL_RESULT = "\n--- {call}\n{content}"
 TEXT_EDITS_APPLIED = "The engine applied the edits written in your answer (the tests run next):\n"

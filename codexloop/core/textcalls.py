@@ -50,7 +50,7 @@ from codexloop.core import events as ev
 from codexloop.core import prompts, pysyntax
 from codexloop.core.conversation import Conversation
 from codexloop.core.model import CUT_FINISH, ToolCallRequest, Turn
-from codexloop.core.textedits import Planned, read_edits
+from codexloop.core.textedits import Planned, excerpt_write, read_edits
 from codexloop.core.timings import Timings
 from codexloop.core.tools import TOOL_NAMES, ToolOutcome, Tools
 
@@ -373,6 +373,28 @@ def _command(arguments: str) -> str:
     return command if isinstance(command, str) else ""
 
 
+def _as_excerpt(call: TextCall, tools: Tools) -> tuple[str, str]:
+    """A ``write_file`` written as text whose content leaves out definitions the module has
+    is an excerpt (Qwen2.5-Coder-1.5B wrote the fixed function alone, the file lost the other
+    one the exam imports, and the right fix was undone as a setback): its definitions go in,
+    the rest of the file stays. The arguments to run, and what was merged ("" when nothing)."""
+    if call.name != "write_file":
+        return call.arguments, ""
+    try:
+        arguments = json.loads(call.arguments)
+    except ValueError:
+        return call.arguments, ""
+    if not isinstance(arguments, dict):
+        return call.arguments, ""
+    path, content = arguments.get("path"), arguments.get("content")
+    if not isinstance(path, str) or not isinstance(content, str):
+        return call.arguments, ""
+    merged = excerpt_write(path, content, tools)
+    if merged is None:
+        return call.arguments, ""
+    return json.dumps({**arguments, "content": merged[0]}), merged[1]
+
+
 def _is_example(call: TextCall) -> bool:
     """The how-to example's call, copied as it is (its placeholders for old and new text)."""
     try:
@@ -492,9 +514,13 @@ class Work:
         results, done = [], []
         changed = False
         for call in calls:
-            outcome = await self._run(call.name, call.arguments, f"text-{next(self.answers.ids)}")
+            arguments, merged = await anyio.to_thread.run_sync(_as_excerpt, call, self.tools)
+            outcome = await self._run(call.name, arguments, f"text-{next(self.answers.ids)}")
             described = f"{call.name} {_target(call.arguments)}".strip()
-            results.append(prompts.TEXT_CALL_RESULT.format(call=described, content=outcome.content))
+            content = outcome.content + (
+                prompts.EXCERPT_MERGED.format(done=merged) if merged else ""
+            )
+            results.append(prompts.TEXT_CALL_RESULT.format(call=described, content=content))
             done.append(self._done(call.name, call.arguments, outcome))
             changed = changed or bool(outcome.changed)
         done += [_Done(False, _key(text), problem) for problem in unreadable]

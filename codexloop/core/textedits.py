@@ -525,6 +525,27 @@ def _whole(edit: Stated, project: Project) -> Planned:
     return Planned(what, "write_file", {"path": path, "content": content})
 
 
+def excerpt_write(path: str, content: str, project: Project) -> tuple[str, str] | None:
+    """A whole-file write of an existing Python module that leaves out definitions the module
+    has (a small model writes the function it fixed, not the file): the module with the
+    given definitions, imports and constants put in and the rest kept, and what was done.
+    None when the content is the whole file, or either side is not Python that parses."""
+    if not path.endswith(".py"):
+        return None
+    source = project.read_text(path)
+    old_module = _parse(source) if source is not None else None
+    if source is None or old_module is None or _parse(content) is None:
+        return None
+    kept = set(_named([n for n in old_module.body if isinstance(n, _DEFS)]))
+    given = set(_named(_definitions(content)))
+    if not given or kept <= given:
+        return None
+    merged = merge(source, content)
+    if merged is None or merged[0] == source:
+        return None
+    return merged[0], ", ".join(merged[1])
+
+
 class _Index:
     """Where the project's Python files define each top-level name and each method."""
 

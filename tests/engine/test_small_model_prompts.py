@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import run_git
 from loophelpers import KATA, edit, make_config, run_loop, user_texts
 from scripted_openai import Reply
 
@@ -175,3 +176,32 @@ async def test_the_how_to_example_copied_as_it_is_is_not_run(make_repo, scripted
 
 
 FIX = {"old_text": "a - b", "new_text": "a + b"}
+
+
+GEOMETRY = (
+    "def rectangle_area(width, height):\n    return width + height\n\n\n"
+    "def square_area(side):\n    return rectangle_area(side, side)\n"
+)
+TEST_GEOMETRY = (
+    "from geometry import rectangle_area, square_area\n\n\ndef test_rectangle_area():\n"
+    "    assert rectangle_area(2, 3) == 6\n    assert square_area(3) == 9\n"
+)
+
+
+async def test_a_text_write_of_one_function_is_merged_into_the_module(
+    make_repo, scripted_openai
+) -> None:
+    """The eval's wrong-operator kata: the right fix written as the whole file's content,
+    without square_area, which the exam imports: merged, it is green at once (written as it
+    was, the import failed and the fix was undone as a setback)."""
+    import json
+
+    repo = make_repo({"geometry.py": GEOMETRY, "tests/test_geometry.py": TEST_GEOMETRY})
+    content = "def rectangle_area(width, height):\n    return width * height\n"
+    call = {"name": "write_file", "arguments": {"path": "geometry.py", "content": content}}
+    scripted_openai.add(Reply(text=json.dumps(call)))
+    config = make_config(repo, scripted_openai.base_url, "tests/test_geometry.py")
+    result, _events = await run_loop(config)
+    assert result.status == "passed" and result.iterations == 1
+    fixed = run_git(repo, "show", f"{result.branch}:geometry.py")
+    assert "return width * height" in fixed and "def square_area(side):" in fixed
