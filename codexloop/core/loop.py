@@ -50,6 +50,7 @@ from codexloop.core.model import (
     BACKOFF_S,
     CUT_FINISH,
     MAX_TURN_CHARS,
+    REPEAT_FINISH,
     AutoModel,
     ModelError,
     choose_protocol,
@@ -782,6 +783,8 @@ class Loop:
             conversation.answer(turn)
             if turn.finish_reason == CUT_FINISH:
                 conversation.say(prompts.ANSWER_CUT.format(limit=MAX_TURN_CHARS))
+            elif turn.finish_reason == REPEAT_FINISH:
+                conversation.say(prompts.ANSWER_REPEATED)
             if await work.act(turn):
                 return
 

@@ -39,6 +39,36 @@ MAX_TURN_CHARS = 200_000
 model caught in a repetition loop (small local models are prone to it) would otherwise
 stream forever, and a headless run would never end."""
 CUT_FINISH = f"incomplete: the answer passed {MAX_TURN_CHARS} characters and was cut"
+REPEAT_FINISH = "incomplete: the answer repeated itself and was cut"
+CUT_FINISHES = (CUT_FINISH, REPEAT_FINISH)  # answers cut by the engine: nothing of them runs
+REPEAT_TAIL = 400  # characters at the end of an answer that, found ...
+REPEAT_TIMES = 4  # ... this often in it, make it a repetition loop
+REPEAT_EVERY = 512  # characters between two looks
+
+
+class Repetition:
+    """Watches a streamed answer for a repetition loop: a small model that echoes the same
+    block over and over (Qwen2.5-Coder-1.5B streamed the engine's message back for ten
+    minutes at five tokens a second) is cut long before :data:`MAX_TURN_CHARS`."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+        self._next = REPEAT_TAIL * REPEAT_TIMES
+
+    def add(self, text: str) -> bool:
+        """Take streamed ``text`` in; True when the answer has become a repetition loop."""
+        self.parts.append(text)
+        self.size += len(text)
+        if self.size < self._next:
+            return False
+        self._next = self.size + REPEAT_EVERY
+        whole = "".join(self.parts)
+        self.parts = [whole]
+        tail = whole[-REPEAT_TAIL:]
+        return len(tail.strip()) > REPEAT_TAIL // 4 and whole.count(tail) >= REPEAT_TIMES
+
+
 BACKOFF_S = (1.0, 2.0, 4.0)
 
 
@@ -317,13 +347,15 @@ class ChatModel(_StreamingModel):
         input_tokens = output_tokens = 0
         finish: str | None = None
         produced = 0
+        repetition = Repetition()
+        looping = False
         async with stream:
             async for chunk in stream:
                 if chunk.usage is not None:
                     input_tokens = chunk.usage.prompt_tokens or 0
                     output_tokens = chunk.usage.completion_tokens or 0
-                if produced > MAX_TURN_CHARS:
-                    finish = CUT_FINISH
+                if produced > MAX_TURN_CHARS or looping:
+                    finish = REPEAT_FINISH if looping else CUT_FINISH
                     calls.clear()  # a call cut short is no call
                     break
                 for choice in chunk.choices:
@@ -342,6 +374,7 @@ class ChatModel(_StreamingModel):
                         produced += len(delta.content)
                         text.append(delta.content)
                         await on_text(delta.content)
+                        looping = looping or repetition.add(delta.content)
                     for tc in delta.tool_calls or ():
                         partial = calls.setdefault(tc.index, _PartialCall())
                         if tc.id:
@@ -421,17 +454,20 @@ class ResponsesModel(_StreamingModel):
         usage: Any = None
         finish: str | None = None
         produced = 0
+        repetition = Repetition()
+        looping = False
         async with stream:
             async for event in stream:
                 kind = event.type
-                if produced > MAX_TURN_CHARS:
-                    finish = CUT_FINISH
+                if produced > MAX_TURN_CHARS or looping:
+                    finish = REPEAT_FINISH if looping else CUT_FINISH
                     done_items.clear()  # nothing of a cut answer is replayed or called
                     break
                 if kind == "response.output_text.delta":
                     produced += len(event.delta)
                     text.append(event.delta)
                     await on_text(event.delta)
+                    looping = looping or repetition.add(event.delta)
                 elif kind == "response.reasoning_summary_text.delta":
                     produced += len(event.delta)
                     if on_reasoning is not None:

@@ -122,6 +122,10 @@ ANSWER_CUT = (
     "Your last answer ran past {limit} characters and was cut off (no tool call of it was run). "
     "Keep answers short and make changes with the tools."
 )
+ANSWER_REPEATED = (
+    "Your last answer repeated the same text over and over and was cut off (nothing of it was "
+    "run). Answer briefly: say what is wrong, then make one change."
+)
 TOOL_BUDGET_SPENT = (
     "not executed: the budget of {limit} tool calls for this iteration is spent; the tests run now"
 )

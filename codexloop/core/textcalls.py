@@ -49,7 +49,7 @@ import anyio
 from codexloop.core import events as ev
 from codexloop.core import prompts, pysyntax
 from codexloop.core.conversation import Conversation
-from codexloop.core.model import CUT_FINISH, ToolCallRequest, Turn
+from codexloop.core.model import CUT_FINISHES, ToolCallRequest, Turn
 from codexloop.core.textedits import Planned, excerpt_write, read_edits
 from codexloop.core.timings import Timings
 from codexloop.core.tools import TOOL_NAMES, ToolOutcome, Tools
@@ -448,7 +448,7 @@ class Work:
         self.answered += 1
         if turn.tool_calls:
             return await self._native(turn)
-        if self.edit_format != "tools" and turn.finish_reason != CUT_FINISH:
+        if self.edit_format != "tools" and turn.finish_reason not in CUT_FINISHES:
             text = without_thinking(turn.text)
             calls, unreadable = _read_calls(text)
             copied = [c for c in calls if _is_example(c)]
@@ -462,7 +462,7 @@ class Work:
                     return await self._text_edits(turn.text, planned)
             if unreadable:  # a call was meant, and nothing else can be applied
                 return await self._text_calls(turn.text, [], unreadable)
-        return await self._plain(turn.text, cut=turn.finish_reason == CUT_FINISH)
+        return await self._plain(turn.text, cut=turn.finish_reason in CUT_FINISHES)
 
     # -- one call, native or not -----------------------------------------------------------
 

@@ -205,3 +205,41 @@ async def test_a_text_write_of_one_function_is_merged_into_the_module(
     assert result.status == "passed" and result.iterations == 1
     fixed = run_git(repo, "show", f"{result.branch}:geometry.py")
     assert "return width * height" in fixed and "def square_area(side):" in fixed
+
+
+def test_a_repetition_loop_is_told_from_a_long_answer() -> None:
+    from codexloop.core.model import Repetition
+
+    def looping(text: str, piece: int = 7) -> bool:
+        watch = Repetition()
+        return any(watch.add(text[i : i + piece]) for i in range(0, len(text), piece))
+
+    echo = "The code as it is now, with your changes so far (the tests below ran on it):\n"
+    block = echo + "--- money.py ---\n" + "".join(f"line {n} of the file\n" for n in range(40))
+    assert looping(block * 6)
+    assert looping("ok " * 2000)
+    distinct = "".join(f"def f{n}(x):\n    return x + {n}\n\n" for n in range(500))
+    assert not looping(distinct)
+    assert not looping(block * 3)  # a block written three times is no loop yet
+    assert not looping(" " * 5000)  # whitespace alone (indentation) is not a loop of text
+
+
+async def test_an_answer_caught_in_a_repetition_loop_is_cut_and_the_turn_goes_on(
+    make_repo, scripted_openai
+) -> None:
+    from codexloop.core import events as ev
+    from codexloop.core.prompts import ANSWER_REPEATED
+
+    repo = make_repo(KATA)
+    block = "The code as it is now:\n" + "".join(f"line {n}\n" for n in range(60))
+    endless = block * 40
+    scripted_openai.add(
+        Reply(text=endless, chunk_size=64),
+        Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]),
+        Reply(text="Fixed."),
+    )
+    result, events = await run_loop(make_config(repo, scripted_openai.base_url))
+    assert result.status == "passed"
+    streamed = sum(len(e.text) for e in events if isinstance(e, ev.ModelText))
+    assert streamed < len(endless) // 4  # cut after a few repetitions, not at the end
+    assert ANSWER_REPEATED in user_texts(scripted_openai.requests[1])
