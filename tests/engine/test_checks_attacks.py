@@ -64,7 +64,7 @@ def exam_outcomes(events: list[ev.Event]) -> list[bool]:
 
 
 def output(events: list[ev.Event]) -> str:
-    return "".join(e.text for e in of_type(events, ev.TestOutput | ev.CommandOutput))
+    return "".join(e.text for e in events if isinstance(e, ev.TestOutput | ev.CommandOutput))
 
 
 def accepted_wrong(result: LoopResult) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import run_git
 
-from codexloop.core import gitops, record
+from codexloop.core import record
 from codexloop.core.sandbox import Sandbox, repo_key, state_home
 
 
