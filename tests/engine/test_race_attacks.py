@@ -469,14 +469,15 @@ async def test_a_stop_for_one_attempt_leaves_the_others_racing(make_repo, script
 async def test_no_attempt_can_set_up_its_sandbox_the_session_could_not_start(
     make_repo, scripted_openai
 ) -> None:
-    """Every attempt's branch is taken: the sandbox cannot be set up, and the race says so the
-    way one loop does (the error, for exit 2), not as a red race of crashed attempts."""
+    """No attempt's branch can be made (a branch named like the session's folder of branches
+    is in the way: git cannot have both ``codexloop/taken`` and ``codexloop/taken/a1``): the
+    sandbox cannot be set up, and the race says so the way one loop does (the error, for exit
+    2), not as a red race of crashed attempts. (A name merely taken gets the next free one.)"""
     from codexloop.core.errors import setup_failure
 
     repo = make_repo(KATA)
     name = "taken"
-    for attempt in (1, 2):
-        run_git(repo, "branch", f"codexloop/{name}/a{attempt}")
+    run_git(repo, "branch", f"codexloop/{name}")
     contest = race(repo, scripted_openai.base_url, "m1,m2", attempts=2, name=name)
     with anyio.fail_after(WAIT_S), pytest.raises(Exception) as caught:
         await event_channel_run(contest)

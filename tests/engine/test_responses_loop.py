@@ -170,11 +170,12 @@ async def test_incomplete_and_failed_responses(make_repo, scripted_openai) -> No
 async def test_a_runaway_answer_is_cut_and_the_loop_goes_on(
     make_repo, scripted_openai, api: str
 ) -> None:
-    """A model stuck repeating itself: the turn is cut, its tool call not run, the model told."""
+    """A model that will not stop: the turn is cut at MAX_TURN_CHARS, its tool call not run, the
+    model told. (A text that repeats itself is cut much earlier: test_small_model_prompts.)"""
     from codexloop.core.model import MAX_TURN_CHARS
 
     repo = make_repo(KATA)
-    endless = "all work and no play " * (MAX_TURN_CHARS // 10)
+    endless = "".join(f"all work and no play, line {n}\n" for n in range(MAX_TURN_CHARS // 20))
     scripted_openai.add(
         Reply(text=endless, tool_calls=[edit("calc.py", "a - b", "a * b")], chunk_size=2_000),
         Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]),
