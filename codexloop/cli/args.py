@@ -21,10 +21,11 @@ from codexloop.core.errors import (
 )
 
 if TYPE_CHECKING:
-    from codexloop.core.config import Config
+    from codexloop.core.config import Config, Settings
     from codexloop.core.loop import Loop
+    from codexloop.core.resume import SessionRecord
 
-SUBCOMMANDS = ("demo", "replay", "branches", "clean")
+SUBCOMMANDS = ("demo", "replay", "resume", "branches", "clean")
 
 DESCRIPTION = """\
 Turn a failing test into working code: a coding model edits a sandboxed copy of your
@@ -33,6 +34,7 @@ failure back and loops until green. Your checkout is untouched until you accept 
 
 subcommands:
   codexloop demo [--headless]   a scripted tour on a bundled example, no key needed
+  codexloop resume [BRANCH]     go on with a stopped, interrupted or crashed session
   codexloop replay TRACE        play a recorded session back
   codexloop branches | clean    list / remove preview branches and worktrees
 """
@@ -112,22 +114,46 @@ def version() -> str:
         return "unknown"
 
 
-def build_parser() -> argparse.ArgumentParser:
+RESUME_DESCRIPTION = """\
+Go on with a stopped, interrupted or crashed session: the same preview branch and worktree,
+the conversation as the model last saw it, what is left of its budgets (as much again of a
+budget it had spent). Its options (test command, guard, gates, budgets, model, endpoint) are
+the session's own unless given here. codexloop branches says which sessions can be resumed.
+"""
+
+
+def build_parser(*, resume: bool = False) -> argparse.ArgumentParser:
+    """The main command's parser; ``resume``: ``codexloop resume``'s (a session in place of
+    the targets, the same options)."""
     parser = _Parser(
-        prog="codexloop",
-        description=DESCRIPTION,
+        prog="codexloop resume" if resume else "codexloop",
+        description=RESUME_DESCRIPTION if resume else DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--version", action="version", version=f"codexloop {version()}", help="print the version"
     )
-    parser.add_argument(
-        "targets",
-        nargs="+",
-        metavar="TARGET",
-        help="pytest node ids or test files: the exam; all of them are protected",
-    )
+    if resume:
+        which = parser.add_mutually_exclusive_group()
+        which.add_argument(
+            "branch",
+            nargs="?",
+            metavar="BRANCH",
+            help="the session's preview branch (codexloop/<name> or <name>)",
+        )
+        which.add_argument(
+            "--last",
+            action="store_true",
+            help="the latest session of the repository that can be resumed (the default)",
+        )
+    else:
+        parser.add_argument(
+            "targets",
+            nargs="+",
+            metavar="TARGET",
+            help="pytest node ids or test files: the exam; all of them are protected",
+        )
     parser.add_argument("--task", help="optional extra instruction (the tests are the main spec)")
     parser.add_argument(
         "--test-cmd", metavar="CMD", help="test command; default runs pytest on the targets"
@@ -370,11 +396,12 @@ def _internal_error(exc: BaseException) -> int:
     return EXIT_INTERNAL
 
 
-def run_loop(args: argparse.Namespace, open_app: OpenApp) -> int:
-    from codexloop.core.config import Settings, load_config
+def settings_of(args: argparse.Namespace) -> Settings:
+    """What the command line gave, as :class:`~codexloop.core.config.Settings`."""
+    from codexloop.core.config import Settings
 
-    settings = Settings(
-        targets=tuple(args.targets),
+    return Settings(
+        targets=tuple(getattr(args, "targets", ())),
         repo=args.repo,
         task=args.task,
         test_cmd=args.test_cmd,
@@ -405,6 +432,17 @@ def run_loop(args: argparse.Namespace, open_app: OpenApp) -> int:
         gates=tuple(args.gate) if args.gate else None,
         guard=args.guard,
     )
+
+
+def run_loop(
+    args: argparse.Namespace, open_app: OpenApp, *, resumed: SessionRecord | None = None
+) -> int:
+    """Run the session the command line asks for (``resumed``: go on with that one)."""
+    from codexloop.core.config import load_config
+
+    settings = settings_of(args)
+    if resumed is not None:
+        settings = resumed.settings_for(settings)
     config = load_config(settings)  # a CodexloopError ends main() with its line and status
     if config.attempts > 1 and not args.headless:
         return _fail(
@@ -422,5 +460,10 @@ def run_loop(args: argparse.Namespace, open_app: OpenApp) -> int:
             config,
             accept_all=args.accept in ("all", "flagged"),
             accept_flagged=args.accept == "flagged",
+            resumed=resumed,
         )
+    if resumed is not None:
+        from codexloop.core.loop import Loop
+
+        return open_app(config, loop_factory=lambda cfg: Loop(cfg, review=True, resumed=resumed))
     return open_app(config)

@@ -35,6 +35,7 @@ from codexloop.core.leftovers import discard_session
 from codexloop.core.loop import Loop, LoopResult, event_channel
 from codexloop.core.model import check_endpoint, make_client
 from codexloop.core.race import Race
+from codexloop.core.resume import SessionRecord
 
 
 async def print_events(
@@ -87,6 +88,7 @@ async def headless_session(
     accept_flagged: bool = False,
     read_stdin: bool = True,
     loop: Loop | Race | None = None,
+    resumed: SessionRecord | None = None,
 ) -> int:
     """Run one session, printing its events; ``loop`` lets demo and replay bring their own
     (and clean up after it: a session built here that made nothing is removed here)."""
@@ -99,7 +101,17 @@ async def headless_session(
             print(error_line(exc), file=sys.stderr)
             return exc.exit_code
         kind: type[Loop] | type[Race] = Race if config.attempts > 1 else Loop
-        loop = kind(config, client=client, accept_all=accept_all, accept_flagged=accept_flagged)
+        loop = (
+            Loop(
+                config,
+                client=client,
+                accept_all=accept_all,
+                accept_flagged=accept_flagged,
+                resumed=resumed,
+            )
+            if resumed is not None
+            else kind(config, client=client, accept_all=accept_all, accept_flagged=accept_flagged)
+        )
     send_events, receive_events = event_channel()
     send_commands, receive_commands = event_channel()
     interrupted = output_closed = gave_up = False
@@ -197,6 +209,7 @@ def run_headless(
     accept_all: bool = False,
     accept_flagged: bool = False,
     loop: Loop | None = None,
+    resumed: SessionRecord | None = None,
 ) -> int:
     try:
         return anyio.run(
@@ -207,6 +220,7 @@ def run_headless(
                 accept_all=accept_all,
                 accept_flagged=accept_flagged,
                 loop=loop,
+                resumed=resumed,
             )
         )
     except KeyboardInterrupt:

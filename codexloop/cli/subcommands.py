@@ -1,4 +1,4 @@
-"""Subcommands: ``branches``, ``clean``, ``demo`` and ``replay``."""
+"""Subcommands: ``branches``, ``clean``, ``demo``, ``replay`` and ``resume``."""
 
 from __future__ import annotations
 
@@ -12,8 +12,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from codexloop.cli.args import OpenApp, _fail, _failed, _Parser, require_terminal
-from codexloop.core.errors import CodexloopError
+from codexloop.cli.args import (
+    OpenApp,
+    _fail,
+    _failed,
+    _internal_error,
+    _Parser,
+    build_parser,
+    require_terminal,
+    run_loop,
+)
+from codexloop.core.errors import EXIT_INTERRUPTED, CodexloopError
 from codexloop.core.words import counted
 
 if TYPE_CHECKING:
@@ -43,6 +52,7 @@ def branches(argv: Sequence[str]) -> int:
     found = gitops.preview_branches(repo)
     if not found:
         print("no preview branches")
+    can_resume = _resumable(repo, {b.name for b in found})
     races: dict[str, list[PreviewBranch]] = {}
     for branch in found:
         session, _, attempt = branch.name.removeprefix(gitops.PREVIEW_PREFIX).rpartition("/")
@@ -56,16 +66,32 @@ def branches(argv: Sequence[str]) -> int:
                 shown.add(session)
                 print(_race_header(session, races[session]))
                 for one in races[session]:
-                    print("  " + _branch_line(one, one.name.rpartition("/")[2]))
+                    label = one.name.rpartition("/")[2]
+                    print("  " + _branch_line(one, label, can_resume.get(one.name)))
             continue
-        print(_branch_line(branch, branch.name))
+        print(_branch_line(branch, branch.name, can_resume.get(branch.name)))
+    if can_resume:
+        print("resume one with: codexloop resume BRANCH (the latest: codexloop resume --last)")
     return 0
 
 
-def _branch_line(branch: PreviewBranch, label: str) -> str:
+def _resumable(repo: Path, names: set[str]) -> dict[str, str]:
+    """Branch -> how its session ended, for the sessions that can be resumed."""
+    from codexloop.core import resume
+
+    found = {}
+    for record in resume.records(repo):
+        if record.branch not in found and resume.resumable(record, names) is None:
+            ended = "crashed" if record.status == resume.RUNNING else record.status
+            found[record.branch] = f"{ended} after {counted(record.iterations, 'iteration')}"
+    return found
+
+
+def _branch_line(branch: PreviewBranch, label: str, resumable: str | None = None) -> str:
     where = f"  worktree {branch.worktree}" if branch.worktree else ""
     stamp = branch.committed_at.strftime("%Y-%m-%d %H:%M")
-    return f"{label}  {branch.sha[:10]}  {stamp}  {branch.subject}{where}"
+    can = f"  [resumable: {resumable}]" if resumable else ""
+    return f"{label}  {branch.sha[:10]}  {stamp}  {branch.subject}{where}{can}"
 
 
 def _race_header(session: str, attempts: list[PreviewBranch]) -> str:
@@ -324,12 +350,39 @@ def replay(argv: Sequence[str], open_app: OpenApp) -> int:
     return status
 
 
+def resume(argv: Sequence[str], open_app: OpenApp) -> int:
+    """``codexloop resume [BRANCH | --last] [OPTIONS]``: the session's own options, with the
+    ones given here on top."""
+    from codexloop.core import resume as records
+
+    args = build_parser(resume=True).parse_args(argv)
+    repo = _repo(args.repo)
+    if repo is None:
+        return _fail(f"{args.repo or Path.cwd()} is not inside a git checkout")
+    record = records.find(repo, args.branch)
+    print(
+        f"codexloop: resuming {record.branch} "
+        f"({'crashed' if record.status == records.RUNNING else record.status} after "
+        f"{counted(record.iterations, 'iteration')})",
+        file=sys.stderr,
+    )
+    try:
+        return run_loop(args, open_app, resumed=record)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except CodexloopError:
+        raise  # its line and status, as for every subcommand
+    except Exception as exc:  # a bug of ours: one line, the details in a file
+        return _internal_error(exc)
+
+
 def run_subcommand(name: str, argv: Sequence[str], open_app: OpenApp) -> int:
     handlers: dict[str, Callable[[], int]] = {
         "branches": lambda: branches(argv),
         "clean": lambda: clean(argv),
         "demo": lambda: demo(argv, open_app),
         "replay": lambda: replay(argv, open_app),
+        "resume": lambda: resume(argv, open_app),
     }
     handler = handlers.get(name)
     if handler is None:

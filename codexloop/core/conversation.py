@@ -153,6 +153,47 @@ class Conversation:
     def size(self) -> int:
         return conversation_size(self.messages)
 
+    # -- kept for a resume -----------------------------------------------------------
+
+    def to_data(self) -> dict[str, Any]:
+        """Everything needed to go on with this conversation later, as JSON-ready data
+        (:meth:`restored`): what is sent and our own marks on it."""
+        messages = []
+        for message in self.messages:
+            message = dict(message)
+            note = message.get(LEFT_OUT)
+            if isinstance(note, _LeftOut):
+                message[LEFT_OUT] = {
+                    "messages": note.messages,
+                    "iterations": note.iterations,
+                    "calls": {str(k): v for k, v in note.calls.items()},
+                }
+            messages.append(message)
+        return {"sections": self._sections, "messages": messages, "iteration": self.iteration}
+
+    @classmethod
+    def restored(
+        cls, data: dict[str, Any], *, roots: Iterable[Path | str] = (), system: str = SYSTEM
+    ) -> Conversation:
+        """The conversation :meth:`to_data` kept, with today's system prompt. Raises
+        ``ValueError`` when ``data`` is not such a conversation."""
+        sections = [(str(kind), str(text)) for kind, text in data["sections"]]
+        messages = [dict(m) for m in data["messages"]]
+        if len(messages) < 2 or any(not isinstance(m.get("role"), str) for m in messages):
+            raise ValueError("not a kept conversation")
+        conversation = cls(FirstMessage(tuple(sections)), roots=roots, system=system)
+        for message in messages:
+            note = message.get(LEFT_OUT)
+            if isinstance(note, dict):
+                record = _LeftOut()
+                record.messages = int(note.get("messages", 0))
+                record.iterations = [int(n) for n in note.get("iterations", ())]
+                record.calls = {int(k): int(v) for k, v in dict(note.get("calls", {})).items()}
+                message[LEFT_OUT] = record
+        conversation.messages = [conversation.messages[0], *messages[1:]]
+        conversation.iteration = int(data.get("iteration", 0))
+        return conversation
+
     # -- fitting ----------------------------------------------------------------
 
     def fit(self, budget_chars: int) -> Shortened:

@@ -57,6 +57,8 @@ class LoopStarted(Event):
     trace: str = ""
     bwrap: str = ""  # which bubblewrap: "system bwrap 0.8.0 (/usr/bin/bwrap)"; "": none
     tmp_size_mib: int | None = None  # size of each tmpfs in the sandbox; None: unsized
+    resumed: bool = False  # codexloop resume: the session goes on where it stopped
+    iterations_done: int = 0  # by a resumed session before (its iterations go on from there)
 
 
 @dataclass(frozen=True)

@@ -509,6 +509,17 @@ def create_worktree(repo: Path, base: str, branch: str, path: Path) -> None:
         _GITDIRS[path.resolve()] = gitdir
 
 
+def open_worktree(repo: Path, branch: str, path: Path) -> None:
+    """Check out the existing branch ``branch`` in a new worktree at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _run(repo, ["worktree", "prune"])  # a removed folder's worktree still holds the branch
+    _run(repo, ["worktree", "add", "--quiet", str(path), branch])
+    gitdir = _gitdir_from_file(path)
+    if gitdir is not None:
+        _GITDIRS[path.resolve()] = gitdir
+
+
 def _gitdir_from_file(worktree: Path) -> Path | None:
     """The git dir a linked worktree's ``.git`` file names, or None if it is not one."""
     dotgit = worktree / ".git"

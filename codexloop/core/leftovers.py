@@ -38,6 +38,7 @@ def discard_session(loop: Loop | Race, *, always: bool = False) -> str | None:
     of a race, every attempt's that made nothing. The branches removed (comma-separated), or
     None. Never raises: a leftover is not worth a failed exit."""
     from codexloop.core.gitops import GitError
+    from codexloop.core.resume import forget
 
     removed = []
     for one in loop.loops if hasattr(loop, "loops") else [loop]:
@@ -48,6 +49,7 @@ def discard_session(loop: Loop | Race, *, always: bool = False) -> str | None:
             sandbox.remove(delete_branch=True)
         except (GitError, OSError):
             continue
+        forget(sandbox.name)
         removed.append(sandbox.branch)
     return ", ".join(removed) or None
 
@@ -57,6 +59,7 @@ def remove_preview_branch(repo: Path, branch: PreviewBranch) -> int:
     left running first. The number of processes killed."""
     from codexloop.core import gitops
     from codexloop.core.process import kill_session
+    from codexloop.core.resume import forget
     from codexloop.core.sandbox import forget_session, runs_folder, state_home
 
     session = branch.name.removeprefix(gitops.PREVIEW_PREFIX)
@@ -69,6 +72,7 @@ def remove_preview_branch(repo: Path, branch: PreviewBranch) -> int:
     else:
         gitops.git(repo, "branch", "-D", branch.name)
     forget_session(session)
+    forget(session)
     return killed
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -37,7 +38,7 @@ import openai
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from codexloop.core import briefing, gitops, outcome, prompts, setbacks, spend
+from codexloop.core import briefing, gitops, outcome, prompts, resume, setbacks, spend
 from codexloop.core import events as ev
 from codexloop.core.config import Config
 from codexloop.core.controls import Controls, Stopped
@@ -65,6 +66,7 @@ from codexloop.core.textcalls import Work, answers_of
 from codexloop.core.timings import Timings
 from codexloop.core.tools import TOOL_SCHEMAS
 from codexloop.core.turns import Turns
+from codexloop.core.words import counted
 
 _STREAMED = (ev.ModelText, ev.ModelReasoning, ev.TestOutput, ev.CommandOutput)
 _FINAL_STATES: dict[ev.FinalStatus, ev.State] = {
@@ -121,10 +123,12 @@ class Loop:
         attempt: int = 1,
         snapshot: str | None = None,
         test_slots: anyio.CapacityLimiter | None = None,
+        resumed: resume.SessionRecord | None = None,
     ) -> None:
         """``attempt``: which attempt of a race this is (its model and hint, the ``attempt``
         of its events); ``snapshot``: the race's snapshot of the checkout to start from (the
-        exam still comes from the checkout); ``test_slots``: bounds test runs across a race."""
+        exam still comes from the checkout); ``test_slots``: bounds test runs across a race;
+        ``resumed``: an earlier session's record, to go on with it (``codexloop resume``)."""
         config = config.for_attempt(attempt)
         self.config = config
         self.attempt = attempt
@@ -149,7 +153,11 @@ class Loop:
             backoff=backoff,
             reasoning=config.reasoning,
         )
-        self.name = name or session_name(config.targets)
+        self.resumed = resumed
+        self.name = resumed.name if resumed else name or session_name(config.targets)
+        self.conversation: Conversation | None = None
+        self._tested = resumed.iterations if resumed else 0  # iterations whose tests ran
+        self._record_failed = False
         self.write_trace = write_trace
         self.accept_all = accept_all
         self.accept_flagged = accept_flagged  # --accept flagged: apply a flagged green too
@@ -171,6 +179,8 @@ class Loop:
             tools=[] if config.edit_format == "text" else TOOL_SCHEMAS,  # text: none is sent
             cost=partial(spend.cost, config),
         )
+        if resumed is not None:  # the spend so far counts against the budgets
+            self.turns.tokens_in, self.turns.tokens_out = resumed.tokens_in, resumed.tokens_out
         self.test_outcomes: list[bool] = []
         self.flagged: list[ev.Flagged] = []
         self.applied: ApplyResult | None = None
@@ -256,13 +266,16 @@ class Loop:
         commands: ObjectReceiveStream[ev.Command] | None = None,
     ) -> LoopResult:
         self._events = events
-        self._started = time.monotonic()
+        self._started = time.monotonic() - (self.resumed.seconds if self.resumed else 0.0)
         config = self.config
         with self.timings.timed("sandbox setup"):
             async with self.setup_lock or contextlib.nullcontext():  # a race: one at a time
-                self.sandbox = sandbox = await create_sandbox(
-                    config, self.name, self.base or self.snapshot
-                )
+                if self.resumed is not None:
+                    self.sandbox = sandbox = await resume.reopen_sandbox(self.resumed)
+                else:
+                    self.sandbox = sandbox = await create_sandbox(
+                        config, self.name, self.base or self.snapshot
+                    )
         self.name = sandbox.name  # another session may have had the name (same test, same second)
         session = await open_session(
             config,
@@ -270,13 +283,20 @@ class Loop:
             name=self.name,
             from_checkout=self.base is None,
             write_trace=self.write_trace,
+            trace_name=resume.trace_name(self.name) if self.resumed else self.name,
             timings=self.timings,
             emit=self.emit,
             set_state=self._set_state,
             run_model_command=self._run_model_command,
         )
         self.session, self.test_command = session, session.test_command
-        await announce(session, config, self.model.protocol, self.emit)
+        await announce(
+            session,
+            config,
+            self.model.protocol,
+            self.emit,
+            resumed=self.resumed.iterations if self.resumed else None,
+        )
         status: ev.FinalStatus = "failed"
         reason = ""
         iterations = 0
@@ -324,6 +344,7 @@ class Loop:
                         status, iterations, sandbox.branch, str(sandbox.worktree), reason
                     )
                 )
+                await self._keep(status, reason)
                 if session.trace is not None:
                     session.trace.close()
         if unusable is not None:
@@ -388,10 +409,14 @@ class Loop:
         if broken is not None:
             raise ExamError(broken)
         baseline = await self._baseline(session)
+        done = self.resumed.iterations if self.resumed else 0
         if baseline.passed:
             await self.emit(ev.Notice("info", "the target tests already pass: nothing to do"))
-            return "passed", 0, "already green"
-        if config.guard:
+            return "passed", done, "already green"
+        kept_guard = self.resumed.guard_passed if self.resumed else None
+        if kept_guard is not None:
+            self.guard_passed = frozenset(kept_guard)
+        elif config.guard:
             await self._guard_baseline(session)
         start = await anyio.to_thread.run_sync(session.sandbox.head)
         self.setbacks = Setbacks(self.exam_sync.changes, config.targets, start, baseline)
@@ -408,7 +433,10 @@ class Loop:
             )
         )
         self.code_paths = prompts.code_paths(modules)
-        conversation = Conversation(
+        roots = (worktree, session.runner.place.worktree)
+        system = prompts.system(config.edit_format, TOOL_SCHEMAS)
+        kept = self.resumed.conversation if self.resumed else None
+        self.conversation = conversation = Conversation(
             prompts.first_message(
                 task=config.task,
                 continue_from=config.continue_from,
@@ -420,11 +448,23 @@ class Loop:
                 modules=modules,
                 hint=config.hint,
             ),
-            roots=(worktree, session.runner.place.worktree),
-            system=prompts.system(config.edit_format, TOOL_SCHEMAS),
+            roots=roots,
+            system=system,
         )
-        iteration = 0
-        budget_end = config.max_iterations
+        if kept is not None:
+            try:
+                self.conversation = conversation = Conversation.restored(
+                    kept, roots=roots, system=system
+                )
+            except (KeyError, TypeError, ValueError):
+                await self.emit(
+                    ev.Notice("warning", "the kept conversation could not be read: it starts anew")
+                )
+            else:
+                conversation.say(prompts.resumed(baseline.digest, self.code_paths))
+        iteration = done
+        budget_end = await self._resumed_budgets(done)
+        await self._keep()
         while True:
             if iteration >= budget_end:
                 more = await self._await_more(iteration) if self.review else 0
@@ -440,6 +480,7 @@ class Loop:
             await self._work(session, iteration, conversation)
             await self.checkpoint()
             verdict = await self._run_tests(session, iteration)
+            self._tested = iteration
             with self.timings.timed("commit"):
                 commit = await self._commit_candidate(session, iteration, verdict)
             await self.emit(
@@ -454,6 +495,7 @@ class Loop:
             )
             if verdict.passed:
                 self._green_commit = commit or self._green_commit
+                await self._keep()
                 if not self.review or not await self._await_review(iteration, commit):
                     return "passed", iteration, ""
                 budget_end = iteration + config.max_iterations  # a fresh budget for the feedback
@@ -463,11 +505,77 @@ class Loop:
             digest = await self._after_red(session, iteration, verdict, commit, conversation)
             note = self.exam_sync.take_note()
             conversation.say(f"{note}\n\n{digest}" if note else digest)
+            await self._keep()
         return (
             "failed",
             iteration,
             f"not green after {iteration} iteration{'s' if iteration != 1 else ''}",
         )
+
+    async def _resumed_budgets(self, done: int) -> int:
+        """Where the iteration budget ends; a resumed session has what is left of each
+        budget, or as much again of one it had spent (its reason to stop), said in a notice."""
+        config = self.config
+        budget_end = config.max_iterations
+        if self.resumed is None:
+            return budget_end
+        again = []
+        if done >= budget_end:
+            budget_end = done + config.max_iterations
+            again.append(counted(config.max_iterations, "more iteration"))
+        seconds = time.monotonic() - self._started
+        turns = self.turns
+        while spend.spent(config, turns.tokens_in, turns.tokens_out, seconds, self._spend_scale):
+            self._spend_scale += 1
+            if self._spend_scale > 1_000:
+                break
+        if self._spend_scale > 1:
+            again.append("the spent budgets as much again")
+        left = budget_end - done
+        await self.emit(
+            ev.Notice(
+                "info",
+                f"resumed after {counted(done, 'iteration')}"
+                + (f": {' and '.join(again)}" if again else f", {left} left of the budget"),
+            )
+        )
+        return budget_end
+
+    async def _keep(self, status: str = resume.RUNNING, reason: str = "") -> None:
+        """Write the session's record (:mod:`~codexloop.core.resume`): after every model
+        turn, every engine message, and at the end. A record that cannot be written is said
+        once; the session goes on."""
+        sandbox, session = self.sandbox, self.session
+        if not self.write_trace or sandbox is None or session is None:
+            return
+        conversation = self.conversation
+        kept = conversation.to_data() if conversation else None
+        if kept is None and self.resumed is not None:
+            kept = self.resumed.conversation
+        record = resume.SessionRecord(
+            name=self.name,
+            repo=str(self.config.repo),
+            branch=sandbox.branch,
+            base=sandbox.base,
+            targets=list(self.config.targets),
+            settings=resume.settings_of(self.config),
+            status=status,
+            reason=reason,
+            pid=os.getpid(),
+            iterations=self._tested,
+            tokens_in=self.turns.tokens_in,
+            tokens_out=self.turns.tokens_out,
+            seconds=round(time.monotonic() - self._started, 3),
+            conversation=kept,
+            guard_passed=sorted(self.guard_passed) if self.guard_passed is not None else None,
+            trace=str(session.trace.path) if session.trace else "",
+        )
+        try:
+            await anyio.to_thread.run_sync(resume.save, record)
+        except (OSError, TypeError, ValueError) as exc:
+            if not self._record_failed:
+                self._record_failed = True
+                await self.emit(ev.Notice("warning", f"the session record was not written: {exc}"))
 
     async def _commit_candidate(
         self, session: Session, iteration: int, verdict: Verdict
@@ -785,7 +893,9 @@ class Loop:
                 conversation.say(prompts.ANSWER_CUT.format(limit=MAX_TURN_CHARS))
             elif turn.finish_reason == REPEAT_FINISH:
                 conversation.say(prompts.ANSWER_REPEATED)
-            if await work.act(turn):
+            done = await work.act(turn)
+            await self._keep()
+            if done:
                 return
 
     async def _run_model_command(self, command: str) -> RunResult:

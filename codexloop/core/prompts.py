@@ -288,6 +288,17 @@ def red(digest: str, paths: Sequence[str], now: Sequence[tuple[str, str]] = ()) 
     return "\n".join(shown) + "\n\n" + text
 
 
+RESUMED = (
+    "[The session was interrupted here and has been resumed. The code is as the work so far "
+    "left it (changes of an unfinished turn included); the test command was run again.]"
+)
+
+
+def resumed(digest: str, paths: Sequence[str]) -> str:
+    """The first thing a resumed session says: it was interrupted, and how the tests stand."""
+    return f"{RESUMED}\n\n{red(digest, paths)}"
+
+
 def imported_code(briefing: Briefing) -> str:
     """The project code the exam imports, as the first message shows it."""
     blocks = [MODULES] if briefing.modules else []

@@ -204,6 +204,37 @@ class Sandbox:
             raise
         return cls(repo, worktree, branch, base, name, exclude, tmp, left_out=tuple(left_out))
 
+    @classmethod
+    def reopen(cls, repo: Path, name: str, branch: str, base: str) -> Sandbox:
+        """The sandbox of an earlier session (``codexloop resume``): its worktree as that
+        session left it, checked out again on its branch when it was removed. Blocking."""
+        home = state_home()
+        found = next((b for b in gitops.preview_branches(repo) if b.name == branch), None)
+        if found is None:
+            raise gitops.GitError(f"the preview branch {branch} is gone")
+        fresh = found.worktree is None
+        worktree = (
+            Path(found.worktree) if found.worktree else (home / "worktrees" / repo_key(repo) / name)
+        )
+        if fresh:
+            if os.path.lexists(worktree):
+                raise gitops.GitError(
+                    f"{worktree} is in the way of {branch}'s worktree: move it away first"
+                )
+            gitops.open_worktree(repo, branch, worktree)
+        gitops.worktree_env(worktree)  # a worktree whose git link was tampered with stops here
+        # What a crashed session left running (a warm server, a command) and its scratch.
+        process.kill_session([home / "tmp" / name, runs_folder(name), worktree])
+        discard_scratch(name)
+        exclude = home / "exclude"
+        if not exclude.exists() or exclude.read_text() != _EXCLUDES:
+            exclude.parent.mkdir(parents=True, exist_ok=True)
+            exclude.write_text(_EXCLUDES)
+        tmp = home / "tmp" / name
+        tmp.mkdir(parents=True, exist_ok=True)
+        record.recorder(worktree, exclude, fresh_checkout=fresh)
+        return cls(repo, worktree, branch, base, name, exclude, tmp)
+
     @property
     def recorder(self) -> record.Recorder:
         return record.recorder(self.worktree, self.exclude_file)

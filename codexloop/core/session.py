@@ -52,6 +52,7 @@ async def open_session(
     name: str,
     from_checkout: bool,
     write_trace: bool,
+    trace_name: str | None = None,
     timings: Timings,
     emit: ev.Emit,
     set_state: Callable[[ev.State], Awaitable[None]],
@@ -105,12 +106,15 @@ async def open_session(
         network_off=isolation.active and not config.allow_network,
         max_memory_gib=config.max_memory,
     )
-    trace = _open_trace(config, sandbox, name) if write_trace else None
+    trace = _open_trace(config, sandbox, trace_name or name) if write_trace else None
     return Session(sandbox, exam, python, test_command, tools, runner, trace, isolation)
 
 
-async def announce(session: Session, config: Config, api: str, emit: ev.Emit) -> None:
-    """``loop_started``, and notices of what the session could not have."""
+async def announce(
+    session: Session, config: Config, api: str, emit: ev.Emit, *, resumed: int | None = None
+) -> None:
+    """``loop_started``, and notices of what the session could not have (``resumed``: the
+    iterations a resumed session had done)."""
     sandbox, isolation, trace = session.sandbox, session.isolation, session.trace
     await emit(
         ev.LoopStarted(
@@ -127,6 +131,8 @@ async def announce(session: Session, config: Config, api: str, emit: ev.Emit) ->
             process_limit=sandbox.limit.reason,
             max_memory_gib=config.max_memory or None,
             continued_from=config.continue_from or "",
+            resumed=resumed is not None,
+            iterations_done=resumed or 0,
             shared=tuple(t.relative_to(sandbox.worktree).as_posix() for _s, t in sandbox.shared),
             network=config.allow_network,
             api=api,
