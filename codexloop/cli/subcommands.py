@@ -359,21 +359,27 @@ def resume(argv: Sequence[str], open_app: OpenApp) -> int:
     repo = _repo(args.repo)
     if repo is None:
         return _fail(f"{args.repo or Path.cwd()} is not inside a git checkout")
-    record = records.find(repo, args.branch)
-    print(
-        f"codexloop: resuming {record.branch} "
-        f"({'crashed' if record.status == records.RUNNING else record.status} after "
-        f"{counted(record.iterations, 'iteration')})",
-        file=sys.stderr,
-    )
-    try:
-        return run_loop(args, open_app, resumed=record)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except CodexloopError:
-        raise  # its line and status, as for every subcommand
-    except Exception as exc:  # a bug of ours: one line, the details in a file
-        return _internal_error(exc)
+    found = records.find(repo, args.branch)
+    with records.claim(found):
+        # Held now: the record as it is, checked again (another resume may have just ended).
+        record = records.find(repo, found.branch)
+        if args.guard is not None and args.guard != record.settings.get("guard"):
+            # The kept verdict is of the session's own guard: another one is taken afresh.
+            record.guard_passed = None
+        print(
+            f"codexloop: resuming {record.branch} "
+            f"({'crashed' if record.status == records.RUNNING else record.status} after "
+            f"{counted(record.iterations, 'iteration')})",
+            file=sys.stderr,
+        )
+        try:
+            return run_loop(args, open_app, resumed=record)
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+        except CodexloopError:
+            raise  # its line and status, as for every subcommand
+        except Exception as exc:  # a bug of ours: one line, the details in a file
+            return _internal_error(exc)
 
 
 def run_subcommand(name: str, argv: Sequence[str], open_app: OpenApp) -> int:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -145,6 +147,82 @@ def _plain(value: object) -> object:
     return str(value)
 
 
+# What each field of a record, and each kept setting, may hold (JSON types; None where the
+# field allows it): a damaged or hand-edited record is refused in one line, never half used.
+_NUMBER = (int, float)
+_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "name": ((str,), False),
+    "repo": ((str,), False),
+    "branch": ((str,), False),
+    "base": ((str,), False),
+    "targets": ((list,), False),
+    "settings": ((dict,), False),
+    "status": ((str,), False),
+    "reason": ((str,), False),
+    "pid": ((int,), False),
+    "iterations": ((int,), False),
+    "tokens_in": ((int,), False),
+    "tokens_out": ((int,), False),
+    "seconds": (_NUMBER, False),
+    "conversation": ((dict,), True),
+    "guard_passed": ((list,), True),
+    "trace": ((str,), False),
+    "updated": (_NUMBER, False),
+}
+_SETTINGS: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(
+        ("task", "test_cmd", "model", "base_url", "api", "reasoning", "edit_format", "guard"),
+        (str,),
+    ),
+    **dict.fromkeys(
+        (
+            "max_iterations",
+            "max_tool_calls",
+            "max_processes",
+            "context_tokens",
+            "max_memory",
+            "tmp_size",
+            "max_tokens",
+        ),
+        (int,),
+    ),
+    **dict.fromkeys(
+        ("command_timeout", "test_timeout", "request_timeout", "max_time", "max_cost"), _NUMBER
+    ),
+    **dict.fromkeys(("allow_network", "warm"), (bool,)),
+    **dict.fromkeys(("share", "gates", "hints"), (list,)),
+}
+_STATUSES = (RUNNING, "passed", "failed", "stopped")
+
+
+def _fits(value: object, kinds: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and bool not in kinds:  # JSON true is no number here
+        return False
+    if not isinstance(value, kinds):
+        return False
+    return not isinstance(value, list) or all(isinstance(v, str) for v in value)
+
+
+def _wrong(data: dict[str, Any]) -> str | None:
+    """What of ``data`` (a record as read) a session record cannot hold, or None."""
+    for key, (kinds, nullable) in _FIELDS.items():
+        if key not in data:
+            return f"it has no {key}"
+        value = data[key]
+        if not ((value is None and nullable) or _fits(value, kinds)):
+            return f"its {key} is {type(value).__name__}"
+    for key in ("pid", "iterations", "tokens_in", "tokens_out", "seconds"):
+        if data[key] < 0:
+            return f"its {key} is negative"
+    if data["status"] not in _STATUSES or not data["targets"]:
+        return "its status or targets are not a session's"
+    for key, value in data["settings"].items():
+        allowed = _SETTINGS.get(key)
+        if allowed is not None and value is not None and not _fits(value, allowed):
+            return f"its setting {key} is {type(value).__name__}"
+    return None
+
+
 def load(path: Path) -> SessionRecord:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -152,17 +230,42 @@ def load(path: Path) -> SessionRecord:
         raise ResumeError(f"cannot read the session record {path}: {exc}") from None
     if not isinstance(data, dict) or data.pop("version", None) != RECORD_VERSION:
         raise ResumeError(f"{path} is not a session record this version of codexloop reads")
-    names = {f.name for f in dataclasses.fields(SessionRecord)}
-    try:
-        return SessionRecord(**{k: v for k, v in data.items() if k in names})
-    except TypeError as exc:
-        raise ResumeError(f"{path} is not a whole session record: {exc}") from None
+    wrong = _wrong(data)
+    if wrong is not None:
+        raise ResumeError(f"{path} is not a whole session record: {wrong}")
+    return SessionRecord(**{k: data[k] for k in _FIELDS})
 
 
 def forget(name: str) -> None:
     """The record of a session whose branch is gone (it made nothing, or was cleaned)."""
-    with contextlib.suppress(OSError):
-        record_path(name).unlink()
+    for path in (record_path(name), _lock_path(name)):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _lock_path(name: str) -> Path:
+    path = record_path(name)
+    return path.with_name(f".{path.name}.lock")
+
+
+@contextlib.contextmanager
+def claim(record: SessionRecord) -> Iterator[None]:
+    """Hold session ``record`` for one resume while it runs: a second ``codexloop resume`` of
+    it is refused, even before the first has written its record (its process number). The
+    lock goes with the process, however it ends."""
+    path = _lock_path(record.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ResumeError(
+                f"{record.branch} is being resumed by another codexloop (wait for it to end)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def records(repo: Path) -> list[SessionRecord]:
@@ -237,6 +340,7 @@ def find(repo: Path, wanted: str | None) -> SessionRecord:
         name = wanted.removeprefix(gitops.PREVIEW_PREFIX)
         record = next((r for r in found if r.name == name), None)
         if record is None:
+            _unreadable_or_elsewhere(name, repo)
             if f"{gitops.PREVIEW_PREFIX}{name}" in branches:
                 raise ResumeError(
                     f"{gitops.PREVIEW_PREFIX}{name} has no session record to resume from "
@@ -257,3 +361,20 @@ def find(repo: Path, wanted: str | None) -> SessionRecord:
     raise ResumeError(
         f"no session of {repo} to resume (codexloop branches says which can be resumed)"
     )
+
+
+def _unreadable_or_elsewhere(name: str, repo: Path) -> None:
+    """Say why the record of session ``name`` is not one of ``repo``'s: it cannot be read (which
+    file, what is wrong), or it is a session of another repository."""
+    parts = Path(name).parts
+    if not name or Path(name).is_absolute() or ".." in parts:
+        return
+    path = record_path(name)
+    if not path.is_file():
+        return
+    record = load(path)  # a ResumeError that names the file and what is wrong with it
+    if Path(record.repo) != repo and record.path == path:
+        raise ResumeError(
+            f"{record.branch} is a session of {record.repo}, not of {repo}: "
+            f"resume it there (codexloop resume --repo {record.repo} {record.branch})"
+        )

@@ -219,10 +219,25 @@ class Sandbox:
         if fresh:
             if os.path.lexists(worktree):
                 raise gitops.GitError(
-                    f"{worktree} is in the way of {branch}'s worktree: move it away first"
+                    f"{worktree} is in the way of {branch}'s worktree (git no longer knows it "
+                    "as one: its .git file is gone or changed): move it away first"
                 )
             gitops.open_worktree(repo, branch, worktree)
-        gitops.worktree_env(worktree)  # a worktree whose git link was tampered with stops here
+        # A worktree whose git link was tampered with stops here, before git runs with it: the
+        # link must name this repository's own admin folder for the worktree (a copy of the git
+        # dir elsewhere, the model's, would pass the link's own checks and bring its config).
+        gitdir = Path(gitops.worktree_env(worktree)["GIT_DIR"])
+        common = gitops.git(repo, "rev-parse", "--git-common-dir").strip()
+        common_dir = (repo / common).resolve()
+        try:
+            linked = (gitdir / (gitdir / "commondir").read_text("utf-8").strip()).resolve()
+        except (OSError, UnicodeDecodeError):
+            linked = None
+        if gitdir.parent != common_dir / "worktrees" or linked != common_dir:
+            raise gitops.GitError(
+                f"{worktree} is not a linked git worktree of {repo} (its .git file changed): "
+                f"its work is on {branch}; move the folder away and resume again"
+            )
         # What a crashed session left running (a warm server, a command) and its scratch.
         process.kill_session([home / "tmp" / name, runs_folder(name), worktree])
         discard_scratch(name)
