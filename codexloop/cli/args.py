@@ -310,7 +310,7 @@ def build_parser(*, resume: bool = False) -> argparse.ArgumentParser:
         type=_positive_int,
         metavar="N",
         help="N attempts race from one snapshot, each its own sandbox and branch (default 1; "
-        "headless for now)",
+        "the app shows a lane each)",
     )
     parser.add_argument(
         "--pick",
@@ -444,11 +444,6 @@ def run_loop(
     if resumed is not None:
         settings = resumed.settings_for(settings)
     config = load_config(settings)  # a CodexloopError ends main() with its line and status
-    if config.attempts > 1 and not args.headless:
-        return _fail(
-            f"--attempts {config.attempts} runs with --headless for now: the app shows one "
-            "attempt (lanes for a race are not built yet)"
-        )
     if args.accept != "none" and not args.headless:
         return _fail("--accept applies to --headless runs; in the app, review with v")
     if not args.headless:

@@ -14,6 +14,7 @@ import gc
 import sys
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,6 +29,7 @@ from codexloop.core.leftovers import discard_session
 from codexloop.core.loop import Loop
 from codexloop.core.model import ModelError, make_client
 from codexloop.core.model import check_endpoint as probe_endpoint
+from codexloop.core.race import Race
 from codexloop.tui import commands, keys
 from codexloop.tui.exit_policy import ExitArgs, ExitPolicy
 from codexloop.tui.main_screen import MainScreen
@@ -59,8 +61,8 @@ class CodexloopApp(App[int]):
         banner: str = "",
     ) -> None:
         super().__init__()
-        factory: LoopFactory = loop_factory or (
-            lambda cfg: Loop(cfg, client=client, write_trace=write_trace, review=True)
+        factory: LoopFactory = loop_factory or partial(
+            new_loop, client=client, write_trace=write_trace
         )
         self.session = Session(config, factory, clock)
         self.main = MainScreen(self.session, banner=banner, autostart=autostart)
@@ -134,6 +136,17 @@ async def _check_endpoint(config: Config) -> None:
         await probe_endpoint(client)
     finally:
         await client.close()
+
+
+def new_loop(
+    config: Config, *, client: openai.AsyncOpenAI | None, write_trace: bool
+) -> Loop | Race:
+    """The session's loop, waiting for the developer's review when green; with
+    ``--attempts N`` a race, whose first green waits for the review (``--pick best``: the
+    review opens once every attempt is over, on the winner)."""
+    if config.attempts > 1:
+        return Race(config, client=client, write_trace=write_trace, review=config.pick == "first")
+    return Loop(config, client=client, write_trace=write_trace, review=True)
 
 
 def leave(app: CodexloopApp, *, throwaway: bool) -> str:

@@ -32,6 +32,8 @@ class Key:
     show: bool = True
     """Whether the footer shows it."""
     priority: bool = False
+    numbered: bool = False
+    """Each of its keys is a digit, and the action takes it (``focus_lane(2)``)."""
 
     @property
     def shown_keys(self) -> str:
@@ -115,6 +117,16 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("", help="move between panes (arrows, page up/down, home/end scroll)", help_keys="tab"),
     Key(
+        "focus_lane",
+        ",".join("123456789"),
+        "Lane",
+        "with --attempts: bring attempt N's lane into focus (the panes, timeline and status "
+        "follow it; a click on a lane does too)",
+        help_keys="1…9",
+        show=False,
+        numbered=True,
+    ),
+    Key(
         "zoom",
         "z",
         "Zoom",
@@ -163,11 +175,18 @@ def action_of(key: Key) -> str:
 
 def bindings() -> list[BindingType]:
     """The app's bindings, in the footer's order."""
-    return [
-        Binding(key.keys, action_of(key), key.footer, show=key.show, priority=key.priority)
-        for key in KEYS
-        if key.keys
-    ]
+    found: list[BindingType] = []
+    for key in KEYS:
+        if key.numbered:
+            found += [
+                Binding(digit, f"main('{key.action}({digit})')", key.footer, show=False)
+                for digit in key.keys.split(",")
+            ]
+        elif key.keys:
+            found.append(
+                Binding(key.keys, action_of(key), key.footer, show=key.show, priority=key.priority)
+            )
+    return found
 
 
 def help_rows() -> list[tuple[str, str]]:

@@ -3,11 +3,13 @@
 It owns the panes and the session's actions (pause, message, review, more iterations, the exam,
 the timeline, the targets). Engine events reach it through the :class:`~codexloop.tui.pump.EventPump`:
 each pane registers for the events it shows, and the screen redraws what the session state says
-changed (the status line, the timeline, the diff, the exam, the keys).
+changed (the status line, the timeline, the diff, the exam, the keys). A race's lanes show
+under the status line; the panes follow the lane in focus (:meth:`MainScreen.focus_lane`).
 """
 
 from __future__ import annotations
 
+import re
 from functools import partial
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from codexloop.tui import narration
 from codexloop.tui.dialogs import PromptScreen
 from codexloop.tui.diff_pane import SandboxDiffPane, iteration_diff
 from codexloop.tui.exam_panel import ExamPanel
+from codexloop.tui.lane_bar import LaneBar, LaneChip
 from codexloop.tui.model_pane import ModelPane
 from codexloop.tui.narration import Line
 from codexloop.tui.pump import EventPump
@@ -75,12 +78,14 @@ class MainScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         self.status_line = StatusLine(id="status")
+        self.lane_bar = LaneBar(self.session.lanes, id="lanes")
         self.timeline = Timeline(id="timeline")
         self.exam = ExamPanel(self.session, self.note, id="exam-panel")
         self.model_pane = ModelPane(id="model", max_lines=PANE_LINES)
         self.terminal_pane = TerminalPane(id="terminal", max_lines=PANE_LINES)
         self.diff_pane = SandboxDiffPane(self.session.diff_source, id="diff")
         yield self.status_line
+        yield self.lane_bar
         with Horizontal(id="main"):
             yield self.timeline
             with Vertical(id="panes"):
@@ -103,8 +108,15 @@ class MainScreen(Screen[None]):
         self.pump.route(ev.TamperDetected, self._tampered)
         self.pump.route(ev.Notice, self._notice)
         self.pump.route(ev.Applied, session.applied)
+        self.pump.lanes = session.lanes
+        self.pump.ready_elsewhere = self._lane_waits
+        self.pump.route(ev.Winner, self._winner)
+        self.lane_bar.sync()
         self.timeline.border_title = "iterations"
         self.model_pane.border_title = f"model · {session.config.model}"
+        if session.lanes is not None:
+            first = session.config.for_attempt(1).model
+            self.model_pane.border_title = f"model · attempt 1 · {first}"
         if self.banner:  # first, so it stays in sight at 80 columns
             self.model_pane.border_title = f"model · {self.banner} · {session.config.model}"
             self.model_pane.note(f"▌{self.banner}", "bold yellow")
@@ -175,6 +187,8 @@ class MainScreen(Screen[None]):
             self.diff_pane.request()
         if Changes.STATUS in changes:
             self.show_status()
+        if Changes.LANES in changes:
+            self.lane_bar.sync()
         if Changes.BINDINGS in changes:
             self.app.refresh_bindings()
         if Changes.REVIEW in changes and self.app.screen is self and not self.banner:
@@ -192,6 +206,64 @@ class MainScreen(Screen[None]):
 
     def _loop_started(self, event: ev.LoopStarted) -> None:
         self.app.sub_title = event.branch
+
+    # -- the lanes of a race -------------------------------------------------------------------
+
+    def focus_lane(self, number: int) -> bool:
+        """Attempt ``number``'s lane into focus: the panes, timeline and status line show its
+        story so far, then follow it. False when it has the focus already (or is no lane)."""
+        session, lanes = self.session, self.session.lanes
+        history = lanes.focus(number) if lanes is not None else None
+        if history is None or lanes is None:
+            return False
+        session.state.forget_events()
+        self.model_pane.reset()
+        self.terminal_pane.clear()
+        self.timeline.reset()
+        changes = self.pump.replay(history)
+        if session.state.review_ready is None:
+            changes &= ~Changes.REVIEW  # a review it waited for once and that is over
+        lane = lanes.lanes[number]
+        self.model_pane.border_title = f"model · attempt {number} · {lane.model or '…'}"
+        self.react(changes | Changes.STATUS | Changes.TIMELINE | Changes.DIFF_NOW | Changes.LANES)
+        self.app.refresh_bindings()
+        self.pump.request_flush()
+        return True
+
+    def action_focus_lane(self, number: int) -> None:
+        lanes = self.session.lanes
+        if lanes is None:
+            self.notify("one attempt: there are no lanes (--attempts N races N attempts)")
+        elif number not in lanes.lanes:
+            self.notify(f"there is no attempt {number} (this session races {len(lanes)})")
+        else:
+            self.focus_lane(number)
+
+    def on_lane_chip_chosen(self, message: LaneChip.Chosen) -> None:
+        self.focus_lane(message.number)
+
+    def _lane_waits(self, attempt: int) -> None:
+        """A lane out of focus waits for the developer: a green one comes into focus for its
+        review (with ``--pick first`` it is the winner); a spent budget is said."""
+        lanes = self.session.lanes
+        lane = lanes.lanes.get(attempt) if lanes is not None else None
+        if lane is None:
+            return
+        if lane.waiting == "review":
+            if self.app.screen is self and not self.session.state.awaiting_developer:
+                self.focus_lane(attempt)
+                self.notify(f"attempt {attempt} went green: it is in focus for your review")
+            else:
+                self.notify(f"attempt {attempt} went green: {attempt} shows it")
+        else:
+            self.notify(f"attempt {attempt} spent its budget: c gives every waiting lane more")
+
+    def _winner(self, event: ev.Winner) -> None:
+        """The race is decided: its winner into focus (the review opens on it)."""
+        if self.pump.replaying:
+            return  # decided long ago: the developer chose the lane played in now
+        if self.app.screen is self and self.focus_lane(event.attempt):
+            self.notify(f"attempt {event.attempt} won ({event.why}): v reviews it")
 
     def _tampered(self, event: ev.TamperDetected) -> None:
         self.notify(event.reason, title="test results tampered with", severity="error")
@@ -222,7 +294,7 @@ class MainScreen(Screen[None]):
         iterations" shows only when the budget is spent."""
         if self.exam.editing and action in IDLE_WHILE_EDITING:
             return False
-        if action in ("edit_exam", "external_editor"):
+        if action in ("edit_exam", "external_editor") or action.startswith("focus_lane"):
             return self.app.screen is self
         return self.available(action)
 
@@ -258,13 +330,19 @@ class MainScreen(Screen[None]):
         self.app.push_screen(
             PromptScreen(
                 "Message to the model (joins the conversation at its next turn)",
-                placeholder="e.g. the function must also accept floats",
+                placeholder="e.g. the function must also accept floats"
+                + ("  (@2 … for attempt 2 only)" if self.session.lanes else ""),
             ),
             self._message_entered,
         )
 
     def _message_entered(self, text: str | None) -> None:
-        if text and self.session.send(ev.Steer(text)):
+        attempt = None
+        lanes = self.session.lanes
+        aimed = re.fullmatch(r"@(\d)\s+(.+)", text or "", re.DOTALL)
+        if lanes is not None and aimed is not None and int(aimed[1]) in lanes.lanes:
+            attempt, text = int(aimed[1]), aimed[2]  # "@2 try a dict": attempt 2 only
+        if text and self.session.send(ev.Steer(text, attempt=attempt)):
             if self.session.state.budget_spent is not None:
                 self.notify("message queued: it joins the conversation if you give more (c)")
             else:

@@ -96,6 +96,12 @@ class ModelPane(LineBuffer):
         for kind in narration.NARRATED:
             pump.route(kind, lambda event: self.narrate(narration.narrate(event, state)))
 
+    def reset(self) -> None:
+        """Empty, for another attempt's story (a race's lane came into focus)."""
+        self.clear()
+        self._calls.clear()
+        self._in_text = False
+
     def narrate(self, lines: Iterable[Line]) -> None:
         for line in lines:
             if line.kind == "separator":

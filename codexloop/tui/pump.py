@@ -6,6 +6,10 @@ gets it (the routes, registered by type: ``route(ev.TestOutput, terminal.test_ou
 screen reacts to what the state says changed. Widgets only queue what they write; the panes paint
 at most once a frame (:data:`FRAME_S`), however many fragments arrived in between, and repaint
 just the lines that changed. No Textual here: the pump runs on the app's asyncio loop.
+
+A race (``--attempts N``) has :class:`~codexloop.tui.lanes.Lanes`: every event goes to them
+first, and only what the focused lane shows (and the race's own events) goes on to the state
+and the panes; a lane that comes into focus is played into emptied panes (:meth:`replay`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 from anyio.abc import ObjectReceiveStream
 
 from codexloop.core import events as ev
+from codexloop.tui.lanes import STREAMED, Lanes
 from codexloop.tui.state import Changes, SessionState
 
 FRAME_S = 1 / 60
@@ -40,6 +45,13 @@ class EventPump:
         """The buffers painted at frame rate."""
         self.running: Callable[[], bool] = lambda: True
         """Whether the screen is still there to paint on."""
+        self.lanes: Lanes | None = None
+        """The attempts of a race: they say which events the focused view shows."""
+        self.ready_elsewhere: Callable[[int], None] = lambda attempt: None
+        """A lane out of focus waits for the developer (green for review, or its budget
+        spent): the screen may bring it into focus."""
+        self.replaying = False
+        """A lane's story is being played in again (:meth:`replay`), not happening now."""
         self._routes: dict[type[ev.Event], list[Callable[[Any], None]]] = {}
         self._flush_handle: asyncio.TimerHandle | None = None
         self._last_flush = 0.0
@@ -50,6 +62,35 @@ class EventPump:
 
     def feed(self, event: ev.Event) -> None:
         """One engine event in: the state, the widgets that show it, then the screen."""
+        lanes = self.lanes
+        if lanes is not None:
+            shown = lanes.take(event)
+            if not isinstance(event, STREAMED):
+                self.react(Changes.LANES)
+            if not shown:
+                if isinstance(event, ev.ReviewReady | ev.BudgetSpent):
+                    self.ready_elsewhere(event.attempt)
+                return
+        self.show(event)
+
+    def replay(self, events: Sequence[ev.Event]) -> Changes:
+        """Play what a lane showed so far into emptied panes (it comes into focus); what
+        changed on screen, together, for the screen to redraw once."""
+        react, changed = self.react, [Changes.NONE]
+
+        def collect(changes: Changes) -> None:
+            changed[0] |= changes
+
+        self.react, self.replaying = collect, True
+        try:
+            for event in events:
+                self.show(event)
+        finally:
+            self.react, self.replaying = react, False
+        return changed[0]
+
+    def show(self, event: ev.Event) -> None:
+        """The state, the widgets that show ``event``, then the screen."""
         changes = self.state.apply(event)
         for handler in self._routes.get(type(event), ()):
             handler(event)

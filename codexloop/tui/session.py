@@ -6,6 +6,11 @@ turns the developer's controls into commands: pause and resume at a safe point, 
 message, more iterations, new targets, the review's feedback. It changes the
 :class:`~codexloop.tui.state.SessionState` only through its methods, and tells the screen what
 changed (``on_change``). No Textual here.
+
+With ``--attempts N`` the loop is a :class:`~codexloop.core.race.Race` and the session has
+:class:`~codexloop.tui.lanes.Lanes`: pause, resume, stop and steering reach every attempt (a
+steering message can name one), while what answers one lane — more iterations for a spent
+budget, the review's hunks and comments — goes to that lane only.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from codexloop.core import events as ev
 from codexloop.core import outcome
 from codexloop.core.config import Config, ConfigError, resolve_targets
 from codexloop.core.loop import Loop, LoopResult, event_channel
+from codexloop.core.race import Race
+from codexloop.tui.lanes import Lanes
 from codexloop.tui.state import Changes, SessionState
 
-LoopFactory = Callable[[Config], Loop]
+LoopFactory = Callable[[Config], Loop | Race]
 
 
 class DiffSource(NamedTuple):
@@ -45,7 +52,9 @@ class Session:
         self.config = config
         self.loop_factory = loop_factory
         self.state = SessionState(config.max_iterations, clock)
-        self.loop: Loop | None = None
+        self.lanes = Lanes(config.attempts) if config.attempts > 1 else None
+        """The attempts of a race (None: one attempt)."""
+        self.loop: Loop | Race | None = None
         self.result: LoopResult | None = None
         self.pending_targets: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         """Targets sent to the loop, not applied yet (it applies them before a test run)."""
@@ -63,7 +72,7 @@ class Session:
     def start(
         self,
     ) -> tuple[
-        Loop,
+        Loop | Race,
         ObjectSendStream[ev.Event],
         ObjectReceiveStream[ev.Event],
         ObjectReceiveStream[ev.Command],
@@ -77,7 +86,7 @@ class Session:
 
     async def drive(
         self,
-        loop: Loop,
+        loop: Loop | Race,
         send: ObjectSendStream[ev.Event],
         commands: ObjectReceiveStream[ev.Command],
         failed: Callable[[Exception], None],
@@ -157,18 +166,25 @@ class Session:
         if self.send(ev.Resume()):
             self.on_change(self.state.resuming())
 
+    def _lane(self) -> int | None:
+        """The focused attempt, for what answers one lane (None: one attempt)."""
+        return self.lanes.focused if self.lanes is not None else None
+
     def more_iterations(self) -> bool:
-        """Red with the budget spent: as many iterations again, the conversation kept."""
+        """Red with the budget spent: as many iterations again, the conversation kept (in a
+        race, to every lane that waits for it)."""
         if self.state.budget_spent is None or not self.loop_running:
             return False
-        if not self.send(ev.MoreIterations(self.config.max_iterations)):
+        waiting = self.lanes.waiting("budget") if self.lanes is not None else [None]
+        count = self.config.max_iterations
+        if not all([self.send(ev.MoreIterations(count, attempt=k)) for k in waiting or [None]]):
             return False
         self.on_change(self.state.more_iterations(self.config.max_iterations))
         return True
 
     def feedback(self, rejections: tuple[ev.Rejection, ...]) -> bool:
         """Rejected hunks with comments back to the model: the loop goes on from them."""
-        if not self.loop_running or not self.send(ev.Feedback(rejections)):
+        if not self.loop_running or not self.send(ev.Feedback(rejections, attempt=self._lane())):
             return False
         self.on_change(self.state.feedback_sent())
         return True
@@ -181,7 +197,7 @@ class Session:
         function runs here, and ``feed`` takes its answer as the loop's events go."""
         if self.loop_running and (self._applying is None or self._applying.done()):
             self._applying = asyncio.get_running_loop().create_future()
-            if self.send(ev.Apply(head, hunks)):
+            if self.send(ev.Apply(head, hunks, attempt=self._lane())):
                 return await self._applying
         started = self.state.started
         if started is None:
@@ -250,4 +266,8 @@ class Session:
         return DiffSource(Path(started.worktree), started.base, exclude, self.config.target_files)
 
     def review_head(self) -> str | None:
-        return self.state.review_head(self.result.head if self.result is not None else None)
+        """The focused lane's: a race's result is its winner's."""
+        lanes, result = self.lanes, self.result
+        if lanes is not None and lanes.focused != lanes.winner:
+            result = None
+        return self.state.review_head(result.head if result is not None else None)

@@ -46,6 +46,8 @@ class Changes(enum.Flag):
     """The exam's targets changed (so may its files)."""
     REVIEW = enum.auto()
     """Green, and the loop waits for the review: offer it."""
+    LANES = enum.auto()
+    """A lane of a race changed (its state, iteration, tokens, verdict), or the focus."""
 
 
 def _keep_tail(chunks: list[str], chars: int) -> int:
@@ -117,20 +119,7 @@ class SessionState:
         self.budget = max_iterations
         """The configured budget: what ``c`` gives again once it is spent."""
         self.clock = clock
-        self.info = StatusInfo(max_iterations=max_iterations)
-        self.started: ev.LoopStarted | None = None
-        self.finished: ev.LoopFinished | None = None
-        self.review_ready: ev.ReviewReady | None = None
-        """Green, and the loop waits for the developer's review (``v``; ``q`` finishes)."""
-        self.budget_spent: ev.BudgetSpent | None = None
-        """Red with the budget spent, and the loop waits (``c`` for more; ``q`` finishes)."""
-        self.state: str = "starting"
         self.transition = ""
-        self.records: dict[int, IterationRecord] = {}
-        self.testing: IterationRecord | None = None
-        """The iteration whose test run streams its output now."""
-        self.working: IterationRecord | None = None
-        """The iteration the model works in (its commands' output)."""
         self.failure: str | None = None
         """Why the loop ended without finishing (it failed, or never started)."""
         self.error: CodexloopError | None = None
@@ -141,6 +130,24 @@ class SessionState:
         self.loop_over = False
         self.events_over = False
         self.started_at = clock()
+        self.forget_events()
+
+    def forget_events(self) -> None:
+        """Forget what the events showed, keeping what the developer and the workers did:
+        another attempt of a race comes into focus, and its events are played in again."""
+        self.info = StatusInfo(max_iterations=self.budget)
+        self.started: ev.LoopStarted | None = None
+        self.finished: ev.LoopFinished | None = None
+        self.review_ready: ev.ReviewReady | None = None
+        """Green, and the loop waits for the developer's review (``v``; ``q`` finishes)."""
+        self.budget_spent: ev.BudgetSpent | None = None
+        """Red with the budget spent, and the loop waits (``c`` for more; ``q`` finishes)."""
+        self.state: str = "starting"
+        self.records: dict[int, IterationRecord] = {}
+        self.testing: IterationRecord | None = None
+        """The iteration whose test run streams its output now."""
+        self.working: IterationRecord | None = None
+        """The iteration the model works in (its commands' output)."""
         self.ended_at: float | None = None
         self._rate: deque[tuple[float, float]] = deque()
         self._rate_sum = 0.0

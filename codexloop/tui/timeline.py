@@ -46,6 +46,12 @@ class Timeline(OptionList):
         else:
             self.replace_option_prompt_at_index(index, prompt)
 
+    def reset(self) -> None:
+        """No rows: another attempt's iterations come (a race's lane came into focus)."""
+        self.clear_options()
+        self.records.clear()
+        self._prompts.clear()
+
     def sync(self, records: dict[int, IterationRecord]) -> None:
         """Rows for every record, redrawn where they changed."""
         for record in records.values():

@@ -23,6 +23,7 @@ from textual.worker import WorkerFailed
 
 from codexloop.core import events as ev
 from codexloop.core.config import Config
+from codexloop.core.loop import Loop
 from codexloop.tui.app import leave, run_app
 from codexloop.tui.dialogs import PromptScreen, QuitScreen
 from codexloop.tui.screens import HelpScreen
@@ -72,7 +73,7 @@ async def test_test_output_is_formatted_for_the_terminal_panes_width(
         wide = app.main.terminal_pane.columns
         assert 20 < wide < 120
         assert f"cols={wide}" in app.main.terminal_pane.text
-    assert app.session.loop is not None and app.session.loop.columns == wide
+    assert isinstance(app.session.loop, Loop) and app.session.loop.columns == wide
 
 
 async def test_budget_spent_ends_red_and_exits_1(make_repo, scripted_openai) -> None:

@@ -559,11 +559,3 @@ def test_headless_attempts_race_and_the_winner_is_applied(make_repo, scripted_op
     header = next(n for n, line in enumerate(listed) if line.startswith(session + "/"))
     assert "race:" in listed[header] and listed[header].endswith("winner a2")
     assert any(line.startswith("  a2  ") for line in listed[header + 1 :])
-
-
-def test_attempts_in_the_app_are_refused_for_now(make_repo, scripted_openai) -> None:
-    repo = make_repo(KATA)
-    done = codexloop(
-        TARGET, "--base-url", scripted_openai.base_url, "--model", "m", "--attempts", "2", cwd=repo
-    )
-    assert_one_line_error(done, "--attempts 2 runs with --headless for now")
