@@ -356,6 +356,13 @@ def resume(argv: Sequence[str], open_app: OpenApp) -> int:
     from codexloop.core import resume as records
 
     args = build_parser(resume=True).parse_args(argv)
+    racing = [f"--{name}" for name in ("attempts", "pick", "jobs") if getattr(args, name)]
+    if racing or args.continue_from or args.hint:
+        given = racing + ["--continue"] * bool(args.continue_from) + ["--hint"] * bool(args.hint)
+        return _fail(
+            f"{', '.join(given)}: a resume goes on with one session as it was (resume one "
+            "attempt of a race by its branch; start a new race with codexloop TARGET --attempts N)"
+        )
     repo = _repo(args.repo)
     if repo is None:
         return _fail(f"{args.repo or Path.cwd()} is not inside a git checkout")

@@ -141,6 +141,7 @@ class Loop:
         self.setbacks: Setbacks | None = None  # the best state so far, to undo a setback
         self.code_paths: tuple[str, ...] = ()  # the project files the exam imports
         self.guard_passed: frozenset[str] | None = None  # passing at the baseline (--guard)
+        self.guard_classes: tuple[str, ...] = ()  # the classnames of all the guard's tests
         self._spend_scale = 1  # the spend budgets given so far (the app's "more" adds one)
         self._last_run: RunResult | None = None
         self._started = time.monotonic()  # for --max-time (set again when the run starts)
@@ -414,10 +415,23 @@ class Loop:
             await self.emit(ev.Notice("info", "the target tests already pass: nothing to do"))
             return "passed", done, "already green"
         kept_guard = self.resumed.guard_passed if self.resumed else None
-        if kept_guard is not None:
+        if kept_guard is not None:  # the verdict of the start, its tests protected again
+            assert self.resumed is not None
             self.guard_passed = frozenset(kept_guard)
+            self.guard_classes = tuple(
+                self.resumed.guard_classes or [label.partition("::")[0] for label in kept_guard]
+            )
+            await anyio.to_thread.run_sync(exam.guard, list(self.guard_classes))
         elif config.guard:
             await self._guard_baseline(session)
+            if self.resumed is not None:
+                await self.emit(
+                    ev.Notice(
+                        "warning",
+                        "the guard's starting run was on the code as the session left it: a "
+                        "test the earlier iterations broke counts as failing from the start",
+                    )
+                )
         start = await anyio.to_thread.run_sync(session.sandbox.head)
         self.setbacks = Setbacks(self.exam_sync.changes, config.targets, start, baseline)
         files = await anyio.to_thread.run_sync(exam.snapshot_files)
@@ -568,6 +582,7 @@ class Loop:
             seconds=round(time.monotonic() - self._started, 3),
             conversation=kept,
             guard_passed=sorted(self.guard_passed) if self.guard_passed is not None else None,
+            guard_classes=list(self.guard_classes) if self.guard_passed is not None else None,
             trace=str(session.trace.path) if session.trace else "",
         )
         try:
@@ -628,7 +643,8 @@ class Loop:
         failing = tuple(c.label for c in verdict.cases if c.outcome in ("failed", "error"))
         self.guard_passed = frozenset(c.label for c in verdict.cases if c.outcome == "passed")
         exam = session.exam
-        await anyio.to_thread.run_sync(exam.guard, [c.classname for c in verdict.cases])
+        self.guard_classes = tuple(dict.fromkeys(c.classname for c in verdict.cases))
+        await anyio.to_thread.run_sync(exam.guard, list(self.guard_classes))
         await self.emit(
             ev.GuardFinished(0, True, verdict.summary, round(run.duration_s, 3), failing=failing)
         )

@@ -89,6 +89,7 @@ class SessionRecord:
     seconds: float = 0.0  # wall time spent, for --max-time
     conversation: dict[str, Any] | None = None  # :meth:`Conversation.to_data`
     guard_passed: list[str] | None = None  # the guard's tests passing at the start
+    guard_classes: list[str] | None = None  # the classnames of all its tests (to protect)
     trace: str = ""
     updated: float = field(default_factory=time.time)
 
@@ -166,6 +167,7 @@ _FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "seconds": (_NUMBER, False),
     "conversation": ((dict,), True),
     "guard_passed": ((list,), True),
+    "guard_classes": ((list,), True),
     "trace": ((str,), False),
     "updated": (_NUMBER, False),
 }

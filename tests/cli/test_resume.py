@@ -190,6 +190,8 @@ def test_resume_says_clearly_when_there_is_nothing_to_resume(make_repo, scripted
     assert unknown.returncode == 2 and "no session named codexloop/nope" in unknown.stderr
     both = run_cli("resume", "x", "--last", cwd=repo)
     assert both.returncode == 2 and "not allowed with" in both.stderr
+    race = run_cli("resume", "--attempts", "3", "--hint", "h", cwd=repo)
+    assert race.returncode == 2 and "--attempts, --hint: a resume goes on" in race.stderr
 
     # A green session is not resumed: it is reviewed, or built on.
     scripted_openai.add(
@@ -539,11 +541,6 @@ GUARDED = {
 WEAKENED = "def test_zero():\n    pass\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="loop.py: a kept guard verdict skips _guard_baseline, so exam.guard() never protects "
-    "the guard's test files in the resumed part",
-)
 def test_a_resumed_session_keeps_the_guards_tests_protected(make_repo, scripted_openai) -> None:
     repo = make_repo(GUARDED)
     guard = f"{sys.executable} -m pytest -q tests/test_other.py"
@@ -578,6 +575,10 @@ def test_a_guard_given_again_is_taken_afresh(make_repo, scripted_openai) -> None
     events = events_of(result.stdout)
     guards = [e for e in events if e["type"] == "guard_finished"]
     assert guards and guards[-1]["passed"] is True, guards
+    assert any(
+        e["type"] == "notice" and "the guard's starting run was on the code" in e["message"]
+        for e in events
+    )
 
 
 def test_a_session_being_resumed_is_not_resumed_twice(make_repo, scripted_openai, tmp_path) -> None:
