@@ -38,7 +38,14 @@ def open_app(
 def main(argv: Sequence[str] | None = None) -> int:
     from codexloop.cli.args import main as cli_main
 
-    return cli_main(argv, open_app=open_app)
+    try:
+        return cli_main(argv, open_app=open_app)
+    except BrokenPipeError:  # `codexloop branches | head`: the reader left, and that is fine
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit must not fail again
+        return 1
 
 
 if __name__ == "__main__":

@@ -195,6 +195,7 @@ _SETTINGS: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("share", "gates", "hints"), (list,)),
 }
 _STATUSES = (RUNNING, "passed", "failed", "stopped")
+_OPTIONAL = frozenset({"guard_classes"})  # fields a record of this version may lack
 
 
 def _fits(value: object, kinds: tuple[type, ...]) -> bool:
@@ -209,6 +210,8 @@ def _wrong(data: dict[str, Any]) -> str | None:
     """What of ``data`` (a record as read) a session record cannot hold, or None."""
     for key, (kinds, nullable) in _FIELDS.items():
         if key not in data:
+            if key in _OPTIONAL:
+                continue  # a field added since: its default stands
             return f"it has no {key}"
         value = data[key]
         if not ((value is None and nullable) or _fits(value, kinds)):
@@ -235,7 +238,7 @@ def load(path: Path) -> SessionRecord:
     wrong = _wrong(data)
     if wrong is not None:
         raise ResumeError(f"{path} is not a whole session record: {wrong}")
-    return SessionRecord(**{k: data[k] for k in _FIELDS})
+    return SessionRecord(**{k: data[k] for k in _FIELDS if k in data})
 
 
 def forget(name: str) -> None:

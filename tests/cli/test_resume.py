@@ -644,3 +644,22 @@ def test_a_responses_api_session_with_reasoning_resumes(make_repo, scripted_open
     assert "input" in request and "has been resumed" in json.dumps(request["input"])
     kinds = [item.get("type") or item.get("role") for item in request["input"]]
     assert kinds[:3] == ["user", "function_call", "function_call_output"], kinds
+
+
+def test_a_record_written_before_a_field_was_added_still_loads(tmp_path) -> None:
+    """A session recorded before ``guard_classes`` existed is resumable (the race attempts of
+    an earlier version were left out of ``branches``)."""
+    record = resume.SessionRecord(
+        name="old", repo=str(tmp_path), branch="codexloop/old", base="0" * 40,
+        targets=["tests/test_x.py"], settings={},
+    )  # fmt: skip
+    resume.save(record)
+    data = json.loads(record.path.read_text())
+    del data["guard_classes"]
+    record.path.write_text(json.dumps(data))
+    loaded = resume.load(record.path)
+    assert loaded.name == "old" and loaded.guard_classes is None
+    del data["branch"]  # a field every version wrote: its lack is damage
+    record.path.write_text(json.dumps(data))
+    with pytest.raises(resume.ResumeError, match="it has no branch"):
+        resume.load(record.path)
