@@ -577,6 +577,37 @@ class _Index:
                     methods.append((rel, node.name))
         return top, methods
 
+    def imported_classes(self) -> list[tuple[str, str]]:
+        """(file, class) of each class the exam imports from a project module."""
+        found: list[tuple[str, str]] = []
+        for rel, name in self._imports():
+            module = _parse(self.source(rel) or "")
+            body = module.body if module is not None else []
+            if any(isinstance(n, ast.ClassDef) and n.name == name for n in body):
+                found.append((rel, name))
+        return list(dict.fromkeys(found))
+
+    def _imports(self) -> list[tuple[str, str]]:
+        """(project file, name) of every ``from module import name`` in a protected file."""
+        found = []
+        for rel in self.files:
+            if not self.project.protected(rel):
+                continue
+            module = _parse(self.source(rel) or "")
+            for node in ast.walk(module) if module else ():
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    home = self._module_file(node.module)
+                    if home is not None:
+                        found += [(home, alias.name) for alias in node.names]
+        return found
+
+    def _module_file(self, module: str) -> str | None:
+        base = module.replace(".", "/")
+        options = [f"{base}.py", f"{base}/__init__.py"]
+        options += [f"src/{option}" for option in options]
+        found = [o for o in options if o in self.files]
+        return found[0] if len(found) == 1 else None
+
     def imported_from(self, name: str) -> str | None:
         """The project file of the module a protected file (the exam) imports ``name`` from."""
         for rel in self.files:
@@ -597,6 +628,14 @@ class _Index:
                     if len(found) == 1:
                         return found[0]
         return None
+
+
+def _is_method(node: ast.stmt) -> bool:
+    """A function whose first parameter is ``self`` (or ``cls``): it belongs in a class."""
+    if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        return False
+    params = [*node.args.posonlyargs, *node.args.args]
+    return bool(params) and params[0].arg in ("self", "cls")
 
 
 def _definitions_plan(block: str, index: _Index, project: Project) -> list[Planned]:
@@ -625,6 +664,11 @@ def _definitions_plan(block: str, index: _Index, project: Project) -> list[Plann
             homeless.append(node)
     files = {rel for rel, _cls in targets}
     for node in homeless:
+        if _is_method(node):  # `def peek(self)`: into the one class the exam imports
+            classes = index.imported_classes()
+            if len(classes) == 1:
+                targets.setdefault(classes[0], []).append(node)
+                continue
         home = next(iter(files)) if len(files) == 1 else index.imported_from(node.name)
         if home is None:
             problems.append(

@@ -370,6 +370,29 @@ def test_a_new_function_goes_to_the_module_the_exam_imports_it_from() -> None:
     assert content.startswith("import math\nimport os\n")
 
 
+def test_a_new_method_goes_into_the_one_class_the_exam_imports() -> None:
+    """Seen with Qwen2.5-Coder-1.5B on the stack kata: its first answer was a bare
+    ``def peek(self)`` block, which no file defines; it belongs in ``Stack``."""
+    stack = "class Stack:\n    def __init__(self):\n        self.items = []\n\n\nLIMIT = 3\n"
+    project = FakeProject(
+        {"stack.py": stack, "tests/test_stack.py": "from stack import Stack, LIMIT\n"},
+        protected=("tests/test_stack.py",),
+    )
+    text = f"{FENCE}python\ndef peek(self):\n    return self.items[-1]\n{FENCE}"
+    [edit] = read_edits(text, project)
+    assert edit.tool == "write_file" and "class Stack" in edit.what, edit
+    content = str(edit.arguments["content"])
+    assert "        self.items = []\n\n    def peek(self):\n        return self.items[-1]\n" in (
+        content
+    )
+    compile(content, "stack.py", "exec")
+    # Two classes imported: which one is not guessed.
+    project.files["stack.py"] = stack + "\n\nclass Queue:\n    pass\n"
+    project.files["tests/test_stack.py"] = "from stack import Stack, Queue\n"
+    [edit] = read_edits(text, project)
+    assert not edit.tool and "no project file defines peek" in edit.problem
+
+
 def test_a_new_function_nobody_imports_is_not_guessed() -> None:
     [edit] = _plan(f"{FENCE}python\ndef helper():\n    return 1\n{FENCE}")
     assert not edit.tool and "no project file defines helper" in edit.problem
