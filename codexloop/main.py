@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from codexloop.core.config import Config
     from codexloop.core.loop import Loop
+    from codexloop.core.race import Race
 
 
 def open_app(
     config: Config,
     *,
-    loop_factory: Callable[[Config], Loop] | None = None,
+    loop_factory: Callable[[Config], Loop | Race] | None = None,
     check_endpoint: bool = True,
     banner: str = "",
     throwaway: bool = False,

@@ -23,6 +23,7 @@ from codexloop.core.errors import (
 if TYPE_CHECKING:
     from codexloop.core.config import Config, Settings
     from codexloop.core.loop import Loop
+    from codexloop.core.race import Race
     from codexloop.core.resume import SessionRecord
 
 SUBCOMMANDS = ("demo", "replay", "resume", "branches", "clean")
@@ -54,7 +55,7 @@ class OpenApp(Protocol):
         self,
         config: Config,
         *,
-        loop_factory: Callable[[Config], Loop] | None = None,
+        loop_factory: Callable[[Config], Loop | Race] | None = None,
         check_endpoint: bool = True,
         banner: str = "",
         throwaway: bool = False,

@@ -208,7 +208,7 @@ def run_headless(
     *,
     accept_all: bool = False,
     accept_flagged: bool = False,
-    loop: Loop | None = None,
+    loop: Loop | Race | None = None,
     resumed: SessionRecord | None = None,
 ) -> int:
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from codexloop.core.config import Config
     from codexloop.core.gitops import PreviewBranch
     from codexloop.core.loop import Loop
+    from codexloop.core.race import Race
+    from codexloop.core.replay import Recording
 
 
 REPO_HELP = "the git checkout whose preview branches these are (default: current directory)"
@@ -155,7 +158,7 @@ def _speed(text: str) -> float | None:
 
 def _run_front(
     config: Config,
-    loop: Loop,
+    loop: Loop | Race,
     open_app: OpenApp,
     *,
     headless: bool,
@@ -272,14 +275,15 @@ def _scripted_demo(
 
 def replay(argv: Sequence[str], open_app: OpenApp) -> int:
     from codexloop.core import gitops
-    from codexloop.core.config import Config
-    from codexloop.core.leftovers import discard_session
-    from codexloop.core.loop import Loop
-    from codexloop.core.model import make_client
-    from codexloop.core.replay import ReplayServer, TraceError, read_recording
+    from codexloop.core.replay import TraceError, read_recording
 
     parser = _Parser(prog="codexloop replay", description="Play a recorded session back.")
-    parser.add_argument("trace", type=Path, metavar="TRACE", help="a session trace (.jsonl)")
+    parser.add_argument(
+        "trace",
+        type=Path,
+        metavar="TRACE",
+        help="a session trace (.jsonl), or a race's folder of traces (or its index.json)",
+    )
     parser.add_argument("--headless", action="store_true", help="no screen; JSON events on stdout")
     parser.add_argument(
         "--speed",
@@ -292,41 +296,94 @@ def replay(argv: Sequence[str], open_app: OpenApp) -> int:
         "--repo", type=Path, metavar="PATH", help="the repository (default: the recorded one)"
     )
     args = parser.parse_args(argv)
+    index = args.trace / "index.json" if args.trace.is_dir() else args.trace
     try:
-        recording = read_recording(args.trace)
+        if index.name == "index.json":
+            traces, pick = _race_traces(index)
+        else:
+            traces, pick = [args.trace], "first"
+        recordings = [read_recording(trace) for trace in traces]
     except TraceError as exc:
         return _fail(str(exc))
-    header = recording.header
+    header = recordings[0].header
     try:
         repo = gitops.toplevel((args.repo or Path(str(header["repo"]))).expanduser())
         targets = tuple(str(t) for t in header["targets"])
         base = str(header["base"])
     except (KeyError, TypeError):
         return _fail(
-            f"{args.trace}: its header lacks the repository, base or targets; cannot replay it"
+            f"{traces[0]}: its header lacks the repository, base or targets; cannot replay it"
         )
     if repo is None:
         return _fail(f"{args.repo or header['repo']} is not a git checkout; pass --repo PATH")
     if not args.headless:
         require_terminal()
-    with ReplayServer(
-        recording.turns, speed=args.speed, model=str(header.get("model", "replay"))
-    ) as server:
+    return _replay(args, open_app, recordings, repo.resolve(), targets, base, pick)
+
+
+def _race_traces(index: Path) -> tuple[list[Path], str]:
+    """The attempts' traces a race's ``index.json`` lists, in order, and its pick."""
+    from codexloop.core.replay import TraceError
+
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+        attempts = sorted(data["attempts"], key=lambda a: int(a["attempt"]))
+        traces = [Path(str(a["trace"])) for a in attempts]
+        pick = str(data.get("pick") or "first")
+    except FileNotFoundError:
+        raise TraceError(f"{index}: no such race index") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TraceError(f"{index}: not a race's index of traces ({exc})") from None
+    if not traces or any(not trace.name for trace in traces):
+        raise TraceError(f"{index}: the race's index names no traces")
+    return traces, pick if pick in ("first", "best") else "first"
+
+
+def _replay(
+    args: argparse.Namespace,
+    open_app: OpenApp,
+    recordings: list[Recording],
+    repo: Path,
+    targets: tuple[str, ...],
+    base: str,
+    pick: str,
+) -> int:
+    """Serve each attempt's recorded turns on its own server; run the session (a race when
+    there are several) from the recorded base; say where the replay diverged."""
+    from codexloop.core.config import Config
+    from codexloop.core.leftovers import discard_session
+    from codexloop.core.loop import Loop
+    from codexloop.core.model import make_client
+    from codexloop.core.race import Race
+    from codexloop.core.replay import ReplayServer
+
+    header = recordings[0].header
+    models = [str(r.header.get("model", "replay")) for r in recordings]
+    with contextlib.ExitStack() as stack:
+        servers = [
+            stack.enter_context(ReplayServer(r.turns, speed=args.speed, model=model))
+            for r, model in zip(recordings, models, strict=True)
+        ]
         config = Config(
-            repo=repo.resolve(),
+            repo=repo,
             targets=targets,
             target_files=tuple(header.get("target_files") or ()),
-            model=str(header.get("model", "replay")),
-            base_url=server.base_url,
+            model=",".join(models),
+            base_url=servers[0].base_url,
             api_key="replay",
             api="chat",
             task=str(header.get("task") or ""),
             test_cmd=header.get("test_cmd"),
             max_iterations=int(header.get("max_iterations", 10)),
             max_tool_calls=int(header.get("max_tool_calls", 40)),
+            attempts=len(recordings),
+            pick=pick,
         )
-        loop = Loop(
-            config, client=make_client(server.base_url, "replay"), base=base, write_trace=False
+        clients = [make_client(server.base_url, "replay") for server in servers]
+        loop: Loop | Race = (
+            Race(config, clients=clients, base=base, write_trace=False)
+            if len(recordings) > 1
+            else Loop(config, client=clients[0], base=base, write_trace=False)
         )
         try:
             status = _run_front(
@@ -340,13 +397,15 @@ def replay(argv: Sequence[str], open_app: OpenApp) -> int:
         finally:
             # The recorded session keeps its own branch: a replay's copy is no work of its own.
             discard_session(loop, always=True)
-        replayed = loop.test_outcomes
-    if replayed != recording.outcomes:
-        print(
-            f"codexloop replay: the replay diverged from the recording (test outcomes recorded "
-            f"{recording.outcomes}, replayed {replayed})",
-            file=sys.stderr,
-        )
+    loops = loop.loops if isinstance(loop, Race) else [loop]
+    for number, (one, recording) in enumerate(zip(loops, recordings, strict=True), 1):
+        if one.test_outcomes != recording.outcomes:
+            which = f" (attempt {number})" if len(loops) > 1 else ""
+            print(
+                f"codexloop replay: the replay diverged from the recording{which} (test "
+                f"outcomes recorded {recording.outcomes}, replayed {one.test_outcomes})",
+                file=sys.stderr,
+            )
     return status
 
 

@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,8 +104,14 @@ class Race:
         accept_all: bool = False,
         accept_flagged: bool = False,
         review: bool = False,
+        clients: Sequence[openai.AsyncOpenAI] = (),
+        base: str | None = None,
     ) -> None:
+        """``clients``: one per attempt (a replay serves each attempt's recorded turns on its
+        own server); ``base``: the commit every attempt starts from (a replay's recorded
+        snapshot) instead of a new snapshot of the checkout."""
         self.config = config
+        self.base = base
         self.name = name or session_name(config.targets)
         self.client = client or make_client(config.base_url, config.api_key, config.request_timeout)
         self.slots = anyio.CapacityLimiter(config.jobs or os.cpu_count() or 1)
@@ -117,13 +124,14 @@ class Race:
         self.loops = [
             Loop(
                 cold,
-                client=self.client,
+                client=clients[number - 1] if clients else self.client,
                 name=f"{self.name}/a{number}",
                 backoff=backoff,
                 write_trace=write_trace,
                 review=review,
                 attempt=number,
                 test_slots=self.slots,
+                base=base,
             )
             for number in range(1, config.attempts + 1)
         ]
@@ -154,7 +162,7 @@ class Race:
         commands: ObjectReceiveStream[ev.Command] | None = None,
     ) -> LoopResult:
         config = self.config
-        if config.continue_from is None:  # one snapshot for all: the same start, one read
+        if config.continue_from is None and self.base is None:  # one snapshot, one read
             snapshot = await anyio.to_thread.run_sync(gitops.snapshot, config.repo)
             for loop in self.loops:
                 loop.snapshot = snapshot

@@ -394,3 +394,49 @@ def test_a_baseline_already_green_leaves_nothing_behind(make_repo, scripted_open
     assert branches(repo) == []
     assert "nothing to keep" in done.stderr
     assert run_git(repo, "status", "--porcelain") == ""
+
+
+def test_a_race_replays_every_attempt_and_the_same_winner(make_repo, scripted_openai) -> None:
+    """Issue 17: traces, one per attempt, plus the session's index; ``replay`` plays all."""
+    repo = make_repo(KATA)
+    scripted_openai.add_for(
+        "a",
+        Reply(text="a guesses.", tool_calls=[edit("calc.py", "a - b", "a * b")]),
+        Reply(text="a is done."),
+    )
+    scripted_openai.add_for(
+        "b",
+        Reply(text="b fixes it.", tool_calls=[edit("calc.py", "a - b", "a + b")]),
+        Reply(text="b is done."),
+    )
+    recorded = codexloop(
+        TARGET, "--headless", "--base-url", scripted_openai.base_url, "--model", "a,b",
+        "--attempts", "2", "--pick", "best", "--max-iterations", "1", cwd=repo, timeout=120,
+    )  # fmt: skip
+    assert recorded.returncode == 0, recorded.stderr
+    first = events_of(recorded.stdout)
+    session = next(e for e in first if e["type"] == "winner")["branch"].rpartition("/")[0]
+    folder = Path(os.environ["XDG_STATE_HOME"]) / "codexloop" / "traces"
+    races = folder / session.removeprefix("codexloop/")
+    assert (races / "index.json").is_file()
+    for given in (races, races / "index.json"):
+        played = codexloop("replay", str(given), "--headless", "--speed", "max", cwd=repo)
+        assert played.returncode == 0, played.stderr
+        assert "diverged" not in played.stderr
+        events = events_of(played.stdout)
+        ends = {e["attempt"]: e["status"] for e in events if e["type"] == "attempt_finished"}
+        assert ends == {1: "failed", 2: "passed"}
+        said = {
+            n: "".join(e["text"] for e in events if e["type"] == "model_text" and e["attempt"] == n)
+            for n in (1, 2)
+        }
+        assert said == {1: "a guesses.a is done.", 2: "b fixes it.b is done."}
+        assert next(e for e in events if e["type"] == "winner")["attempt"] == 2
+    # The replays' copies are gone; the recorded race's branches stay.
+    listed = codexloop("branches", cwd=repo).stdout
+    assert listed.count(session + "/") == 1 and "  a1  " in listed and "  a2  " in listed
+
+    (races / "index.json").write_text("{not json")
+    broken = codexloop("replay", str(races), "--headless", cwd=repo)
+    assert broken.returncode == 2 and "not a race's index of traces" in broken.stderr
+    assert "Traceback" not in broken.stderr
