@@ -35,6 +35,16 @@ def race_app(config: Config) -> ProbedApp:
     return ProbedApp(config, loop_factory=factory, clock=lambda: 0.0)
 
 
+def fixed_by_b(*before: Reply) -> list[Reply]:
+    """Attempt b's script: ``before``, then the right operator."""
+    was = "a * b + 3" if before else "a - b"
+    return [
+        *before,
+        Reply(text="Operator.", tool_calls=[edit("calc.py", was, "a + b")]),
+        Reply(text="Now add adds."),
+    ]
+
+
 def wrong(i: int) -> list[Reply]:
     content = f"def add(a, b):\n    return a * b + {i}\n"
     return [
@@ -52,11 +62,7 @@ async def test_lanes_follow_the_focus_and_the_review_opens_on_the_winner(
     repo = make_repo(KATA)
     hold = threading.Event()
     scripted_openai.add_for("a", *wrong(1), Reply(text="still thinking", hold=hold))
-    scripted_openai.add_for(
-        "b",
-        Reply(text="Operator.", tool_calls=[edit("calc.py", "a - b", "a + b")]),
-        Reply(text="Now add adds."),
-    )
+    scripted_openai.add_for("b", *fixed_by_b())
     config = stable_config(repo, scripted_openai.base_url, model="a,b", attempts=2)
     app = race_app(config)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -80,12 +86,7 @@ async def test_lanes_follow_the_focus_and_the_review_opens_on_the_winner(
 async def test_a_finished_race_shows_every_lane(make_repo, scripted_openai) -> None:
     repo = make_repo(KATA)
     scripted_openai.add_for("a", *wrong(1), *wrong(2))
-    scripted_openai.add_for(
-        "b",
-        *wrong(3),
-        Reply(text="Operator.", tool_calls=[edit("calc.py", "a * b + 3", "a + b")]),
-        Reply(text="Now add adds."),
-    )
+    scripted_openai.add_for("b", *fixed_by_b(*wrong(3)))
     config = stable_config(repo, scripted_openai.base_url, model="a,b", attempts=2)
     app = race_app(config)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -236,12 +237,7 @@ async def test_more_iterations_go_to_every_lane_whose_budget_is_spent(
 def test_snapshot_lanes(make_repo, scripted_openai, snap_compare) -> None:
     repo = make_repo(KATA)
     scripted_openai.add_for("a", *wrong(1), *wrong(2))
-    scripted_openai.add_for(
-        "b",
-        *wrong(3),
-        Reply(text="Operator.", tool_calls=[edit("calc.py", "a * b + 3", "a + b")]),
-        Reply(text="Now add adds."),
-    )
+    scripted_openai.add_for("b", *fixed_by_b(*wrong(3)))
     config = stable_config(
         repo, scripted_openai.base_url, model="a,b", attempts=2, max_iterations=2, pick="best"
     )

@@ -73,6 +73,26 @@ def _fix_turns(scripted) -> None:
     )
 
 
+def _red_session(scripted, repo: Path, *extra: str) -> dict[str, Any]:
+    """A session that spends its one iteration on a wrong try: its last event."""
+    scripted.add(
+        Reply(tool_calls=[Call("write_file", {"path": "calc.py", "content": WRONG})]),
+        Reply(text="done"),
+    )
+    first = run_cli(
+        TARGET, "--headless", "--base-url", scripted.base_url, "--model", "m",
+        "--max-iterations", "1", *extra, cwd=repo, timeout=120,
+    )  # fmt: skip
+    assert first.returncode == 1, first.stderr
+    return events_of(first.stdout)[-1]
+
+
+def _resume(scripted, repo: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(
+        "resume", *extra, "--headless", "--base-url", scripted.base_url, cwd=repo, timeout=120
+    )
+
+
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_a_killed_or_stopped_session_resumes_to_green_with_its_conversation(
     make_repo, scripted_openai, how
@@ -131,16 +151,7 @@ def test_a_killed_or_stopped_session_resumes_to_green_with_its_conversation(
 
 def test_a_session_out_of_iterations_resumes_with_as_much_again(make_repo, scripted_openai) -> None:
     repo = make_repo(FILES)
-    scripted_openai.add(
-        Reply(tool_calls=[Call("write_file", {"path": "calc.py", "content": WRONG})]),
-        Reply(text="done"),
-    )
-    first = run_cli(
-        TARGET, "--headless", "--base-url", scripted_openai.base_url, "--model", "m",
-        "--max-iterations", "1", cwd=repo, timeout=120,
-    )  # fmt: skip
-    assert first.returncode == 1, first.stderr
-    branch = events_of(first.stdout)[-1]["branch"]
+    branch = _red_session(scripted_openai, repo)["branch"]
     _fix_turns(scripted_openai)
     result = run_cli(
         "resume", branch, "--headless", "--base-url", scripted_openai.base_url,
@@ -226,15 +237,7 @@ def test_a_cleaned_session_is_forgotten(make_repo, scripted_openai) -> None:
 
 def test_a_removed_worktree_is_checked_out_again(make_repo, scripted_openai) -> None:
     repo = make_repo(FILES)
-    scripted_openai.add(
-        Reply(tool_calls=[Call("write_file", {"path": "calc.py", "content": WRONG})]),
-        Reply(text="done"),
-    )
-    first = run_cli(
-        TARGET, "--headless", "--base-url", scripted_openai.base_url, "--model", "m",
-        "--max-iterations", "1", cwd=repo, timeout=120,
-    )  # fmt: skip
-    finished = events_of(first.stdout)[-1]
+    finished = _red_session(scripted_openai, repo)
     run_git(repo, "worktree", "remove", "--force", finished["worktree"])
     _fix_turns(scripted_openai)
     result = run_cli(
@@ -275,26 +278,6 @@ def test_the_conversation_survives_its_round_trip() -> None:
 
 
 # -- a second pair of eyes: resuming again, broken records, a hostile worktree, races ---------
-
-
-def _red_session(scripted, repo: Path, *extra: str) -> dict[str, Any]:
-    """A session that spends its one iteration on a wrong try: its last event."""
-    scripted.add(
-        Reply(tool_calls=[Call("write_file", {"path": "calc.py", "content": WRONG})]),
-        Reply(text="done"),
-    )
-    first = run_cli(
-        TARGET, "--headless", "--base-url", scripted.base_url, "--model", "m",
-        "--max-iterations", "1", *extra, cwd=repo, timeout=120,
-    )  # fmt: skip
-    assert first.returncode == 1, first.stderr
-    return events_of(first.stdout)[-1]
-
-
-def _resume(scripted, repo: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return run_cli(
-        "resume", *extra, "--headless", "--base-url", scripted.base_url, cwd=repo, timeout=120
-    )
 
 
 def test_a_resumed_session_resumes_again(make_repo, scripted_openai) -> None:
