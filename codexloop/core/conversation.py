@@ -102,6 +102,13 @@ class Conversation:
             message[IDLE] = True
         self._add(message)
 
+    def last_user_text(self) -> str:
+        """The text of the last user message (the engine's, or the developer's)."""
+        for message in reversed(self.messages):
+            if message["role"] == "user" and isinstance(message.get("content"), str):
+                return str(message["content"])
+        return ""
+
     def forget_idle_answer(self) -> bool:
         """Take the model's last answer out, with the notes on the idle answers before it,
         when it is text only (an answer with tool calls stays: their results answer them).

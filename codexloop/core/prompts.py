@@ -350,6 +350,10 @@ NOTHING_PLAIN_YET = (
     "Your last answer changed no file: it had no tool call and no edit the engine could apply. "
     "Make the change now."
 )
+ECHOED = (
+    "Your answer repeated the engine's message instead of answering it. Do not repeat it: "
+    "say in one sentence what is wrong, then change the code."
+)
 NOTHING_FAILED = "Nothing in the project changed: nothing of your last answer was applied.\n"
 NOTHING_REPEATED = (
     "You gave the same answer three times and it changed nothing: the engine runs the tests "

@@ -407,6 +407,17 @@ def _is_example(call: TextCall) -> bool:
     )
 
 
+ECHO_CHARS = 120
+"""An answer whose first this many characters (spaces aside) stand in the engine's last
+message repeats it rather than answering it."""
+
+
+def echoes(answer: str, message: str) -> bool:
+    """Does ``answer`` open by repeating ``message`` (the engine's last message)?"""
+    start = " ".join(answer.split())[:ECHO_CHARS]
+    return len(start) >= ECHO_CHARS and start in " ".join(message.split())
+
+
 def _key(text: str) -> str:
     return "answer:" + " ".join(text.split())
 
@@ -568,7 +579,12 @@ class Work:
             return True
         ending = cut or self.answered > 1
         message, over = await self._nothing([_key(text)], [], ending=ending, plain=True)
-        self.conversation.say(message, idle=True)
+        if echoes(text, self.conversation.last_user_text()):
+            # It wrote the engine's message out again (Qwen2.5-Coder-1.5B did, from the red
+            # message's "The code as it is now..."): not shown back to it, and it is told.
+            self._say_idle(f"{prompts.ECHOED}\n{message}")
+        else:
+            self.conversation.say(message, idle=True)
         return over
 
     # -- judging -------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ failed answers word for word, iteration after iteration)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import run_git
@@ -12,6 +13,7 @@ from loophelpers import KATA, edit, make_config, run_loop, user_texts
 from scripted_openai import Reply
 
 from codexloop.core.briefing import imported_modules
+from codexloop.core.textcalls import echoes
 
 pytestmark = pytest.mark.anyio
 
@@ -131,6 +133,30 @@ async def test_a_first_answer_that_only_says_what_is_wrong_is_asked_to_act(
         {k: m.get(k) for k in ("role", "content")} for m in second
     ]
     assert "Make the change now." in second[-1]["content"]
+
+
+async def test_an_answer_that_repeats_the_engines_message_is_not_shown_back(
+    make_repo, scripted_openai
+) -> None:
+    """Qwen2.5-Coder-1.5B wrote the red message out again ("The code as it is now...") in
+    place of an answer, twice in a row: such an answer is taken out and the model told."""
+
+    def echo(request: dict[str, Any]) -> Reply:
+        last = [m for m in request["messages"] if m["role"] == "user"][-1]["content"]
+        return Reply(text=last)
+
+    repo = make_repo(KATA)
+    scripted_openai.add(
+        echo,
+        Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]),
+        Reply(text="Fixed."),
+    )
+    result, _events = await run_loop(make_config(repo, scripted_openai.base_url))
+    assert result.status == "passed" and result.iterations == 1
+    second = scripted_openai.requests[1]["messages"]
+    assert [m for m in second if m["role"] == "assistant"] == []  # the echo is gone
+    assert second[-1]["content"].startswith("Your answer repeated the engine's message")
+    assert not echoes("The operator is wrong.", str(second[1]["content"]))
 
 
 async def test_a_model_acting_through_text_starts_each_iteration_afresh(
