@@ -507,17 +507,14 @@ def _whole(edit: Stated, project: Project) -> Planned:
     if source == content:
         return Planned(what, problem=f"the block is what {path} already holds: nothing to change")
     old_module = _parse(source) if source is not None else None
-    if source is not None and old_module is not None:
-        kept = set(_named([n for n in old_module.body if isinstance(n, _DEFS)]))
-        given = set(_named(_definitions(content)))
-        if given and not kept <= given:
-            merged = merge(source, content)
-            if merged is not None:
-                text, done = merged
-                what = f"{path}: {', '.join(done)} (the block leaves out the rest of the file)"
-                if text == source:
-                    return Planned(what, problem=f"{path} already holds this code")
-                return Planned(what, "write_file", {"path": path, "content": text})
+    if source is not None and old_module is not None and _leaves_out(old_module, content):
+        merged = merge(source, content)
+        if merged is not None:
+            text, done = merged
+            what = f"{path}: {', '.join(done)} (the block leaves out the rest of the file)"
+            if text == source:
+                return Planned(what, problem=f"{path} already holds this code")
+            return Planned(what, "write_file", {"path": path, "content": text})
     if _EXCERPT.search(content) and source is not None:
         return Planned(
             what, problem="the block is an excerpt ('...'), not the whole file: not written"
@@ -536,14 +533,30 @@ def excerpt_write(path: str, content: str, project: Project) -> tuple[str, str] 
     old_module = _parse(source) if source is not None else None
     if source is None or old_module is None or _parse(content) is None:
         return None
-    kept = set(_named([n for n in old_module.body if isinstance(n, _DEFS)]))
-    given = set(_named(_definitions(content)))
-    if not given or kept <= given:
+    if not _leaves_out(old_module, content):
         return None
     merged = merge(source, content)
     if merged is None or merged[0] == source:
         return None
     return merged[0], ", ".join(merged[1])
+
+
+def _leaves_out(old_module: ast.Module, content: str) -> bool:
+    """Does ``content``, Python that defines something, leave out a definition the module
+    has: a top-level one, or a method of a class it gives again (the 1.5B model rewrote
+    ``stack.py`` with its new ``peek`` and without ``__len__``)?"""
+    given = _named(_definitions(content))
+    if not given:
+        return False
+    kept = _named([n for n in old_module.body if isinstance(n, _DEFS)])
+    if not set(kept) <= set(given):
+        return True
+    return any(
+        isinstance(node, ast.ClassDef)
+        and isinstance(given[name], ast.ClassDef)
+        and not set(_named(node.body)) <= set(_named(given[name].body))  # type: ignore[attr-defined]
+        for name, node in kept.items()
+    )
 
 
 class _Index:

@@ -16,7 +16,7 @@ from scripted_openai import Reply
 from codexloop.core import events as ev
 from codexloop.core.exam import Exam
 from codexloop.core.process import RunResult
-from codexloop.core.textedits import find_edits, read_edits
+from codexloop.core.textedits import excerpt_write, find_edits, read_edits
 from codexloop.core.tools import Tools
 
 pytestmark = pytest.mark.anyio
@@ -449,3 +449,30 @@ async def test_a_broken_call_beside_a_labelled_block_applies_the_block(
     text = "<tool_call>{'name': write_file}</tool_call>\n" + WHOLE_FILE_FORMS["info string"]
     events = await _green_from(make_repo, scripted_openai, text)
     assert [c.name for c in of_type(events, ev.ToolCall)] == ["write_file"]
+
+
+def test_a_whole_file_block_that_drops_a_method_keeps_it() -> None:
+    """The 1.5B model rewrote stack.py with its new ``peek`` and without ``__len__``, which
+    the exam uses: the class is merged, the method it left out stays."""
+    stack = (
+        '"""A stack."""\n\n\nclass Stack:\n    def __init__(self):\n        self._items = []\n\n'
+        "    def push(self, item):\n        self._items.append(item)\n\n"
+        "    def __len__(self):\n        return len(self._items)\n"
+    )
+    rewritten = (
+        '"""A stack."""\n\nclass Stack:\n    def __init__(self):\n        self._items = []\n\n'
+        "    def push(self, item):\n        self._items.append(item)\n\n"
+        "    def peek(self):\n        return self._items[-1]\n"
+    )
+    project = FakeProject({"stack.py": stack})
+    content = _content(read_edits(f"{FENCE}python\n# stack.py\n{rewritten}{FENCE}", project))
+    assert "def peek(self)" in content and "def __len__(self)" in content
+    compile(content, "stack.py", "exec")
+    # Written as a text write_file, the same.
+    merged = excerpt_write("stack.py", rewritten, project)
+    assert merged is not None and "def __len__(self)" in merged[0]
+    # A block that keeps every method is the whole file, as written.
+    whole = rewritten.replace(
+        "    def peek", "    def __len__(self):\n        return 0\n\n    def peek"
+    )
+    assert _content(read_edits(f"{FENCE}python\n# stack.py\n{whole}{FENCE}", project)) == whole
