@@ -25,11 +25,24 @@ from codexloop.tui.review import ReviewScreen
 pytestmark = pytest.mark.anyio
 
 
+class StableLaneLoop(StableLoop):
+    """An attempt whose events do not change between runs: the race's one baseline run is
+    made by whichever attempt comes first (the others show a line saying so), so the
+    baseline's output is left out of every lane's terminal."""
+
+    async def emit(self, event: ev.Event) -> None:
+        if isinstance(event, ev.TestStarted):
+            self.in_baseline = event.iteration == 0
+        elif isinstance(event, ev.TestOutput) and getattr(self, "in_baseline", False):
+            return
+        await super().emit(event)
+
+
 def race_app(config: Config) -> ProbedApp:
     def factory(cfg: Config) -> Race:
         race = Race(cfg, name=SESSION, backoff=(0.0,), review=cfg.pick == "first")
         for loop in race.loops:  # events that do not change between runs (snapshots)
-            loop.__class__ = StableLoop
+            loop.__class__ = StableLaneLoop
         return race
 
     return ProbedApp(config, loop_factory=factory, clock=lambda: 0.0)
