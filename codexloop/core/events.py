@@ -447,6 +447,10 @@ def printable(text: str) -> str:
 
 E = TypeVar("E", bound=Event)
 
+STREAMED = (ModelText, ModelReasoning, TestOutput, CommandOutput)
+"""The events that carry streamed fragments of text: many, small, and buffered or joined
+where they are kept (the trace, a lane's story)."""
+
 
 def printable_event(event: E) -> E:
     """``event`` with every text field :func:`printable` (itself when nothing needed it)."""

@@ -68,7 +68,6 @@ from codexloop.core.tools import TOOL_SCHEMAS
 from codexloop.core.turns import Turns
 from codexloop.core.words import counted
 
-_STREAMED = (ev.ModelText, ev.ModelReasoning, ev.TestOutput, ev.CommandOutput)
 _FINAL_STATES: dict[ev.FinalStatus, ev.State] = {
     "passed": "green",
     "failed": "red",
@@ -199,7 +198,7 @@ class Loop:
     # -- plumbing --------------------------------------------------------------
 
     async def emit(self, event: ev.Event) -> None:
-        if not isinstance(event, _STREAMED):  # streamed text is decoded with "replace"
+        if not isinstance(event, ev.STREAMED):  # streamed text is decoded with "replace"
             event = ev.printable_event(event)
         if self.attempt != 1:
             event = dataclasses.replace(event, attempt=self.attempt)

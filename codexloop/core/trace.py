@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from codexloop.core.events import CommandOutput, Event, ModelReasoning, ModelText, TestOutput
+from codexloop.core.events import STREAMED, Event
 
 TRACE_VERSION = 1
-_STREAMING = (ModelText, ModelReasoning, TestOutput, CommandOutput)
 
 
 def traces_dir() -> Path:
@@ -41,7 +40,7 @@ class TraceWriter:
     def write(self, event: Event) -> None:
         data = event.to_dict()
         data["t"] = round(time.monotonic() - self._start, 4)
-        self._write(data, flush=not isinstance(event, _STREAMING))
+        self._write(data, flush=not isinstance(event, STREAMED))
 
     def close(self) -> None:
         if not self._file.closed:

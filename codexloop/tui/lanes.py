@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 from codexloop.core import events as ev
 
-STREAMED = (ev.ModelText, ev.ModelReasoning, ev.TestOutput, ev.CommandOutput)
 JOINED_CHARS = 4_096
 """Streamed fragments of one kind are joined in a lane's history up to this size."""
 
@@ -101,7 +100,7 @@ class Lanes:
     def _remember(history: list[ev.Event], event: ev.Event) -> None:
         last = history[-1] if history else None
         if (
-            isinstance(event, STREAMED)
+            isinstance(event, ev.STREAMED)
             and type(last) is type(event)
             and len(last.text) < JOINED_CHARS  # type: ignore[union-attr]
             and dataclasses.replace(event, text="") == dataclasses.replace(last, text="")  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 from anyio.abc import ObjectReceiveStream
 
 from codexloop.core import events as ev
-from codexloop.tui.lanes import STREAMED, Lanes
+from codexloop.tui.lanes import Lanes
 from codexloop.tui.state import Changes, SessionState
 
 FRAME_S = 1 / 60
@@ -65,7 +65,7 @@ class EventPump:
         lanes = self.lanes
         if lanes is not None:
             shown = lanes.take(event)
-            if not isinstance(event, STREAMED):
+            if not isinstance(event, ev.STREAMED):
                 self.react(Changes.LANES)
             if not shown:
                 if isinstance(event, ev.ReviewReady | ev.BudgetSpent):

@@ -19,7 +19,7 @@ from codexloop.tui.app import CodexloopApp
 
 E = TypeVar("E", bound=ev.Event)
 
-FRAGMENTS = (ev.ModelText, ev.ModelReasoning, ev.TestOutput, ev.CommandOutput)
+FRAGMENTS = ev.STREAMED
 POLL_S = 0.02
 
 
