@@ -38,34 +38,35 @@ RECORD_VERSION = 1
 RECORD_SUFFIX = ".session.json"
 RUNNING = "running"
 
-# The session's choices a resume takes again (unless its command line says otherwise).
-_KEPT = (
-    "task",
-    "test_cmd",
-    "model",
-    "base_url",
-    "max_iterations",
-    "command_timeout",
-    "test_timeout",
-    "allow_network",
-    "warm",
-    "max_tool_calls",
-    "max_processes",
-    "context_tokens",
-    "max_memory",
-    "share",
-    "api",
-    "tmp_size",
-    "reasoning",
-    "edit_format",
-    "request_timeout",
-    "max_tokens",
-    "max_time",
-    "max_cost",
-    "gates",
-    "guard",
-)
-_TUPLES = {"share", "gates", "hints"}
+# The session's choices a resume takes again (unless its command line says otherwise), and
+# what JSON type each may hold: a damaged or hand-edited record is refused, never half used.
+# A list is a tuple again in the settings; ``hints`` is the attempt's own hint.
+_NUMBER = (int, float)
+_SETTINGS: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(
+        ("task", "test_cmd", "model", "base_url", "api", "reasoning", "edit_format", "guard"),
+        (str,),
+    ),
+    **dict.fromkeys(
+        (
+            "max_iterations",
+            "max_tool_calls",
+            "max_processes",
+            "context_tokens",
+            "max_memory",
+            "tmp_size",
+            "max_tokens",
+        ),
+        (int,),
+    ),
+    **dict.fromkeys(
+        ("command_timeout", "test_timeout", "request_timeout", "max_time", "max_cost"), _NUMBER
+    ),
+    **dict.fromkeys(("allow_network", "warm"), (bool,)),
+    **dict.fromkeys(("share", "gates", "hints"), (list,)),
+}
+_KEPT = tuple(key for key in _SETTINGS if key != "hints")  # taken from the config as they are
+_TUPLES = frozenset(key for key, kinds in _SETTINGS.items() if kinds == (list,))
 
 
 class ResumeError(CodexloopError):
@@ -102,7 +103,7 @@ class SessionRecord:
         top; targets and repository are the session's own."""
         kept: dict[str, Any] = {}
         for key, value in self.settings.items():
-            if key in _KEPT or key == "hints":
+            if key in _SETTINGS:
                 kept[key] = tuple(value) if key in _TUPLES and value is not None else value
         for spec in dataclasses.fields(Settings):
             value = getattr(given, spec.name)
@@ -148,9 +149,7 @@ def _plain(value: object) -> object:
     return str(value)
 
 
-# What each field of a record, and each kept setting, may hold (JSON types; None where the
-# field allows it): a damaged or hand-edited record is refused in one line, never half used.
-_NUMBER = (int, float)
+# What each field of a record may hold (JSON types; None where the field allows it).
 _FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "name": ((str,), False),
     "repo": ((str,), False),
@@ -170,29 +169,6 @@ _FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "guard_classes": ((list,), True),
     "trace": ((str,), False),
     "updated": (_NUMBER, False),
-}
-_SETTINGS: dict[str, tuple[type, ...]] = {
-    **dict.fromkeys(
-        ("task", "test_cmd", "model", "base_url", "api", "reasoning", "edit_format", "guard"),
-        (str,),
-    ),
-    **dict.fromkeys(
-        (
-            "max_iterations",
-            "max_tool_calls",
-            "max_processes",
-            "context_tokens",
-            "max_memory",
-            "tmp_size",
-            "max_tokens",
-        ),
-        (int,),
-    ),
-    **dict.fromkeys(
-        ("command_timeout", "test_timeout", "request_timeout", "max_time", "max_cost"), _NUMBER
-    ),
-    **dict.fromkeys(("allow_network", "warm"), (bool,)),
-    **dict.fromkeys(("share", "gates", "hints"), (list,)),
 }
 _STATUSES = (RUNNING, "passed", "failed", "stopped")
 _OPTIONAL = frozenset({"guard_classes"})  # fields a record of this version may lack
