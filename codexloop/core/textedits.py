@@ -551,12 +551,13 @@ def _leaves_out(old_module: ast.Module, content: str) -> bool:
     kept = _named([n for n in old_module.body if isinstance(n, _DEFS)])
     if not set(kept) <= set(given):
         return True
-    return any(
-        isinstance(node, ast.ClassDef)
-        and isinstance(given[name], ast.ClassDef)
-        and not set(_named(node.body)) <= set(_named(given[name].body))  # type: ignore[attr-defined]
-        for name, node in kept.items()
-    )
+    for name, node in kept.items():
+        again = given[name]
+        if not (isinstance(node, ast.ClassDef) and isinstance(again, ast.ClassDef)):
+            continue
+        if not set(_named(node.body)) <= set(_named(again.body)):
+            return True
+    return False
 
 
 class _Index:
@@ -623,24 +624,7 @@ class _Index:
 
     def imported_from(self, name: str) -> str | None:
         """The project file of the module a protected file (the exam) imports ``name`` from."""
-        for rel in self.files:
-            if not self.project.protected(rel):
-                continue
-            module = _parse(self.source(rel) or "")
-            for node in ast.walk(module) if module else ():
-                if (
-                    isinstance(node, ast.ImportFrom)
-                    and node.module
-                    and node.level == 0
-                    and any(alias.name == name for alias in node.names)
-                ):
-                    base = node.module.replace(".", "/")
-                    options = [f"{base}.py", f"{base}/__init__.py"]
-                    options += [f"src/{option}" for option in options]
-                    found = [o for o in options if o in self.files]
-                    if len(found) == 1:
-                        return found[0]
-        return None
+        return next((home for home, imported in self._imports() if imported == name), None)
 
 
 def _is_method(node: ast.stmt) -> bool:
