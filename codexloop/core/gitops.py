@@ -501,23 +501,36 @@ def snapshot_of(repo: Path, branch: str) -> str:
 
 def create_worktree(repo: Path, base: str, branch: str, path: Path) -> None:
     """Check out a new branch ``branch`` at commit ``base`` in a new worktree at ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _run(repo, ["worktree", "add", "--quiet", "-b", branch, str(path), base])
-    gitdir = _gitdir_from_file(path)
-    if gitdir is not None:
-        _GITDIRS[path.resolve()] = gitdir
+    _add_worktree(repo, Path(path), ["-b", branch, str(path), base])
 
 
 def open_worktree(repo: Path, branch: str, path: Path) -> None:
     """Check out the existing branch ``branch`` in a new worktree at ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     _run(repo, ["worktree", "prune"])  # a removed folder's worktree still holds the branch
-    _run(repo, ["worktree", "add", "--quiet", str(path), branch])
+    _add_worktree(repo, Path(path), [str(path), branch])
+
+
+def _add_worktree(repo: Path, path: Path, args: list[str]) -> None:
+    """``git worktree add`` at ``path``; its git dir remembered as the one it was made with."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _run(repo, ["worktree", "add", "--quiet", *args])
     gitdir = _gitdir_from_file(path)
     if gitdir is not None:
         _GITDIRS[path.resolve()] = gitdir
+
+
+def check_own_worktree(repo: Path, worktree: Path) -> None:
+    """Raise :class:`GitError` unless ``worktree``'s git link names ``repo``'s own admin
+    folder for it (``<common dir>/worktrees/<id>``, whose ``commondir`` leads back): a copy of
+    the git dir elsewhere, with its own config, passes :func:`worktree_env`'s checks."""
+    gitdir = Path(worktree_env(worktree)["GIT_DIR"])
+    common_dir = (repo / git(repo, "rev-parse", "--git-common-dir").strip()).resolve()
+    try:
+        linked = (gitdir / (gitdir / "commondir").read_text("utf-8").strip()).resolve()
+    except (OSError, UnicodeDecodeError):
+        linked = None
+    if gitdir.parent != common_dir / "worktrees" or linked != common_dir:
+        raise GitError(f"{worktree} is not a linked git worktree of {repo}")
 
 
 def _gitdir_from_file(worktree: Path) -> Path | None:

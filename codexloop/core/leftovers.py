@@ -60,13 +60,10 @@ def remove_preview_branch(repo: Path, branch: PreviewBranch) -> int:
     from codexloop.core import gitops
     from codexloop.core.process import kill_session
     from codexloop.core.resume import forget
-    from codexloop.core.sandbox import forget_session, runs_folder, state_home
+    from codexloop.core.sandbox import forget_session, session_folders
 
     session = branch.name.removeprefix(gitops.PREVIEW_PREFIX)
-    folders = [state_home() / "tmp" / session, runs_folder(session)]
-    if branch.worktree is not None:
-        folders.append(Path(branch.worktree))
-    killed = kill_session(folders)
+    killed = kill_session(session_folders(session, branch.worktree))
     if branch.worktree is not None:
         gitops.remove_worktree(repo, branch.worktree, branch.name)
     else:

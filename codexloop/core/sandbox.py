@@ -191,10 +191,7 @@ class Sandbox:
         tmp = home / "tmp" / name
         made_tmp = False
         try:
-            exclude = home / "exclude"
-            if not exclude.exists() or exclude.read_text() != _EXCLUDES:
-                exclude.parent.mkdir(parents=True, exist_ok=True)
-                exclude.write_text(_EXCLUDES)
+            exclude = _write_excludes(home)
             made_tmp = not os.path.lexists(tmp)
             tmp.mkdir(parents=True, exist_ok=True)
             # Remembers the checkout before anyone touches it.
@@ -223,28 +220,19 @@ class Sandbox:
                     "as one: its .git file is gone or changed): move it away first"
                 )
             gitops.open_worktree(repo, branch, worktree)
-        # A worktree whose git link was tampered with stops here, before git runs with it: the
-        # link must name this repository's own admin folder for the worktree (a copy of the git
-        # dir elsewhere, the model's, would pass the link's own checks and bring its config).
-        gitdir = Path(gitops.worktree_env(worktree)["GIT_DIR"])
-        common = gitops.git(repo, "rev-parse", "--git-common-dir").strip()
-        common_dir = (repo / common).resolve()
+        # A worktree whose git link was tampered with stops here, before git runs with it (a
+        # copy of the git dir elsewhere, the model's, would bring its own config).
         try:
-            linked = (gitdir / (gitdir / "commondir").read_text("utf-8").strip()).resolve()
-        except (OSError, UnicodeDecodeError):
-            linked = None
-        if gitdir.parent != common_dir / "worktrees" or linked != common_dir:
+            gitops.check_own_worktree(repo, worktree)
+        except gitops.GitError as exc:
             raise gitops.GitError(
-                f"{worktree} is not a linked git worktree of {repo} (its .git file changed): "
-                f"its work is on {branch}; move the folder away and resume again"
-            )
+                f"{exc} (its .git file changed): its work is on {branch}; move the folder away "
+                "and resume again"
+            ) from None
         # What a crashed session left running (a warm server, a command) and its scratch.
-        process.kill_session([home / "tmp" / name, runs_folder(name), worktree])
+        process.kill_session(session_folders(name, worktree))
         discard_scratch(name)
-        exclude = home / "exclude"
-        if not exclude.exists() or exclude.read_text() != _EXCLUDES:
-            exclude.parent.mkdir(parents=True, exist_ok=True)
-            exclude.write_text(_EXCLUDES)
+        exclude = _write_excludes(home)
         tmp = home / "tmp" / name
         tmp.mkdir(parents=True, exist_ok=True)
         record.recorder(worktree, exclude, fresh_checkout=fresh)
@@ -537,6 +525,22 @@ def _undo_create(
             safefs.remove_tree(tmp)
     except Exception as cleanup:  # the first error is the one to report
         error.add_note(f"codexloop: the half-made sandbox {worktree} ({branch}) stays: {cleanup}")
+
+
+def _write_excludes(home: Path) -> Path:
+    """The exclude file every sandbox's recorder reads, written when it is not as it should be."""
+    exclude = home / "exclude"
+    if not exclude.exists() or exclude.read_text() != _EXCLUDES:
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        exclude.write_text(_EXCLUDES)
+    return exclude
+
+
+def session_folders(name: str, worktree: Path | None) -> list[Path]:
+    """Where a session's processes run (its scratch, its run tree, its worktree): what a
+    crashed session left running is found by them."""
+    folders = [state_home() / "tmp" / name, runs_folder(name)]
+    return folders if worktree is None else [*folders, Path(worktree)]
 
 
 def runs_folder(name: str) -> Path:
