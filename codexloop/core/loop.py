@@ -448,33 +448,35 @@ class Loop:
         self.code_paths = prompts.code_paths(modules)
         roots = (worktree, session.runner.place.worktree)
         system = prompts.system(config.edit_format, TOOL_SCHEMAS)
+        shown = self.exam_sync.show(exam)  # what the model sees of the exam, from its start
         kept = self.resumed.conversation if self.resumed else None
-        self.conversation = conversation = Conversation(
-            prompts.first_message(
-                task=config.task,
-                continue_from=config.continue_from,
-                targets=config.targets,
-                test_command=prompts.plain_command(config.targets, config.test_cmd),
-                files=files,
-                exam=self.exam_sync.show(exam),
-                digest=baseline.digest,
-                modules=modules,
-                hint=config.hint,
-            ),
-            roots=roots,
-            system=system,
-        )
+        conversation: Conversation | None = None
         if kept is not None:
             try:
-                self.conversation = conversation = Conversation.restored(
-                    kept, roots=roots, system=system
-                )
+                conversation = Conversation.restored(kept, roots=roots, system=system)
             except (KeyError, TypeError, ValueError):
                 await self.emit(
                     ev.Notice("warning", "the kept conversation could not be read: it starts anew")
                 )
             else:
                 conversation.say(prompts.resumed(baseline.digest, self.code_paths))
+        if conversation is None:
+            conversation = Conversation(
+                prompts.first_message(
+                    task=config.task,
+                    continue_from=config.continue_from,
+                    targets=config.targets,
+                    test_command=prompts.plain_command(config.targets, config.test_cmd),
+                    files=files,
+                    exam=shown,
+                    digest=baseline.digest,
+                    modules=modules,
+                    hint=config.hint,
+                ),
+                roots=roots,
+                system=system,
+            )
+        self.conversation = conversation
         iteration = done
         budget_end = await self._resumed_budgets(done)
         await self._keep()

@@ -18,7 +18,7 @@ WAITING = {"review": "review?", "budget": "budget spent"}
 
 
 def lane_text(lane: Lane, *, winner: bool) -> Text:
-    """``1 ✗ #3 THINKING 12k`` (or ``1 ★ ✓ GREEN #2 8.1k`` for the winner)."""
+    """``2 ✗ #3  THINKING  12k`` (``2 ★ ✓ #3  ✓ GREEN  12k`` for the winner)."""
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(f"{lane.number} ", style="bold")
     if winner:

@@ -175,9 +175,10 @@ class Session:
         race, to every lane that waits for it)."""
         if self.state.budget_spent is None or not self.loop_running:
             return False
-        waiting = self.lanes.waiting("budget") if self.lanes is not None else [None]
+        lanes: list[int | None] = [*self.lanes.waiting("budget")] if self.lanes is not None else []
         count = self.config.max_iterations
-        if not all([self.send(ev.MoreIterations(count, attempt=k)) for k in waiting or [None]]):
+        sent = [self.send(ev.MoreIterations(count, attempt=k)) for k in lanes or [None]]
+        if not all(sent):
             return False
         self.on_change(self.state.more_iterations(self.config.max_iterations))
         return True
