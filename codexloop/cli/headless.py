@@ -31,6 +31,7 @@ from codexloop.core.errors import (
     error_line,
     setup_failure,
 )
+from codexloop.core.executor import new_session
 from codexloop.core.leftovers import discard_session
 from codexloop.core.loop import Loop, LoopResult, event_channel
 from codexloop.core.model import check_endpoint, make_client
@@ -100,17 +101,12 @@ async def headless_session(
         except CodexloopError as exc:
             print(error_line(exc), file=sys.stderr)
             return exc.exit_code
-        kind: type[Loop] | type[Race] = Race if config.attempts > 1 else Loop
-        loop = (
-            Loop(
-                config,
-                client=client,
-                accept_all=accept_all,
-                accept_flagged=accept_flagged,
-                resumed=resumed,
-            )
-            if resumed is not None
-            else kind(config, client=client, accept_all=accept_all, accept_flagged=accept_flagged)
+        loop = new_session(
+            config,
+            client=client,
+            accept_all=accept_all,
+            accept_flagged=accept_flagged,
+            resumed=resumed,
         )
     send_events, receive_events = event_channel()
     send_commands, receive_commands = event_channel()

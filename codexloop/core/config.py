@@ -68,6 +68,7 @@ _FILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "price_out": (int, float),
     "gates": list,
     "guard": str,
+    "ray": str,
 }
 
 
@@ -140,6 +141,7 @@ class Settings:
     max_cost: float | None = None
     gates: tuple[str, ...] | None = None
     guard: str | None = None
+    ray: str | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,9 @@ class Config:
     # The regression guard: a pytest command ("auto": the whole suite) whose tests passing at
     # the baseline must still pass when the targets are green.
     guard: str | None = None
+    # Where attempts run (--ray): None in this process; "auto" (RAY_ADDRESS, else a cluster
+    # running on this machine, else a new local one) or a cluster's address: Ray actors.
+    ray: str | None = None
 
     @property
     def endpoint(self) -> str:
@@ -445,6 +450,9 @@ def load_config(
     guard = _first(settings.guard, file_cfg.get("guard"))
     if guard is not None and not str(guard).strip():
         raise ConfigError("guard must be a test command, or auto (the whole pytest suite)")
+    ray = _first(settings.ray, file_cfg.get("ray"))
+    if ray is not None and not str(ray).strip():
+        raise ConfigError('ray must be "auto" or a Ray cluster\'s address (ray://host:10001)')
     reasoning = _first(settings.reasoning, file_cfg.get("reasoning"))
     if reasoning is not None and reasoning not in REASONING:
         raise ConfigError(f"reasoning must be one of {', '.join(REASONING)}, not {reasoning!r}")
@@ -486,6 +494,7 @@ def load_config(
         price_out=None if price_out is None else float(price_out),
         gates=tuple(g.strip() for g in gates),
         guard=None if guard is None else str(guard).strip(),
+        ray=None if ray is None else str(ray).strip(),
     )
 
 

@@ -110,3 +110,10 @@ def result_status(status: FinalStatus | None, *, interrupted: bool = False) -> i
     if interrupted:
         return EXIT_INTERRUPTED
     return EXIT_GREEN if status == "passed" else EXIT_RED
+
+
+class AttemptLost(CodexloopError):
+    """The machine running an attempt went away (a Ray node or actor died): that attempt
+    ends as ``lost``, never the session."""
+
+    exit_code = EXIT_RED

@@ -325,7 +325,7 @@ class AttemptFinished(Event):
     """One attempt of a race is over (``--attempts N``); its branch stays for reference."""
 
     type: ClassVar[str] = "attempt_finished"
-    status: FinalStatus
+    status: FinalStatus | Literal["lost"]  # lost: the machine running it went away (--ray)
     iterations: int
     branch: str
     reason: str = ""

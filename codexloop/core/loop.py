@@ -191,6 +191,11 @@ class Loop:
         self._green_commit: str | None = None  # the last commit that was tested green
 
     @property
+    def set_up(self) -> bool:
+        """Its session was set up (a failure before that is a set-up failure)."""
+        return self.session is not None
+
+    @property
     def columns(self) -> int | None:
         """The front end's terminal width (``SetColumns``): pytest formats for it."""
         return self.controls.columns

@@ -41,7 +41,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from codexloop.core import diff, gitops, leftovers, outcome
 from codexloop.core import events as ev
 from codexloop.core.config import Config
-from codexloop.core.errors import CodexloopError
+from codexloop.core.errors import AttemptLost, CodexloopError
 from codexloop.core.exam import ExamError
 from codexloop.core.gitops import ApplyResult
 from codexloop.core.loop import Loop, LoopResult, SharedBaseline, event_channel
@@ -63,6 +63,7 @@ class Lane:
     finished: ev.AttemptFinished | None = None
     order: int = 0  # the how-manieth attempt to finish
     error: BaseException | None = None
+    lost: str | None = None  # its machine went away (a Ray node): why
     setup_error: Exception | None = None  # the attempt could not start (no session)
     removed: bool = False  # it recorded nothing and lost: its branch went
 
@@ -106,10 +107,13 @@ class Race:
         review: bool = False,
         clients: Sequence[openai.AsyncOpenAI] = (),
         base: str | None = None,
+        kind: type[Loop] = Loop,
     ) -> None:
         """``clients``: one per attempt (a replay serves each attempt's recorded turns on its
         own server); ``base``: the commit every attempt starts from (a replay's recorded
-        snapshot) instead of a new snapshot of the checkout."""
+        snapshot) instead of a new snapshot of the checkout; ``kind``: what runs an attempt
+        (a :class:`Loop` here, a Ray actor's stand-in with ``--ray``:
+        :mod:`codexloop.core.executor`)."""
         self.config = config
         self.base = base
         self.name = name or session_name(config.targets)
@@ -122,7 +126,7 @@ class Race:
         # (bench/attempts.py); a race's runs are bounded by --jobs anyway.
         cold = dataclasses.replace(config, warm=False)
         self.loops = [
-            Loop(
+            kind(
                 cold,
                 client=clients[number - 1] if clients else self.client,
                 name=f"{self.name}/a{number}",
@@ -193,9 +197,11 @@ class Race:
                         lane.result = await lane.loop.run(send, lane.inbox)
                 except ExamError as exc:  # every attempt meets the same exam: reported once
                     self.state.exam_errors.append(exc)
+                except AttemptLost as exc:  # its machine went away: lost, the race goes on
+                    lane.lost = str(exc)
                 except Exception as exc:  # one attempt's crash ends that attempt, not the race
                     lane.error = exc = _innermost(exc)
-                    if lane.loop.session is None and isinstance(exc, CodexloopError | OSError):
+                    if not lane.loop.set_up and isinstance(exc, CodexloopError | OSError):
                         lane.setup_error = exc  # its sandbox could not be set up
         finally:
             lane.commands.close()  # an attempt that is over reads no more commands
@@ -203,7 +209,15 @@ class Race:
         # Every event of the attempt is out (the forwarder drained them): now its end, once,
         # with the crash's reason when it crashed (whatever its loop said on the way out).
         ended, error = lane.ended, lane.error
-        if error is not None:
+        if lane.lost is not None:
+            finished = ev.AttemptFinished(
+                "lost",
+                lane.loop._iteration,
+                lane.loop.sandbox.branch if lane.loop.sandbox else "",
+                lane.lost,
+                attempt=lane.number,
+            )
+        elif error is not None:
             finished = ev.AttemptFinished(
                 "failed",
                 ended.iterations if ended else lane.loop._iteration,

@@ -107,7 +107,7 @@ def session_name(targets: tuple[str, ...]) -> str:
     return f"{_slug(label.split('[')[0])}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _free_name(repo: Path, home: Path, name: str) -> str:
+def free_name(repo: Path, home: Path, name: str) -> str:
     """``name``, or ``name-2``, ``name-3``... when a session of that name already has a
     branch or a worktree (two sessions on one test started within the same second)."""
     candidate, number = name, 1
@@ -184,7 +184,7 @@ class Sandbox:
         elif gitops.git(repo, "cat-file", "-t", base, check=False).strip() != "commit":
             raise gitops.GitError(f"commit {base[:12]} is not in the repository {repo}")
         assert start is not None
-        name = _free_name(repo, home, name)
+        name = free_name(repo, home, name)
         worktree = home / "worktrees" / repo_key(repo) / name
         branch = f"codexloop/{name}"
         gitops.create_worktree(repo, start, branch, worktree)

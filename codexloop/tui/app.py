@@ -25,6 +25,7 @@ from textual.screen import Screen
 
 from codexloop.core.config import Config
 from codexloop.core.errors import EXIT_INTERRUPTED, EXIT_USAGE
+from codexloop.core.executor import new_session
 from codexloop.core.leftovers import discard_session
 from codexloop.core.loop import Loop
 from codexloop.core.model import ModelError, make_client
@@ -144,9 +145,7 @@ def new_loop(
     """The session's loop, waiting for the developer's review when green; with
     ``--attempts N`` a race, whose first green waits for the review (``--pick best``: the
     review opens once every attempt is over, on the winner)."""
-    if config.attempts > 1:
-        return Race(config, client=client, write_trace=write_trace, review=config.pick == "first")
-    return Loop(config, client=client, write_trace=write_trace, review=True)
+    return new_session(config, client=client, write_trace=write_trace, review=True)
 
 
 def leave(app: CodexloopApp, *, throwaway: bool) -> str:

@@ -1,0 +1,444 @@
+"""Attempts as Ray actors (``--ray``): the same loop, on a node of a cluster.
+
+Imported only when ``--ray`` is given (:mod:`codexloop.core.executor`): the rest of the engine
+never needs Ray. One attempt = one :class:`SessionActor`, which owns its sandbox on its node:
+
+- **Out**: the snapshot (base, exam, the developer's uncommitted work as it was snapshotted)
+  travels as a git bundle, put in the object store once per snapshot and shared by every
+  attempt. The actor clones it into a folder of its own on its node (worktrees, traces and
+  scratch there too), and runs an ordinary :class:`~codexloop.core.loop.Loop` with that
+  node's isolation.
+- **Live**: events come back on a streaming generator, in order, in batches of what is ready;
+  commands (pause, steer, stop, …) go to the actor as method calls, run on its event loop.
+- **Back**: at the end, a bundle of the preview branch (its commits on top of the snapshot) and
+  the attempt's trace. The branch is fetched into the developer's repository as
+  ``codexloop/<session>/aK`` and checked out in a local worktree, so the review, ``--accept
+  all`` and ``codexloop branches`` work as for an attempt run here.
+- **Secrets**: the API key reaches the actor through the runtime environment (``env_vars``),
+  never through the event stream, the config sent along, or the trace.
+- **Lost**: a node or actor that dies ends that attempt as ``lost``
+  (:class:`~codexloop.core.errors.AttemptLost`), never the session.
+
+The front ends see the same events and send the same commands as for a local attempt; an
+edit of the exam in the checkout does not reach an attempt already running on a node (said
+with a notice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import ray
+import ray.exceptions
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from codexloop.core import events as ev
+from codexloop.core import gitops, outcome
+from codexloop.core.config import Config, ConfigError
+from codexloop.core.errors import AttemptLost, CodexloopError
+from codexloop.core.exam import ExamError
+from codexloop.core.loop import Loop, LoopResult, event_channel
+from codexloop.core.sandbox import Sandbox, free_name, state_home
+from codexloop.core.trace import traces_dir
+
+KEY_ENV = "CODEXLOOP_API_KEY"  # how the key reaches an actor: its runtime environment
+BATCH = 256  # events per item of the stream at most (what is ready goes together)
+BUNDLE_REF = "refs/codexloop-bundle/snapshot"
+
+_connect_lock = threading.Lock()
+_job_key: str | None = None  # the key the job's runtime environment carries (we started it)
+_bundles: dict[tuple[str, str], Any] = {}  # (repo, snapshot) -> the bundle in the object store
+_bundles_lock = threading.Lock()
+
+
+def connect(address: str, api_key: str) -> None:
+    """Join the cluster once per process (blocking). ``auto``: ``RAY_ADDRESS``'s, else one
+    running on this machine, else a new local one; any other value is the cluster's address."""
+    global _job_key
+    with _connect_lock:
+        if ray.is_initialized():
+            return
+        try:
+            ray.init(
+                address=None if address == "auto" else address,
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+                runtime_env={"env_vars": {KEY_ENV: api_key}},
+            )
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigError(f"could not reach the Ray cluster at {address}: {exc}") from None
+        _job_key = api_key
+
+
+def bundle(repo: Path, snapshot: str) -> Any:
+    """The snapshot as a git bundle in the object store, made once (blocking)."""
+    key = (str(repo), snapshot)
+    with _bundles_lock:
+        if key not in _bundles:
+            _bundles[key] = ray.put(_bundle_bytes(repo, snapshot))
+        return _bundles[key]
+
+
+def _bundle_bytes(repo: Path, snapshot: str) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="codexloop-bundle-") as tmp:
+        path = Path(tmp, "snapshot.bundle")
+        gitops.git(repo, "update-ref", BUNDLE_REF, snapshot)
+        try:
+            gitops.git(repo, "bundle", "create", "-q", str(path), BUNDLE_REF)
+        finally:
+            gitops.git(repo, "update-ref", "-d", BUNDLE_REF, check=False)
+        return path.read_bytes()
+
+
+# -- on the node ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """What an actor needs besides the bundle: the config (without the key), the session's
+    name, which attempt, and the snapshot commit to start from."""
+
+    config: Config
+    name: str
+    attempt: int
+    snapshot: str
+
+
+@dataclass(frozen=True)
+class NodeEnd:
+    """The last item of an actor's stream: how the loop ended and what comes back."""
+
+    node: str
+    result: LoopResult | None = None
+    branch_bundle: bytes | None = None  # the preview branch's commits on top of the snapshot
+    trace: bytes = b""
+    exam_error: str = ""
+    error: str = ""  # a failure of the engine on the node (type: message)
+    set_up: bool = False  # the session on the node was set up (loop_started was sent)
+
+
+@ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)
+class SessionActor:
+    """One attempt on a node: its clone of the snapshot, its sandbox, its loop."""
+
+    def __init__(self) -> None:
+        self._commands: ObjectSendStream[ev.Command] | None = None
+        self._early: list[ev.Command] = []
+
+    async def command(self, command: ev.Command) -> None:
+        if self._commands is None:
+            self._early.append(command)
+            return
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await self._commands.send(command)
+
+    async def run(self, snapshot_bundle: bytes, spec: NodeSpec) -> AsyncIterator[object]:
+        """Streams lists of events, then one :class:`NodeEnd`."""
+        send, receive = event_channel()
+        commands, inbox = event_channel()
+        for early in self._early:
+            commands.send_nowait(early)
+        self._commands = commands
+        task = asyncio.ensure_future(_session_on_node(snapshot_bundle, spec, send, inbox))
+        async with receive:
+            while True:
+                try:
+                    batch = [await receive.receive()]
+                except anyio.EndOfStream:
+                    break
+                with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
+                    while len(batch) < BATCH:
+                        batch.append(receive.receive_nowait())
+                yield batch
+        yield await task
+
+
+async def _session_on_node(
+    snapshot_bundle: bytes,
+    spec: NodeSpec,
+    send: ObjectSendStream[ev.Event],
+    inbox: ObjectReceiveStream[ev.Command],
+) -> NodeEnd:
+    node = socket.gethostname()
+    home = Path(tempfile.mkdtemp(prefix="codexloop-node-"))
+    # Everything the session keeps on this node lives in its own folder, gone at the end.
+    os.environ["XDG_CACHE_HOME"] = str(home / "cache")
+    os.environ["XDG_STATE_HOME"] = str(home / "state")
+    loop: Loop | None = None
+    try:
+        async with send:
+            repo = home / "repo"
+            await anyio.to_thread.run_sync(_clone, snapshot_bundle, repo, spec.snapshot)
+            config = dataclasses.replace(
+                spec.config,
+                repo=repo,
+                api_key=os.environ.get(KEY_ENV) or "codexloop-no-key",
+                ray=None,
+            )
+            loop = Loop(config, name=spec.name, attempt=spec.attempt, snapshot=spec.snapshot)
+            try:
+                result = await loop.run(send, inbox)
+            except ExamError as exc:
+                return NodeEnd(node, exam_error=str(exc), set_up=loop.set_up)
+        branch_bundle = await anyio.to_thread.run_sync(
+            _branch_bytes, repo, result.branch, spec.snapshot
+        )
+        trace = result.trace.read_bytes() if result.trace and result.trace.is_file() else b""
+        return NodeEnd(node, result, branch_bundle, trace, set_up=True)
+    except Exception as exc:  # said once, on the developer's side
+        return NodeEnd(
+            node,
+            error=f"{type(exc).__name__}: {exc}",
+            set_up=loop is not None and loop.set_up,
+        )
+    finally:
+        await anyio.to_thread.run_sync(lambda: shutil.rmtree(home, ignore_errors=True))
+
+
+def _clone(snapshot_bundle: bytes, repo: Path, snapshot: str) -> None:
+    """A repository whose checkout is the snapshot: the exam is read from it as from the
+    developer's checkout (blocking)."""
+    repo.mkdir(parents=True)
+    path = repo.parent / "snapshot.bundle"
+    path.write_bytes(snapshot_bundle)
+    gitops.git(repo, "init", "-q")
+    gitops.git(repo, "fetch", "-q", "--no-tags", str(path), f"{BUNDLE_REF}:{BUNDLE_REF}")
+    gitops.git(repo, "checkout", "-q", "--detach", snapshot)
+    path.unlink()
+
+
+def _branch_bytes(repo: Path, branch: str, snapshot: str) -> bytes | None:
+    """The preview branch's commits on top of the snapshot as a bundle; None when it has none."""
+    head = gitops.git(repo, "rev-parse", f"refs/heads/{branch}").strip()
+    if head == snapshot:
+        return None
+    with tempfile.TemporaryDirectory(prefix="codexloop-branch-") as tmp:
+        path = Path(tmp, "branch.bundle")
+        gitops.git(
+            repo, "bundle", "create", "-q", str(path), f"refs/heads/{branch}", f"^{snapshot}"
+        )
+        return path.read_bytes()
+
+
+# -- on the developer's machine ------------------------------------------------------------------
+
+
+class RemoteLoop(Loop):
+    """A :class:`Loop` whose work runs in a :class:`SessionActor`: what front ends and races
+    use of a loop (``run``, ``sandbox``, ``flagged``, ``test_outcomes``…), here."""
+
+    def __init__(self, config: Config, **kwargs: Any) -> None:
+        if config.continue_from is not None:
+            raise ConfigError("--continue runs on this machine: leave out --ray to continue")
+        super().__init__(config, **kwargs)
+        self.actor: Any = None
+        self.node = ""
+        self._remote_set_up = False
+
+    @property
+    def set_up(self) -> bool:
+        return self._remote_set_up
+
+    async def run(
+        self,
+        events: ObjectSendStream[ev.Event] | None = None,
+        commands: ObjectReceiveStream[ev.Command] | None = None,
+    ) -> LoopResult:
+        self._events = events
+        config = self.config
+        started = time.monotonic()
+        await anyio.to_thread.run_sync(connect, config.ray or "auto", config.api_key)
+        snapshot = self.snapshot
+        if snapshot is None:  # one session (a race snapshots once for all)
+            snapshot = await anyio.to_thread.run_sync(gitops.snapshot, config.repo)
+        packed = await anyio.to_thread.run_sync(bundle, config.repo, snapshot)
+        self.name = await anyio.to_thread.run_sync(free_name, config.repo, state_home(), self.name)
+        options: dict[str, Any] = {}
+        if config.api_key != _job_key:  # the job's environment carries another key
+            options["runtime_env"] = {"env_vars": {KEY_ENV: config.api_key}}
+        self.actor = SessionActor.options(**options).remote()  # type: ignore[attr-defined]
+        spec = NodeSpec(dataclasses.replace(config, api_key=""), self.name, self.attempt, snapshot)
+        end: NodeEnd | None = None
+        held: ev.LoopFinished | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                if commands is not None:
+                    tg.start_soon(self._send_commands, commands)
+                stream = self.actor.run.remote(packed, spec)
+                async for ref in stream:
+                    item = await ref
+                    if isinstance(item, NodeEnd):
+                        end = item
+                        break
+                    for event in item:
+                        if isinstance(event, ev.LoopFinished):
+                            held = event  # said once the branch is here
+                            continue
+                        await self._seen(event, started)
+                tg.cancel_scope.cancel()
+        except ray.exceptions.RayActorError as exc:
+            raise AttemptLost(f"the Ray actor running it died: {_first_line(exc)}") from None
+        except ray.exceptions.RayError as exc:
+            raise AttemptLost(f"Ray lost it: {_first_line(exc)}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                ray.kill(self.actor)
+        if end is None:
+            raise AttemptLost("the Ray actor's stream ended without its result")
+        self.node = end.node
+        if end.exam_error:
+            if held is not None:
+                await self.emit(held)
+            raise ExamError(end.exam_error)
+        if end.result is None:
+            raise CodexloopError(f"on Ray node {end.node}: {end.error}")
+        return await self._bring_back(end, end.result, held, commands)
+
+    async def _seen(self, event: ev.Event, started: float) -> None:
+        """An event of the actor's: noted as a local loop would, then passed on."""
+        if isinstance(event, ev.LoopStarted):
+            self._remote_set_up = True
+            await self.emit(event)
+            await self.emit(
+                ev.Notice(
+                    "info",
+                    f"attempt {self.attempt} runs on Ray ({time.monotonic() - started:.1f} s to "
+                    "start); edits of the exam in your checkout do not reach it",
+                )
+            )
+            return
+        if isinstance(event, ev.IterationStarted):
+            self._iteration = event.iteration
+        elif isinstance(event, ev.TestFinished):
+            self.test_outcomes.append(event.passed)
+        elif isinstance(event, ev.Flagged):
+            self.flagged.append(event)
+        elif isinstance(event, ev.StateChanged):
+            self.state = event.state
+        await self.emit(event)
+
+    async def _send_commands(self, commands: ObjectReceiveStream[ev.Command]) -> None:
+        async for command in commands:
+            with contextlib.suppress(ray.exceptions.RayError):
+                await self.actor.command.remote(command)
+
+    async def _bring_back(
+        self,
+        end: NodeEnd,
+        result: LoopResult,
+        held: ev.LoopFinished | None,
+        commands: ObjectReceiveStream[ev.Command] | None,
+    ) -> LoopResult:
+        """The branch into the developer's repository, a local worktree on it, the trace;
+        then the end as a local loop says it (and, green, the review or ``--accept all``)."""
+        config = self.config
+        branch = f"codexloop/{self.name}"
+        self.sandbox = sandbox = await anyio.to_thread.run_sync(
+            _fetch, config.repo, self.name, branch, result, end.branch_bundle
+        )
+        trace = _keep_trace(self.name, end.trace)
+        green = result.green
+        if result.status == "passed" and green is not None:
+            if self.accept_all:
+                self.applied = await outcome.apply(
+                    config.repo,
+                    sandbox,
+                    green,
+                    config.target_files,
+                    self.emit,
+                    flagged=self.flagged,
+                    accept_flagged=self.accept_flagged,
+                )
+            elif self.review and commands is not None:
+                await self._review_here(result, commands)
+        if held is not None:
+            await self.emit(
+                dataclasses.replace(held, branch=branch, worktree=str(sandbox.worktree))
+            )
+        return dataclasses.replace(
+            result,
+            branch=branch,
+            worktree=sandbox.worktree,
+            trace=trace,
+            flagged=tuple(self.flagged),
+            applied=self.applied,
+        )
+
+    async def _review_here(
+        self, result: LoopResult, commands: ObjectReceiveStream[ev.Command]
+    ) -> None:
+        """Green, in the app: the review of the fetched branch, here; accepted hunks go into
+        the checkout. Rejections cannot reach the model any more: they are said, not sent."""
+        controls = self.controls
+        async with anyio.create_task_group() as tg:
+
+            def apply_hunks(command: ev.Apply) -> None:
+                tg.start_soon(self._apply_hunks, result.base, command)
+
+            controls.on_apply = apply_hunks
+            tg.start_soon(controls.read, commands)
+            await self._set_state("green")
+            await self.emit(ev.ReviewReady(result.iterations, result.green))
+            await controls.wait_for(lambda: bool(controls.feedback) or controls.finish)
+            if controls.take_feedback():
+                await self.emit(
+                    ev.Notice(
+                        "warning",
+                        "this attempt ran on Ray and is over: rejected hunks cannot go back to "
+                        f"its model; continue it here with codexloop --continue {result.branch}",
+                    )
+                )
+            tg.cancel_scope.cancel()
+
+
+def _fetch(
+    repo: Path, name: str, branch: str, result: LoopResult, branch_bundle: bytes | None
+) -> Sandbox:
+    """The attempt's branch in the developer's repository (its commits from the bundle, or
+    the snapshot itself when it made none) and a worktree on it (blocking)."""
+    if branch_bundle is None:
+        gitops.git(repo, "branch", "-q", branch, result.base)
+    else:
+        with tempfile.TemporaryDirectory(prefix="codexloop-branch-") as tmp:
+            path = Path(tmp, "branch.bundle")
+            path.write_bytes(branch_bundle)
+            gitops.git(
+                repo,
+                "fetch",
+                "-q",
+                "--no-tags",
+                str(path),
+                f"refs/heads/{result.branch}:refs/heads/{branch}",
+            )
+    return Sandbox.reopen(repo, name, branch, result.base)
+
+
+def _keep_trace(name: str, data: bytes) -> Path | None:
+    if not data:
+        return None
+    path = traces_dir() / f"{name}.jsonl"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError:
+        return None
+    return path
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
