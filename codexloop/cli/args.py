@@ -6,6 +6,7 @@ Imports stay lazy so that ``--help`` and usage errors are instant.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from codexloop.core.race import Race
     from codexloop.core.resume import SessionRecord
 
-SUBCOMMANDS = ("demo", "replay", "resume", "branches", "clean")
+SUBCOMMANDS = ("demo", "replay", "resume", "branches", "clean", "batch")
 
 DESCRIPTION = """\
 Turn a failing test into working code: a coding model edits a sandboxed copy of your
@@ -36,6 +37,7 @@ failure back and loops until green. Your checkout is untouched until you accept 
 subcommands:
   codexloop demo [--headless]   a scripted tour on a bundled example, no key needed
   codexloop resume [BRANCH]     go on with a stopped, interrupted or crashed session
+  codexloop batch FILE          many tasks (a JSON object a line), each its own session
   codexloop replay TRACE        play a recorded session back
   codexloop branches | clean    list / remove preview branches and worktrees
 """
@@ -123,9 +125,9 @@ the session's own unless given here. codexloop branches says which sessions can 
 """
 
 
-def build_parser(*, resume: bool = False) -> argparse.ArgumentParser:
+def build_parser(*, resume: bool = False, targets: bool = True) -> argparse.ArgumentParser:
     """The main command's parser; ``resume``: ``codexloop resume``'s (a session in place of
-    the targets, the same options)."""
+    the targets, the same options); ``targets=False``: the options alone (``codexloop batch``)."""
     parser = _Parser(
         prog="codexloop resume" if resume else "codexloop",
         description=RESUME_DESCRIPTION if resume else DESCRIPTION,
@@ -148,7 +150,7 @@ def build_parser(*, resume: bool = False) -> argparse.ArgumentParser:
             action="store_true",
             help="the latest session of the repository that can be resumed (the default)",
         )
-    else:
+    elif targets:
         parser.add_argument(
             "targets",
             nargs="+",
@@ -326,6 +328,14 @@ def build_parser(*, resume: bool = False) -> argparse.ArgumentParser:
         help="test runs at once across attempts (default: the CPU count)",
     )
     parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        metavar="ADDRESS",
+        help="run the attempts as Ray actors: on the cluster at ADDRESS (ray://host:10001), "
+        "else RAY_ADDRESS's, else one on this machine (needs codexloop[ray])",
+    )
+    parser.add_argument(
         "--hint",
         action="append",
         metavar="TEXT",
@@ -369,7 +379,7 @@ def main(argv: Sequence[str] | None = None, *, open_app: OpenApp) -> int:
             return _fail(
                 "name the test that defines success, e.g. codexloop tests/test_x.py::test_y"
             )
-        args = build_parser().parse_args(args_list)
+        args = build_parser().parse_args(ray_flag(args_list))
     except UsageError as exc:
         return _failed(exc)
     try:
@@ -380,6 +390,19 @@ def main(argv: Sequence[str] | None = None, *, open_app: OpenApp) -> int:
         return _failed(exc)
     except Exception as exc:  # a bug of ours: say so in one line, keep the details
         return _internal_error(exc)
+
+
+_RAY_ADDRESS = re.compile(r"auto|local|[a-z]+://.*|[\w.-]+:\d+")
+
+
+def ray_flag(argv: list[str]) -> list[str]:
+    """``--ray`` before a target takes no address: ``--ray tests/x.py::t`` is ``--ray=auto``
+    and the target (an address is ``auto``, ``scheme://…`` or ``host:port``)."""
+    out = list(argv)
+    for index, word in enumerate(out[:-1]):
+        if word == "--ray" and not _RAY_ADDRESS.fullmatch(out[index + 1]):
+            out[index] = "--ray=auto"
+    return out
 
 
 def _internal_error(exc: BaseException) -> int:
@@ -432,6 +455,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
         max_cost=args.max_cost,
         gates=tuple(args.gate) if args.gate else None,
         guard=args.guard,
+        ray=args.ray,
     )
 
 
@@ -445,6 +469,10 @@ def run_loop(
     if resumed is not None:
         settings = resumed.settings_for(settings)
     config = load_config(settings)  # a CodexloopError ends main() with its line and status
+    if config.ray is not None:  # Ray missing: said now, before any screen opens
+        from codexloop.core.executor import attempt_kind
+
+        attempt_kind(config)
     if args.accept != "none" and not args.headless:
         return _fail("--accept applies to --headless runs; in the app, review with v")
     if not args.headless:

@@ -415,12 +415,13 @@ def resume(argv: Sequence[str], open_app: OpenApp) -> int:
     from codexloop.core import resume as records
 
     args = build_parser(resume=True).parse_args(argv)
-    racing = [f"--{name}" for name in ("attempts", "pick", "jobs") if getattr(args, name)]
+    racing = [f"--{name}" for name in ("attempts", "pick", "jobs", "ray") if getattr(args, name)]
     if racing or args.continue_from or args.hint:
         given = racing + ["--continue"] * bool(args.continue_from) + ["--hint"] * bool(args.hint)
         return _fail(
-            f"{', '.join(given)}: a resume goes on with one session as it was (resume one "
-            "attempt of a race by its branch; start a new race with codexloop TARGET --attempts N)"
+            f"{', '.join(given)}: a resume goes on with one session as it was, on this machine "
+            "(resume one attempt of a race by its branch; start a new race with codexloop "
+            "TARGET --attempts N)"
         )
     repo = _repo(args.repo)
     if repo is None:
@@ -449,7 +450,13 @@ def resume(argv: Sequence[str], open_app: OpenApp) -> int:
 
 
 def run_subcommand(name: str, argv: Sequence[str], open_app: OpenApp) -> int:
+    def batch() -> int:
+        from codexloop.cli.batch import batch as run_batch  # anyio and the engine: only now
+
+        return run_batch(argv)
+
     handlers: dict[str, Callable[[], int]] = {
+        "batch": batch,
         "branches": lambda: branches(argv),
         "clean": lambda: clean(argv),
         "demo": lambda: demo(argv, open_app),

@@ -335,7 +335,8 @@ class Race:
         if winner is not None:  # no winner: every branch stays (a stopped one is continued)
             for lane in lanes:
                 if lane is not winner:
-                    lane.removed = await anyio.to_thread.run_sync(_discard_empty, lane.loop)
+                    async with lane.loop.setup_lock or contextlib.nullcontext():
+                        lane.removed = await anyio.to_thread.run_sync(_discard_empty, lane.loop)
         self._write_index(lanes)
         if winner is None or winner.result is None:
             return await self._no_winner(lanes, out)

@@ -58,30 +58,44 @@ from codexloop.core.trace import traces_dir
 KEY_ENV = "CODEXLOOP_API_KEY"  # how the key reaches an actor: its runtime environment
 BATCH = 256  # events per item of the stream at most (what is ready goes together)
 BUNDLE_REF = "refs/codexloop-bundle/snapshot"
+IDLE_S = 5.0  # how long an actor whose session ended waits for another one
+WAIT_NOTICE_S = 10.0  # an attempt not started by then is said to wait for the cluster
 
 _connect_lock = threading.Lock()
 _job_key: str | None = None  # the key the job's runtime environment carries (we started it)
 _bundles: dict[tuple[str, str], Any] = {}  # (repo, snapshot) -> the bundle in the object store
 _bundles_lock = threading.Lock()
+# Actors whose session ended cleanly, by the key their environment carries: the next session
+# takes one instead of starting a worker process (a second or more of the node's CPU).
+_idle: dict[str, list[Any]] = {}
+_cached: dict[str, str] = {}  # the job the actors and bundles above belong to
 
 
 def connect(address: str, api_key: str) -> None:
     """Join the cluster once per process (blocking). ``auto``: ``RAY_ADDRESS``'s, else one
     running on this machine, else a new local one; any other value is the cluster's address."""
-    global _job_key
     with _connect_lock:
-        if ray.is_initialized():
-            return
-        try:
-            ray.init(
-                address=None if address == "auto" else address,
-                logging_level=logging.ERROR,
-                log_to_driver=False,
-                runtime_env={"env_vars": {KEY_ENV: api_key}},
-            )
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ConfigError(f"could not reach the Ray cluster at {address}: {exc}") from None
-        _job_key = api_key
+        if not ray.is_initialized():
+            _start(address, api_key)
+        job = ray.get_runtime_context().get_job_id()
+        if _cached.get("job") != job:  # another connection: what was kept belongs to the old
+            _idle.clear()
+            _bundles.clear()
+            _cached["job"] = job
+
+
+def _start(address: str, api_key: str) -> None:
+    global _job_key
+    try:
+        ray.init(
+            address=None if address == "auto" else address,
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+            runtime_env={"env_vars": {KEY_ENV: api_key}},
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"could not reach the Ray cluster at {address}: {exc}") from None
+    _job_key = api_key
 
 
 def bundle(repo: Path, snapshot: str) -> Any:
@@ -152,7 +166,7 @@ class SessionActor:
         commands, inbox = event_channel()
         for early in self._early:
             commands.send_nowait(early)
-        self._commands = commands
+        self._commands, self._early = commands, []
         task = asyncio.ensure_future(_session_on_node(snapshot_bundle, spec, send, inbox))
         async with receive:
             while True:
@@ -164,7 +178,9 @@ class SessionActor:
                     while len(batch) < BATCH:
                         batch.append(receive.receive_nowait())
                 yield batch
-        yield await task
+        end = await task
+        self._commands, self._early = None, []  # the next session's come after this
+        yield end
 
 
 async def _session_on_node(
@@ -261,42 +277,56 @@ class RemoteLoop(Loop):
         self._events = events
         config = self.config
         started = time.monotonic()
-        await anyio.to_thread.run_sync(connect, config.ray or "auto", config.api_key)
+        with self.timings.timed("ray connect"):
+            await anyio.to_thread.run_sync(connect, config.ray or "auto", config.api_key)
+        self.actor = _take_actor(config.api_key)  # it starts while the snapshot travels
         snapshot = self.snapshot
         if snapshot is None:  # one session (a race snapshots once for all)
             snapshot = await anyio.to_thread.run_sync(gitops.snapshot, config.repo)
-        packed = await anyio.to_thread.run_sync(bundle, config.repo, snapshot)
-        self.name = await anyio.to_thread.run_sync(free_name, config.repo, state_home(), self.name)
-        options: dict[str, Any] = {}
-        if config.api_key != _job_key:  # the job's environment carries another key
-            options["runtime_env"] = {"env_vars": {KEY_ENV: config.api_key}}
-        self.actor = SessionActor.options(**options).remote()  # type: ignore[attr-defined]
+        with self.timings.timed("ray bundle out"):
+            packed = await anyio.to_thread.run_sync(bundle, config.repo, snapshot)
+        async with self.setup_lock or contextlib.nullcontext():  # names, as a local loop's
+            self.name = await anyio.to_thread.run_sync(
+                free_name, config.repo, state_home(), self.name
+            )
         spec = NodeSpec(dataclasses.replace(config, api_key=""), self.name, self.attempt, snapshot)
         end: NodeEnd | None = None
         held: ev.LoopFinished | None = None
+        lost = ""
         try:
             async with anyio.create_task_group() as tg:
                 if commands is not None:
                     tg.start_soon(self._send_commands, commands)
-                stream = self.actor.run.remote(packed, spec)
-                async for ref in stream:
-                    item = await ref
-                    if isinstance(item, NodeEnd):
-                        end = item
-                        break
-                    for event in item:
-                        if isinstance(event, ev.LoopFinished):
-                            held = event  # said once the branch is here
-                            continue
-                        await self._seen(event, started)
+                tg.start_soon(self._say_waiting)
+                try:
+                    async for ref in self.actor.run.remote(packed, spec):
+                        item = await ref
+                        if not self._remote_set_up and not isinstance(item, NodeEnd):
+                            self.timings.setdefault("ray to first event", []).append(
+                                time.monotonic() - started
+                            )
+                        if isinstance(item, NodeEnd):
+                            end = item
+                            break
+                        for event in item:
+                            if isinstance(event, ev.LoopFinished):
+                                held = event  # said once the branch is here
+                                continue
+                            await self._seen(event, started)
+                except ray.exceptions.RayActorError as exc:
+                    lost = f"the Ray actor running it died: {_first_line(exc)}"
+                except ray.exceptions.RayError as exc:
+                    lost = f"Ray lost it: {_first_line(exc)}"
                 tg.cancel_scope.cancel()
-        except ray.exceptions.RayActorError as exc:
-            raise AttemptLost(f"the Ray actor running it died: {_first_line(exc)}") from None
-        except ray.exceptions.RayError as exc:
-            raise AttemptLost(f"Ray lost it: {_first_line(exc)}") from None
         finally:
-            with contextlib.suppress(Exception):
-                ray.kill(self.actor)
+            if end is not None and end.result is not None and end.result.status != "stopped":
+                _give_back(config.api_key, self.actor)
+            else:  # cancelled, stopped, lost or failed: it goes
+                with contextlib.suppress(Exception):
+                    ray.kill(self.actor)
+        if lost:
+            await self.emit(ev.Notice("error", f"attempt {self.attempt} is lost: {lost}"))
+            raise AttemptLost(lost)
         if end is None:
             raise AttemptLost("the Ray actor's stream ended without its result")
         self.node = end.node
@@ -306,7 +336,22 @@ class RemoteLoop(Loop):
             raise ExamError(end.exam_error)
         if end.result is None:
             raise CodexloopError(f"on Ray node {end.node}: {end.error}")
-        return await self._bring_back(end, end.result, held, commands)
+        back = time.perf_counter()
+        result = await self._bring_back(end, end.result, held, commands)
+        self.timings.setdefault("ray bring back", []).append(time.perf_counter() - back)
+        return result
+
+    async def _say_waiting(self) -> None:
+        """An actor the cluster cannot place yet (every CPU taken) is waited for, and said."""
+        await anyio.sleep(WAIT_NOTICE_S)
+        if not self._remote_set_up:
+            await self.emit(
+                ev.Notice(
+                    "info",
+                    f"attempt {self.attempt} waits for the Ray cluster: no CPU free for it yet "
+                    f"(ray status shows what runs)",
+                )
+            )
 
     async def _seen(self, event: ev.Event, started: float) -> None:
         """An event of the actor's: noted as a local loop would, then passed on."""
@@ -347,9 +392,10 @@ class RemoteLoop(Loop):
         then the end as a local loop says it (and, green, the review or ``--accept all``)."""
         config = self.config
         branch = f"codexloop/{self.name}"
-        self.sandbox = sandbox = await anyio.to_thread.run_sync(
-            _fetch, config.repo, self.name, branch, result, end.branch_bundle
-        )
+        async with self.setup_lock or contextlib.nullcontext():  # a worktree, as at set-up
+            self.sandbox = sandbox = await anyio.to_thread.run_sync(
+                _fetch, config.repo, self.name, branch, result, end.branch_bundle
+            )
         trace = _keep_trace(self.name, end.trace)
         green = result.green
         if result.status == "passed" and green is not None:
@@ -403,6 +449,38 @@ class RemoteLoop(Loop):
                     )
                 )
             tg.cancel_scope.cancel()
+
+
+def _take_actor(api_key: str) -> Any:
+    """An idle actor whose environment carries ``api_key``, else a new one."""
+    with _bundles_lock:
+        idle = _idle.get(api_key)
+        if idle:
+            return idle.pop()
+    options: dict[str, Any] = {}
+    if api_key != _job_key:  # the job's environment carries another key
+        options["runtime_env"] = {"env_vars": {KEY_ENV: api_key}}
+    return SessionActor.options(**options).remote()  # type: ignore[attr-defined]
+
+
+def _give_back(api_key: str, actor: Any) -> None:
+    """A cleanly ended session's actor waits ``IDLE_S`` for the next session (a batch's next
+    task), then goes: an idle actor holds its CPU of the cluster, which others may need."""
+    with _bundles_lock:
+        _idle.setdefault(api_key, []).append(actor)
+
+    def expire() -> None:
+        with _bundles_lock:
+            idle = _idle.get(api_key, [])
+            if actor not in idle:
+                return  # taken again
+            idle.remove(actor)
+        with contextlib.suppress(Exception):
+            ray.kill(actor)
+
+    timer = threading.Timer(IDLE_S, expire)
+    timer.daemon = True
+    timer.start()
 
 
 def _fetch(

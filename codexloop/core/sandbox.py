@@ -11,6 +11,7 @@ the sandbox's one lifecycle; each part needs the others' paths.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -109,14 +110,31 @@ def session_name(targets: tuple[str, ...]) -> str:
 
 def free_name(repo: Path, home: Path, name: str) -> str:
     """``name``, or ``name-2``, ``name-3``... when a session of that name already has a
-    branch or a worktree (two sessions on one test started within the same second)."""
+    branch or a worktree (two sessions on one test started within the same second), claimed:
+    its temp folder ``home/tmp/<name>`` is made here, at once, so two sessions started together
+    (of one repository or of several) never share a name, nor the folders and trace named
+    after it. Blocking."""
     candidate, number = name, 1
-    while gitops.git(
-        repo, "rev-parse", "--verify", "--quiet", f"refs/heads/codexloop/{candidate}", check=False
-    ).strip() or os.path.lexists(home / "worktrees" / repo_key(repo) / candidate):
+    while True:
+        taken = gitops.git(
+            repo,
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            f"refs/heads/codexloop/{candidate}",
+            check=False,
+        ).strip() or os.path.lexists(home / "worktrees" / repo_key(repo) / candidate)
+        if not taken:
+            claim = home / "tmp" / candidate
+            claim.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                claim.mkdir()
+            except FileExistsError:
+                pass
+            else:
+                return candidate
         number += 1
         candidate = f"{name}-{number}"
-    return candidate
 
 
 def repo_key(repo: Path) -> str:
@@ -184,20 +202,22 @@ class Sandbox:
         elif gitops.git(repo, "cat-file", "-t", base, check=False).strip() != "commit":
             raise gitops.GitError(f"commit {base[:12]} is not in the repository {repo}")
         assert start is not None
-        name = free_name(repo, home, name)
+        name = free_name(repo, home, name)  # its temp folder made: the name is this session's
         worktree = home / "worktrees" / repo_key(repo) / name
         branch = f"codexloop/{name}"
-        gitops.create_worktree(repo, start, branch, worktree)
         tmp = home / "tmp" / name
-        made_tmp = False
+        try:
+            gitops.create_worktree(repo, start, branch, worktree)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.rmdir()
+            raise
         try:
             exclude = _write_excludes(home)
-            made_tmp = not os.path.lexists(tmp)
-            tmp.mkdir(parents=True, exist_ok=True)
             # Remembers the checkout before anyone touches it.
             record.recorder(worktree, exclude, fresh_checkout=True)
         except BaseException as exc:
-            _undo_create(repo, worktree, branch, tmp if made_tmp else None, exc)
+            _undo_create(repo, worktree, branch, tmp, exc)
             raise
         return cls(repo, worktree, branch, base, name, exclude, tmp, left_out=tuple(left_out))
 

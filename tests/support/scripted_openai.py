@@ -160,6 +160,7 @@ class ScriptedOpenAI:
         self.responses_requests: list[dict[str, Any]] = []
         # (path, body) of requests refused by the switches above; they consume no turn.
         self.rejected_requests: list[tuple[str, dict[str, Any]]] = []
+        self.authorizations: list[str] = []  # each request's Authorization header
         self._turns: deque[_Scripted] = deque()
         self._by_model: dict[str, deque[_Scripted]] = {}  # scripts of one model (attempts)
         self._cond = threading.Condition()
@@ -318,6 +319,7 @@ class _Handler(BaseHTTPRequestHandler):
             error = _error_body(400, UNSUPPORTED_API_MESSAGE, "unsupported_api_for_model", "model")
             self._send_json(400, error)
             return
+        scripted.authorizations.append(self.headers.get("Authorization", ""))
         number, entry = scripted._record(body, path)
         if entry is None:
             message = f"scripted server: no turn left for request #{number}"
