@@ -500,7 +500,8 @@ def _fetch(
                 "-q",
                 "--no-tags",
                 str(path),
-                f"refs/heads/{result.branch}:refs/heads/{branch}",
+                # The ref is the one the node was told to make: nothing else comes in.
+                f"refs/heads/{branch}:refs/heads/{branch}",
             )
     return Sandbox.reopen(repo, name, branch, result.base)
 

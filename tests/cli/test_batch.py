@@ -22,51 +22,19 @@ import termios
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
+from batch_tasks import ADD, FILES, FIXED, MUL, SUB, ends, fix, most_at_once, write_tasks, wrong
 from conftest import run_git
 from loophelpers import events_of, run_cli
-from scripted_openai import Call, Reply
+from scripted_openai import Reply
 
 from codexloop.cli.args import ray_flag
 from codexloop.cli.batch import batch_parser, read_tasks, task_config
 from codexloop.main import main
 
-FILES = {
-    "calc.py": "def add(a, b):\n    return a - b\n",
-    "sub.py": "def sub(a, b):\n    return a + b\n",
-    "mul.py": "def mul(a, b):\n    return a + b\n",
-    "tests/test_calc.py": "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n",
-    "tests/test_sub.py": "from sub import sub\n\n\ndef test_sub():\n    assert sub(5, 3) == 2\n",
-    "tests/test_mul.py": "from mul import mul\n\n\ndef test_mul():\n    assert mul(2, 3) == 6\n",
-}
-FIXED = {
-    "calc.py": "def add(a, b):\n    return a + b\n",
-    "sub.py": "def sub(a, b):\n    return a - b\n",
-    "mul.py": "def mul(a, b):\n    return a * b\n",
-}
-ADD, SUB, MUL = "tests/test_calc.py::test_add", "tests/test_sub.py::test_sub", "tests/test_mul.py"
 ALLOWED = "targets, task, test_cmd, attempts, model, max_iterations, hints, pick"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def fix(path: str, hold: threading.Event | None = None) -> list[Reply]:
-    """A model's two turns: the right change (its first turn held until ``hold``), then done."""
-    change = Call("write_file", {"path": path, "content": FIXED[path]})
-    return [Reply(tool_calls=[change], hold=hold), Reply(text="Fixed.")]
-
-
-def wrong(path: str, hold: threading.Event | None = None) -> list[Reply]:
-    change = Call("write_file", {"path": path, "content": "def mul(a, b):\n    return a - b\n"})
-    return [Reply(tool_calls=[change], hold=hold), Reply(text="Tried.")]
-
-
-def write_tasks(repo: Path, *lines: str | dict[str, Any]) -> Path:
-    path = repo.parent / "tasks.jsonl"
-    text = [line if isinstance(line, str) else json.dumps(line) for line in lines]
-    path.write_text("\n".join(text) + "\n")
-    return path
 
 
 def start(repo: Path, tasks: Path, base_url: str, *extra: str) -> subprocess.Popen[str]:
@@ -85,24 +53,6 @@ def start(repo: Path, tasks: Path, base_url: str, *extra: str) -> subprocess.Pop
 def preview_branches(repo: Path) -> list[str]:
     listed = run_git(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/codexloop")
     return listed.split()
-
-
-def ends(events: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    """Each task's session-level ``loop_finished``."""
-    return {e["task"]: e for e in events if e["type"] == "loop_finished"}
-
-
-def most_at_once(events: list[dict[str, Any]]) -> int:
-    """The most sessions under way at once, as the stream tells it (a session's events are
-    all out before the next session starts in its place)."""
-    running = most = 0
-    for event in events:
-        if event["type"] == "loop_started" and event["attempt"] == 1:
-            running += 1
-        elif event["type"] == "loop_finished":
-            running -= 1
-        most = max(most, running)
-    return most
 
 
 def summary_line(text: str, task: int) -> str:
