@@ -25,9 +25,12 @@ def test_a_batch_of_three_on_ray_two_at_a_time(ray_cluster, make_repo, scripted_
         {"targets": [SUB], "model": "t2"},
         {"targets": [MUL], "model": "t3"},
     )
-    release = threading.Thread(
-        target=lambda: scripted_openai.wait_for_requests(2, timeout=170) and both.set()
-    )
+
+    def release_both() -> None:
+        scripted_openai.wait_for_requests(2, timeout=170)
+        both.set()
+
+    release = threading.Thread(target=release_both)
     release.start()
     try:
         done = run_cli(
