@@ -469,10 +469,12 @@ def run_loop(
     if resumed is not None:
         settings = resumed.settings_for(settings)
     config = load_config(settings)  # a CodexloopError ends main() with its line and status
-    if config.ray is not None:  # Ray missing: said now, before any screen opens
-        from codexloop.core.executor import attempt_kind
+    if config.ray is not None:  # Ray missing or out of reach: said now, before any screen
+        from codexloop.core.executor import prepare
 
-        attempt_kind(config)
+        if sys.stderr.isatty():
+            print("codexloop: joining the Ray cluster…", file=sys.stderr)
+        prepare(config)
     if args.accept != "none" and not args.headless:
         return _fail("--accept applies to --headless runs; in the app, review with v")
     if not args.headless:

@@ -39,6 +39,17 @@ def attempt_kind(config: Config) -> type[Loop]:
     return RemoteLoop
 
 
+def prepare(config: Config) -> None:
+    """``--ray``: Ray imported and the cluster joined now (blocking), before any screen opens:
+    Ray's start needs the real standard streams, which a full-screen app has taken over."""
+    if config.ray is None:
+        return
+    attempt_kind(config)  # Ray missing: a ConfigError
+    from codexloop.core.ray_executor import connect
+
+    connect(config.ray, config.api_key)
+
+
 def new_session(
     config: Config,
     *,
