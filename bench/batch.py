@@ -1,11 +1,11 @@
 """Many sessions on Ray vs in this process (issue 18): wall time, remote overhead, events/s.
 
 ``--tasks`` sessions (the calc kata, each in its own repository) of ``--attempts`` attempts
-each, all started at once, against a scripted model on loopback whose turns take ``--turn``
+each, ``--concurrency`` at a time (as ``codexloop batch`` runs them), against a scripted model on loopback whose turns take ``--turn``
 seconds; one attempt of each session fixes the kata in its first iteration, the other edits a
 comment (``--pick best``: every attempt runs to its end). Run twice: every attempt in this
 process, then every attempt a Ray actor on a local cluster (``ray.init(num_cpus=...)``,
-started before the clock runs; one logical CPU per attempt, so all run at once). Printed:
+started before the clock runs, with a logical CPU for every attempt under way). Printed:
 
 - wall time of each executor, and the ratio;
 - per remote attempt: the time to its first event beyond a local attempt's (bundle out,
@@ -15,7 +15,7 @@ started before the clock runs; one logical CPU per attempt, so all run at once).
   fragments as fast as the server writes them, counted as they arrive here, and whether
   the text came back in the order the model wrote it.
 
-    .venv/bin/python bench/batch.py [--tasks 8] [--attempts 2] [--turn 0.5] [--cpus N]
+    .venv/bin/python bench/batch.py [--tasks 8] [--attempts 2] [--concurrency 4] [--turn 0.5]
 """
 
 from __future__ import annotations
@@ -88,7 +88,13 @@ async def run_all(
         sessions.append(new_session(config, backoff=(0.0,)))
     green = 0
 
+    limit = anyio.CapacityLimiter(args.concurrency)
+
     async def one(session: Any) -> None:
+        async with limit:
+            await run_one(session)
+
+    async def run_one(session: Any) -> None:
         nonlocal green
         send, receive = event_channel()
         async with anyio.create_task_group() as tg:
@@ -116,10 +122,15 @@ async def stream_rate(root: Path, server: ScriptedOpenAI, tokens: int, ray: str 
     """Fragments per second carried back from one streaming turn, and whether they came in
     order (the text as the model wrote it)."""
     words = [f"w{n} " for n in range(tokens)]
-    server.add(Reply(text="".join(words), chunk_size=4), Reply(text="Done."))
+    server.add_for("stream", Reply(text="".join(words), chunk_size=4), Reply(text="Done."))
     repo = git_repo(root / f"stream-{ray or 'here'}", KATA)
     settings = Settings(
-        targets=(TARGET,), repo=repo, base_url=server.base_url, max_iterations=1, ray=ray
+        targets=(TARGET,),
+        repo=repo,
+        base_url=server.base_url,
+        model="stream",
+        max_iterations=1,
+        ray=ray,
     )
     session = new_session(load_config(settings, env={}, cwd=repo), backoff=(0.0,))
     send, receive = event_channel()
@@ -154,10 +165,13 @@ def main() -> int:
         "--cpus",
         type=int,
         default=0,
-        help="the local cluster's num_cpus (an attempt takes one; default: tasks x attempts, "
-        "so every attempt runs at once, as in this process)",
+        help="the local cluster's num_cpus (an attempt takes one; default: concurrency x "
+        "attempts, so every attempt under way runs at once, as in this process)",
     )
     parser.add_argument("--tokens", type=int, default=5000, help="fragments of the stream test")
+    parser.add_argument(
+        "--concurrency", type=int, default=4, help="sessions at once, as batch --concurrency"
+    )
     args = parser.parse_args()
     try:
         import ray
@@ -165,7 +179,7 @@ def main() -> int:
         print("bench/batch.py needs Ray: pip install 'codexloop[ray]'")
         return 2
     t0 = time.perf_counter()
-    args.cpus = args.cpus or args.tasks * args.attempts
+    args.cpus = args.cpus or args.concurrency * args.attempts
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     print(f"local Ray cluster up in {time.perf_counter() - t0:.1f} s (num_cpus={args.cpus})")
     server = ScriptedOpenAI()
@@ -177,7 +191,8 @@ def main() -> int:
             here, here_loops, here_green = anyio.run(run_all, root, server, args, None)
             there, there_loops, there_green = anyio.run(run_all, root, server, args, "auto")
             print(
-                f"{args.tasks} sessions x {args.attempts} attempts, {args.turn} s turns: "
+                f"{args.tasks} sessions x {args.attempts} attempts, {args.concurrency} sessions at "
+                f"once, {args.turn} s turns: "
                 f"in-process {here:.1f} s ({here_green} green), "
                 f"Ray {there:.1f} s ({there_green} green), ratio {there / here:.2f}x"
             )

@@ -47,7 +47,7 @@ def prepare(config: Config) -> None:
     attempt_kind(config)  # Ray missing: a ConfigError
     from codexloop.core.ray_executor import connect
 
-    connect(config.ray, config.api_key)
+    connect(config.ray)
 
 
 def new_session(

@@ -14,8 +14,15 @@ never needs Ray. One attempt = one :class:`SessionActor`, which owns its sandbox
   the attempt's trace. The branch is fetched into the developer's repository as
   ``codexloop/<session>/aK`` and checked out in a local worktree, so the review, ``--accept
   all`` and ``codexloop branches`` work as for an attempt run here.
-- **Secrets**: the API key reaches the actor through the runtime environment (``env_vars``),
-  never through the event stream, the config sent along, or the trace.
+- **Secrets**: the API key reaches the actor as an argument of the session's call, never
+  through a runtime environment (Ray writes those, key included, into world-readable logs on
+  every node, where a model's command without bubblewrap reads them, and keeps them in the
+  worker's environment), the event stream, the config sent along, or the trace.
+- **Nothing outlives the session** on the node: a session cancelled here (a second Ctrl-C)
+  is cancelled there first, so its loop cleans up and its folder goes before the actor is
+  killed; what a killed actor could not clean (its folder, processes naming it) is swept by
+  the next session on that node. Commands carry the session they belong to: one arriving
+  late never reaches the next session of a reused actor.
 - **Lost**: a node or actor that dies ends that attempt as ``lost``
   (:class:`~codexloop.core.errors.AttemptLost`), never the session.
 
@@ -31,11 +38,14 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import shutil
+import signal
 import socket
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +57,7 @@ import ray.exceptions
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from codexloop.core import events as ev
-from codexloop.core import gitops, outcome
+from codexloop.core import gitops, outcome, process
 from codexloop.core.config import Config, ConfigError
 from codexloop.core.errors import AttemptLost, CodexloopError
 from codexloop.core.exam import ExamError
@@ -55,28 +65,31 @@ from codexloop.core.loop import Loop, LoopResult, event_channel
 from codexloop.core.sandbox import Sandbox, free_name, state_home
 from codexloop.core.trace import traces_dir
 
-KEY_ENV = "CODEXLOOP_API_KEY"  # how the key reaches an actor: its runtime environment
 BATCH = 256  # events per item of the stream at most (what is ready goes together)
-BUNDLE_REF = "refs/codexloop-bundle/snapshot"
+BUNDLE_REFS = "refs/codexloop-bundle"  # a ref of its own per bundle made, gone once made
 IDLE_S = 5.0  # how long an actor whose session ended waits for another one
 WAIT_NOTICE_S = 10.0  # an attempt not started by then is said to wait for the cluster
+PROBE_S = 5.0  # how long a cluster's address may take to answer a connection
+END_GRACE_S = 10.0  # how long a cancelled session on a node may take to clean up
+NODE_PREFIX = "codexloop-node-"
+OWNER = "owner"  # in a node folder: "pid start-time" of the actor process that made it
 
 _connect_lock = threading.Lock()
-_job_key: str | None = None  # the key the job's runtime environment carries (we started it)
 _bundles: dict[tuple[str, str], Any] = {}  # (repo, snapshot) -> the bundle in the object store
 _bundles_lock = threading.Lock()
-# Actors whose session ended cleanly, by the key their environment carries: the next session
-# takes one instead of starting a worker process (a second or more of the node's CPU).
-_idle: dict[str, list[Any]] = {}
+# Actors whose session ended cleanly: the next session takes one instead of starting a worker
+# process (a second or more of the node's CPU).
+_idle: list[Any] = []
 _cached: dict[str, str] = {}  # the job the actors and bundles above belong to
 
 
-def connect(address: str, api_key: str) -> None:
+def connect(address: str) -> None:
     """Join the cluster once per process (blocking). ``auto``: ``RAY_ADDRESS``'s, else one
-    running on this machine, else a new local one; any other value is the cluster's address."""
+    running on this machine, else a new local one; any other value is the cluster's address.
+    (The key travels with each session's call, never in a runtime environment.)"""
     with _connect_lock:
         if not ray.is_initialized():
-            _start(address, api_key)
+            _start(address)
         job = ray.get_runtime_context().get_job_id()
         if _cached.get("job") != job:  # another connection: what was kept belongs to the old
             _idle.clear()
@@ -84,18 +97,35 @@ def connect(address: str, api_key: str) -> None:
             _cached["job"] = job
 
 
-def _start(address: str, api_key: str) -> None:
-    global _job_key
+def _start(address: str) -> None:
+    _probe(address)
     try:
         ray.init(
             address=None if address == "auto" else address,
             logging_level=logging.ERROR,
             log_to_driver=False,
-            runtime_env={"env_vars": {KEY_ENV: api_key}},
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ConfigError(f"could not reach the Ray cluster at {address}: {exc}") from None
-    _job_key = api_key
+
+
+def _probe(address: str) -> None:
+    """A cluster address that does not answer is said at once: Ray itself waits minutes
+    for it, printing warnings, and cannot be interrupted meanwhile (blocking)."""
+    given = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    found = re.fullmatch(r"(?:[a-z]+://)?\[?([^\]/]+?)\]?:(\d+)/?", given.strip())
+    if found is None:  # auto, local, or a form Ray resolves itself
+        return
+    host, port = found.group(1), int(found.group(2))
+    try:
+        socket.create_connection((host, port), timeout=PROBE_S).close()
+    except TimeoutError:
+        reason = f"no answer within {PROBE_S:g} s"
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+    else:
+        return
+    raise ConfigError(f"could not reach the Ray cluster at {given}: {reason}")
 
 
 def bundle(repo: Path, snapshot: str) -> Any:
@@ -108,13 +138,16 @@ def bundle(repo: Path, snapshot: str) -> Any:
 
 
 def _bundle_bytes(repo: Path, snapshot: str) -> bytes:
+    # A ref of this bundle's own: two sessions bundling the repository at once (two
+    # processes) never bundle each other's snapshot, nor delete each other's ref.
+    ref = f"{BUNDLE_REFS}/{uuid.uuid4().hex}"
     with tempfile.TemporaryDirectory(prefix="codexloop-bundle-") as tmp:
         path = Path(tmp, "snapshot.bundle")
-        gitops.git(repo, "update-ref", BUNDLE_REF, snapshot)
+        gitops.git(repo, "update-ref", ref, snapshot)
         try:
-            gitops.git(repo, "bundle", "create", "-q", str(path), BUNDLE_REF)
+            gitops.git(repo, "bundle", "create", "-q", str(path), ref)
         finally:
-            gitops.git(repo, "update-ref", "-d", BUNDLE_REF, check=False)
+            gitops.git(repo, "update-ref", "-d", ref, check=False)
         return path.read_bytes()
 
 
@@ -147,63 +180,94 @@ class NodeEnd:
 
 @ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)
 class SessionActor:
-    """One attempt on a node: its clone of the snapshot, its sandbox, its loop."""
+    """One attempt on a node: its clone of the snapshot, its sandbox, its loop. Reused by the
+    next session: every call names the session (a token) it belongs to."""
 
     def __init__(self) -> None:
+        self._token = ""  # the session running now
         self._commands: ObjectSendStream[ev.Command] | None = None
-        self._early: list[ev.Command] = []
+        self._early: dict[str, list[ev.Command]] = {}  # sent before their session's run
+        self._ended: set[str] = set()  # sessions over: what comes for them is dropped
+        self._task: asyncio.Future[NodeEnd] | None = None
 
-    async def command(self, command: ev.Command) -> None:
-        if self._commands is None:
-            self._early.append(command)
+    async def command(self, token: str, command: ev.Command) -> None:
+        if token in self._ended:
+            return  # late: its session is over (never the next session's)
+        if token != self._token or self._commands is None:
+            self._early.setdefault(token, []).append(command)
             return
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             await self._commands.send(command)
 
-    async def run(self, snapshot_bundle: bytes, spec: NodeSpec) -> AsyncIterator[object]:
+    async def abandon(self, token: str) -> None:
+        """The developer's side gave the session up (cancelled): it ends here too, cleaning
+        up as a cancelled local loop does, before the actor is killed."""
+        self._ended.add(token)
+        self._early.pop(token, None)
+        task = self._task
+        if token == self._token and task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def run(
+        self, snapshot_bundle: bytes, spec: NodeSpec, api_key: str, token: str
+    ) -> AsyncIterator[object]:
         """Streams lists of events, then one :class:`NodeEnd`."""
+        if token in self._ended:
+            return
         send, receive = event_channel()
         commands, inbox = event_channel()
-        for early in self._early:
-            commands.send_nowait(early)
-        self._commands, self._early = commands, []
-        task = asyncio.ensure_future(_session_on_node(snapshot_bundle, spec, send, inbox))
-        async with receive:
-            while True:
-                try:
-                    batch = [await receive.receive()]
-                except anyio.EndOfStream:
-                    break
-                with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
-                    while len(batch) < BATCH:
-                        batch.append(receive.receive_nowait())
-                yield batch
-        end = await task
-        self._commands, self._early = None, []  # the next session's come after this
+        early = self._early.pop(token, [])
+        self._early.clear()  # of sessions that never ran here
+        for command in early:
+            commands.send_nowait(command)
+        self._token, self._commands = token, commands
+        task = asyncio.ensure_future(_session_on_node(snapshot_bundle, spec, api_key, send, inbox))
+        self._task = task
+        try:
+            async with receive:
+                while True:
+                    try:
+                        batch = [await receive.receive()]
+                    except anyio.EndOfStream:
+                        break
+                    with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
+                        while len(batch) < BATCH:
+                            batch.append(receive.receive_nowait())
+                    yield batch
+            end = await task
+        finally:
+            if not task.done():  # the stream was given up: so is the session
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+            self._ended.add(token)  # the next session's commands come after this
+            self._token, self._commands, self._task = "", None, None
         yield end
 
 
 async def _session_on_node(
     snapshot_bundle: bytes,
     spec: NodeSpec,
+    api_key: str,
     send: ObjectSendStream[ev.Event],
     inbox: ObjectReceiveStream[ev.Command],
 ) -> NodeEnd:
     node = socket.gethostname()
-    home = Path(tempfile.mkdtemp(prefix="codexloop-node-"))
+    await anyio.to_thread.run_sync(_sweep_node)
+    home = Path(tempfile.mkdtemp(prefix=f"{NODE_PREFIX}{_safe(spec.name)}-a{spec.attempt}-"))
     # Everything the session keeps on this node lives in its own folder, gone at the end.
     os.environ["XDG_CACHE_HOME"] = str(home / "cache")
     os.environ["XDG_STATE_HOME"] = str(home / "state")
     loop: Loop | None = None
     try:
+        (home / OWNER).write_text(_owner(os.getpid()) or "")
         async with send:
             repo = home / "repo"
             await anyio.to_thread.run_sync(_clone, snapshot_bundle, repo, spec.snapshot)
             config = dataclasses.replace(
-                spec.config,
-                repo=repo,
-                api_key=os.environ.get(KEY_ENV) or "codexloop-no-key",
-                ray=None,
+                spec.config, repo=repo, api_key=api_key or "codexloop-no-key", ray=None
             )
             loop = Loop(config, name=spec.name, attempt=spec.attempt, snapshot=spec.snapshot)
             try:
@@ -222,7 +286,53 @@ async def _session_on_node(
             set_up=loop is not None and loop.set_up,
         )
     finally:
-        await anyio.to_thread.run_sync(lambda: shutil.rmtree(home, ignore_errors=True))
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_clear_node_folder, home)
+
+
+def _clear_node_folder(home: Path) -> None:
+    """A session's node folder gone, with the git readers this process kept open on it and
+    any process still naming it (blocking)."""
+    gitops.close_readers()  # one session at a time per actor: all of them are its
+    _kill(process.session_processes([home]))
+    shutil.rmtree(home, ignore_errors=True)
+    for name in ("XDG_CACHE_HOME", "XDG_STATE_HOME"):
+        if os.environ.get(name, "").startswith(str(home)):
+            del os.environ[name]
+
+
+def _sweep_node() -> None:
+    """Folders of sessions whose actor died on this node (killed: no clean-up of its own)
+    go, with the processes that still name them (blocking)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{NODE_PREFIX}*"):
+        try:
+            owner = (folder / OWNER).read_text().split()
+        except OSError:
+            continue  # not one of ours, or one being made
+        if len(owner) != 2 or not owner[0].isdigit() or _owner(int(owner[0])) == " ".join(owner):
+            continue  # its actor lives
+        _kill(process.session_processes([folder]))
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _owner(pid: int) -> str | None:
+    """``pid start-time`` of a live process (a pid alone may be reused), None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            started = handle.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+    return f"{pid} {started}"
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:60]
 
 
 def _clone(snapshot_bundle: bytes, repo: Path, snapshot: str) -> None:
@@ -232,7 +342,8 @@ def _clone(snapshot_bundle: bytes, repo: Path, snapshot: str) -> None:
     path = repo.parent / "snapshot.bundle"
     path.write_bytes(snapshot_bundle)
     gitops.git(repo, "init", "-q")
-    gitops.git(repo, "fetch", "-q", "--no-tags", str(path), f"{BUNDLE_REF}:{BUNDLE_REF}")
+    refs = f"{BUNDLE_REFS}/*"
+    gitops.git(repo, "fetch", "-q", "--no-tags", str(path), f"{refs}:{refs}")
     gitops.git(repo, "checkout", "-q", "--detach", snapshot)
     path.unlink()
 
@@ -264,6 +375,8 @@ class RemoteLoop(Loop):
         self.actor: Any = None
         self.node = ""
         self._remote_set_up = False
+        self._token = uuid.uuid4().hex  # names this session in every call to its actor
+        self._left_out: list[tuple[str, int]] = []
 
     @property
     def set_up(self) -> bool:
@@ -278,11 +391,11 @@ class RemoteLoop(Loop):
         config = self.config
         started = time.monotonic()
         with self.timings.timed("ray connect"):
-            await anyio.to_thread.run_sync(connect, config.ray or "auto", config.api_key)
-        self.actor = _take_actor(config.api_key)  # it starts while the snapshot travels
+            await anyio.to_thread.run_sync(connect, config.ray or "auto")
+        self.actor = _take_actor()  # it starts while the snapshot travels
         snapshot = self.snapshot
         if snapshot is None:  # one session (a race snapshots once for all)
-            snapshot = await anyio.to_thread.run_sync(gitops.snapshot, config.repo)
+            snapshot = await anyio.to_thread.run_sync(gitops.snapshot, config.repo, self._left_out)
         with self.timings.timed("ray bundle out"):
             packed = await anyio.to_thread.run_sync(bundle, config.repo, snapshot)
         async with self.setup_lock or contextlib.nullcontext():  # names, as a local loop's
@@ -299,7 +412,8 @@ class RemoteLoop(Loop):
                     tg.start_soon(self._send_commands, commands)
                 tg.start_soon(self._say_waiting)
                 try:
-                    async for ref in self.actor.run.remote(packed, spec):
+                    stream = self.actor.run.remote(packed, spec, config.api_key, self._token)
+                    async for ref in stream:
                         item = await ref
                         if not self._remote_set_up and not isinstance(item, NodeEnd):
                             self.timings.setdefault("ray to first event", []).append(
@@ -320,8 +434,15 @@ class RemoteLoop(Loop):
                 tg.cancel_scope.cancel()
         finally:
             if end is not None and end.result is not None and end.result.status != "stopped":
-                _give_back(config.api_key, self.actor)
+                _give_back(self.actor)
             else:  # cancelled, stopped, lost or failed: it goes
+                if end is None and not lost:  # cancelled: the node cleans up first
+                    with (
+                        anyio.CancelScope(shield=True),
+                        anyio.move_on_after(END_GRACE_S),
+                        contextlib.suppress(Exception),
+                    ):
+                        await self.actor.abandon.remote(self._token)
                 with contextlib.suppress(Exception):
                     ray.kill(self.actor)
         if lost:
@@ -365,6 +486,16 @@ class RemoteLoop(Loop):
                     "start); edits of the exam in your checkout do not reach it",
                 )
             )
+            if self._left_out:  # as a session snapshotting here says it
+                listed = ", ".join(f"{rel} ({size / 2**20:.0f} MB)" for rel, size in self._left_out)
+                await self.emit(
+                    ev.Notice(
+                        "warning",
+                        f"left out of the sandbox (untracked and over "
+                        f"{gitops.MAX_UNTRACKED_BYTES >> 20} MB; add them to .gitignore or "
+                        f"commit them): {listed}",
+                    )
+                )
             return
         if isinstance(event, ev.IterationStarted):
             self._iteration = event.iteration
@@ -379,7 +510,7 @@ class RemoteLoop(Loop):
     async def _send_commands(self, commands: ObjectReceiveStream[ev.Command]) -> None:
         async for command in commands:
             with contextlib.suppress(ray.exceptions.RayError):
-                await self.actor.command.remote(command)
+                await self.actor.command.remote(self._token, command)
 
     async def _bring_back(
         self,
@@ -451,30 +582,29 @@ class RemoteLoop(Loop):
             tg.cancel_scope.cancel()
 
 
-def _take_actor(api_key: str) -> Any:
-    """An idle actor whose environment carries ``api_key``, else a new one."""
+def _take_actor() -> Any:
+    """An idle actor, else a new one."""
     with _bundles_lock:
-        idle = _idle.get(api_key)
-        if idle:
-            return idle.pop()
-    options: dict[str, Any] = {}
-    if api_key != _job_key:  # the job's environment carries another key
-        options["runtime_env"] = {"env_vars": {KEY_ENV: api_key}}
-    return SessionActor.options(**options).remote()  # type: ignore[attr-defined]
+        if _idle:
+            return _idle.pop()
+    return _new_actor()
 
 
-def _give_back(api_key: str, actor: Any) -> None:
+def _new_actor() -> Any:
+    return SessionActor.remote()  # type: ignore[attr-defined]
+
+
+def _give_back(actor: Any) -> None:
     """A cleanly ended session's actor waits ``IDLE_S`` for the next session (a batch's next
     task), then goes: an idle actor holds its CPU of the cluster, which others may need."""
     with _bundles_lock:
-        _idle.setdefault(api_key, []).append(actor)
+        _idle.append(actor)
 
     def expire() -> None:
         with _bundles_lock:
-            idle = _idle.get(api_key, [])
-            if actor not in idle:
+            if actor not in _idle:
                 return  # taken again
-            idle.remove(actor)
+            _idle.remove(actor)
         with contextlib.suppress(Exception):
             ray.kill(actor)
 
