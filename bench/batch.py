@@ -197,12 +197,22 @@ def main() -> int:
                 f"Ray {there:.1f} s ({there_green} green), ratio {there / here:.2f}x"
             )
             local_start = [t for lp in here_loops for t in lp.timings.get("sandbox setup", [])]
-            first = [t for lp in there_loops for t in lp.timings.get("ray to first event", [])]
+            new = [
+                t
+                for lp in there_loops
+                for t in lp.timings.get("ray to first event (new actor)", [])
+            ]
+            reused = [
+                t
+                for lp in there_loops
+                for t in lp.timings.get("ray to first event (reused actor)", [])
+            ]
             out = [t for lp in there_loops for t in lp.timings.get("ray bundle out", [])]
             back = [t for lp in there_loops for t in lp.timings.get("ray bring back", [])]
             print(
-                "per remote attempt (median): to first event "
-                f"{median(first):.2f} s (a local attempt's sandbox set-up: "
+                "per remote attempt (median): to first event, a new actor "
+                f"{median(new):.2f} s ({len(new)}), a reused one {median(reused):.2f} s "
+                f"({len(reused)}) (a local attempt's sandbox set-up: "
                 f"{median(local_start):.2f} s), bundle out {median(out) * 1000:.0f} ms, "
                 f"branch back {median(back) * 1000:.0f} ms"
             )

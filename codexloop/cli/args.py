@@ -464,7 +464,9 @@ def run_loop(
 ) -> int:
     """Run the session the command line asks for (``resumed``: go on with that one)."""
     from codexloop.core.config import load_config
+    from codexloop.core.model import preload
 
+    preload()  # the model client's import (0.4-1 s) beside the set-up and the app's start
     settings = settings_of(args)
     if resumed is not None:
         settings = resumed.settings_for(settings)

@@ -32,10 +32,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
-import openai
 from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -58,6 +57,9 @@ from codexloop.core.loop import Loop, event_channel
 from codexloop.core.model import check_endpoint, make_client
 from codexloop.core.race import Race
 from codexloop.core.words import counted
+
+if TYPE_CHECKING:
+    import openai
 
 KEYS: dict[str, str] = {  # what a task may say, and what each must be
     "targets": "a non-empty list of pytest node ids or test files",

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import openai
-
 from codexloop.core.config import Config, ConfigError
 from codexloop.core.loop import Loop
 from codexloop.core.model import BACKOFF_S
 from codexloop.core.race import Race
 
 if TYPE_CHECKING:
+    import openai
+
     from codexloop.core.resume import SessionRecord
 
 RAY_MISSING = (

@@ -31,10 +31,9 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import openai
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -67,6 +66,9 @@ from codexloop.core.timings import Timings
 from codexloop.core.tools import TOOL_SCHEMAS
 from codexloop.core.turns import Turns
 from codexloop.core.words import counted
+
+if TYPE_CHECKING:
+    import openai
 
 _FINAL_STATES: dict[ev.FinalStatus, ev.State] = {
     "passed": "green",

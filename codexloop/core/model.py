@@ -22,13 +22,29 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
-import openai
 
 from codexloop.core.errors import CodexloopError
+
+if TYPE_CHECKING:
+    import openai
+else:
+    from codexloop.core.lazy import LazyModule
+
+    # ``import openai`` is 0.4-1 s (its type modules): paid when a client is first made or an
+    # error of it first looked at, not when this module is imported (``--help``, the app's
+    # first frame, a Ray worker's start); :func:`preload` starts it beside other work.
+    openai = LazyModule("openai")
+
+
+def preload() -> None:
+    """Start importing the model client now, in a thread, beside the session's set-up."""
+    if not TYPE_CHECKING:
+        openai.preload()
+
 
 TextCallback = Callable[[str], Awaitable[None]]
 RetryCallback = Callable[[int, str, float], Awaitable[None]]

@@ -32,9 +32,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
-import openai
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -48,6 +48,9 @@ from codexloop.core.loop import Loop, LoopResult, SharedBaseline, event_channel
 from codexloop.core.model import BACKOFF_S, make_client
 from codexloop.core.sandbox import Sandbox, session_name
 from codexloop.core.trace import traces_dir
+
+if TYPE_CHECKING:
+    import openai
 
 
 @dataclass

@@ -392,7 +392,8 @@ class RemoteLoop(Loop):
         started = time.monotonic()
         with self.timings.timed("ray connect"):
             await anyio.to_thread.run_sync(connect, config.ray or "auto")
-        self.actor = _take_actor()  # it starts while the snapshot travels
+        self.actor, reused = _take_actor()  # a new one starts while the snapshot travels
+        first_event = f"ray to first event ({'reused' if reused else 'new'} actor)"
         snapshot = self.snapshot
         if snapshot is None:  # one session (a race snapshots once for all)
             snapshot = await anyio.to_thread.run_sync(gitops.snapshot, config.repo, self._left_out)
@@ -416,7 +417,7 @@ class RemoteLoop(Loop):
                     async for ref in stream:
                         item = await ref
                         if not self._remote_set_up and not isinstance(item, NodeEnd):
-                            self.timings.setdefault("ray to first event", []).append(
+                            self.timings.setdefault(first_event, []).append(
                                 time.monotonic() - started
                             )
                         if isinstance(item, NodeEnd):
@@ -582,12 +583,12 @@ class RemoteLoop(Loop):
             tg.cancel_scope.cancel()
 
 
-def _take_actor() -> Any:
-    """An idle actor, else a new one."""
+def _take_actor() -> tuple[Any, bool]:
+    """An idle actor (True), else a new one (False)."""
     with _bundles_lock:
         if _idle:
-            return _idle.pop()
-    return _new_actor()
+            return _idle.pop(), True
+    return _new_actor(), False
 
 
 def _new_actor() -> Any:

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
-
-import openai
+from typing import TYPE_CHECKING, Any
 
 from codexloop.core import events as ev
 from codexloop.core.context import CHARS_PER_TOKEN
@@ -34,6 +32,9 @@ from codexloop.core.model import (
     is_openai_endpoint,
 )
 from codexloop.core.tools import TOOL_SCHEMAS
+
+if TYPE_CHECKING:
+    import openai
 
 MAX_CONTEXT_SHRINKS = 4  # a refused request is shortened and sent again at most this often
 MIN_CHARS_PER_TOKEN = 1.0

@@ -16,10 +16,9 @@ import time
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
-import openai
 from textual.app import App, SystemCommand
 from textual.screen import Screen
 
@@ -36,6 +35,9 @@ from codexloop.tui.exit_policy import ExitArgs, ExitPolicy
 from codexloop.tui.main_screen import MainScreen
 from codexloop.tui.screens import HelpScreen
 from codexloop.tui.session import LoopFactory, Session
+
+if TYPE_CHECKING:
+    import openai
 
 
 class CodexloopApp(App[int]):
