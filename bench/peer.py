@@ -1,0 +1,192 @@
+"""Time to green, codexloop against aider, with the same instant scripted model (issue 20).
+
+The calc kata (``add`` returns ``a - b``): the scripted model gets it wrong once, then right —
+a baseline run and two iterations for codexloop (``--headless --accept all``: the fix lands in
+the checkout, as aider's does), two edits and two test runs for aider (``--auto-test``, whole
+files). Both talk to one scripted OpenAI-compatible server on 127.0.0.1 that answers at once,
+so what is timed is each tool's own work: from process start to exit, the fix in the checkout
+and the test green. Runs alternate between the tools (``--runs`` each, in one go); printed: each
+tool's min and median, codexloop's time to its first event (``loop_started``), and the ratio of
+the medians. aider is never a dependency: without it (``--aider PATH`` or on PATH) its rows say
+so and codexloop is timed alone.
+
+    .venv/bin/python bench/peer.py [--runs 5] [--aider /path/to/aider]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _repo import git_repo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
+
+from scripted_openai import Call, Reply, ScriptedOpenAI
+
+KATA = {
+    "calc.py": "def add(a, b):\n    return a - b\n",
+    "tests/test_calc.py": "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n",
+}
+TARGET = "tests/test_calc.py::test_add"
+WRONG = "def add(a, b):\n    return a * b\n"
+RIGHT = "def add(a, b):\n    return a + b\n"
+
+
+def script(server: ScriptedOpenAI) -> None:
+    """One run's turns for each tool (each asks with its own model name)."""
+    server.add_for(
+        "codexloop",
+        Reply(tool_calls=[Call("write_file", {"path": "calc.py", "content": WRONG})]),
+        Reply(text="Done."),
+        Reply(tool_calls=[Call("write_file", {"path": "calc.py", "content": RIGHT})]),
+        Reply(text="Fixed."),
+    )
+    server.add_for(
+        "aider",
+        Reply(text=f"calc.py\n```python\n{WRONG}```\n"),
+        Reply(text=f"calc.py\n```python\n{RIGHT}```\n"),
+    )
+
+
+def green(repo: Path) -> bool:
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", TARGET],
+        cwd=repo,
+        capture_output=True,
+    )
+    return done.returncode == 0 and (repo / "calc.py").read_text() == RIGHT
+
+
+def run_codexloop(repo: Path, url: str) -> tuple[float, float]:
+    """Wall seconds to exit, and to the first event."""
+    exe = Path(sys.executable).with_name("codexloop")
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [
+            str(exe),
+            "--headless",
+            "--accept",
+            "all",
+            "--model",
+            "codexloop",
+            "--base-url",
+            url,
+            TARGET,
+        ],
+        cwd=repo,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    first = time.perf_counter() - started
+    proc.stdout.read()
+    proc.wait()
+    return time.perf_counter() - started, first
+
+
+def run_aider(aider: str, repo: Path, url: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            aider,
+            "--model",
+            "openai/aider",
+            "--openai-api-base",
+            url,
+            "--openai-api-key",
+            "x",
+            "--edit-format",
+            "whole",
+            "--yes-always",
+            "--no-auto-commits",
+            "--no-show-model-warnings",
+            "--auto-test",
+            "--test-cmd",
+            f"{sys.executable} -m pytest -q -p no:cacheprovider {TARGET}",
+            "--no-check-update",
+            "--analytics-disable",
+            "--no-show-release-notes",
+            "--no-gitignore",
+            "--no-pretty",
+            "--map-tokens",
+            "0",
+            "--read",
+            "tests/test_calc.py",
+            "--message",
+            f"Make the failing test pass: {TARGET}",
+            "calc.py",
+        ],
+        cwd=repo,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
+    return time.perf_counter() - started
+
+
+def summary(name: str, values: list[float]) -> str:
+    if not values:
+        return f"{name:10} not run"
+    return f"{name:10} min {min(values):6.2f} s   median {statistics.median(values):6.2f} s"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--aider", default=shutil.which("aider"), help="aider (default: PATH)")
+    args = parser.parse_args()
+    server = ScriptedOpenAI()
+    mine: list[float] = []
+    firsts: list[float] = []
+    theirs: list[float] = []
+    failures: list[str] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="codexloop-peer-") as tmp:
+            os.environ["XDG_CACHE_HOME"] = str(Path(tmp, "cache"))
+            os.environ["XDG_STATE_HOME"] = str(Path(tmp, "state"))
+            for run in range(args.runs):
+                script(server)
+                repo = git_repo(Path(tmp, f"codexloop-{run}"), KATA)
+                wall, first = run_codexloop(repo, server.base_url)
+                firsts.append(first)
+                if green(repo):
+                    mine.append(wall)
+                else:
+                    failures.append(f"codexloop run {run + 1}")
+                if args.aider:
+                    repo = git_repo(Path(tmp, f"aider-{run}"), KATA)
+                    wall = run_aider(args.aider, repo, server.base_url)
+                    if green(repo):
+                        theirs.append(wall)
+                    else:
+                        failures.append(f"aider run {run + 1}")
+    finally:
+        server.close()
+    print(f"calc kata, wrong then right, instant scripted model, {args.runs} runs each:")
+    print(
+        summary("codexloop", mine) + f"   (first event: median {statistics.median(firsts):.2f} s)"
+    )
+    print(summary("aider", theirs) if args.aider else "aider      not installed: not run")
+    if mine and theirs:
+        ratio = statistics.median(theirs) / statistics.median(mine)
+        print(f"aider / codexloop (medians): {ratio:.2f}x")
+    if failures:
+        print(f"not green: {', '.join(failures)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
