@@ -51,7 +51,7 @@ from codexloop.core.errors import (
     error_line,
     setup_failure,
 )
-from codexloop.core.executor import attempt_kind, new_session
+from codexloop.core.executor import new_session, prepare
 from codexloop.core.leftovers import discard_session
 from codexloop.core.loop import Loop, event_channel
 from codexloop.core.model import check_endpoint, make_client
@@ -583,8 +583,8 @@ def batch(argv: Sequence[str]) -> int:
         config = task_config(args, fields, f"{args.file}:{number}")
         tasks.append(Task(number, short_label(fields["targets"]), config))
     if tasks[0].config.ray is not None:
-        try:
-            attempt_kind(tasks[0].config)  # Ray missing: said now, before any task runs
+        try:  # Ray missing or out of reach: said now, before any task runs
+            prepare(tasks[0].config, sessions=min(args.concurrency, len(tasks)))
         except CodexloopError as exc:
             raise UsageError(str(exc), exit_code=exc.exit_code) from None
     try:

@@ -39,15 +39,18 @@ def attempt_kind(config: Config) -> type[Loop]:
     return RemoteLoop
 
 
-def prepare(config: Config) -> None:
-    """``--ray``: Ray imported and the cluster joined now (blocking), before any screen opens:
-    Ray's start needs the real standard streams, which a full-screen app has taken over."""
+def prepare(config: Config, *, sessions: int = 1) -> None:
+    """``--ray``: Ray imported and the cluster joined now (blocking), before any screen opens
+    (Ray's start needs the real standard streams, which a full-screen app has taken over), and
+    an actor started for each attempt of the first ``sessions`` sessions, beside what comes
+    before them."""
     if config.ray is None:
         return
     attempt_kind(config)  # Ray missing: a ConfigError
-    from codexloop.core.ray_executor import connect
+    from codexloop.core.ray_executor import connect, prewarm
 
     connect(config.ray)
+    prewarm(config.attempts * sessions)
 
 
 def new_session(

@@ -68,6 +68,7 @@ from codexloop.core.trace import traces_dir
 BATCH = 256  # events per item of the stream at most (what is ready goes together)
 BUNDLE_REFS = "refs/codexloop-bundle"  # a ref of its own per bundle made, gone once made
 IDLE_S = 5.0  # how long an actor whose session ended waits for another one
+PREWARM_IDLE_S = 30.0  # how long an actor started ahead waits for its session
 WAIT_NOTICE_S = 10.0  # an attempt not started by then is said to wait for the cluster
 PROBE_S = 5.0  # how long a cluster's address may take to answer a connection
 END_GRACE_S = 10.0  # how long a cancelled session on a node may take to clean up
@@ -198,6 +199,9 @@ class SessionActor:
             return
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             await self._commands.send(command)
+
+    async def ready(self) -> None:
+        """Nothing: answering it means the worker has started and imported the engine."""
 
     async def abandon(self, token: str) -> None:
         """The developer's side gave the session up (cancelled): it ends here too, cleaning
@@ -595,7 +599,19 @@ def _new_actor() -> Any:
     return SessionActor.remote()  # type: ignore[attr-defined]
 
 
-def _give_back(actor: Any) -> None:
+def prewarm(count: int) -> None:
+    """Start actors for the ``count`` attempts about to run, beside the work before them (the
+    endpoint check, the snapshot, the app's start): a new actor's Python worker and imports
+    take a second or more of its node. Unused, they go after ``PREWARM_IDLE_S``."""
+    with _bundles_lock:
+        missing = count - len(_idle)
+    for _ in range(max(0, missing)):
+        actor = _new_actor()
+        actor.ready.remote()
+        _give_back(actor, PREWARM_IDLE_S)
+
+
+def _give_back(actor: Any, idle_s: float = IDLE_S) -> None:
     """A cleanly ended session's actor waits ``IDLE_S`` for the next session (a batch's next
     task), then goes: an idle actor holds its CPU of the cluster, which others may need."""
     with _bundles_lock:
@@ -609,7 +625,7 @@ def _give_back(actor: Any) -> None:
         with contextlib.suppress(Exception):
             ray.kill(actor)
 
-    timer = threading.Timer(IDLE_S, expire)
+    timer = threading.Timer(idle_s, expire)
     timer.daemon = True
     timer.start()
 

@@ -3,6 +3,7 @@ process), the scripted model server on 127.0.0.1 reached from the actors, real r
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import threading
@@ -241,3 +242,28 @@ def test_headless_ray_accepts_the_green_change_into_the_checkout(
     assert "a + b" in (repo / "calc.py").read_text()
     types = [json.loads(line)["type"] for line in done.stdout.splitlines()]
     assert types[0] == "loop_started" and "applied" in types and types[-1] == "loop_finished"
+
+
+async def test_prepare_starts_an_actor_for_each_attempt_ahead(
+    ray_cluster, make_repo, scripted_openai
+) -> None:
+    from codexloop.core import ray_executor
+    from codexloop.core.executor import prepare
+
+    repo = make_repo(KATA)
+    scripted_openai.add_for("m1", Reply(tool_calls=[FIX]), Reply(text="Fixed."))
+    scripted_openai.add_for("m2", Reply(tool_calls=[FIX]), Reply(text="Fixed."))
+    config = make_config(repo, scripted_openai.base_url, model="m1,m2", ray="auto", attempts=2)
+    ray_executor._idle.clear()
+    await anyio.to_thread.run_sync(prepare, config)
+    ahead = list(ray_executor._idle)
+    assert len(ahead) == 2
+    await asyncio.gather(*(a.ready.remote() for a in ahead))  # started and imported
+    contest = new_session(config, backoff=(0.0,))
+    assert isinstance(contest, Race)
+    with anyio.fail_after(120):
+        result, _events = await event_channel_run(contest)
+    assert result.status == "passed"
+    used = [getattr(loop, "actor", None) for loop in contest.loops]
+    assert sorted(map(id, used)) == sorted(map(id, ahead))  # the ones started ahead
+    assert all("ray to first event (reused actor)" in loop.timings for loop in contest.loops)
