@@ -241,7 +241,9 @@ def test_headless_ray_accepts_the_green_change_into_the_checkout(
     assert done.returncode == 0, done.stderr
     assert "a + b" in (repo / "calc.py").read_text()
     types = [json.loads(line)["type"] for line in done.stdout.splitlines()]
-    assert types[0] == "loop_started" and "applied" in types and types[-1] == "loop_finished"
+    # (A notice may come first: the attempt waits for a free CPU of the shared test cluster.)
+    said = [t for t in types if t != "notice"]
+    assert said[0] == "loop_started" and "applied" in said and said[-1] == "loop_finished"
 
 
 async def test_prepare_starts_an_actor_for_each_attempt_ahead(
