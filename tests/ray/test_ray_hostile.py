@@ -14,27 +14,35 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from conftest import run_git
-from loophelpers import KATA, TARGET, edit, event_channel_run, make_config, of_type, run_cli
+from loophelpers import (
+    KATA,
+    TARGET,
+    Send,
+    drive,
+    edit,
+    event_channel_run,
+    make_config,
+    of_type,
+    run_cli,
+)
 from scripted_openai import Call, Reply
 
 from codexloop.core import events as ev
 from codexloop.core import process
 from codexloop.core.errors import CodexloopError
 from codexloop.core.executor import new_session
-from codexloop.core.loop import Loop, LoopResult, event_channel
+from codexloop.core.loop import event_channel
 
 pytestmark = [pytest.mark.anyio, pytest.mark.ray, pytest.mark.xdist_group("ray")]
 
 FIX = edit("calc.py", "a - b", "a + b")
 WRONG = edit("calc.py", "a - b", "a * b")
-Send = Callable[[ev.Command], Awaitable[None]]
 
 
 def on_ray(repo: Path, url: str, **overrides: Any) -> Any:
@@ -65,26 +73,6 @@ def gone_within(path: Path, seconds: float) -> bool:
             return True
         time.sleep(0.2)
     return False
-
-
-async def drive(
-    session: Loop, react: Callable[[ev.Event, Send], Awaitable[None]]
-) -> tuple[LoopResult, list[ev.Event]]:
-    send, receive = event_channel()
-    commands, inbox = event_channel()
-    seen: list[ev.Event] = []
-
-    async def consume() -> None:
-        async with receive:
-            async for event in receive:
-                seen.append(event)
-                await react(event, commands.send)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(consume)
-        async with send:
-            result = await session.run(send, inbox)
-    return result, seen
 
 
 # -- nothing outlives the session on the node ----------------------------------------------------

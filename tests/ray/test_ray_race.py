@@ -7,19 +7,28 @@ import asyncio
 import dataclasses
 import json
 import threading
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from conftest import run_git
-from loophelpers import KATA, edit, event_channel_run, make_config, of_type, run_cli, user_texts
+from loophelpers import (
+    KATA,
+    Send,
+    drive,
+    edit,
+    event_channel_run,
+    make_config,
+    of_type,
+    run_cli,
+    user_texts,
+)
 from scripted_openai import Reply
 
 from codexloop.core import events as ev
 from codexloop.core.executor import new_session
-from codexloop.core.loop import Loop, LoopResult, event_channel
+from codexloop.core.loop import Loop
 from codexloop.core.race import Race
 from codexloop.core.trace import traces_dir
 
@@ -30,34 +39,10 @@ WRONG = edit("calc.py", "a - b", "a * b")
 # What differs between two runs of one script for reasons of timing, not of order.
 UNTIMED = (ev.TestOutput, ev.Notice)
 
-Send = Callable[[ev.Command], Awaitable[None]]
-
 
 def on_ray(repo: Any, url: str, models: str = "scripted-model", **overrides: Any) -> Any:
     config = make_config(repo, url, model=models, ray="auto", **overrides)
     return new_session(config, backoff=(0.0,))
-
-
-async def drive(
-    session: Loop | Race, react: Callable[[ev.Event, Send], Awaitable[None]]
-) -> tuple[LoopResult, list[ev.Event]]:
-    """Run ``session`` to the end; ``react`` sees every event as it comes and may send
-    commands."""
-    send, receive = event_channel()
-    commands, inbox = event_channel()
-    seen: list[ev.Event] = []
-
-    async def consume() -> None:
-        async with receive:
-            async for event in receive:
-                seen.append(event)
-                await react(event, commands.send)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(consume)
-        async with send:
-            result = await session.run(send, inbox)
-    return result, seen
 
 
 async def test_two_attempts_race_on_ray_and_the_winner_comes_home(

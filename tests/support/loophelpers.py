@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,31 @@ async def event_channel_run(
         async with send:
             result = await loop.run(send, commands)
     return result, collected
+
+
+Send = Callable[[ev.Command], Awaitable[None]]
+
+
+async def drive(
+    session: Loop | Race, react: Callable[[ev.Event, Send], Awaitable[None]]
+) -> tuple[LoopResult, list[ev.Event]]:
+    """Run ``session`` to the end; ``react`` sees every event as it comes and may send
+    commands."""
+    send, receive = event_channel()
+    commands, inbox = event_channel()
+    seen: list[ev.Event] = []
+
+    async def consume() -> None:
+        async with receive:
+            async for event in receive:
+                seen.append(event)
+                await react(event, commands.send)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consume)
+        async with send:
+            result = await session.run(send, inbox)
+    return result, seen
 
 
 def edit(path: str, old: str, new: str) -> Call:
