@@ -47,6 +47,7 @@ from codexloop.core.gitops import ApplyResult
 from codexloop.core.loop import Loop, LoopResult, SharedBaseline, event_channel
 from codexloop.core.model import BACKOFF_S, make_client
 from codexloop.core.sandbox import Sandbox, session_name
+from codexloop.core.session import left_out_notice
 from codexloop.core.trace import traces_dir
 
 if TYPE_CHECKING:
@@ -170,9 +171,13 @@ class Race:
     ) -> LoopResult:
         config = self.config
         if config.continue_from is None and self.base is None:  # one snapshot, one read
-            snapshot = await anyio.to_thread.run_sync(gitops.snapshot, config.repo)
+            left_out: list[tuple[str, int]] = []
+            snapshot = await anyio.to_thread.run_sync(gitops.snapshot, config.repo, left_out)
             for loop in self.loops:
                 loop.snapshot = snapshot
+            notice = left_out_notice(left_out)  # said once, for every attempt
+            if notice is not None:
+                await self._send(events, dataclasses.replace(notice, attempt=0))
         lanes = []
         for number, loop in enumerate(self.loops, 1):
             send, receive = event_channel()

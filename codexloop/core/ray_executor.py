@@ -61,6 +61,7 @@ from codexloop.core.exam import ExamError
 from codexloop.core.loop import Loop, LoopResult
 from codexloop.core.ray_node import BUNDLE_REFS, NodeEnd, NodeSpec, SessionActor
 from codexloop.core.sandbox import Sandbox, free_name, state_home
+from codexloop.core.session import left_out_notice
 from codexloop.core.trace import traces_dir
 
 IDLE_S = 5.0  # how long an actor whose session ended waits for another one
@@ -272,16 +273,9 @@ class RemoteLoop(Loop):
                     "start); edits of the exam in your checkout do not reach it",
                 )
             )
-            if self._left_out:  # as a session snapshotting here says it
-                listed = ", ".join(f"{rel} ({size / 2**20:.0f} MB)" for rel, size in self._left_out)
-                await self.emit(
-                    ev.Notice(
-                        "warning",
-                        f"left out of the sandbox (untracked and over "
-                        f"{gitops.MAX_UNTRACKED_BYTES >> 20} MB; add them to .gitignore or "
-                        f"commit them): {listed}",
-                    )
-                )
+            left_out = left_out_notice(self._left_out)  # as a session snapshotting here
+            if left_out is not None:
+                await self.emit(left_out)
             return
         if isinstance(event, ev.IterationStarted):
             self._iteration = event.iteration

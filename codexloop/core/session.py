@@ -5,7 +5,7 @@ how the session was set up (``loop_started`` and its notices)."""
 from __future__ import annotations
 
 import shlex
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -145,20 +145,25 @@ async def announce(
             ),
         )
     )
-    if sandbox.left_out:
-        listed = ", ".join(f"{rel} ({size / 2**20:.0f} MB)" for rel, size in sandbox.left_out)
-        await emit(
-            ev.Notice(
-                "warning",
-                f"left out of the sandbox (untracked and over "
-                f"{gitops.MAX_UNTRACKED_BYTES >> 20} MB; add them to .gitignore or commit "
-                f"them): {listed}",
-            )
-        )
+    left_out = left_out_notice(sandbox.left_out)
+    if left_out is not None:
+        await emit(left_out)
     if not isolation.active:
         await emit(ev.Notice("warning", f"no process isolation: {isolation.reason}"))
     elif sandbox.limit.maximum is None:
         await emit(ev.Notice("info", sandbox.limit.reason))
+
+
+def left_out_notice(left_out: Sequence[tuple[str, int]]) -> ev.Notice | None:
+    """What the snapshot left out (big untracked files), said once per session."""
+    if not left_out:
+        return None
+    listed = ", ".join(f"{rel} ({size / 2**20:.0f} MB)" for rel, size in left_out)
+    return ev.Notice(
+        "warning",
+        f"left out of the sandbox (untracked and over {gitops.MAX_UNTRACKED_BYTES >> 20} MB; "
+        f"add them to .gitignore or commit them): {listed}",
+    )
 
 
 async def _plugin_args(exam: Exam, test_command: str) -> str:

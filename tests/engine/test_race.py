@@ -17,6 +17,7 @@ from loophelpers import KATA, edit, event_channel_run, make_config, of_type
 from scripted_openai import Reply
 
 from codexloop.core import events as ev
+from codexloop.core import gitops
 from codexloop.core.loop import event_channel
 from codexloop.core.race import Race
 from codexloop.core.trace import traces_dir
@@ -200,3 +201,19 @@ async def test_the_sessions_cost_total_sums_every_attempts(make_repo, scripted_o
     last_cost = {u.attempt: u.cost_total for u in usage}
     assert last_cost[1] is not None and last_cost[2] is not None
     assert last_cost[0] == pytest.approx(last_cost[1] + last_cost[2])
+
+
+async def test_a_big_untracked_file_left_out_is_said_once_for_the_race(
+    make_repo, scripted_openai
+) -> None:
+    repo = make_repo(KATA)
+    with (repo / "dump.bin").open("wb") as handle:  # sparse: no real 50 MB written
+        handle.truncate(gitops.MAX_UNTRACKED_BYTES + 1)
+    for model in ("m1", "m2"):
+        scripted_openai.add_for(model, Reply(tool_calls=[FIX]), Reply(text="Fixed."))
+    contest = race(repo, scripted_openai.base_url, "m1,m2", attempts=2, pick="best")
+    with anyio.fail_after(60):
+        result, events = await event_channel_run(contest)
+    assert result.status == "passed"
+    [note] = [n for n in of_type(events, ev.Notice) if "left out of the sandbox" in n.message]
+    assert note.attempt == 0 and "dump.bin" in note.message
