@@ -30,7 +30,8 @@ from loophelpers import events_of, run_cli
 from scripted_openai import Reply
 
 from codexloop.cli.args import ray_flag
-from codexloop.cli.batch import batch_parser, read_tasks, task_config
+from codexloop.cli.batch import batch_parser
+from codexloop.cli.batch_file import read_tasks, task_config
 from codexloop.main import main
 
 ALLOWED = "targets, task, test_cmd, attempts, model, max_iterations, hints, pick"
