@@ -68,19 +68,8 @@ def new_session(
     """The session ``config`` asks for. ``review``: a green waits for the developer's review
     (the app; a race's first green only with ``--pick first``: with ``best`` the review opens
     on the winner when every attempt is over). A resumed session runs here, as one loop."""
-    if resumed is not None:
-        return Loop(
-            config,
-            client=client,
-            review=review,
-            accept_all=accept_all,
-            accept_flagged=accept_flagged,
-            write_trace=write_trace,
-            resumed=resumed,
-            backoff=backoff,
-        )
-    kind = attempt_kind(config)
-    if config.attempts > 1:
+    kind = Loop if resumed is not None else attempt_kind(config)
+    if config.attempts > 1 and resumed is None:
         return Race(
             config,
             client=client,
@@ -101,4 +90,5 @@ def new_session(
         accept_flagged=accept_flagged,
         write_trace=write_trace,
         backoff=backoff,
+        resumed=resumed,
     )

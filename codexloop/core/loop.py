@@ -311,12 +311,7 @@ class Loop:
         try:
             async with anyio.create_task_group() as tg:
                 if commands is not None:
-
-                    def apply_hunks(command: ev.Apply) -> None:
-                        tg.start_soon(self._apply_hunks, sandbox.base, command)
-
-                    self.controls.on_apply = apply_hunks
-                    tg.start_soon(self.controls.read, commands)
+                    self._listen(tg, commands, sandbox.base)
                 with anyio.CancelScope() as self._work_scope:
                     try:
                         status, iterations, reason = await self._iterate(session)
@@ -397,6 +392,18 @@ class Loop:
             self.applied = await outcome.apply(
                 *args, flagged=self.flagged, accept_flagged=self.accept_flagged
             )
+
+    def _listen(
+        self, tg: anyio.abc.TaskGroup, commands: ObjectReceiveStream[ev.Command], base: str
+    ) -> None:
+        """Read the developer's commands in ``tg``; a review's accepted hunks are applied at
+        once, beside the work."""
+
+        def apply_hunks(command: ev.Apply) -> None:
+            tg.start_soon(self._apply_hunks, base, command)
+
+        self.controls.on_apply = apply_hunks
+        tg.start_soon(self.controls.read, commands)
 
     async def _apply_hunks(self, base: str, command: ev.Apply) -> None:
         """A review's accepted hunks into the working tree; answered with ``applied`` (which

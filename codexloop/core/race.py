@@ -217,20 +217,12 @@ class Race:
         # Every event of the attempt is out (the forwarder drained them): now its end, once,
         # with the crash's reason when it crashed (whatever its loop said on the way out).
         ended, error = lane.ended, lane.error
-        if lane.lost is not None:
+        if lane.lost is not None or error is not None:
             finished = ev.AttemptFinished(
-                "lost",
-                lane.loop._iteration,
-                lane.loop.sandbox.branch if lane.loop.sandbox else "",
-                lane.lost,
-                attempt=lane.number,
-            )
-        elif error is not None:
-            finished = ev.AttemptFinished(
-                "failed",
+                "lost" if lane.lost is not None else "failed",
                 ended.iterations if ended else lane.loop._iteration,
                 lane.loop.sandbox.branch if lane.loop.sandbox else "",
-                f"the attempt failed: {type(error).__name__}: {error}",
+                lane.lost or f"the attempt failed: {type(error).__name__}: {error}",
                 attempt=lane.number,
             )
         elif ended is not None:

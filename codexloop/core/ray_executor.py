@@ -72,11 +72,12 @@ END_GRACE_S = 10.0  # how long a cancelled session on a node may take to clean u
 
 _connect_lock = threading.Lock()
 _bundles: dict[tuple[str, str], Any] = {}  # (repo, snapshot) -> the bundle in the object store
-_bundles_lock = threading.Lock()
+_kept_lock = threading.Lock()
 # Actors whose session ended cleanly: the next session takes one instead of starting a worker
 # process (a second or more of the node's CPU).
 _idle: list[Any] = []
 _cached: dict[str, str] = {}  # the job the actors and bundles above belong to
+# _kept_lock guards the bundles and the idle actors (sessions take and give from threads).
 
 
 def connect(address: str) -> None:
@@ -127,7 +128,7 @@ def _probe(address: str) -> None:
 def bundle(repo: Path, snapshot: str) -> Any:
     """The snapshot as a git bundle in the object store, made once (blocking)."""
     key = (str(repo), snapshot)
-    with _bundles_lock:
+    with _kept_lock:
         if key not in _bundles:
             _bundles[key] = ray.put(_bundle_bytes(repo, snapshot))
         return _bundles[key]
@@ -340,18 +341,10 @@ class RemoteLoop(Loop):
     ) -> None:
         """Green, in the app: the review of the fetched branch, here; accepted hunks go into
         the checkout. Rejections cannot reach the model any more: they are said, not sent."""
-        controls = self.controls
         async with anyio.create_task_group() as tg:
-
-            def apply_hunks(command: ev.Apply) -> None:
-                tg.start_soon(self._apply_hunks, result.base, command)
-
-            controls.on_apply = apply_hunks
-            tg.start_soon(controls.read, commands)
-            await self._set_state("green")
-            await self.emit(ev.ReviewReady(result.iterations, result.green))
-            await controls.wait_for(lambda: bool(controls.feedback) or controls.finish)
-            if controls.take_feedback():
+            self._listen(tg, commands, result.base)
+            if await self._await_review(result.iterations, result.green):
+                self.controls.take_feedback()
                 await self.emit(
                     ev.Notice(
                         "warning",
@@ -364,7 +357,7 @@ class RemoteLoop(Loop):
 
 def _take_actor() -> tuple[Any, bool]:
     """An idle actor (True), else a new one (False)."""
-    with _bundles_lock:
+    with _kept_lock:
         if _idle:
             return _idle.pop(), True
     return _new_actor(), False
@@ -378,7 +371,7 @@ def prewarm(count: int) -> None:
     """Start actors for the ``count`` attempts about to run, beside the work before them (the
     endpoint check, the snapshot, the app's start): a new actor's Python worker and imports
     take a second or more of its node. Unused, they go after ``PREWARM_IDLE_S``."""
-    with _bundles_lock:
+    with _kept_lock:
         missing = count - len(_idle)
     for _ in range(max(0, missing)):
         actor = _new_actor()
@@ -389,11 +382,11 @@ def prewarm(count: int) -> None:
 def _give_back(actor: Any, idle_s: float = IDLE_S) -> None:
     """A cleanly ended session's actor waits ``IDLE_S`` for the next session (a batch's next
     task), then goes: an idle actor holds its CPU of the cluster, which others may need."""
-    with _bundles_lock:
+    with _kept_lock:
         _idle.append(actor)
 
     def expire() -> None:
-        with _bundles_lock:
+        with _kept_lock:
             if actor not in _idle:
                 return  # taken again
             _idle.remove(actor)
