@@ -26,6 +26,7 @@ from pathlib import Path
 import anyio
 
 from codexloop.core import gitops, limits, process, record, safefs
+from codexloop.core.errors import SandboxError
 from codexloop.core.isolation import (
     DEFAULT_MAX_MEMORY_GIB,
     DEFAULT_TMP_SIZE_MIB,
@@ -127,6 +128,7 @@ def free_name(repo: Path, home: Path, name: str) -> str:
         if not taken:
             claim = home / "tmp" / candidate
             claim.parent.mkdir(parents=True, exist_ok=True)
+            _own_folders(home / "tmp", claim.parent)
             try:
                 claim.mkdir()
             except FileExistsError:
@@ -135,6 +137,18 @@ def free_name(repo: Path, home: Path, name: str) -> str:
                 return candidate
         number += 1
         candidate = f"{name}-{number}"
+
+
+def _own_folders(top: Path, folder: Path) -> None:
+    """Every folder from ``top`` down to ``folder`` is a folder, not a link planted there (by
+    a command run without isolation): a session's temp folder is never made through one."""
+    for part in (folder, *folder.parents):
+        if part == top or top not in part.parents:
+            break
+        if part.is_symlink() or not part.is_dir():
+            raise SandboxError(
+                f"{part} is not a folder of codexloop's (a link?): remove it and start again"
+            )
 
 
 def repo_key(repo: Path) -> str:

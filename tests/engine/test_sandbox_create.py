@@ -10,6 +10,7 @@ import pytest
 from conftest import run_git
 
 from codexloop.core import record
+from codexloop.core.errors import SandboxError
 from codexloop.core.sandbox import Sandbox, repo_key, state_home
 
 
@@ -82,3 +83,32 @@ def test_a_taken_name_gets_the_next_free_one_and_leaves_the_sandbox_that_has_it(
         assert box.tmp.is_dir()
     finally:
         box.remove(delete_branch=True)
+
+
+@pytest.mark.parametrize("depth", ["name", "parent"])
+def test_a_planted_link_where_the_temp_folder_goes_is_never_taken(
+    make_repo, tmp_path, depth
+) -> None:
+    """Whatever sits where a session's temp folder would go (a link out of the cache, left by
+    a command run without isolation), the name is passed over: the temp folder is made, never
+    found — also for a race's attempt, whose session folder is one level up."""
+    repo = make_repo({"a.py": "x = 1\n"})
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    name = "race-1/a1"
+    planted = state_home() / "tmp" / (name if depth == "name" else "race-1")
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.symlink_to(outside, target_is_directory=True)
+    if depth == "parent":  # every name of the race would be under it: refused, said
+        with pytest.raises(SandboxError, match="not a folder of codexloop's"):
+            Sandbox.create(repo, name)
+        assert list(outside.iterdir()) == []
+        assert run_git(repo, "branch", "--list", "codexloop/*") == ""
+        return
+    sandbox = Sandbox.create(repo, name)
+    try:
+        assert sandbox.name != name
+        assert sandbox.tmp.is_dir() and not sandbox.tmp.is_symlink()
+        assert outside not in sandbox.tmp.resolve().parents and list(outside.iterdir()) == []
+    finally:
+        sandbox.remove(delete_branch=True)
