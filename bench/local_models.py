@@ -27,6 +27,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from _aider import aider_argv
+
 KATAS = Path(__file__).with_name("katas")
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "bench",
@@ -171,32 +173,15 @@ AIDER_TIMEOUT_S = 900  # a runaway answer at 5 tokens/s: stopped, and the kata c
 
 def _aider(aider: str, url: str, test: str, target: str, repo: Path) -> None:
     subprocess.run(
-        [
+        aider_argv(
             aider,
-            "--model",
-            "openai/local",
-            "--openai-api-base",
             url,
-            "--openai-api-key",
-            "x",
-            "--edit-format",
-            "whole",
-            "--yes-always",
-            "--no-auto-commits",
-            "--no-show-model-warnings",
-            "--test-cmd",
+            "local",
             test,
-            "--auto-test",  # up to 3 reflections on a red test: aider's own cap (no flag)
-            "--no-check-update",
-            "--analytics-disable",
-            "--no-show-release-notes",
-            "--no-gitignore",
-            "--read",
             target.split("::")[0],
-            "--message",
             f"Make the failing test pass: {target}",
             *code_files(repo),  # in the chat, editable: what codexloop's first message shows
-        ],
+        ),
         cwd=repo,
         capture_output=True,
         text=True,

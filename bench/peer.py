@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from _aider import aider_argv
 from _repo import git_repo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
@@ -101,33 +102,18 @@ def run_aider(aider: str, repo: Path, url: str) -> float:
     started = time.perf_counter()
     subprocess.run(
         [
-            aider,
-            "--model",
-            "openai/aider",
-            "--openai-api-base",
-            url,
-            "--openai-api-key",
-            "x",
-            "--edit-format",
-            "whole",
-            "--yes-always",
-            "--no-auto-commits",
-            "--no-show-model-warnings",
-            "--auto-test",
-            "--test-cmd",
-            f"{sys.executable} -m pytest -q -p no:cacheprovider {TARGET}",
-            "--no-check-update",
-            "--analytics-disable",
-            "--no-show-release-notes",
-            "--no-gitignore",
+            *aider_argv(
+                aider,
+                url,
+                "aider",
+                f"{sys.executable} -m pytest -q -p no:cacheprovider {TARGET}",
+                "tests/test_calc.py",
+                f"Make the failing test pass: {TARGET}",
+                "calc.py",
+            ),
             "--no-pretty",
             "--map-tokens",
             "0",
-            "--read",
-            "tests/test_calc.py",
-            "--message",
-            f"Make the failing test pass: {TARGET}",
-            "calc.py",
         ],
         cwd=repo,
         capture_output=True,
