@@ -42,6 +42,28 @@ def ray_cluster() -> Iterator[Any]:
 
 
 @pytest.fixture
+def actors_kept(ray_cluster: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+    """Idle actors wait for the next session as long as the test needs (not the 5 s a slow
+    machine can spend between two sessions), and go when it ends: they hold the cluster's CPUs."""
+    from codexloop.core import ray_executor
+
+    def let_go() -> None:
+        with ray_executor._kept_lock:
+            idle = list(ray_executor._idle)
+            ray_executor._idle.clear()
+        for actor in idle:
+            ray_cluster.kill(actor)
+
+    let_go()  # those of an earlier test: each test starts with none
+    monkeypatch.setattr(ray_executor, "IDLE_S", 600.0)
+    monkeypatch.setattr(ray_executor, "PREWARM_IDLE_S", 600.0)
+    try:
+        yield ray_executor._idle
+    finally:
+        let_go()
+
+
+@pytest.fixture
 def scripted_openai() -> Iterator[ScriptedOpenAI]:
     server = ScriptedOpenAI()
     try:

@@ -379,9 +379,10 @@ def prewarm(count: int) -> None:
         _give_back(actor, PREWARM_IDLE_S)
 
 
-def _give_back(actor: Any, idle_s: float = IDLE_S) -> None:
+def _give_back(actor: Any, idle_s: float | None = None) -> None:
     """A cleanly ended session's actor waits ``IDLE_S`` for the next session (a batch's next
     task), then goes: an idle actor holds its CPU of the cluster, which others may need."""
+    idle_s = IDLE_S if idle_s is None else idle_s
     with _kept_lock:
         _idle.append(actor)
 

@@ -222,7 +222,7 @@ def test_sigterm_of_a_headless_ray_run_leaves_nothing_on_the_node(
 
 
 async def test_a_late_command_of_one_session_does_not_reach_the_next(
-    ray_cluster, make_repo, scripted_openai
+    ray_cluster, actors_kept, make_repo, scripted_openai
 ) -> None:
     """A command in flight when a session ends (a stop pressed as it went green) must not
     stop the next session that takes the same idle actor."""
@@ -247,7 +247,7 @@ async def test_a_late_command_of_one_session_does_not_reach_the_next(
 
 
 async def test_a_reused_actor_shows_nothing_of_the_previous_session(
-    ray_cluster, make_repo, scripted_openai
+    ray_cluster, actors_kept, make_repo, scripted_openai
 ) -> None:
     """The second session on an actor: its own XDG folders, no process of the first."""
     repo = make_repo(KATA)

@@ -232,7 +232,7 @@ def test_headless_ray_accepts_the_green_change_into_the_checkout(
 
 
 async def test_prepare_starts_an_actor_for_each_attempt_ahead(
-    ray_cluster, make_repo, scripted_openai
+    ray_cluster, actors_kept, make_repo, scripted_openai
 ) -> None:
     from codexloop.core import ray_executor
     from codexloop.core.executor import prepare
@@ -241,7 +241,6 @@ async def test_prepare_starts_an_actor_for_each_attempt_ahead(
     scripted_openai.add_for("m1", Reply(tool_calls=[FIX]), Reply(text="Fixed."))
     scripted_openai.add_for("m2", Reply(tool_calls=[FIX]), Reply(text="Fixed."))
     config = make_config(repo, scripted_openai.base_url, model="m1,m2", ray="auto", attempts=2)
-    ray_executor._idle.clear()
     await anyio.to_thread.run_sync(prepare, config)
     ahead = list(ray_executor._idle)
     assert len(ahead) == 2
