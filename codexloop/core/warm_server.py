@@ -25,6 +25,7 @@ SIGHUP) do the same.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import select
@@ -38,8 +39,6 @@ import sys
 PRIVATE_PIDS = False
 # Modules under these roots are the project's: never imported by the server itself.
 PROJECT_ROOTS: list[str] = []
-# pytest plugins (entry points): pytest imports them itself, and warns if they come preloaded.
-PLUGIN_PACKAGES: set[str] = set()
 # The process group of the run in progress (its forked child is the group's leader).
 CURRENT_RUN: list[int] = []
 # The engine's lifeline (stdin), when it is a pipe; -1 when there is none to watch.
@@ -90,29 +89,6 @@ def _check_lifeline() -> None:
         data = b""
     if not data:
         _die()
-
-
-def _plugin_packages() -> set[str]:
-    try:
-        from importlib.metadata import entry_points
-
-        return {ep.value.split(":")[0].split(".")[0] for ep in entry_points(group="pytest11")}
-    except Exception:
-        return set()
-
-
-def _third_party(names: list[str]) -> list[str]:
-    """Modules that live outside the project (site-packages, the standard library)."""
-    keep = []
-    for name in names:
-        module = sys.modules.get(name)
-        path = getattr(module, "__file__", None) or ""
-        if not path or any(os.path.realpath(path).startswith(root) for root in PROJECT_ROOTS):
-            continue
-        if name.split(".")[0] in PLUGIN_PACKAGES or name.startswith("_pytest.assertion.rewrite"):
-            continue
-        keep.append(name)
-    return keep
 
 
 def _outside(name: str) -> bool:
@@ -188,10 +164,14 @@ def _child(conn: socket.socket, request: dict, report_fd: int, done_fd: int, ser
         importlib.invalidate_caches()  # files the model created since the last run
         import pytest
 
+        known = set(sys.modules)
         code = pytest.main(list(request["args"]))
         sys.stdout.flush()
         sys.stderr.flush()
-        os.write(report_fd, (json.dumps(_third_party(list(sys.modules))) + "\n").encode())
+        # What the run imported that the server has not: the server keeps those that live
+        # outside the project (it checks; this list is the code under test's to write).
+        new = [name for name in sys.modules if name not in known]
+        os.write(report_fd, (json.dumps(new) + "\n").encode())
         os._exit(int(code))
     os.close(write_end)
     while True:
@@ -204,6 +184,33 @@ def _child(conn: socket.socket, request: dict, report_fd: int, done_fd: int, ser
     # The server sends the exit status, once it has swept what the run left behind: the
     # engine must not see the result while a leftover of the run still runs.
     os._exit(code if 0 <= code < 255 else 255)
+
+
+def _prime() -> None:
+    """Caches a run fills again and again, filled once here: the file-to-module map of
+    ``inspect`` (pytest looks up a failing test's source through it, a walk of every loaded
+    module's path), and the compiled rules of the lexers pytest colours failures with, once a
+    run has loaded them."""
+    import inspect
+
+    with contextlib.suppress(Exception):
+        inspect.getmodule(compile("", "<warm-server>", "exec"))
+    for module, name in (
+        ("pygments.lexers.python", "PythonLexer"),
+        ("pygments.lexers.diff", "DiffLexer"),
+    ):
+        lexer = getattr(sys.modules.get(module), name, None)
+        if lexer is not None:
+            with contextlib.suppress(Exception):
+                lexer()
+
+
+def _freeze() -> None:
+    """Everything the server holds out of the collector's reach before the next fork: a run's
+    collections (pytest collects five times at its end) then walk the run's own objects, not
+    the server's imports, and do not copy the server's memory page by page."""
+    gc.collect()
+    gc.freeze()
 
 
 def _drain(fd: int) -> bytes:
@@ -265,6 +272,7 @@ def serve(control_fd: int) -> None:
     control.set_inheritable(False)  # no program a run starts gets it
     import pytest  # noqa: F401  (warm: the runner itself)
 
+    _freeze()
     print("ready", flush=True)
     # Nobody reads our output after this: imports that print must not fill a pipe.
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -338,9 +346,14 @@ def serve(control_fd: int) -> None:
             with contextlib.suppress(OSError):
                 conn.sendall(b"X" + struct.pack(">i", code if 0 <= code < 255 else 255))
         conn.close()
-        # Import what the last run used from outside the project: the next fork has it warm.
-        # The list comes from the run (code under test can write anything there): a name is
-        # imported only when the module it resolves to lives outside the project.
+        # Import what the last run used from outside the project (site-packages, the standard
+        # library, pytest's plugins among them): the next fork has it warm. Preloaded, a plugin
+        # cannot be assertion-rewritten; the engine's runs name every plugin with ``-p`` and
+        # silence that warning (autoloading would not rewrite one another plugin imported
+        # first either). The list comes from the run (code under test can write anything
+        # there): a name is imported only when the module it resolves to lives outside the
+        # project.
+        before = len(sys.modules)
         while b"\n" in pending:
             raw, pending = pending.split(b"\n", 1)
             try:
@@ -351,6 +364,9 @@ def serve(control_fd: int) -> None:
                 if isinstance(name, str) and name not in sys.modules and _outside(name):
                     with contextlib.suppress(Exception):
                         __import__(name)
+        if len(sys.modules) != before:
+            _prime()
+            _freeze()
 
 
 if __name__ == "__main__":
@@ -368,7 +384,6 @@ if __name__ == "__main__":
         sys.path[0] = os.getcwd()
     PRIVATE_PIDS = os.environ.pop("CODEXLOOP_PRIVATE_PIDS", "") == "1"
     PROJECT_ROOTS.extend(os.path.realpath(p) + os.sep for p in sys.argv[2:])
-    PLUGIN_PACKAGES.update(_plugin_packages())
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, _die)
     signal.signal(signal.SIGHUP, _die)

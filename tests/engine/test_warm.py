@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from codexloop.core import plugins
 from codexloop.core.exam import Exam
 from codexloop.core.sandbox import Sandbox, find_python
 from codexloop.core.testrun import default_args, default_command, judge, junit_env
@@ -85,6 +86,57 @@ async def test_no_state_leaks_between_runs_and_new_modules_are_found(runner: War
         verdict = judge(TARGETS, run, junit)
         assert verdict.passed, verdict.digest
     assert runner.starts == 1
+
+
+async def test_plugins_and_libraries_are_imported_once_by_the_server_not_by_every_run(
+    make_repo, no_bwrap, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pytest plugin and a library from outside the project, used by the first run, come
+    preloaded from the server in the next ones (the module's importer is the server, not
+    the run), with no warning that the plugin could not be assertion-rewritten."""
+    outside = tmp_path / "site"
+    outside.mkdir()
+    (outside / "ext_plugin.py").write_text("import os\n\nPID = os.getpid()\n")
+    (outside / "ext_lib.py").write_text("import os\n\nPID = os.getpid()\n")
+    dist = outside / "ext_plugin-1.0.dist-info"  # installed as a pytest plugin (entry point)
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ext-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[pytest11]\next = ext_plugin\n")
+    where = (
+        "import os\nimport sys\n\nimport ext_lib\n\n\n"
+        "def test_preloaded():\n"
+        "    importers = {n: sys.modules[n].PID for n in ('ext_plugin', 'ext_lib')}\n"
+        "    assert os.getpid() not in importers.values(), importers\n"
+    )
+    repo = make_repo({"calc.py": "X = 1\n", "tests/test_where.py": where})
+    box = Sandbox.create(repo, "preload")
+    python = find_python(repo)
+    box.isolate([python], [], network=False)
+    environment = box.environment
+
+    def with_site(extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = environment(extra)  # as if installed: on the path of the server and its runs
+        return {**env, "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{outside}"}
+
+    monkeypatch.setattr(box, "environment", with_site)
+    warm = WarmRunner(box, python)
+    targets = ("tests/test_where.py",)
+    try:
+        verdicts, outputs = [], []
+        for round_ in range(3):
+            junit = box.tmp / f"preload-{round_}.xml"
+            env = {**junit_env(junit), **plugins.PLUGIN_ENV}  # as the engine runs: named, -p
+            env["PYTEST_ADDOPTS"] += " -p ext_plugin -W ignore::pytest.PytestAssertRewriteWarning"
+            run = await warm.run(default_args(targets), extra_env=env, timeout=60)
+            verdicts.append(judge(targets, run, junit).passed)
+            outputs.append(run.output)
+        # The first run imports both itself; the server then preloads them for the others.
+        assert verdicts == [False, True, True], outputs
+        assert not any("rewritten" in out for out in outputs), outputs
+        assert warm.starts == 1
+    finally:
+        await warm.stop()
+        box.remove(delete_branch=True)
 
 
 async def test_a_conftest_change_restarts_the_server(runner: WarmRunner) -> None:
