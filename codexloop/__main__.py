@@ -1,7 +1,5 @@
 """``python -m codexloop``."""
 
-import sys
+from codexloop.main import run
 
-from codexloop.main import main
-
-sys.exit(main())
+run()
