@@ -34,9 +34,10 @@ from codexloop.core.errors import (
 from codexloop.core.executor import new_session
 from codexloop.core.leftovers import discard_session
 from codexloop.core.loop import Loop, LoopResult, event_channel
-from codexloop.core.model import check_endpoint, make_client
+from codexloop.core.model import EndpointCheck, make_client
 from codexloop.core.race import Race
 from codexloop.core.resume import SessionRecord
+from codexloop.core.trace import traces_dir
 
 
 async def print_events(
@@ -94,13 +95,16 @@ async def headless_session(
     """Run one session, printing its events; ``loop`` lets demo and replay bring their own
     (and clean up after it: a session built here that made nothing is removed here)."""
     own_loop = loop is None
+    endpoint: EndpointCheck | None = None
     if loop is None:
         client = make_client(config.base_url, config.api_key, config.request_timeout)
-        try:
-            await check_endpoint(client)
-        except CodexloopError as exc:
-            print(error_line(exc), file=sys.stderr)
-            return exc.exit_code
+        endpoint = EndpointCheck(client)
+        if config.ray is not None:  # the attempts run elsewhere: checked before they start
+            await endpoint.run()
+            if endpoint.error is not None:
+                print(error_line(endpoint.error), file=sys.stderr)
+                return endpoint.error.exit_code
+            endpoint = None
         loop = new_session(
             config,
             client=client,
@@ -108,6 +112,9 @@ async def headless_session(
             accept_flagged=accept_flagged,
             resumed=resumed,
         )
+        if endpoint is not None:  # checked beside the set-up: see EndpointCheck
+            for one in loop.loops if isinstance(loop, Race) else [loop]:
+                one.endpoint = endpoint
     send_events, receive_events = event_channel()
     send_commands, receive_commands = event_channel()
     interrupted = output_closed = gave_up = False
@@ -131,8 +138,22 @@ async def headless_session(
                 interrupted = True
                 await send_commands.send(ev.Stop("interrupted"))
 
+    async def check_then_print() -> None:
+        """Events are shown once the endpoint passed its check; if it fails, none is and
+        the session stops (its set-up is thrown away below)."""
+        if endpoint is not None:
+            tg.start_soon(endpoint.run)
+            await endpoint.settled()
+            if endpoint.error is not None:
+                await send_commands.send(ev.Stop("the model endpoint failed its check"))
+                async with receive_events:
+                    async for _ in receive_events:
+                        pass
+                return
+        await print_events(receive_events, out, stop_for_closed_output)
+
     async with anyio.create_task_group() as tg:
-        tg.start_soon(print_events, receive_events, out, stop_for_closed_output)
+        tg.start_soon(check_then_print)
         async with anyio.create_task_group() as inner:
             inner.start_soon(watch_signals)
             if read_stdin and sys.stdin is not None and not sys.stdin.isatty():
@@ -151,6 +172,11 @@ async def headless_session(
             inner.cancel_scope.cancel()
     if gave_up:
         return EXIT_INTERRUPTED
+    if endpoint is not None and endpoint.error is not None:  # as if checked first: no session
+        print(error_line(endpoint.error), file=sys.stderr)
+        await anyio.to_thread.run_sync(functools.partial(discard_session, loop, always=True))
+        forget_traces(loop)
+        return endpoint.error.exit_code
     if failure is not None or result is None:
         failure = failure or SandboxError("the session ended before it started")
         print(error_line(failure), file=sys.stderr)
@@ -176,6 +202,19 @@ async def headless_session(
     ):
         return EXIT_GREEN
     return EXIT_RED
+
+
+def forget_traces(loop: Loop | Race) -> None:
+    """The traces of a session thrown away before it was shown (and a race's index)."""
+    for one in loop.loops if isinstance(loop, Race) else [loop]:
+        trace = one.session.trace if one.session is not None else None
+        if trace is not None:
+            trace.path.unlink(missing_ok=True)
+    if isinstance(loop, Race):
+        folder = traces_dir() / loop.name
+        (folder / "index.json").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def held_back_by_flags(loop: Loop | Race, result: LoopResult) -> bool:

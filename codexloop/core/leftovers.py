@@ -38,10 +38,11 @@ def discard_session(loop: Loop | Race, *, always: bool = False) -> str | None:
     of a race, every attempt's that made nothing. The branches removed (comma-separated), or
     None. Never raises: a leftover is not worth a failed exit."""
     from codexloop.core.gitops import GitError
+    from codexloop.core.race import Race
     from codexloop.core.resume import forget
 
     removed = []
-    for one in loop.loops if hasattr(loop, "loops") else [loop]:
+    for one in loop.loops if isinstance(loop, Race) else [loop]:
         sandbox = one.sandbox
         if sandbox is None or not (always or made_nothing(one)):
             continue
@@ -51,7 +52,20 @@ def discard_session(loop: Loop | Race, *, always: bool = False) -> str | None:
             continue
         forget(sandbox.name)
         removed.append(sandbox.branch)
+    if isinstance(loop, Race) and all(
+        one.sandbox is None or one.sandbox.branch in removed for one in loop.loops
+    ):
+        _forget_race(loop)
     return ", ".join(removed) or None
+
+
+def _forget_race(race: Race) -> None:
+    """A race none of whose attempts is kept: the folders holding its attempts' go too."""
+    from codexloop.core.sandbox import forget_session, repo_key, state_home
+
+    forget_session(race.name)
+    with contextlib.suppress(OSError):
+        os.rmdir(state_home() / "worktrees" / repo_key(race.config.repo) / race.name)
 
 
 def remove_preview_branch(repo: Path, branch: PreviewBranch) -> int:

@@ -52,6 +52,7 @@ from codexloop.core.model import (
     MAX_TURN_CHARS,
     REPEAT_FINISH,
     AutoModel,
+    EndpointCheck,
     ModelError,
     choose_protocol,
     make_client,
@@ -191,6 +192,9 @@ class Loop:
         self._work_scope: anyio.CancelScope | None = None
         self._iteration = 0
         self._green_commit: str | None = None  # the last commit that was tested green
+        # The endpoint's check, when a front end started it beside the set-up: awaited before
+        # the first request to the endpoint.
+        self.endpoint: EndpointCheck | None = None
 
     @property
     def set_up(self) -> bool:
@@ -448,6 +452,8 @@ class Loop:
         start = await anyio.to_thread.run_sync(session.sandbox.head)
         self.setbacks = Setbacks(self.exam_sync.changes, config.targets, start, baseline)
         files = await anyio.to_thread.run_sync(exam.snapshot_files)
+        if self.endpoint is not None:
+            await self.endpoint.passed()  # nothing goes to the endpoint before it passed
         await self.turns.fit_to_window()
         worktree = session.sandbox.worktree
         modules = await anyio.to_thread.run_sync(

@@ -22,7 +22,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import anyio
@@ -217,12 +217,65 @@ class _PartialCall:
 
 
 def make_client(base_url: str | None, api_key: str, timeout: float = 120.0) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(
-        base_url=base_url,
-        api_key=api_key,
-        max_retries=0,  # retries are ours, and visible
-        timeout=openai.Timeout(timeout, connect=10.0),
-    )
+    """The model client, made on first use (see :class:`LazyClient`)."""
+    return cast("openai.AsyncOpenAI", LazyClient(base_url, api_key, timeout))
+
+
+class LazyClient:
+    """Stands for an ``openai.AsyncOpenAI`` until it is first used: making one imports the
+    client (0.4-1 s), which a session's set-up and first test run need not wait for. Before
+    first use from the event loop, :func:`load_client` (in a thread) spares the loop that
+    wait."""
+
+    def __init__(self, base_url: str | None, api_key: str, timeout: float) -> None:
+        self._settings = (base_url, api_key, timeout)
+        self._client: openai.AsyncOpenAI | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._client is None:
+            base_url, api_key, timeout = self._settings
+            self._client = openai.AsyncOpenAI(
+                base_url=base_url,
+                api_key=api_key,
+                max_retries=0,  # retries are ours, and visible
+                timeout=openai.Timeout(timeout, connect=10.0),
+            )
+        return getattr(self._client, name)
+
+
+async def load_client() -> None:
+    """The client's import finished, in a worker thread (the event loop goes on meanwhile)."""
+    await anyio.to_thread.run_sync(lambda: openai.AsyncOpenAI)
+
+
+class EndpointCheck:
+    """:func:`check_endpoint`, started ahead and awaited where it matters: beside the
+    session's set-up and first test run, before the first event is shown and the first
+    model request is sent. :meth:`passed` raises its :class:`ModelError`."""
+
+    def __init__(self, client: openai.AsyncOpenAI) -> None:
+        self._client = client
+        self._done = anyio.Event()
+        self.error: ModelError | None = None
+
+    async def run(self) -> None:
+        try:
+            await load_client()
+            await check_endpoint(self._client)
+        except ModelError as exc:
+            self.error = exc
+        finally:
+            self._done.set()
+
+    async def settled(self) -> None:
+        """Until the check has an outcome, whichever it is."""
+        await self._done.wait()
+
+    async def passed(self) -> None:
+        """Until the check has passed; its error if it failed."""
+        await self._done.wait()
+        if self.error is not None:
+            raise self.error
 
 
 def describe_error(exc: BaseException) -> str:

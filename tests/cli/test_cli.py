@@ -7,6 +7,8 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from loophelpers import run_cli as codexloop
 from scripted_openai import Call, Reply
 
 from codexloop.core.sandbox import state_home
+from codexloop.core.trace import traces_dir
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -167,6 +170,19 @@ def test_no_model_configured_says_how_to_set_one(make_repo) -> None:
     assert_one_line_error(done, "--model", "CODEXLOOP_MODEL", "[tool.codexloop]")
 
 
+def leftovers(repo: Path) -> list[str]:
+    """What a session left: preview branches, worktrees, traces and records."""
+    worktrees = state_home() / "worktrees"  # a folder per repository, a worktree per session
+    places = [
+        *(worktrees.iterdir() if worktrees.is_dir() else []),
+        traces_dir(),
+        state_home() / "tmp",
+        state_home() / "runs",
+    ]
+    found = [str(p) for place in places if place.is_dir() for p in place.iterdir()]
+    return found + run_git(repo, "branch", "--list", "codexloop/*").split()
+
+
 def test_an_unreachable_endpoint(make_repo) -> None:
     repo = make_repo(KATA)
     with socket.socket() as sock:  # a port nobody listens on
@@ -176,7 +192,79 @@ def test_an_unreachable_endpoint(make_repo) -> None:
         TARGET, "--headless", "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "m", cwd=repo
     )
     assert_one_line_error(done, "cannot reach the model endpoint", str(port))
-    assert run_git(repo, "branch", "--list", "codexloop/*") == ""  # nothing was created
+    assert done.stdout == ""  # not one event
+    assert leftovers(repo) == []  # the set-up made beside the check is gone
+
+
+@pytest.mark.parametrize("attempts", ["1", "2"])
+def test_an_endpoint_refusing_the_key_leaves_nothing(make_repo, scripted_openai, attempts) -> None:
+    repo = make_repo(KATA)
+    scripted_openai.models_status = 401
+    done = codexloop(
+        TARGET,
+        "--headless",
+        "--attempts",
+        attempts,
+        "--base-url",
+        scripted_openai.base_url,
+        "--model",
+        "m",
+        cwd=repo,
+        env={"OPENAI_API_KEY": "sk-wrong"},
+    )
+    assert_one_line_error(done, "refused the API key", "401")
+    assert done.stdout == ""
+    assert scripted_openai.requests == []  # no model request was sent
+    assert leftovers(repo) == []
+
+
+def test_the_set_up_runs_beside_the_endpoint_check_and_no_request_comes_before_it(
+    make_repo, scripted_openai
+) -> None:
+    """While the endpoint is slow to answer its check, the sandbox is made and the baseline
+    runs; nothing is printed and nothing asked of the model until the check has passed."""
+    repo = make_repo(KATA)
+    scripted_openai.models_gate = gate = threading.Event()
+    scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="Fixed."))
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "codexloop",
+            TARGET,
+            "--headless",
+            "--base-url",
+            scripted_openai.base_url,
+            "--model",
+            "m",
+        ],
+        cwd=repo,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert scripted_openai.models_asked.wait(60)
+        runs = state_home() / "runs"
+        deadline = time.monotonic() + 60
+        while not list(runs.glob("*/tmp/run/report/junit-*.xml")):  # the baseline's report
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+            time.sleep(0.02)
+        assert scripted_openai.requests == []
+        gate.set()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        gate.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    types = [e["type"] for e in events_of(out)]
+    assert types[0] == "loop_started" and types[-1] == "loop_finished"
+    assert "test_finished" in types and len(scripted_openai.requests) == 2
 
 
 @pytest.mark.parametrize(

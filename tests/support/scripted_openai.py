@@ -161,6 +161,11 @@ class ScriptedOpenAI:
         # (path, body) of requests refused by the switches above; they consume no turn.
         self.rejected_requests: list[tuple[str, dict[str, Any]]] = []
         self.authorizations: list[str] = []  # each request's Authorization header
+        # GET /models: set when it was asked; answered once ``models_gate`` (if any) is set,
+        # with ``models_status`` (an error) instead of the listing when that is not None.
+        self.models_asked = threading.Event()
+        self.models_gate: threading.Event | None = None
+        self.models_status: int | None = None
         self._turns: deque[_Scripted] = deque()
         self._by_model: dict[str, deque[_Scripted]] = {}  # scripts of one model (attempts)
         self._cond = threading.Condition()
@@ -283,6 +288,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._not_found()
             return
         scripted = self.server.scripted
+        scripted.models_asked.set()
+        if scripted.models_gate is not None:
+            scripted.models_gate.wait(60)
+        if scripted.models_status is not None:
+            status = scripted.models_status
+            self._send_json(status, _error_body(status, f"scripted /models error {status}"))
+            return
         data = [
             {
                 "id": m,
