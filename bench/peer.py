@@ -8,9 +8,11 @@ so what is timed is each tool's own work: from process start to exit, the fix in
 and the test green. Runs alternate between the tools (``--runs`` each, in one go); printed: each
 tool's min and median, codexloop's time to its first event (``loop_started``), and the ratio of
 the medians. aider is never a dependency: without it (``--aider PATH`` or on PATH) its rows say
-so and codexloop is timed alone.
+so and codexloop is timed alone. The kata's tests run with the kata's own venv, pytest alone
+in it (``bench/_venv.py``; ``--own-python``: this interpreter, with every plugin of the
+development venv), the same for both tools.
 
-    .venv/bin/python bench/peer.py [--runs 5] [--aider /path/to/aider]
+    .venv/bin/python bench/peer.py [--runs 5] [--aider /path/to/aider] [--own-python]
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from _aider import aider_argv
 from _repo import git_repo
+from _venv import kata_python
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 
@@ -57,9 +60,12 @@ def script(server: ScriptedOpenAI) -> None:
     )
 
 
+PYTHON = sys.executable  # the kata's interpreter (main() may choose the kata venv's)
+
+
 def green(repo: Path) -> bool:
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", TARGET],
+        [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", TARGET],
         cwd=repo,
         capture_output=True,
     )
@@ -70,6 +76,7 @@ def run_codexloop(repo: Path, url: str) -> tuple[float, float]:
     """Wall seconds to exit, and to the first event."""
     exe = Path(sys.executable).with_name("codexloop")
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env["VIRTUAL_ENV"] = str(Path(PYTHON).parent.parent)  # the kata's interpreter runs its tests
     started = time.perf_counter()
     proc = subprocess.Popen(
         [
@@ -106,7 +113,7 @@ def run_aider(aider: str, repo: Path, url: str) -> float:
                 aider,
                 url,
                 "aider",
-                f"{sys.executable} -m pytest -q -p no:cacheprovider {TARGET}",
+                f"{PYTHON} -m pytest -q -p no:cacheprovider {TARGET}",
                 "tests/test_calc.py",
                 f"Make the failing test pass: {TARGET}",
                 "calc.py",
@@ -133,7 +140,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--aider", default=shutil.which("aider"), help="aider (default: PATH)")
+    parser.add_argument(
+        "--own-python", action="store_true", help="run the kata's tests with this interpreter"
+    )
     args = parser.parse_args()
+    global PYTHON
+    PYTHON = (None if args.own_python else kata_python()) or sys.executable
     server = ScriptedOpenAI()
     mine: list[float] = []
     firsts: list[float] = []
@@ -161,7 +173,8 @@ def main() -> int:
                         failures.append(f"aider run {run + 1}")
     finally:
         server.close()
-    print(f"calc kata, wrong then right, instant scripted model, {args.runs} runs each:")
+    print(f"calc kata, wrong then right, instant scripted model, {args.runs} runs each")
+    print(f"(the kata's tests run with {PYTHON})")
     print(
         summary("codexloop", mine) + f"   (first event: median {statistics.median(firsts):.2f} s)"
     )

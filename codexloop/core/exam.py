@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from codexloop.core import gitops, pysyntax, safefs, shadow
+from codexloop.core import ahead, gitops, pysyntax, safefs, shadow
 from codexloop.core.errors import CodexloopError
 from codexloop.core.plugins import Installed, installed
 from codexloop.core.sandbox import find_python
@@ -282,7 +282,7 @@ class Exam:
     def installed(self) -> Installed:
         """What the project's interpreter has installed: asked once per session (blocking)."""
         if self._installed is None:
-            self._installed = installed(find_python(self.repo))
+            self._installed = ahead.take(installed, find_python(self.repo))
         return self._installed
 
     def import_roots(self) -> list[str]:

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from codexloop.core import ahead
+
 Level = Literal["full", "reduced", "none"]
 Origin = Literal["system", "bundled", "custom"]
 
@@ -266,12 +268,13 @@ def interpreter_paths(pythons: Iterable[str]) -> list[Path]:
         paths.append(venv)
         real = Path(os.path.realpath(exe))
         paths.append(real.parent.parent)
-        paths.extend(_sys_path(python))
+        paths.extend(ahead.take(sys_path, python))
     paths += [Path(sys.prefix), Path(os.path.realpath(sys.base_prefix))]
     return list(dict.fromkeys(p for p in paths if p.exists()))
 
 
-def _sys_path(python: str) -> list[Path]:
+def sys_path(python: str) -> list[Path]:
+    """The folders on ``python``'s module search path (blocking: it is asked)."""
     code = "import json, sys; print(json.dumps([p for p in sys.path if p]))"
     try:
         done = subprocess.run(

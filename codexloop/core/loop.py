@@ -59,7 +59,7 @@ from codexloop.core.model import (
 )
 from codexloop.core.process import RunResult
 from codexloop.core.sandbox import Sandbox, session_name
-from codexloop.core.session import Session, announce, create_sandbox, open_session
+from codexloop.core.session import Session, announce, ask_ahead, create_sandbox, open_session
 from codexloop.core.setbacks import Setbacks
 from codexloop.core.testrun import Case, Verdict, default_command, runs_the_exam
 from codexloop.core.textcalls import Work, answers_of
@@ -279,6 +279,7 @@ class Loop:
         self._events = events
         self._started = time.monotonic() - (self.resumed.seconds if self.resumed else 0.0)
         config = self.config
+        ask_ahead(config)
         with self.timings.timed("sandbox setup"):
             async with self.setup_lock or contextlib.nullcontext():  # a race: one at a time
                 if self.resumed is not None:

@@ -11,8 +11,8 @@ from functools import partial
 
 import anyio
 
+from codexloop.core import ahead, gitops, isolation, plugins, warm
 from codexloop.core import events as ev
-from codexloop.core import gitops, plugins
 from codexloop.core.config import Config
 from codexloop.core.exam import Exam, command_files
 from codexloop.core.exam_run import ExamRunner
@@ -36,6 +36,16 @@ class Session:
     runner: ExamRunner
     trace: TraceWriter | None
     isolation: Isolation
+
+
+def ask_ahead(config: Config) -> None:
+    """Start the questions :func:`open_session` asks the project's interpreter (its path,
+    what it has installed, its package folders), beside the snapshot and the worktree."""
+    python = find_python(config.repo)
+    ahead.start(isolation.sys_path, python)
+    ahead.start(plugins.installed, python)
+    if config.warm and config.test_cmd is None:
+        ahead.start(warm.site_packages, python)
 
 
 async def create_sandbox(config: Config, name: str, base: str | None) -> Sandbox:
@@ -88,16 +98,20 @@ async def open_session(
             )
         )
     place = await anyio.to_thread.run_sync(sandbox.exam_place)
+    plugin_args, plugin_modules = await _plugins(exam, test_command)
+    warm_runner = None
+    if config.warm and config.test_cmd is None:
+        warm_runner = WarmRunner(place, python, preload=plugin_modules)  # type: ignore[arg-type]
     runner = ExamRunner(
         sandbox,
         place,
         emit=emit,
         set_state=set_state,
         timings=timings,
-        plugin_args=await _plugin_args(exam, test_command),
+        plugin_args=plugin_args,
         custom_command=config.test_cmd is not None,
         test_timeout=config.test_timeout,
-        warm=WarmRunner(place, python) if config.warm and config.test_cmd is None else None,  # type: ignore[arg-type]
+        warm=warm_runner,
     )
     tools = Tools(
         sandbox.worktree,
@@ -166,9 +180,10 @@ def left_out_notice(left_out: Sequence[tuple[str, int]]) -> ev.Notice | None:
     )
 
 
-async def _plugin_args(exam: Exam, test_command: str) -> str:
-    """``-p`` for each pytest plugin installed now: plugins load from what was installed at
-    the start, never from what the model adds later."""
+async def _plugins(exam: Exam, test_command: str) -> tuple[str, tuple[str, ...]]:
+    """``-p`` for each pytest plugin installed now (plugins load from what was installed at
+    the start, never from what the model adds later), and the plugins' modules (which the
+    warm server imports once, at its start)."""
     installed = await anyio.to_thread.run_sync(exam.installed)
     words = shlex.split(test_command) if test_command else []
     named = plugins.pytest_plugin_args(installed.plugins, disabled=plugins.disabled_plugins(words))
@@ -176,7 +191,11 @@ async def _plugin_args(exam: Exam, test_command: str) -> str:
     # pytest says so on every run, which is noise here (autoloading would not rewrite it either).
     if named:
         named += ["-W", "ignore::pytest.PytestAssertRewriteWarning"]
-    return shlex.join(named)
+    chosen = set(named[1::2])
+    modules = tuple(
+        dict.fromkeys(p.value.split(":")[0] for p in installed.plugins if p.name in chosen)
+    )
+    return shlex.join(named), modules
 
 
 def _open_trace(config: Config, sandbox: Sandbox, name: str) -> TraceWriter:

@@ -33,7 +33,7 @@ from pathlib import Path, PurePath
 import anyio
 from anyio.abc import Process
 
-from codexloop.core import safefs
+from codexloop.core import ahead, safefs
 from codexloop.core.limits import RUN_MARK, PidsGroup, kill_marked, limit_notes
 from codexloop.core.process import (
     DEFAULT_HARD_LIMIT,
@@ -178,9 +178,12 @@ def _can_pass_sockets() -> bool:
 class WarmRunner:
     """One warm pytest server for one sandbox."""
 
-    def __init__(self, sandbox: Sandbox, python: str) -> None:
+    def __init__(self, sandbox: Sandbox, python: str, *, preload: tuple[str, ...] = ()) -> None:
+        """``preload``: modules the server imports at its start (the pytest plugins every run
+        loads), where they resolve outside the project."""
         self.sandbox = sandbox
         self.python = python
+        self.preload = preload
         self.process: Process | None = None
         self.fingerprint: str | None = None
         self._site: list[Path] | None = None
@@ -234,7 +237,7 @@ class WarmRunner:
                     data = b"\0missing"
             digest.update(data)
         if self._site is None:
-            self._site = site_packages(self.python)
+            self._site = ahead.take(site_packages, self.python)
         for folder in self._site:
             digest.update(f"{folder}:{folder.stat().st_mtime_ns}".encode())
         return digest.hexdigest()
@@ -268,6 +271,7 @@ class WarmRunner:
             {
                 **({RUN_MARK: self.marker} if self.marker else {}),
                 **({"CODEXLOOP_PRIVATE_PIDS": "1"} if private_pids else {}),
+                **({"CODEXLOOP_PRELOAD": ",".join(self.preload)} if self.preload else {}),
             },
         )
         if self.group is not None:

@@ -39,6 +39,8 @@ import sys
 PRIVATE_PIDS = False
 # Modules under these roots are the project's: never imported by the server itself.
 PROJECT_ROOTS: list[str] = []
+# Modules to import at the start (the pytest plugins every run loads), names the engine gives.
+PRELOAD: list[str] = []
 # The process group of the run in progress (its forked child is the group's leader).
 CURRENT_RUN: list[int] = []
 # The engine's lifeline (stdin), when it is a pipe; -1 when there is none to watch.
@@ -272,6 +274,11 @@ def serve(control_fd: int) -> None:
     control.set_inheritable(False)  # no program a run starts gets it
     import pytest  # noqa: F401  (warm: the runner itself)
 
+    for name in PRELOAD:  # the plugins every run loads, where they are not the project's
+        if name and name not in sys.modules and _outside(name):
+            with contextlib.suppress(Exception):
+                __import__(name)
+    _prime()
     _freeze()
     print("ready", flush=True)
     # Nobody reads our output after this: imports that print must not fill a pipe.
@@ -383,6 +390,7 @@ if __name__ == "__main__":
     ):
         sys.path[0] = os.getcwd()
     PRIVATE_PIDS = os.environ.pop("CODEXLOOP_PRIVATE_PIDS", "") == "1"
+    PRELOAD.extend(os.environ.pop("CODEXLOOP_PRELOAD", "").split(","))
     PROJECT_ROOTS.extend(os.path.realpath(p) + os.sep for p in sys.argv[2:])
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, _die)

@@ -88,12 +88,15 @@ async def test_no_state_leaks_between_runs_and_new_modules_are_found(runner: War
     assert runner.starts == 1
 
 
+@pytest.mark.parametrize("at_start", [False, True], ids=["learned", "at-start"])
 async def test_plugins_and_libraries_are_imported_once_by_the_server_not_by_every_run(
-    make_repo, no_bwrap, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_repo, no_bwrap, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at_start: bool
 ) -> None:
     """A pytest plugin and a library from outside the project, used by the first run, come
     preloaded from the server in the next ones (the module's importer is the server, not
-    the run), with no warning that the plugin could not be assertion-rewritten."""
+    the run), with no warning that the plugin could not be assertion-rewritten. Named at the
+    server's start (the session's plugins), the plugin is there for the first run already;
+    a module of the same name in the project is never preloaded."""
     outside = tmp_path / "site"
     outside.mkdir()
     (outside / "ext_plugin.py").write_text("import os\n\nPID = os.getpid()\n")
@@ -106,9 +109,19 @@ async def test_plugins_and_libraries_are_imported_once_by_the_server_not_by_ever
         "import os\nimport sys\n\nimport ext_lib\n\n\n"
         "def test_preloaded():\n"
         "    importers = {n: sys.modules[n].PID for n in ('ext_plugin', 'ext_lib')}\n"
-        "    assert os.getpid() not in importers.values(), importers\n"
+        "    assert os.getpid() not in importers.values(), importers\n\n\n"
+        "def test_plugin_preloaded():\n"
+        "    assert sys.modules['ext_plugin'].PID != os.getpid()\n\n\n"
+        "def test_project_module_fresh():\n"
+        "    import mine\n\n    assert mine.PID == os.getpid()\n"
     )
-    repo = make_repo({"calc.py": "X = 1\n", "tests/test_where.py": where})
+    repo = make_repo(
+        {
+            "calc.py": "X = 1\n",
+            "mine.py": "import os\n\nPID = os.getpid()\n",
+            "tests/test_where.py": where,
+        }
+    )
     box = Sandbox.create(repo, "preload")
     python = find_python(repo)
     box.isolate([python], [], network=False)
@@ -119,19 +132,27 @@ async def test_plugins_and_libraries_are_imported_once_by_the_server_not_by_ever
         return {**env, "PYTHONPATH": f"{env['PYTHONPATH']}{os.pathsep}{outside}"}
 
     monkeypatch.setattr(box, "environment", with_site)
-    warm = WarmRunner(box, python)
+    warm = WarmRunner(box, python, preload=("ext_plugin", "mine") if at_start else ())
     targets = ("tests/test_where.py",)
     try:
-        verdicts, outputs = [], []
+        verdicts, outputs, first_cases = [], [], []
         for round_ in range(3):
             junit = box.tmp / f"preload-{round_}.xml"
             env = {**junit_env(junit), **plugins.PLUGIN_ENV}  # as the engine runs: named, -p
             env["PYTEST_ADDOPTS"] += " -p ext_plugin -W ignore::pytest.PytestAssertRewriteWarning"
             run = await warm.run(default_args(targets), extra_env=env, timeout=60)
-            verdicts.append(judge(targets, run, junit).passed)
+            verdict = judge(targets, run, junit)
+            verdicts.append(verdict.passed)
             outputs.append(run.output)
+            first_cases = first_cases or [(c.name, c.outcome) for c in verdict.cases]
         # The first run imports both itself; the server then preloads them for the others.
         assert verdicts == [False, True, True], outputs
+        plugin_first = "passed" if at_start else "failed"
+        assert first_cases == [
+            ("test_preloaded", "failed"),
+            ("test_plugin_preloaded", plugin_first),
+            ("test_project_module_fresh", "passed"),
+        ]
         assert not any("rewritten" in out for out in outputs), outputs
         assert warm.starts == 1
     finally:
