@@ -135,7 +135,8 @@ async def test_plugins_and_libraries_are_imported_once_by_the_server_not_by_ever
     warm = WarmRunner(box, python, preload=("ext_plugin", "mine") if at_start else ())
     targets = ("tests/test_where.py",)
     try:
-        verdicts, outputs, first_cases = [], [], []
+        verdicts, outputs = [], []
+        first_cases: list[tuple[str, str]] = []
         for round_ in range(3):
             junit = box.tmp / f"preload-{round_}.xml"
             env = {**junit_env(junit), **plugins.PLUGIN_ENV}  # as the engine runs: named, -p
