@@ -65,7 +65,7 @@ PYTHON = sys.executable  # the kata's interpreter (main() may choose the kata ve
 
 def green(repo: Path) -> bool:
     done = subprocess.run(
-        [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", TARGET],
+        [PYTHON, "-B", "-m", "pytest", "-q", "-p", "no:cacheprovider", TARGET],
         cwd=repo,
         capture_output=True,
     )
@@ -113,7 +113,10 @@ def run_aider(aider: str, repo: Path, url: str) -> float:
                 aider,
                 url,
                 "aider",
-                f"{PYTHON} -m pytest -q -p no:cacheprovider {TARGET}",
+                # -B: no bytecode written. The two scripted edits have the same size and land
+                # in the same second: a cached calc.pyc would pass for the new source and the
+                # right fix would test red (codexloop's runs never keep bytecode).
+                f"{PYTHON} -B -m pytest -q -p no:cacheprovider {TARGET}",
                 "tests/test_calc.py",
                 f"Make the failing test pass: {TARGET}",
                 "calc.py",
