@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -225,27 +226,31 @@ class LazyClient:
     """Stands for an ``openai.AsyncOpenAI`` until it is first used: making one imports the
     client (0.4-1 s), which a session's set-up and first test run need not wait for. Before
     first use from the event loop, :func:`load_client` (in a thread) spares the loop that
-    wait."""
+    wait. Made once, from one thread or another: a lock keeps it one client."""
 
     def __init__(self, base_url: str | None, api_key: str, timeout: float) -> None:
         self._settings = (base_url, api_key, timeout)
         self._client: openai.AsyncOpenAI | None = None
+        self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
         if self._client is None:
-            base_url, api_key, timeout = self._settings
-            self._client = openai.AsyncOpenAI(
-                base_url=base_url,
-                api_key=api_key,
-                max_retries=0,  # retries are ours, and visible
-                timeout=openai.Timeout(timeout, connect=10.0),
-            )
+            with self._lock:
+                if self._client is None:
+                    base_url, api_key, timeout = self._settings
+                    self._client = openai.AsyncOpenAI(
+                        base_url=base_url,
+                        api_key=api_key,
+                        max_retries=0,  # retries are ours, and visible
+                        timeout=openai.Timeout(timeout, connect=10.0),
+                    )
         return getattr(self._client, name)
 
 
-async def load_client() -> None:
-    """The client's import finished, in a worker thread (the event loop goes on meanwhile)."""
-    await anyio.to_thread.run_sync(lambda: openai.AsyncOpenAI)
+async def load_client(client: openai.AsyncOpenAI) -> None:
+    """``client`` made, in a worker thread: its import (0.4-1 s) and its HTTP transport
+    (~50 ms: the TLS context) do not hold the event loop up."""
+    await anyio.to_thread.run_sync(lambda: client.base_url)
 
 
 class EndpointCheck:
@@ -260,7 +265,7 @@ class EndpointCheck:
 
     async def run(self) -> None:
         try:
-            await load_client()
+            await load_client(self._client)
             await check_endpoint(self._client)
         except ModelError as exc:
             self.error = exc
