@@ -8,7 +8,7 @@ N iterations with one edit each, then fixes it. For every iteration:
 where model time runs from each model request to its usage event, and test command
 time is the test run's own duration as the runner measured it.
 
-    .venv/bin/python bench/iteration.py [--iterations 30]
+    .venv/bin/python bench/iteration.py [--iterations 30] [--kata-venv]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import anyio
 from _repo import git_repo
+from _venv import kata_python
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 
@@ -155,7 +156,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument(
+        "--kata-venv",
+        action="store_true",
+        help="run the repo's tests with a venv holding pytest alone (bench/_venv.py), as a "
+        "small project's own; default: this interpreter, every dev plugin loaded",
+    )
     args = parser.parse_args()
+    if args.kata_venv and (python := kata_python()) is not None:
+        os.environ["VIRTUAL_ENV"] = str(Path(python).parent.parent)  # find_python takes it
     anyio.run(measure, args.iterations)
 
 
