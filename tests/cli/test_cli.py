@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_git
-from loophelpers import KATA, TARGET, edit, events_of
+from loophelpers import KATA, TARGET, edit, events_of, start_cli
 from loophelpers import run_cli as codexloop
 from scripted_openai import Call, Reply
 
@@ -226,25 +225,8 @@ def test_the_set_up_runs_beside_the_endpoint_check_and_no_request_comes_before_i
     repo = make_repo(KATA)
     scripted_openai.models_gate = gate = threading.Event()
     scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="Fixed."))
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "codexloop",
-            TARGET,
-            "--headless",
-            "--base-url",
-            scripted_openai.base_url,
-            "--model",
-            "m",
-        ],
-        cwd=repo,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start_cli(
+        TARGET, "--headless", "--base-url", scripted_openai.base_url, "--model", "m", cwd=repo
     )
     try:
         assert scripted_openai.models_asked.wait(60)
@@ -349,25 +331,15 @@ def test_core_never_imports_textual() -> None:
 
 
 def _popen_headless(repo: Path, base_url: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "codexloop",
-            TARGET,
-            "--headless",
-            "--base-url",
-            base_url,
-            "--model",
-            "m",
-        ],
+    return start_cli(
+        TARGET,
+        "--headless",
+        "--base-url",
+        base_url,
+        "--model",
+        "m",
         cwd=repo,
-        env=env,
         stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
 
 

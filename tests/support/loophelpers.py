@@ -114,24 +114,44 @@ def edit(path: str, old: str, new: str) -> Call:
     return Call("edit_file", {"path": path, "old_text": old, "new_text": new})
 
 
-def run_cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """``codexloop ARGS`` as a user runs it: a real process, no model configured unless given."""
+def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with no model configured, and ``env``."""
     full_env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "CODEXLOOP_MODEL")
     }
     full_env.update(env or {})
+    return full_env
+
+
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``codexloop ARGS`` as a user runs it: a real process, no model configured unless given."""
     return subprocess.run(
         [sys.executable, "-m", "codexloop", *args],
         cwd=cwd,
-        env=full_env,
+        env=cli_env(env),
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
         timeout=timeout,
+    )
+
+
+def start_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, stdin: int = subprocess.DEVNULL
+) -> subprocess.Popen[str]:
+    """``codexloop ARGS`` started (as :func:`run_cli` runs it), its output on pipes."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "codexloop", *args],
+        cwd=cwd,
+        env=cli_env(env),
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
