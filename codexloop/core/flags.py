@@ -970,6 +970,15 @@ def _sections(text: str) -> dict[int, str]:
     return out
 
 
+# Files in the tree that steer git on the developer's machine once the change is theirs.
+_GIT_CONTROL = {
+    ".gitattributes": "changes .gitattributes (which filters and drivers of your git "
+    "configuration run on which files: git-lfs, git-crypt)",
+    ".lfsconfig": "changes .lfsconfig (where git-lfs fetches and pushes, with your credentials)",
+    ".gitmodules": "changes .gitmodules (where submodules are cloned from)",
+}
+
+
 def _file_reason(diff: FileDiff) -> str | None:
     """A reason that holds for the file as a whole, from its name, mode or kind."""
     pure = PurePosixPath(diff.path)
@@ -991,6 +1000,8 @@ def _file_reason(diff: FileDiff) -> str | None:
         return "adds compiled code (it cannot be reviewed)"
     if diff.binary:
         return "adds a binary file (it cannot be reviewed)"
+    if name in _GIT_CONTROL:
+        return _GIT_CONTROL[name]
     if name in ("sitecustomize.py", "usercustomize.py"):
         return f"adds {name} (Python runs it at start-up)"
     if name == "conftest.py":

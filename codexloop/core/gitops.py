@@ -499,15 +499,21 @@ def snapshot_of(repo: Path, branch: str) -> str:
     raise GitError(f"{branch} is not a codexloop preview branch (no snapshot commit under it)")
 
 
-def create_worktree(repo: Path, base: str, branch: str, path: Path) -> None:
-    """Check out a new branch ``branch`` at commit ``base`` in a new worktree at ``path``."""
-    _add_worktree(repo, Path(path), ["-b", branch, str(path), base])
+def create_worktree(
+    repo: Path, base: str, branch: str, path: Path, *, checkout: bool = True
+) -> None:
+    """Check out a new branch ``branch`` at commit ``base`` in a new worktree at ``path``
+    (``checkout=False``: the worktree is made, its files are not written)."""
+    no_checkout = [] if checkout else ["--no-checkout"]
+    _add_worktree(repo, Path(path), [*no_checkout, "-b", branch, str(path), base])
 
 
-def open_worktree(repo: Path, branch: str, path: Path) -> None:
-    """Check out the existing branch ``branch`` in a new worktree at ``path``."""
+def open_worktree(repo: Path, branch: str, path: Path, *, checkout: bool = True) -> None:
+    """Check out the existing branch ``branch`` in a new worktree at ``path`` (``checkout``:
+    as for :func:`create_worktree`)."""
     _run(repo, ["worktree", "prune"])  # a removed folder's worktree still holds the branch
-    _add_worktree(repo, Path(path), [str(path), branch])
+    no_checkout = [] if checkout else ["--no-checkout"]
+    _add_worktree(repo, Path(path), [*no_checkout, str(path), branch])
 
 
 def _add_worktree(repo: Path, path: Path, args: list[str]) -> None:

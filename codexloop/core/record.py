@@ -270,15 +270,7 @@ class Recorder:
 
     def head_entries(self, commit: str = "HEAD") -> dict[str, Entry]:
         """Every path of ``commit``'s tree (files, links, submodules) with mode and id."""
-        out = gitops.git(self.gitdir, "ls-tree", "-r", "-z", commit, env=self._env(), check=False)
-        found: dict[str, Entry] = {}
-        for record in out.split("\0"):
-            if not record:
-                continue
-            meta, _, rel = record.partition("\t")
-            mode, _kind, sha = meta.split(" ")
-            found[rel] = Entry(mode, sha)
-        return found
+        return tree_entries(self.gitdir, commit)
 
     def set_exclude(self, exclude_file: Path | None) -> None:
         """Another exclude file (the sandbox's own, once it shares paths); the cache stays."""
@@ -545,6 +537,22 @@ class _Walk:
 
 _RECORDERS: dict[Path, Recorder] = {}
 _RECORDERS_LOCK = threading.Lock()
+
+
+def tree_entries(gitdir: Path, commit: str) -> dict[str, Entry]:
+    """Every path of ``commit``'s tree (files, links, submodules) with mode and id, read from
+    the object store of ``gitdir`` alone."""
+    out = gitops.git(
+        gitdir, "ls-tree", "-r", "-z", commit, env={"GIT_DIR": str(gitdir)}, check=False
+    )
+    found: dict[str, Entry] = {}
+    for record in out.split("\0"):
+        if not record:
+            continue
+        meta, _, rel = record.partition("\t")
+        mode, _kind, sha = meta.split(" ")
+        found[rel] = Entry(mode, sha)
+    return found
 
 
 def recorder(

@@ -220,13 +220,18 @@ class Sandbox:
         worktree = home / "worktrees" / repo_key(repo) / name
         branch = f"codexloop/{name}"
         tmp = home / "tmp" / name
+        # A preview branch to continue from holds the model's tree: written by the engine
+        # (see write_checkout), not by git's checkout. The snapshot is the developer's own.
+        model_tree = continue_from is not None
         try:
-            gitops.create_worktree(repo, start, branch, worktree)
+            gitops.create_worktree(repo, start, branch, worktree, checkout=not model_tree)
         except BaseException:
             with contextlib.suppress(OSError):
                 tmp.rmdir()
             raise
         try:
+            if model_tree:
+                write_checkout(worktree, start)
             exclude = _write_excludes(home)
             # Remembers the checkout before anyone touches it.
             record.recorder(worktree, exclude, fresh_checkout=True)
@@ -253,7 +258,8 @@ class Sandbox:
                     f"{worktree} is in the way of {branch}'s worktree (git no longer knows it "
                     "as one: its .git file is gone or changed): move it away first"
                 )
-            gitops.open_worktree(repo, branch, worktree)
+            gitops.open_worktree(repo, branch, worktree, checkout=False)  # the model's tree
+            write_checkout(worktree, branch)
         # A worktree whose git link was tampered with stops here, before git runs with it (a
         # copy of the git dir elsewhere, the model's, would bring its own config).
         try:
@@ -575,6 +581,20 @@ def session_folders(name: str, worktree: Path | None) -> list[Path]:
     crashed session left running is found by them."""
     folders = [state_home() / "tmp" / name, runs_folder(name)]
     return folders if worktree is None else [*folders, Path(worktree)]
+
+
+def write_checkout(worktree: Path, commit: str) -> None:
+    """The files of ``commit`` in a worktree git made without checking them out, written from
+    the object store by the engine's own writer (the run tree's), and the worktree's index set
+    to it (objects only). A model-written tree checked out by git would have its
+    ``.gitattributes`` route files through filters of the developer's git configuration (a
+    git-lfs smudge fetching from a URL the model's ``.lfsconfig`` names): here no attribute,
+    filter or hook of the tree is read; the files are the blobs as committed (an LFS file is
+    its pointer). Blocking."""
+    gitdir = Path(gitops.worktree_env(worktree)["GIT_DIR"])
+    entries = record.tree_entries(gitdir, commit)
+    RunTree(worktree, gitdir, keep={".git"}).reconcile(entries)
+    gitops.git(gitdir, "read-tree", commit, env={"GIT_DIR": str(gitdir)})
 
 
 def runs_folder(name: str) -> Path:

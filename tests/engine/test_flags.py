@@ -681,6 +681,23 @@ def test_metadata_config_and_compiled_files_are_flagged() -> None:
     assert ".pth" in found[("src/zz.pth", 1)]
 
 
+@pytest.mark.parametrize(
+    ("path", "line", "needle"),
+    [
+        (".gitattributes", "* filter=lfs diff=lfs merge=lfs -text", "filters"),
+        ("assets/.gitattributes", "*.bin filter=crypt", "filters"),
+        (".lfsconfig", "[lfs]\n\turl = https://example.invalid/lfs", "git-lfs"),
+        (".gitmodules", '[submodule "x"]\n\turl = https://example.invalid/x', "submodules"),
+    ],
+)
+def test_files_that_steer_the_developers_git_are_flagged(path: str, line: str, needle: str) -> None:
+    """Accepted, they would steer the developer's git (filters run on checkout, where git-lfs
+    fetches with their credentials, where submodules come from): shown for review."""
+    flags = changed("", line + "\n", path)
+    assert flags and all(f.path == path for f in flags)
+    assert needle in flags[0].reason
+
+
 def test_text_rules_for_python_that_does_not_parse() -> None:
     flags = scan_added([("calc.py", {7: "    sys.settrace(tracer", 8: "def add(a, b):"})])
     assert [(f.line, "trace" in f.reason) for f in flags] == [(7, True)]

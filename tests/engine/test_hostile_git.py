@@ -181,3 +181,69 @@ async def test_a_fifo_and_a_huge_file_are_left_out_with_a_notice(
     # The 60 MB never reached the developer's object store.
     size = sum(f.stat().st_size for f in (repo / ".git" / "objects").rglob("*") if f.is_file())
     assert size < 20_000_000
+
+
+# -- a model-written branch checked out on the host ------------------------------------------------
+
+
+def _developer_filter(repo: Path, marker: Path) -> None:
+    """The developer's repository defines a smudge filter (as git-lfs does): a program of theirs
+    that git runs on checkout for the paths a ``.gitattributes`` routes to it."""
+    touch = f"touch {shlex.quote(str(marker))}"
+    run_git(repo, "config", "filter.dev.smudge", f"sh -c '{touch}; cat'")
+    run_git(repo, "config", "filter.dev.clean", "cat")
+
+
+ROUTE = Call("write_file", {"path": ".gitattributes", "content": "* filter=dev\n"})
+
+
+async def test_continuing_a_branch_whose_attributes_name_a_developer_filter_runs_nothing(
+    make_repo, scripted_openai, tmp_path
+) -> None:
+    """The model's ``.gitattributes`` routes every file through the developer's smudge filter;
+    ``--continue`` checks its branch out on the host: the filter must not run (with git-lfs,
+    a smudge of the model's pointer files fetches from a URL its ``.lfsconfig`` names)."""
+    repo = make_repo(KATA)
+    marker = tmp_path / "smudged"
+    _developer_filter(repo, marker)
+    scripted_openai.add(
+        Reply(tool_calls=[ROUTE, edit("calc.py", "a - b", "a * b")]), Reply(text="Hmm.")
+    )
+    first, _ = await run_loop(make_config(repo, scripted_openai.base_url, max_iterations=1))
+    assert first.status == "failed"
+    assert not marker.exists()  # nothing checked the model's tree out yet
+
+    scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a * b", "a + b")]), Reply(text="Done."))
+    config = make_config(repo, scripted_openai.base_url, continue_from=first.branch)
+    second, _ = await run_loop(config)
+    assert not marker.exists(), "the developer's smudge filter ran on the model's tree"
+    assert second.status == "passed"  # the files are there all the same
+    assert "a * b" in user_texts_of(scripted_openai.requests[2])
+
+
+async def test_reopening_a_removed_worktree_runs_no_developer_filter(
+    make_repo, scripted_openai, tmp_path
+) -> None:
+    """``codexloop resume`` of a session whose worktree was removed checks its branch out again
+    (``Sandbox.reopen``): the model's attributes must not reach the developer's filters."""
+    from codexloop.core.sandbox import Sandbox
+
+    repo = make_repo(KATA)
+    marker = tmp_path / "smudged"
+    _developer_filter(repo, marker)
+    scripted_openai.add(
+        Reply(tool_calls=[ROUTE, edit("calc.py", "a - b", "a * b")]), Reply(text="Hmm.")
+    )
+    first, _ = await run_loop(make_config(repo, scripted_openai.base_url, max_iterations=1))
+    run_git(repo, "worktree", "remove", "--force", str(first.worktree))
+    name = first.branch.removeprefix("codexloop/")
+    box = Sandbox.reopen(repo, name, first.branch, first.base)
+    assert not marker.exists(), "the developer's smudge filter ran on the model's tree"
+    assert (box.worktree / "calc.py").read_text() == KATA["calc.py"].replace("a - b", "a * b")
+    assert (box.worktree / ".gitattributes").read_text() == "* filter=dev\n"
+
+
+def user_texts_of(request: dict) -> str:
+    return "\n".join(
+        m["content"] for m in request["messages"] if m["role"] == "user" and m.get("content")
+    )
