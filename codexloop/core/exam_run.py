@@ -116,9 +116,10 @@ class ExamRunner:
 
         canary = Canary.new() if self._canary_on else None
         if canary is not None:  # the run tree's root is on PYTHONPATH: -p finds it
-            await anyio.to_thread.run_sync(
-                (place.worktree / canary.filename).write_text, canary.source()
-            )
+            with self._timings.timed("canary"):
+                await anyio.to_thread.run_sync(
+                    (place.worktree / canary.filename).write_text, canary.source()
+                )
         execute = partial(self._execute, test_command, targets, run_env, on_output, changed)
         run = await execute(canary)
         if (

@@ -608,7 +608,8 @@ class Loop:
             trace=str(session.trace.path) if session.trace else "",
         )
         try:
-            await anyio.to_thread.run_sync(resume.save, record)
+            with self.timings.timed("session record"):
+                await anyio.to_thread.run_sync(resume.save, record)
         except (OSError, TypeError, ValueError) as exc:
             if not self._record_failed:
                 self._record_failed = True
