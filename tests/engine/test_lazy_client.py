@@ -40,3 +40,38 @@ async def test_the_check_passes_against_a_server_and_says_why_it_fails(
         with pytest.raises(ModelError, match="refused the API key"):
             await refused.passed()
     assert refused.error is not None
+
+
+@pytest.mark.parametrize(
+    ("status", "refused"), [(401, True), (403, True), (404, False), (500, False)]
+)
+async def test_the_quick_check_reads_statuses_as_the_clients_check_does(
+    scripted_openai: ScriptedOpenAI, status: int, refused: bool
+) -> None:
+    """Through openai's own transport, before the client exists: a refused key is said with
+    the server's message; any other answer means the endpoint is there (404: no /models)."""
+    scripted_openai.models_status = status
+    check = EndpointCheck(make_client(scripted_openai.base_url, "sk-x", 30.0))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(check.run)
+        await check.settled()
+        if refused:
+            assert check.error is not None
+            assert f"HTTP {status}: scripted /models error {status}" in str(check.error)
+        else:
+            assert check.error is None
+            await check.passed()  # the client is made too
+            assert check._client._client is not None  # type: ignore[attr-defined]
+    assert scripted_openai.models_asked.is_set()
+
+
+async def test_a_client_of_the_callers_is_checked_with_the_client(
+    scripted_openai: ScriptedOpenAI,
+) -> None:
+    import openai
+
+    async with openai.AsyncOpenAI(base_url=scripted_openai.base_url, api_key="sk-x") as client:
+        scripted_openai.models_status = 401
+        check = EndpointCheck(client)
+        await check.run()
+        assert check.error is not None and "refused the API key" in str(check.error)
