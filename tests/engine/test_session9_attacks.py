@@ -9,17 +9,22 @@ something no other test does.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
 import textwrap
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_git
 from loophelpers import KATA, make_config, of_type, run_loop
 from scripted_openai import Call, Reply
 
 from codexloop.core import events as ev
-from codexloop.core.sandbox import state_home
+from codexloop.core.sandbox import Sandbox, state_home
 
 pytestmark = pytest.mark.anyio
 
@@ -175,3 +180,132 @@ async def test_a_pkgutil_namespace_package_never_brings_a_run_module_into_the_se
     make_repo, scripted_openai
 ) -> None:
     await _plant_then_wrong(make_repo, scripted_openai, BACKPORTS)
+
+
+# ----------------------------------- 2. the engine's checkout of a model-written tree
+
+
+def _object(repo: Path, kind: str, data: bytes) -> str:
+    done = subprocess.run(
+        ["git", "hash-object", "-t", kind, "--literally", "-w", "--stdin"],
+        cwd=repo,
+        input=data,
+        capture_output=True,
+        check=True,
+    )
+    return done.stdout.decode().strip()
+
+
+def _tree(repo: Path, entries: list[tuple[str, str, str]]) -> str:
+    """A tree object of ``(mode, name, id)`` entries, as given: no name is checked."""
+    data = b"".join(
+        f"{mode} ".encode() + os.fsencode(name) + b"\0" + bytes.fromhex(sha)
+        for mode, name, sha in entries
+    )
+    return _object(repo, "tree", data)
+
+
+def _commit_on(repo: Path, branch: str, entries: list[tuple[str, str, str]]) -> None:
+    """A commit on ``branch`` whose tree is the branch tip's plus ``entries`` (as a node's
+    bundle could bring it home: git fetch checks no tree by default)."""
+    tip = run_git(repo, "rev-parse", branch).strip()
+    listed = run_git(repo, "ls-tree", tip).splitlines()
+    kept = []
+    for line in listed:
+        meta, name = line.split("\t", 1)
+        mode, _kind, sha = meta.split()
+        kept.append((mode, name, sha))
+    tree = _tree(repo, kept + entries)
+    commit = run_git(repo, "commit-tree", tree, "-p", tip, "-m", "iteration 2").strip()
+    run_git(repo, "update-ref", f"refs/heads/{branch}", commit)
+
+
+def _climb_to(
+    repo: Path, start: Path, rel: str, data: bytes, mode: str = "100755"
+) -> tuple[str, str, str]:
+    """A top-level tree entry whose path, read from ``start``, leads through ``..`` to
+    ``rel`` in ``repo`` (the real path, every folder of it a folder)."""
+    target = (repo.resolve() / rel).parts[1:]  # from the root down
+    sha = _object(repo, "blob", data)
+    entry = (mode, target[-1], sha)
+    for part in reversed(target[:-1]):
+        entry = ("40000", part, _tree(repo, [entry]))
+    for _ in start.resolve().parts[1:]:  # up to the root
+        entry = ("40000", "..", _tree(repo, [entry]))
+    return entry
+
+
+HOOK = b"#!/bin/sh\necho the model's hook ran on the host\n"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "HOLE: RunTree._open_parent opens every path component with O_NOFOLLOW but lets "
+        "'..' through; a tree entry '../../...' in the object store (ls-tree -r prints it "
+        "as is, nothing checks it) makes write_checkout (continue, resume, a Ray "
+        "branch coming home) create files anywhere the developer can write: here an "
+        "executable .git/hooks/post-checkout in the developer's repository"
+    ),
+)
+@pytest.mark.parametrize("how", ["continue", "reopen"])
+async def test_a_dotdot_path_in_a_model_tree_never_writes_outside_the_worktree(
+    make_repo, how: str
+) -> None:
+    """A tree whose path climbs with ``..`` components to the developer's repository and
+    names ``.git/hooks/post-checkout``: written by the run tree's writer it would be a hook
+    the developer's next ``git checkout`` runs on the host."""
+    repo = make_repo(KATA)
+    box = Sandbox.create(repo, "hostile")
+    name, branch, base = box.name, box.branch, box.base
+    worktree = box.worktree
+    # The tree's top level gains ``..``: its path, seen from the worktree, climbs to the root.
+    _commit_on(repo, branch, [_climb_to(repo, worktree, ".git/hooks/post-checkout", HOOK)])
+    hook = repo / ".git" / "hooks" / "post-checkout"
+    try:
+        if how == "reopen":
+            run_git(repo, "worktree", "remove", "--force", str(worktree))
+            with contextlib.suppress(Exception):
+                Sandbox.reopen(repo, name, branch, base).remove()
+        else:
+            box.remove()
+            with contextlib.suppress(Exception):
+                Sandbox.create(repo, "again", continue_from=branch).remove(delete_branch=True)
+        assert not hook.exists(), ("a hook in the developer's repository", oct(hook.stat().st_mode))
+    finally:
+        hook.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("hostile", ["link-then-file", "dot-git"])
+@pytest.mark.parametrize("how", ["continue", "reopen"])
+async def test_a_link_then_a_file_under_it_or_a_dot_git_entry_stays_inside(
+    make_repo, tmp_path: Path, how: str, hostile: str
+) -> None:
+    """A tree with ``d`` a link to a folder outside and ``d/planted`` a file under it, or a
+    ``.git`` file of its own (a git link to a git dir the model chose): the writer follows no
+    link and the worktree's git link stays the engine's."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    repo = make_repo(KATA)
+    box = Sandbox.create(repo, "hostile")
+    name, branch, base, worktree = box.name, box.branch, box.base, box.worktree
+    if hostile == "link-then-file":
+        link = _object(repo, "blob", os.fsencode(outside))
+        planted = _tree(repo, [("100644", "planted", _object(repo, "blob", b"x\n"))])
+        _commit_on(repo, branch, [("120000", "d", link), ("40000", "d", planted)])
+    else:
+        theirs = _object(repo, "blob", f"gitdir: {tmp_path / 'theirs'}\n".encode())
+        _commit_on(repo, branch, [("100644", ".git", theirs)])
+    if how == "reopen":
+        run_git(repo, "worktree", "remove", "--force", str(worktree))
+        with contextlib.suppress(Exception):
+            Sandbox.reopen(repo, name, branch, base)
+        where = worktree
+    else:
+        box.remove()
+        with contextlib.suppress(Exception):
+            Sandbox.create(repo, "again", continue_from=branch)
+        where = worktree.with_name("again")
+    assert list(outside.iterdir()) == []
+    if (where / ".git").exists():
+        assert "theirs" not in (where / ".git").read_text()
