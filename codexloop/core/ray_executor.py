@@ -412,6 +412,8 @@ def _fetch(
             path.write_bytes(branch_bundle)
             gitops.git(
                 repo,
+                "-c",
+                "transfer.fsckObjects=true",  # no tree with a path git refuses comes in
                 "fetch",
                 "-q",
                 "--no-tags",

@@ -125,6 +125,9 @@ class RunTree:
         following a link."""
         fd = os.open(self.path, safefs.DIR_FLAGS)
         for part in rel.split("/")[:-1]:
+            if part in ("", ".", ".."):  # never above or beside the folder
+                os.close(fd)
+                raise OSError(f"refused to write {rel!r}: not a path inside the folder")
             try:
                 child = os.open(part, safefs.DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:

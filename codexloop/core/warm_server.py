@@ -113,6 +113,48 @@ def _outside(name: str) -> bool:
     return True
 
 
+# Modules whose import acts (runs a program, opens a browser, prints), whatever their folder.
+_ACTING = frozenset({"__main__", "this", "antigravity", "idlelib", "turtledemo", "__phello__"})
+
+
+def _import_outside(name: str) -> None:
+    """Import ``name`` (a run reported it, or the engine named it) if it lives outside the
+    project, where nothing of the project can be reached while it is imported: the project's
+    folders (and any relative entry) off ``sys.path``, the working directory ``/``, no
+    arguments. A run writes the run tree, which is the server's working directory and on its
+    path: an import that looked there (a ``pkgutil`` namespace package spanning it, a
+    ``__main__`` module that imports what ``sys.argv`` names) would bring the run's code into
+    the server and every later fork. Names with a ``__main__`` part or of modules that act
+    when imported are never imported."""
+    parts = name.split(".")
+    if (
+        name in sys.modules
+        or not all(part.isidentifier() for part in parts)
+        or "__main__" in parts
+        or parts[0] in _ACTING
+    ):
+        return
+    saved_path, saved_argv, saved_cwd = list(sys.path), list(sys.argv), os.getcwd()
+    sys.path[:] = [
+        entry
+        for entry in saved_path
+        if os.path.isabs(entry)
+        and not any((os.path.realpath(entry) + os.sep).startswith(root) for root in PROJECT_ROOTS)
+    ]
+    sys.argv[:] = saved_argv[:1]
+    try:
+        os.chdir("/")
+        if _outside(name):
+            __import__(name)
+    except (Exception, SystemExit):
+        pass
+    finally:
+        sys.path[:] = saved_path
+        sys.argv[:] = saved_argv
+        with contextlib.suppress(OSError):
+            os.chdir(saved_cwd)
+
+
 def _ppid(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
@@ -275,9 +317,7 @@ def serve(control_fd: int) -> None:
     import pytest  # noqa: F401  (warm: the runner itself)
 
     for name in PRELOAD:  # the plugins every run loads, where they are not the project's
-        if name and name not in sys.modules and _outside(name):
-            with contextlib.suppress(Exception):
-                __import__(name)
+        _import_outside(name)
     _prime()
     _freeze()
     print("ready", flush=True)
@@ -368,9 +408,8 @@ def serve(control_fd: int) -> None:
             except ValueError:
                 continue
             for name in names if isinstance(names, list) else ():
-                if isinstance(name, str) and name not in sys.modules and _outside(name):
-                    with contextlib.suppress(Exception):
-                        __import__(name)
+                if isinstance(name, str):
+                    _import_outside(name)
         if len(sys.modules) != before:
             _prime()
             _freeze()

@@ -2,9 +2,12 @@
 the engine's own checkout of a model-written tree, and the headless endpoint check beside
 the set-up.
 
-Each test is an attack. One that succeeds is kept as a strict xfail whose reason says
-``HOLE:`` and what it is; one that fails (the defence holds) is kept when it checks
-something no other test does.
+Each test is an attack, written by a second pair of eyes and seen to succeed first: a reported
+``unittest.__main__`` ran the run's code in the warm server; a ``pkgutil`` namespace package
+took in the run tree's folder there; a ``..`` path in a crafted tree wrote a hook into the
+developer's ``.git``. Each now fails: the server imports with the project off its path (no
+``__main__``, no module that acts when imported), and a model-written tree with a path git
+refuses is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -126,16 +129,6 @@ UNITTEST_MAIN = textwrap.dedent(
 ).format(payload=PAYLOAD)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "HOLE: a reported 'unittest.__main__' (standard library, so _outside) makes the "
-        "server run unittest.main() with its own sys.argv; it imports '<control fd>' as a "
-        "module from sys.path[0], the run tree, where the run wrote <fd>.py: the run's code "
-        "runs in the server, plants sys.modules['calc'], and later runs are green with add "
-        "wrong"
-    ),
-)
 @pytest.mark.parametrize("bwrap", [True, False], ids=["bwrap", "no-bwrap"])
 async def test_a_reported_main_module_never_runs_the_runs_code_in_the_server(
     make_repo, scripted_openai, request, bwrap: bool
@@ -167,15 +160,6 @@ BACKPORTS = textwrap.dedent(
 ).format(payload=PAYLOAD)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "HOLE: backports (setuptools/_vendor, a pkgutil.extend_path namespace package) "
-        "resolves outside the project, but its __path__ takes in the run tree's backports/ "
-        "folder when the server imports it: a reported 'backports.warmplant' is imported by "
-        "the server from the run tree; it plants calc and later runs are green with add wrong"
-    ),
-)
 async def test_a_pkgutil_namespace_package_never_brings_a_run_module_into_the_server(
     make_repo, scripted_openai
 ) -> None:
@@ -238,16 +222,6 @@ def _climb_to(
 HOOK = b"#!/bin/sh\necho the model's hook ran on the host\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "HOLE: RunTree._open_parent opens every path component with O_NOFOLLOW but lets "
-        "'..' through; a tree entry '../../...' in the object store (ls-tree -r prints it "
-        "as is, nothing checks it) makes write_checkout (continue, resume, a Ray "
-        "branch coming home) create files anywhere the developer can write: here an "
-        "executable .git/hooks/post-checkout in the developer's repository"
-    ),
-)
 @pytest.mark.parametrize("how", ["continue", "reopen"])
 async def test_a_dotdot_path_in_a_model_tree_never_writes_outside_the_worktree(
     make_repo, how: str
