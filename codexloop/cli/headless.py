@@ -117,7 +117,8 @@ async def headless_session(
                 one.endpoint = endpoint
     send_events, receive_events = event_channel()
     send_commands, receive_commands = event_channel()
-    interrupted = output_closed = gave_up = False
+    interrupted = output_closed = gave_up = shown = False
+    checking = anyio.CancelScope()  # the endpoint's check: called off by an interrupt
     failure: CodexloopError | None = None
     result: LoopResult | None = None
 
@@ -136,13 +137,20 @@ async def headless_session(
                     tg.cancel_scope.cancel()
                     return
                 interrupted = True
+                if not shown:  # nothing shown yet: the check is not waited for
+                    checking.cancel()
                 await send_commands.send(ev.Stop("interrupted"))
 
+    async def run_check(check: EndpointCheck) -> None:
+        with checking:
+            await check.run()
+
     async def check_then_print() -> None:
-        """Events are shown once the endpoint passed its check; if it fails, none is and
-        the session stops (its set-up is thrown away below)."""
+        """Events are shown once the endpoint passed its check; if it fails (or the run is
+        interrupted first), none is and the session stops (its set-up is thrown away below)."""
+        nonlocal shown
         if endpoint is not None:
-            tg.start_soon(endpoint.run)
+            tg.start_soon(run_check, endpoint)
             await endpoint.settled()
             if endpoint.error is not None:
                 await send_commands.send(ev.Stop("the model endpoint failed its check"))
@@ -150,6 +158,7 @@ async def headless_session(
                     async for _ in receive_events:
                         pass
                 return
+        shown = True
         await print_events(receive_events, out, stop_for_closed_output)
 
     async with anyio.create_task_group() as tg:
@@ -170,6 +179,12 @@ async def headless_session(
                         raise  # a bug of ours: the internal-error path keeps its details
                     failure, result = failed, None
             inner.cancel_scope.cancel()
+    if endpoint is not None and not shown and (interrupted or gave_up):
+        # Interrupted before anything was shown: as if it never started.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(functools.partial(discard_session, loop, always=True))
+        forget_traces(loop)
+        return EXIT_INTERRUPTED
     if gave_up:
         return EXIT_INTERRUPTED
     if endpoint is not None and endpoint.error is not None:  # as if checked first: no session

@@ -267,6 +267,9 @@ class EndpointCheck:
         self.error: ModelError | None = None
 
     async def run(self) -> None:
+        """The check; cancelled before it passed, it fails (nothing may go to an endpoint
+        that was not checked)."""
+        ok = False
         try:
             quick = await _quick_check(self._client)
             if quick:
@@ -274,9 +277,12 @@ class EndpointCheck:
             await load_client(self._client)
             if not quick:
                 await check_endpoint(self._client)
+            ok = True
         except ModelError as exc:
             self.error = exc
         finally:
+            if not ok and self.error is None:
+                self.error = ModelError("the endpoint's check was called off")
             self._done.set()
             self._ready.set()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -215,6 +216,37 @@ def test_an_endpoint_refusing_the_key_leaves_nothing(make_repo, scripted_openai,
     assert done.stdout == ""
     assert scripted_openai.requests == []  # no model request was sent
     assert leftovers(repo) == []
+
+
+def test_ctrl_c_while_the_endpoint_check_is_held_is_130_and_leaves_nothing(
+    make_repo, scripted_openai
+) -> None:
+    """Interrupted before any event was shown (the endpoint slow to answer its check): the
+    check is not waited for (it would end in "cannot reach" and exit 2 after 5 s), the run
+    ends 130, and the set-up made beside the check is gone, as if it never started."""
+    repo = make_repo(KATA)
+    scripted_openai.models_gate = gate = threading.Event()
+    proc = start_cli(
+        TARGET, "--headless", "--base-url", scripted_openai.base_url, "--model", "m", cwd=repo
+    )
+    try:
+        assert scripted_openai.models_asked.wait(60)
+        runs = state_home() / "runs"
+        deadline = time.monotonic() + 60
+        while not list(runs.glob("*/tmp/run/report/junit-*.xml")):  # the set-up is there
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        gate.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert out == "" and "Traceback" not in err
+    assert leftovers(repo) == []
+    assert scripted_openai.requests == []
 
 
 def test_the_set_up_runs_beside_the_endpoint_check_and_no_request_comes_before_it(
