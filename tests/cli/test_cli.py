@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -9,13 +10,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import run_git
 from loophelpers import KATA, TARGET, edit, events_of, start_cli
 from loophelpers import run_cli as codexloop
-from scripted_openai import Call, Reply
+from scripted_openai import Call, Reply, ScriptedOpenAI
 
 from codexloop.core.sandbox import state_home
 from codexloop.core.trace import traces_dir
@@ -218,6 +220,30 @@ def test_an_endpoint_refusing_the_key_leaves_nothing(make_repo, scripted_openai,
     assert leftovers(repo) == []
 
 
+@contextlib.contextmanager
+def check_held(repo: Path, scripted: ScriptedOpenAI) -> Iterator[subprocess.Popen[str]]:
+    """A headless session whose endpoint check the server holds, once the baseline run made
+    beside the check has written its report (polled, with a deadline); released and ended
+    when the block is left."""
+    scripted.models_gate = gate = threading.Event()
+    proc = start_cli(
+        TARGET, "--headless", "--base-url", scripted.base_url, "--model", "m", cwd=repo
+    )
+    try:
+        assert scripted.models_asked.wait(60)
+        runs = state_home() / "runs"
+        deadline = time.monotonic() + 60
+        while not list(runs.glob("*/tmp/run/report/junit-*.xml")):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+            time.sleep(0.02)
+        yield proc
+    finally:
+        gate.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def test_ctrl_c_while_the_endpoint_check_is_held_is_130_and_leaves_nothing(
     make_repo, scripted_openai
 ) -> None:
@@ -225,24 +251,9 @@ def test_ctrl_c_while_the_endpoint_check_is_held_is_130_and_leaves_nothing(
     check is not waited for (it would end in "cannot reach" and exit 2 after 5 s), the run
     ends 130, and the set-up made beside the check is gone, as if it never started."""
     repo = make_repo(KATA)
-    scripted_openai.models_gate = gate = threading.Event()
-    proc = start_cli(
-        TARGET, "--headless", "--base-url", scripted_openai.base_url, "--model", "m", cwd=repo
-    )
-    try:
-        assert scripted_openai.models_asked.wait(60)
-        runs = state_home() / "runs"
-        deadline = time.monotonic() + 60
-        while not list(runs.glob("*/tmp/run/report/junit-*.xml")):  # the set-up is there
-            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
-            time.sleep(0.02)
+    with check_held(repo, scripted_openai) as proc:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
-    finally:
-        gate.set()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 130, err
     assert out == "" and "Traceback" not in err
     assert leftovers(repo) == []
@@ -255,26 +266,12 @@ def test_the_set_up_runs_beside_the_endpoint_check_and_no_request_comes_before_i
     """While the endpoint is slow to answer its check, the sandbox is made and the baseline
     runs; nothing is printed and nothing asked of the model until the check has passed."""
     repo = make_repo(KATA)
-    scripted_openai.models_gate = gate = threading.Event()
     scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]), Reply(text="Fixed."))
-    proc = start_cli(
-        TARGET, "--headless", "--base-url", scripted_openai.base_url, "--model", "m", cwd=repo
-    )
-    try:
-        assert scripted_openai.models_asked.wait(60)
-        runs = state_home() / "runs"
-        deadline = time.monotonic() + 60
-        while not list(runs.glob("*/tmp/run/report/junit-*.xml")):  # the baseline's report
-            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
-            time.sleep(0.02)
+    with check_held(repo, scripted_openai) as proc:
         assert scripted_openai.requests == []
-        gate.set()
+        assert scripted_openai.models_gate is not None
+        scripted_openai.models_gate.set()
         out, err = proc.communicate(timeout=60)
-    finally:
-        gate.set()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err
     types = [e["type"] for e in events_of(out)]
     assert types[0] == "loop_started" and types[-1] == "loop_finished"

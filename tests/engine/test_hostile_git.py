@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import run_git
@@ -197,12 +198,11 @@ def _developer_filter(repo: Path, marker: Path) -> None:
 ROUTE = Call("write_file", {"path": ".gitattributes", "content": "* filter=dev\n"})
 
 
-async def test_continuing_a_branch_whose_attributes_name_a_developer_filter_runs_nothing(
-    make_repo, scripted_openai, tmp_path
-) -> None:
-    """The model's ``.gitattributes`` routes every file through the developer's smudge filter;
-    ``--continue`` checks its branch out on the host: the filter must not run (with git-lfs,
-    a smudge of the model's pointer files fetches from a URL its ``.lfsconfig`` names)."""
+async def _branch_routed_to_a_developer_filter(
+    make_repo: Any, scripted_openai: Any, tmp_path: Path
+) -> tuple[Path, Path, Any]:
+    """A repository whose config defines a smudge filter writing ``marker``, and a red session
+    whose model routed every file to it (``.gitattributes``) and changed ``calc.py``."""
     repo = make_repo(KATA)
     marker = tmp_path / "smudged"
     _developer_filter(repo, marker)
@@ -211,6 +211,18 @@ async def test_continuing_a_branch_whose_attributes_name_a_developer_filter_runs
     )
     first, _ = await run_loop(make_config(repo, scripted_openai.base_url, max_iterations=1))
     assert first.status == "failed"
+    return repo, marker, first
+
+
+async def test_continuing_a_branch_whose_attributes_name_a_developer_filter_runs_nothing(
+    make_repo, scripted_openai, tmp_path
+) -> None:
+    """The model's ``.gitattributes`` routes every file through the developer's smudge filter;
+    ``--continue`` checks its branch out on the host: the filter must not run (with git-lfs,
+    a smudge of the model's pointer files fetches from a URL its ``.lfsconfig`` names)."""
+    repo, marker, first = await _branch_routed_to_a_developer_filter(
+        make_repo, scripted_openai, tmp_path
+    )
     assert not marker.exists()  # nothing checked the model's tree out yet
 
     scripted_openai.add(Reply(tool_calls=[edit("calc.py", "a * b", "a + b")]), Reply(text="Done."))
@@ -228,13 +240,9 @@ async def test_reopening_a_removed_worktree_runs_no_developer_filter(
     (``Sandbox.reopen``): the model's attributes must not reach the developer's filters."""
     from codexloop.core.sandbox import Sandbox
 
-    repo = make_repo(KATA)
-    marker = tmp_path / "smudged"
-    _developer_filter(repo, marker)
-    scripted_openai.add(
-        Reply(tool_calls=[ROUTE, edit("calc.py", "a - b", "a * b")]), Reply(text="Hmm.")
+    repo, marker, first = await _branch_routed_to_a_developer_filter(
+        make_repo, scripted_openai, tmp_path
     )
-    first, _ = await run_loop(make_config(repo, scripted_openai.base_url, max_iterations=1))
     run_git(repo, "worktree", "remove", "--force", str(first.worktree))
     name = first.branch.removeprefix("codexloop/")
     box = Sandbox.reopen(repo, name, first.branch, first.base)
