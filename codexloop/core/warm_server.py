@@ -132,6 +132,9 @@ def _import_outside(name: str) -> None:
         or not all(part.isidentifier() for part in parts)
         or "__main__" in parts
         or parts[0] in _ACTING
+        # Where a run would load it from, the project first on the path: an editable
+        # install's folder (the developer's checkout) is shadowed by the project there.
+        or not _outside(name)
     ):
         return
     saved_path, saved_argv, saved_cwd = list(sys.path), list(sys.argv), os.getcwd()
@@ -144,7 +147,7 @@ def _import_outside(name: str) -> None:
     sys.argv[:] = saved_argv[:1]
     try:
         os.chdir("/")
-        if _outside(name):
+        if _outside(name):  # and still outside with the project's folders off the path
             __import__(name)
     except (Exception, SystemExit):
         pass
