@@ -19,6 +19,7 @@ from loophelpers import KATA, TARGET, edit, events_of, start_cli
 from loophelpers import run_cli as codexloop
 from scripted_openai import Call, Reply, ScriptedOpenAI
 
+from codexloop.core import process
 from codexloop.core.sandbox import state_home
 from codexloop.core.trace import traces_dir
 
@@ -258,6 +259,23 @@ def test_ctrl_c_while_the_endpoint_check_is_held_is_130_and_leaves_nothing(
     assert out == "" and "Traceback" not in err
     assert leftovers(repo) == []
     assert scripted_openai.requests == []
+
+
+def test_a_key_refused_after_the_baseline_ran_leaves_nothing_running_or_kept(
+    make_repo, scripted_openai
+) -> None:
+    """The check fails late, the set-up and the baseline (a warm server up) done beside it: one
+    line, exit 2, no event, and neither a branch, a worktree nor a process of the session."""
+    repo = make_repo(KATA)
+    scripted_openai.models_status = 401
+    with check_held(repo, scripted_openai) as proc:
+        assert process.session_processes([state_home()])  # the warm server, for one
+        assert scripted_openai.models_gate is not None
+        scripted_openai.models_gate.set()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "refused the API key" in err
+    assert out == "" and leftovers(repo) == []
+    assert process.session_processes([state_home()]) == []
 
 
 def test_the_set_up_runs_beside_the_endpoint_check_and_no_request_comes_before_it(
