@@ -150,8 +150,8 @@ def overflow_numbers(message: str, body: object = None) -> tuple[int | None, int
         return None
 
     window, prompt = first(_WINDOW_SAID), first(_PROMPT_SAID)
-    inner = body.get("error", body) if isinstance(body, dict) else None
-    if isinstance(inner, dict):  # llama.cpp: exceed_context_size_error
+    inner = _error_object(body)
+    if inner is not None:  # llama.cpp: exceed_context_size_error
         for key, value in (("n_ctx", inner.get("n_ctx")), ("n", inner.get("n_prompt_tokens"))):
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 if key == "n_ctx":
@@ -231,7 +231,7 @@ class LazyClient:
     wait. Made once, from one thread or another: a lock keeps it one client."""
 
     def __init__(self, base_url: str | None, api_key: str, timeout: float) -> None:
-        self._settings = (base_url, api_key, timeout)
+        self.settings = (base_url, api_key, timeout)
         self._client: openai.AsyncOpenAI | None = None
         self._lock = threading.Lock()
 
@@ -239,7 +239,7 @@ class LazyClient:
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    base_url, api_key, timeout = self._settings
+                    base_url, api_key, timeout = self.settings
                     self._client = openai.AsyncOpenAI(
                         base_url=base_url,
                         api_key=api_key,
@@ -269,20 +269,20 @@ class EndpointCheck:
     async def run(self) -> None:
         """The check; cancelled before it passed, it fails (nothing may go to an endpoint
         that was not checked)."""
-        ok = False
+        client = self._client
         try:
-            quick = await _quick_check(self._client)
+            quick = isinstance(client, LazyClient) and await _quick_check(*client.settings[:2])
             if quick:
                 self._done.set()  # events may show; the client is made below, in a thread
-            await load_client(self._client)
+            await load_client(client)
             if not quick:
-                await check_endpoint(self._client)
-            ok = True
+                await check_endpoint(client)
         except ModelError as exc:
             self.error = exc
+        except BaseException:  # called off
+            self.error = ModelError("the endpoint's check was called off")
+            raise
         finally:
-            if not ok and self.error is None:
-                self.error = ModelError("the endpoint's check was called off")
             self._done.set()
             self._ready.set()
 
@@ -297,7 +297,7 @@ class EndpointCheck:
             raise self.error
 
 
-async def _quick_check(client: openai.AsyncOpenAI, timeout: float = 5.0) -> bool:
+async def _quick_check(base_url: str | None, api_key: str, timeout: float = 5.0) -> bool:
     """:func:`check_endpoint` through openai's own HTTP transport (``httpx2``, which its
     client uses: the same proxies, certificates and redirects) without waiting for
     ``import openai`` (0.4-1 s against 70 ms): False when that transport is not there (the
@@ -306,10 +306,6 @@ async def _quick_check(client: openai.AsyncOpenAI, timeout: float = 5.0) -> bool
         import httpx2
     except ImportError:
         return False
-    settings = getattr(client, "_settings", None)
-    if settings is None:  # not a LazyClient: a client of the caller's, checked as it is
-        return False
-    base_url, api_key, _timeout = settings
     base = str(base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1")
     base = base.rstrip("/") + "/"
     try:
@@ -324,29 +320,30 @@ async def _quick_check(client: openai.AsyncOpenAI, timeout: float = 5.0) -> bool
             if isinstance(exc, (TimeoutError, httpx2.TimeoutException))
             else f"connection failed ({exc})"
         )
-        raise ModelError(f"cannot reach the model endpoint {base} ({what})") from exc
+        raise _unreachable(base, what) from exc
     if response.status_code in (401, 403):
-        message = response.reason_phrase
-        with contextlib.suppress(ValueError, AttributeError):
+        body: object = None
+        with contextlib.suppress(ValueError):
             body = response.json()
-            inner = body.get("error", body) if isinstance(body, dict) else None
-            if isinstance(inner, dict) and inner.get("message"):
-                message = str(inner["message"])
-        raise ModelError(
-            f"the endpoint refused the API key (HTTP {response.status_code}: {message})"
-        )
+        raise _refused(_status_text(response.status_code, response.reason_phrase, body))
     return True  # reachable: another status (404, 405: no /models) is fine too
+
+
+def _error_object(body: object) -> dict[str, Any] | None:
+    """The error object of an error response's body (``{"error": {...}}``, or the body)."""
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    return inner if isinstance(inner, dict) else None
+
+
+def _status_text(status: int, message: str, body: object) -> str:
+    """``HTTP 401: <the error's own message, else message>``."""
+    said = (_error_object(body) or {}).get("message")
+    return f"HTTP {status}: {said if said else message}"
 
 
 def describe_error(exc: BaseException) -> str:
     if isinstance(exc, openai.APIStatusError):
-        message = exc.message
-        body = exc.body
-        if isinstance(body, dict):
-            inner = body.get("error", body)
-            if isinstance(inner, dict) and inner.get("message"):
-                message = str(inner["message"])
-        return f"HTTP {exc.status_code}: {message}"
+        return _status_text(exc.status_code, exc.message, exc.body)
     if isinstance(exc, openai.APITimeoutError):
         return "the request timed out"
     if isinstance(exc, openai.APIConnectionError):
@@ -792,12 +789,8 @@ def _public(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def _error_code(exc: openai.APIStatusError) -> str | None:
-    body = exc.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("code"):
-            return str(inner["code"])
-    return getattr(exc, "code", None)
+    code = (_error_object(exc.body) or {}).get("code")
+    return str(code) if code else getattr(exc, "code", None)
 
 
 def tool_message(call_id: str, content: str) -> dict[str, Any]:
@@ -862,10 +855,16 @@ async def check_endpoint(client: openai.AsyncOpenAI, timeout: float = 5.0) -> No
         with anyio.fail_after(timeout + 1):
             await client.with_options(timeout=timeout).models.list()
     except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-        raise ModelError(f"the endpoint refused the API key ({describe_error(exc)})") from exc
+        raise _refused(describe_error(exc)) from exc
     except openai.APIStatusError:
         return
     except (openai.APIConnectionError, TimeoutError) as exc:
-        raise ModelError(
-            f"cannot reach the model endpoint {client.base_url} ({describe_error(exc)})"
-        ) from exc
+        raise _unreachable(str(client.base_url), describe_error(exc)) from exc
+
+
+def _refused(why: str) -> ModelError:
+    return ModelError(f"the endpoint refused the API key ({why})")
+
+
+def _unreachable(base_url: str, why: str) -> ModelError:
+    return ModelError(f"cannot reach the model endpoint {base_url} ({why})")
