@@ -180,17 +180,13 @@ async def headless_session(
                     failure, result = failed, None
             inner.cancel_scope.cancel()
     if endpoint is not None and not shown and (interrupted or gave_up):
-        # Interrupted before anything was shown: as if it never started.
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(functools.partial(discard_session, loop, always=True))
-        forget_traces(loop)
+        await throw_away(loop)  # interrupted before anything was shown: as if never started
         return EXIT_INTERRUPTED
     if gave_up:
         return EXIT_INTERRUPTED
     if endpoint is not None and endpoint.error is not None:  # as if checked first: no session
         print(error_line(endpoint.error), file=sys.stderr)
-        await anyio.to_thread.run_sync(functools.partial(discard_session, loop, always=True))
-        forget_traces(loop)
+        await throw_away(loop)
         return endpoint.error.exit_code
     if failure is not None or result is None:
         failure = failure or SandboxError("the session ended before it started")
@@ -219,8 +215,10 @@ async def headless_session(
     return EXIT_RED
 
 
-def forget_traces(loop: Loop | Race) -> None:
-    """The traces of a session thrown away before it was shown (and a race's index)."""
+async def throw_away(loop: Loop | Race) -> None:
+    """A session set up but never shown: its branches, worktrees, scratch and traces."""
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(functools.partial(discard_session, loop, always=True))
     for one in loop.loops if isinstance(loop, Race) else [loop]:
         trace = one.session.trace if one.session is not None else None
         if trace is not None:

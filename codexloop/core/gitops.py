@@ -504,22 +504,20 @@ def create_worktree(
 ) -> None:
     """Check out a new branch ``branch`` at commit ``base`` in a new worktree at ``path``
     (``checkout=False``: the worktree is made, its files are not written)."""
-    no_checkout = [] if checkout else ["--no-checkout"]
-    _add_worktree(repo, Path(path), [*no_checkout, "-b", branch, str(path), base])
+    _add_worktree(repo, Path(path), ["-b", branch, str(path), base], checkout)
 
 
 def open_worktree(repo: Path, branch: str, path: Path, *, checkout: bool = True) -> None:
     """Check out the existing branch ``branch`` in a new worktree at ``path`` (``checkout``:
     as for :func:`create_worktree`)."""
     _run(repo, ["worktree", "prune"])  # a removed folder's worktree still holds the branch
-    no_checkout = [] if checkout else ["--no-checkout"]
-    _add_worktree(repo, Path(path), [*no_checkout, str(path), branch])
+    _add_worktree(repo, Path(path), [str(path), branch], checkout)
 
 
-def _add_worktree(repo: Path, path: Path, args: list[str]) -> None:
+def _add_worktree(repo: Path, path: Path, args: list[str], checkout: bool) -> None:
     """``git worktree add`` at ``path``; its git dir remembered as the one it was made with."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _run(repo, ["worktree", "add", "--quiet", *args])
+    _run(repo, ["worktree", "add", "--quiet", *([] if checkout else ["--no-checkout"]), *args])
     gitdir = _gitdir_from_file(path)
     if gitdir is not None:
         _GITDIRS[path.resolve()] = gitdir

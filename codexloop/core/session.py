@@ -44,8 +44,13 @@ def ask_ahead(config: Config) -> None:
     python = find_python(config.repo)
     ahead.start(isolation.sys_path, python)
     ahead.start(plugins.installed, python)
-    if config.warm and config.test_cmd is None:
+    if _warm_runs(config):
         ahead.start(warm.site_packages, python)
+
+
+def _warm_runs(config: Config) -> bool:
+    """Test runs go to a warm server: the default pytest command, warm runs not turned off."""
+    return config.warm and config.test_cmd is None
 
 
 async def create_sandbox(config: Config, name: str, base: str | None) -> Sandbox:
@@ -100,7 +105,7 @@ async def open_session(
     place = await anyio.to_thread.run_sync(sandbox.exam_place)
     plugin_args, plugin_modules = await _plugins(exam, test_command)
     warm_runner = None
-    if config.warm and config.test_cmd is None:
+    if _warm_runs(config):
         warm_runner = WarmRunner(place, python, preload=plugin_modules)  # type: ignore[arg-type]
     runner = ExamRunner(
         sandbox,
