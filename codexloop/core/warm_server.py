@@ -108,13 +108,21 @@ def _outside(name: str) -> bool:
     for place in [spec.origin or "", *(spec.submodule_search_locations or [])]:
         if not os.path.isabs(place):
             continue  # "built-in", "frozen"
-        if any(os.path.realpath(place).startswith(root) for root in PROJECT_ROOTS):
+        if _in_project(place):
             return False
     return True
 
 
 # Modules whose import acts (runs a program, opens a browser, prints), whatever their folder.
 _ACTING = frozenset({"__main__", "this", "antigravity", "idlelib", "turtledemo", "__phello__"})
+
+
+def _in_project(place: str) -> bool:
+    """Whether ``place`` (a path entry, a module's file or folder) lies in the project, by its
+    name or by where it really leads: a link the run made in the run tree (``src`` → its
+    temp folder) leads out of the project, but what is named through it is the run's."""
+    named, real = os.path.abspath(place) + os.sep, os.path.realpath(place) + os.sep
+    return any(named.startswith(root) or real.startswith(root) for root in PROJECT_ROOTS)
 
 
 def _import_outside(name: str) -> None:
@@ -138,12 +146,7 @@ def _import_outside(name: str) -> None:
     ):
         return
     saved_path, saved_argv, saved_cwd = list(sys.path), list(sys.argv), os.getcwd()
-    sys.path[:] = [
-        entry
-        for entry in saved_path
-        if os.path.isabs(entry)
-        and not any((os.path.realpath(entry) + os.sep).startswith(root) for root in PROJECT_ROOTS)
-    ]
+    sys.path[:] = [entry for entry in saved_path if os.path.isabs(entry) and not _in_project(entry)]
     sys.argv[:] = saved_argv[:1]
     try:
         os.chdir("/")
@@ -433,7 +436,13 @@ if __name__ == "__main__":
         sys.path[0] = os.getcwd()
     PRIVATE_PIDS = os.environ.pop("CODEXLOOP_PRIVATE_PIDS", "") == "1"
     PRELOAD.extend(os.environ.pop("CODEXLOOP_PRELOAD", "").split(","))
-    PROJECT_ROOTS.extend(os.path.realpath(p) + os.sep for p in sys.argv[2:])
+    PROJECT_ROOTS.extend(
+        dict.fromkeys(
+            root + os.sep
+            for p in sys.argv[2:]
+            for root in (os.path.abspath(p), os.path.realpath(p))
+        )
+    )
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, _die)
     signal.signal(signal.SIGHUP, _die)

@@ -71,10 +71,12 @@ def _after_the_server_imported(reply: Reply) -> Callable[[dict[str, Any]], Reply
     return turn
 
 
-async def _plant_then_wrong(make_repo: Any, scripted_openai: Any, calc: str) -> None:
+async def _plant_then_wrong(
+    make_repo: Any, scripted_openai: Any, calc: str, files: dict[str, str] = KATA
+) -> None:
     """Turn 1 writes ``calc`` (the attack, and add wrong), turn 2 plain wrong code: with the
     defence, all three runs (baseline, 1, 2) are red."""
-    repo = make_repo(KATA)
+    repo = make_repo(files)
     scripted_openai.add(
         Reply(tool_calls=[Call("write_file", {"path": "calc.py", "content": calc + WRONG})]),
         Reply(text="Done."),
@@ -164,6 +166,37 @@ async def test_a_pkgutil_namespace_package_never_brings_a_run_module_into_the_se
     make_repo, scripted_openai
 ) -> None:
     await _plant_then_wrong(make_repo, scripted_openai, BACKPORTS)
+
+
+# A project with ``src/`` has it on the server's path (the sandbox's source roots). The run
+# replaces the run tree's ``src`` with a link to a folder of its own (its TMPDIR) holding a
+# module, and imports it: by its real path the module lives outside the project, and so does
+# the path entry, though both are named inside it.
+SRC_LINK = textwrap.dedent(
+    """    import os
+    import shutil
+
+    _PAYLOAD = {payload!r}
+    try:
+        _own = os.path.join(os.environ["TMPDIR"], "elsewhere")
+        os.makedirs(_own, exist_ok=True)
+        with open(os.path.join(_own, "srclinked.py"), "w") as _f:
+            _f.write(_PAYLOAD)
+        if os.path.isdir("src") and not os.path.islink("src"):
+            shutil.rmtree("src")
+            os.symlink(_own, "src")
+        import srclinked  # noqa: F401
+    except Exception:
+        pass
+    """
+).format(payload=PAYLOAD)
+
+
+async def test_a_path_entry_linked_out_of_the_project_never_brings_a_run_module_in(
+    make_repo, scripted_openai
+) -> None:
+    files = {**KATA, "src/helper.py": "X = 1\n"}
+    await _plant_then_wrong(make_repo, scripted_openai, SRC_LINK, files)
 
 
 # ----------------------------------- 2. the engine's checkout of a model-written tree
