@@ -28,7 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loophelpers import KATA, TARGET, make_config, of_type, run_loop, tool_results
+from loophelpers import (
+    KATA,
+    TARGET,
+    make_config,
+    of_type,
+    run_loop,
+    tool_results,
+    warm_session_stays_red,
+)
 from scripted_openai import Call, Reply
 
 from codexloop.core import events as ev
@@ -474,13 +482,7 @@ async def test_a_module_planted_beside_the_server_script_never_enters_the_server
         Reply(tool_calls=[Call("write_file", {"path": "calc.py", "content": WRONG})]),
         Reply(text="Done again."),
     )
-    config = make_config(repo, scripted_openai.base_url, max_iterations=2, warm=True)
-    result, events = await run_loop(config)
-
-    notices = [n.message for n in of_type(events, ev.Notice)]
-    assert not [n for n in notices if "warm test runs are off" in n], notices
-    assert [f.passed for f in of_type(events, ev.TestFinished)] == [False, False, False]
-    assert result.status == "failed"
+    await warm_session_stays_red(repo, scripted_openai.base_url)
 
 
 # ------------------------------------------------------------------ signals to the server

@@ -37,6 +37,19 @@ async def run_loop(config: Config, **kwargs: Any) -> tuple[LoopResult, list[ev.E
     return await event_channel_run(Loop(config, **kwargs))
 
 
+async def warm_session_stays_red(repo: Path, base_url: str) -> list[ev.Event]:
+    """Two iterations with warm runs on (the model's turns already scripted): the warm server
+    stays on, and the baseline and both iterations are red (an attack planted nothing that
+    made wrong code pass). The events."""
+    config = make_config(repo, base_url, max_iterations=2, warm=True)
+    result, events = await run_loop(config)
+    notices = [n.message for n in of_type(events, ev.Notice)]
+    assert not [n for n in notices if "warm test runs are off" in n], notices
+    assert [f.passed for f in of_type(events, ev.TestFinished)] == [False, False, False]
+    assert result.status == "failed"
+    return events
+
+
 async def drive_review(
     loop: Loop,
     on_review: Callable[[ev.ReviewReady, list[ev.Event]], ev.Command],
