@@ -333,6 +333,7 @@ EXCERPT_MERGED = (
     "\n(the content left out definitions the file has: merged instead — {done}; the rest of "
     "the file is kept)"
 )
+SELF_IMPORT_LEFT_OUT = "\n(left out {lines}: a module cannot import from itself)"
 TEXT_CALLS_CHANGED = "\n\nThey changed the code: the tests run next."
 TEXT_CALL_RESULT = "\n--- {call}\n{content}"
 TEXT_EDITS_APPLIED = "The engine applied the edits written in your answer (the tests run next):\n"

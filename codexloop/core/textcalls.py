@@ -50,7 +50,7 @@ from codexloop.core import events as ev
 from codexloop.core import prompts, pysyntax
 from codexloop.core.conversation import Conversation
 from codexloop.core.model import CUT_FINISHES, ToolCallRequest, Turn
-from codexloop.core.textedits import Planned, excerpt_write, read_edits
+from codexloop.core.textedits import Planned, excerpt_write, read_edits, without_self_imports
 from codexloop.core.timings import Timings
 from codexloop.core.tools import TOOL_NAMES, ToolOutcome, Tools
 
@@ -377,7 +377,8 @@ def _as_excerpt(call: TextCall, tools: Tools) -> tuple[str, str]:
     """A ``write_file`` written as text whose content leaves out definitions the module has
     is an excerpt (Qwen2.5-Coder-1.5B wrote the fixed function alone, the file lost the other
     one the exam imports, and the right fix was undone as a setback): its definitions go in,
-    the rest of the file stays. The arguments to run, and what was merged ("" when nothing)."""
+    the rest of the file stays. A line importing from the module itself goes. The arguments
+    to run, and what the model is told of it ("" when nothing changed)."""
     if call.name != "write_file":
         return call.arguments, ""
     try:
@@ -390,9 +391,15 @@ def _as_excerpt(call: TextCall, tools: Tools) -> tuple[str, str]:
     if not isinstance(path, str) or not isinstance(content, str):
         return call.arguments, ""
     merged = excerpt_write(path, content, tools)
-    if merged is None:
+    text, note = content, ""
+    if merged is not None:
+        text, note = merged[0], prompts.EXCERPT_MERGED.format(done=merged[1])
+    text, dropped = without_self_imports(path, text)
+    if dropped:
+        note += prompts.SELF_IMPORT_LEFT_OUT.format(lines="; ".join(dropped))
+    if not note:
         return call.arguments, ""
-    return json.dumps({**arguments, "content": merged[0]}), merged[1]
+    return json.dumps({**arguments, "content": text}), note
 
 
 def _is_example(call: TextCall) -> bool:
@@ -525,12 +532,10 @@ class Work:
         results, done = [], []
         changed = False
         for call in calls:
-            arguments, merged = await anyio.to_thread.run_sync(_as_excerpt, call, self.tools)
+            arguments, note = await anyio.to_thread.run_sync(_as_excerpt, call, self.tools)
             outcome = await self._run(call.name, arguments, f"text-{next(self.answers.ids)}")
             described = f"{call.name} {_target(call.arguments)}".strip()
-            content = outcome.content + (
-                prompts.EXCERPT_MERGED.format(done=merged) if merged else ""
-            )
+            content = outcome.content + note
             results.append(prompts.TEXT_CALL_RESULT.format(call=described, content=content))
             done.append(self._done(call.name, call.arguments, outcome))
             changed = changed or bool(outcome.changed)

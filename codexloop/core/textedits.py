@@ -17,7 +17,15 @@ read from it, in this order:
 - a fenced Python block **naming no file** that defines functions or classes: each replaces the
   definition of the same name in the one non-protected project file that has it (found with
   :mod:`ast`; a method is found inside its class); a new name goes to the file of the block's
-  other definitions, or to the module the exam imports it from.
+  other definitions, or to the module the exam imports it from;
+- with no fenced edit at all, a **replacement said in prose** with inline code: "replace
+  `` `a - b` `` with `` `a + b` ``", "change `` `x` `` to `` `y` ``", "`` `x` `` should be `` `y` ``": an edit
+  of the one place in the project's non-protected Python files that holds the old text.
+
+A Python file written whole (or merged) loses a line that imports names from the module itself
+(``from textutil import shout`` in ``textutil.py``: small models copy the test's import line
+into the module) when the module defines every name it imports: the module could not load with
+it, and the model is told the line went.
 
 Nothing is written here: every edit becomes a ``write_file`` or ``edit_file`` call the loop runs
 through :class:`~codexloop.core.tools.Tools`, so path confinement and the protected exam hold
@@ -58,6 +66,18 @@ _EXCERPT = re.compile(
 _SR_START = re.compile(r"^\s*<{5,9}\s*SEARCH\b")
 _SR_MID = re.compile(r"^\s*={5,9}\s*$")
 _SR_END = re.compile(r"^\s*>{5,9}\s*REPLACE\b")
+_CODE = r"`([^`\n]+)`"
+_PROSE = (
+    re.compile(
+        rf"\breplac(?:e|es|ed|ing)\s+(?:the\s+\w+\s+)?{_CODE}\s+(?:with|by)\s+{_CODE}", re.I
+    ),
+    re.compile(
+        rf"\bchang(?:e|es|ed|ing)\s+(?:the\s+\w+\s+)?{_CODE}\s+(?:in\s+\S+\s+)?(?:to|into)\s+{_CODE}",
+        re.I,
+    ),
+    re.compile(rf"{_CODE}\s+(?:should|must|needs to)\s+(?:be|become|read)\s+{_CODE}", re.I),
+    re.compile(rf"\bfrom\s+{_CODE}\s+to\s+{_CODE}", re.I),
+)
 _PYTHON = frozenset({"python", "py", "python3", "py3", "ipython"})
 _NOT_FILES = frozenset(
     {"bash", "sh", "shell", "console", "zsh", "shell-session", "text", "txt", "output", "plaintext"}
@@ -324,7 +344,21 @@ def find_edits(text: str, exists: Callable[[str], bool]) -> list[Stated]:
             block = textwrap.dedent("\n".join(fence.body)) + "\n"
             if _definitions(block):
                 stated.append(Stated("definitions", content=block))
-    return stated
+    return stated or _prose(lines, fences)
+
+
+def _prose(lines: Sequence[str], fences: Sequence[_Fence]) -> list[Stated]:
+    """Replacements said in a sentence with inline code ("replace `a - b` with `a + b`"),
+    outside fenced blocks: the old text must look like code (a name in it, 3 characters)."""
+    inside = {i for fence in fences for i in range(fence.start, fence.end + 1)}
+    prose = "\n".join(line for i, line in enumerate(lines) if i not in inside)
+    found: dict[tuple[str, str], Stated] = {}
+    for pattern in _PROSE:
+        for match in pattern.finditer(prose):
+            old, new = match.group(1).strip(), match.group(2).strip()
+            if old != new and len(old) >= 3 and re.search(r"[A-Za-z_]", old):
+                found.setdefault((old, new), Stated("prose", old=old, new=new, how="a sentence"))
+    return list(found.values())
 
 
 # -- Python definitions --------------------------------------------------------------------
@@ -460,6 +494,51 @@ def merge(source: str, block: str, *, into: str | None = None) -> tuple[str, lis
     return merged.result(), merged.done
 
 
+def self_imports(rel: str, module: ast.Module) -> list[ast.ImportFrom]:
+    """The top-level ``from <this module> import …`` lines of the Python file ``rel``."""
+    if not rel.endswith(".py"):
+        return []
+    dotted = rel[:-3].replace("/", ".").removesuffix(".__init__")
+    names = {dotted, dotted.rsplit(".", 1)[-1], dotted.split(".", 1)[-1]}
+    return [
+        node
+        for node in module.body
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in names
+    ]
+
+
+def without_self_imports(rel: str, content: str) -> tuple[str, list[str]]:
+    """``content`` without its lines importing from the module itself names the module
+    defines (they only stop it loading), and those lines; a line that also brings a name
+    from elsewhere (a submodule of a package) stays."""
+    module = _parse(content)
+    if module is None:
+        return content, []
+    defined = set(_named(module.body))
+    lines = content.split("\n")
+    dropped: list[str] = []
+    for node in reversed(self_imports(rel, module)):
+        if all(alias.name in defined and alias.asname is None for alias in node.names):
+            start, end = _span(node)
+            dropped.insert(0, " ".join(line.strip() for line in lines[start:end]))
+            blank_after = end < len(lines) and not lines[end].strip()
+            if blank_after and (start == 0 or not lines[start - 1].strip()):
+                end += 1  # no blank line left where the import stood
+            del lines[start:end]
+    return "\n".join(lines), dropped
+
+
+def _no_self_imports(planned: Planned) -> Planned:
+    path, content = planned.arguments.get("path", ""), planned.arguments.get("content")
+    if planned.tool != "write_file" or content is None:
+        return planned
+    kept, dropped = without_self_imports(path, content)
+    if not dropped:
+        return planned
+    what = f"{planned.what}; left out {'; '.join(dropped)}: a module cannot import from itself"
+    return Planned(what, "write_file", {**planned.arguments, "content": kept})
+
+
 # -- planning against the project ----------------------------------------------------------
 
 
@@ -472,13 +551,38 @@ def plan_edits(stated: Sequence[Stated], project: Project) -> list[Planned]:
             planned.append(Planned(edit.path or "an edit", problem=edit.how))
         elif edit.form in ("search/replace", "diff"):
             planned.append(_replace(edit, project))
+        elif edit.form == "prose":
+            index = index or _Index(project)
+            planned.extend(_prose_plan(edit, index, project))
         elif edit.form == "labelled" and (edit.strong or not project.protected(edit.path or "")):
             planned.append(_whole(edit, project))
         else:
             index = index or _Index(project)
             block = edit.content
             planned.extend(_definitions_plan(block, index, project))
-    return planned
+    return [_no_self_imports(p) for p in planned]
+
+
+def _prose_plan(edit: Stated, index: _Index, project: Project) -> list[Planned]:
+    """The one place in the project's non-protected Python files that holds the old text (as
+    whole words at its ends); a sentence whose code is found nowhere or in several places
+    is no edit (prose quotes values and names all the time)."""
+    edge = (
+        r"\b" if re.match(r"\w", edit.old) else "",
+        r"\b" if re.search(r"\w$", edit.old) else "",
+    )
+    pattern = re.compile(edge[0] + re.escape(edit.old) + edge[1])
+    places = [
+        rel
+        for rel in index.files
+        if not project.protected(rel)
+        for _ in pattern.finditer(index.source(rel) or "")
+    ]
+    if len(places) != 1:
+        return []
+    what = f"{places[0]}: `{edit.old}` replaced by `{edit.new}` (said in a sentence)"
+    args = {"path": places[0], "old_text": edit.old, "new_text": edit.new}
+    return [Planned(what, "edit_file", args)]
 
 
 def _replace(edit: Stated, project: Project) -> Planned:

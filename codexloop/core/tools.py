@@ -15,7 +15,6 @@ result shapes; the schema the model reads sits beside the code that honours it.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
 import json
@@ -32,6 +31,7 @@ from codexloop.core import pysyntax, safefs
 from codexloop.core.events import printable
 from codexloop.core.exam import Exam
 from codexloop.core.process import RunResult, plain_text
+from codexloop.core.textedits import self_imports
 from codexloop.core.words import counted
 
 MAX_READ_CHARS = 100_000
@@ -134,22 +134,17 @@ class ToolOutcome:
 def self_import_note(rel: str, source: str) -> str:
     """A note for a Python module that imports names from itself (small models copy the
     test's ``from calc import add`` into ``calc.py``): it cannot import, so say why."""
-    if not rel.endswith(".py"):
-        return ""
-    module = rel[:-3].replace("/", ".").removesuffix(".__init__")
-    names = {module, module.rsplit(".", 1)[-1], module.split(".", 1)[-1]}
     try:
-        tree = pysyntax.parse(source)
+        tree = pysyntax.parse(source) if rel.endswith(".py") else None
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         return ""
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in names:
-            shown = ", ".join(alias.name for alias in node.names)
-            return (
-                f". Warning: {rel} imports from itself (from {node.module} import {shown}): "
-                "a module cannot import its own names while it loads. Define them in it "
-                "instead, and remove that line"
-            )
+    for node in self_imports(rel, tree) if tree is not None else ():
+        shown = ", ".join(alias.name for alias in node.names)
+        return (
+            f". Warning: {rel} imports from itself (from {node.module} import {shown}): "
+            "a module cannot import its own names while it loads. Define them in it "
+            "instead, and remove that line"
+        )
     return ""
 
 

@@ -476,3 +476,96 @@ def test_a_whole_file_block_that_drops_a_method_keeps_it() -> None:
         "    def peek", "    def __len__(self):\n        return 0\n\n    def peek"
     )
     assert _content(read_edits(f"{FENCE}python\n# stack.py\n{whole}{FENCE}", project)) == whole
+
+
+# -- replacements said in a sentence; a module importing from itself (session 10's traces) ----
+
+PROSE_FIX = (
+    "The operator is wrong: `add` subtracts. You can fix it by replacing `return a - b` with "
+    "`return a + b`."
+)
+
+
+async def test_a_replacement_said_in_a_sentence_is_applied(make_repo, scripted_openai) -> None:
+    # Qwen2.5-Coder-1.5B on the off-by-one kata: the right fix, in prose, no block.
+    events = await _green_from(make_repo, scripted_openai, PROSE_FIX)
+    [call] = of_type(events, ev.ToolCall)
+    assert call.name == "edit_file"
+    assert json.loads(call.arguments) == {
+        "path": "calc.py",
+        "old_text": "return a - b",
+        "new_text": "return a + b",
+    }
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "Change `a - b` to `a + b`.",
+        "The line `return a - b` should be `return a + b`.",
+        "It must go from `a - b` to `a + b`.",
+    ],
+)
+def test_the_forms_of_a_replacement_in_prose(sentence: str) -> None:
+    [stated] = find_edits(sentence, lambda _path: False)
+    assert stated.form == "prose"
+    assert stated.old.endswith("a - b") and stated.new.endswith("a + b")
+
+
+def test_prose_that_quotes_values_or_names_no_code_is_no_edit(tools: Tools) -> None:
+    # Values are not code; a text found twice is no one place, nor one found nowhere; a
+    # block wins over prose.
+    assert find_edits("The result `2` should be `3`.", tools.exists) == []
+    assert read_edits("Replace `'a'` with `'b'`.", tools) == []
+    assert read_edits("Replace `nowhere()` with `somewhere()`.", tools) == []
+    assert read_edits("Replace `eturn a - b` with `x`.", tools) == []  # not at a word's edge
+    block = f"Replace `return a - b` with `x`:\n{FENCE}python\n# calc.py\n{FIXED}{FENCE}\n"
+    [planned] = read_edits(block, tools)
+    assert planned.tool == "write_file"
+
+
+SELF_IMPORTING = f"{FENCE}python\n# calc.py\nfrom calc import add\n\n{FIXED}{FENCE}\n"
+
+
+async def test_a_block_that_imports_from_its_own_module_loses_that_line(
+    make_repo, scripted_openai
+) -> None:
+    # The 1.5B model copied the test's import line into the module, iteration after
+    # iteration: the module could never load, whatever the fix below it.
+    events = await _green_from(make_repo, scripted_openai, SELF_IMPORTING)
+    [result] = of_type(events, ev.ToolResult)
+    assert result.ok
+
+
+async def test_a_text_write_that_imports_from_its_own_module_loses_that_line(
+    make_repo, scripted_openai
+) -> None:
+    wrong = "from calc import add\n\ndef add(a, b):\n    return a * b\n"
+    call = {"name": "write_file", "arguments": {"path": "calc.py", "content": wrong}}
+    repo = make_repo(KATA)
+    scripted_openai.add(Reply(text=json.dumps(call)))
+    scripted_openai.add(Reply(text=OTHER_FORMS["search/replace"].replace("a - b", "a * b")))
+    config = make_config(repo, scripted_openai.base_url, max_iterations=2)
+    result, _events = await run_loop(config)
+    assert result.status == "passed"
+    assert run_git(repo, "show", f"{result.branch}:calc.py") == FIXED
+    # A model acting through text starts its next iteration afresh: it reads the module as
+    # it is now, without the line, and the failure its own code caused.
+    said = user_texts(scripted_openai.requests[1])
+    assert "--- calc.py ---\ndef add(a, b):\n    return a * b" in said
+    assert "assert 6 == 5" in said
+
+
+def test_only_names_the_module_defines_are_dropped() -> None:
+    from codexloop.core.textedits import without_self_imports
+
+    kept, dropped = without_self_imports("calc.py", "from calc import add\n" + FIXED)
+    assert (kept, dropped) == (FIXED, ["from calc import add"])
+    # A package's __init__ importing its submodule, an alias, a name from elsewhere: stay.
+    for rel, source in [
+        ("pkg/__init__.py", "from pkg import sub\n"),
+        ("calc.py", "from calc import add as plus\n" + FIXED),
+        ("calc.py", "from calc import mul\n" + FIXED),
+        ("calc.py", "from calculus import add\n" + FIXED),
+    ]:
+        assert without_self_imports(rel, source) == (source, [])
