@@ -912,6 +912,7 @@ class Loop:
             runs_the_exam=lambda command: runs_the_exam(
                 command, self.config.targets, self.config.test_cmd
             ),
+            code_paths=self.code_paths,
         )
         while True:
             await self.checkpoint()

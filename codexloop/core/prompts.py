@@ -351,6 +351,13 @@ NOTHING_PLAIN_YET = (
     "Your last answer changed no file: it had no tool call and no edit the engine could apply. "
     "Make the change now."
 )
+# A first answer that only said what is wrong, from a model that may write its edits as text:
+# one concrete thing to write. Qwen2.5-Coder-1.5B, told "make the change now" with the ways to
+# call the tools, answered "I will provide the necessary code" and stopped, six times a run.
+NOTHING_PLAIN_WRITE = (
+    "Your last answer changed no file. Now write the whole new {path} in one fenced code block "
+    "whose first line is the comment # {path} — the engine writes it to the file."
+)
 ECHOED = (
     "Your answer repeated the engine's message instead of answering it. Do not repeat it: "
     "say in one sentence what is wrong, then change the code."
@@ -421,5 +428,7 @@ def nothing_applied(
     elif failures:
         head = NOTHING_FAILED + "".join(f"- {line}\n" for line in failures)
     else:
+        if not testing and edit_format != "tools":
+            return NOTHING_PLAIN_WRITE.format(path=path)
         head = NOTHING_PLAIN if testing else NOTHING_PLAIN_YET
     return f"{head.rstrip()}\n{how_to_edit(edit_format, path)}"

@@ -71,7 +71,9 @@ PROBE_S = 5.0  # how long a cluster's address may take to answer a connection
 END_GRACE_S = 10.0  # how long a cancelled session on a node may take to clean up
 
 _connect_lock = threading.Lock()
-_bundles: dict[tuple[str, str], Any] = {}  # (repo, snapshot) -> the bundle in the object store
+# (repo, snapshot) -> [the bundle in the object store, the sessions using it]: the last
+# session to end drops it, and Ray frees it (a batch would otherwise keep every task's).
+_bundles: dict[tuple[str, str], list[Any]] = {}
 _kept_lock = threading.Lock()
 # Actors whose session ended cleanly: the next session takes one instead of starting a worker
 # process (a second or more of the node's CPU).
@@ -126,12 +128,25 @@ def _probe(address: str) -> None:
 
 
 def bundle(repo: Path, snapshot: str) -> Any:
-    """The snapshot as a git bundle in the object store, made once (blocking)."""
+    """The snapshot as a git bundle in the object store, made once while sessions use it
+    (blocking); each call is a use, given back with :func:`release`."""
     key = (str(repo), snapshot)
     with _kept_lock:
         if key not in _bundles:
-            _bundles[key] = ray.put(_bundle_bytes(repo, snapshot))
-        return _bundles[key]
+            _bundles[key] = [ray.put(_bundle_bytes(repo, snapshot)), 0]
+        _bundles[key][1] += 1
+        return _bundles[key][0]
+
+
+def release(repo: Path, snapshot: str) -> None:
+    """A session is done with the snapshot's bundle; the last one drops it."""
+    key = (str(repo), snapshot)
+    with _kept_lock:
+        kept = _bundles.get(key)
+        if kept is not None:
+            kept[1] -= 1
+            if kept[1] <= 0:
+                del _bundles[key]
 
 
 def _bundle_bytes(repo: Path, snapshot: str) -> bytes:
@@ -186,41 +201,28 @@ class RemoteLoop(Loop):
             snapshot = await anyio.to_thread.run_sync(gitops.snapshot, config.repo, self._left_out)
         with self.timings.timed("ray bundle out"):
             packed = await anyio.to_thread.run_sync(bundle, config.repo, snapshot)
-        async with self.setup_lock or contextlib.nullcontext():  # names, as a local loop's
-            self.name = await anyio.to_thread.run_sync(
-                free_name, config.repo, state_home(), self.name
-            )
-        spec = NodeSpec(dataclasses.replace(config, api_key=""), self.name, self.attempt, snapshot)
         end: NodeEnd | None = None
         held: ev.LoopFinished | None = None
         lost = ""
         try:
-            async with anyio.create_task_group() as tg:
-                if commands is not None:
-                    tg.start_soon(self._send_commands, commands)
-                tg.start_soon(self._say_waiting)
-                try:
-                    stream = self.actor.run.remote(packed, spec, config.api_key, self._token)
-                    async for ref in stream:
-                        item = await ref
-                        if not self._remote_set_up and not isinstance(item, NodeEnd):
-                            self.timings.setdefault(first_event, []).append(
-                                time.monotonic() - started
-                            )
-                        if isinstance(item, NodeEnd):
-                            end = item
-                            break
-                        for event in item:
-                            if isinstance(event, ev.LoopFinished):
-                                held = event  # said once the branch is here
-                                continue
-                            await self._seen(event, started)
-                except ray.exceptions.RayActorError as exc:
-                    lost = f"the Ray actor running it died: {_first_line(exc)}"
-                except ray.exceptions.RayError as exc:
-                    lost = f"Ray lost it: {_first_line(exc)}"
-                tg.cancel_scope.cancel()
+            async with self.setup_lock or contextlib.nullcontext():  # names, as a local loop's
+                self.name = await anyio.to_thread.run_sync(
+                    free_name, config.repo, state_home(), self.name
+                )
+            spec = NodeSpec(
+                dataclasses.replace(config, api_key=""), self.name, self.attempt, snapshot
+            )
+            end, held, lost = await self._stream(packed, spec, commands, started, first_event)
+            if lost and reused and end is None and not self._remote_set_up:
+                # An idle actor that died while it waited (its node went, it was killed):
+                # nothing of the session ran on it; a new actor takes the session.
+                with contextlib.suppress(Exception):
+                    ray.kill(self.actor)
+                self.actor, first_event = _new_actor(), "ray to first event (new actor)"
+                end, held, lost = await self._stream(packed, spec, commands, started, first_event)
         finally:
+            del packed
+            release(config.repo, snapshot)
             if end is not None and end.result is not None and end.result.status != "stopped":
                 _give_back(self.actor)
             else:  # cancelled, stopped, lost or failed: it goes
@@ -249,6 +251,44 @@ class RemoteLoop(Loop):
         result = await self._bring_back(end, end.result, held, commands)
         self.timings.setdefault("ray bring back", []).append(time.perf_counter() - back)
         return result
+
+    async def _stream(
+        self,
+        packed: Any,
+        spec: NodeSpec,
+        commands: ObjectReceiveStream[ev.Command] | None,
+        started: float,
+        first_event: str,
+    ) -> tuple[NodeEnd | None, ev.LoopFinished | None, str]:
+        """The session on the actor: its events passed on, the commands sent to it. Its end
+        (None when the stream broke off), the held ``loop_finished`` and why it was lost."""
+        end: NodeEnd | None = None
+        held: ev.LoopFinished | None = None
+        lost = ""
+        async with anyio.create_task_group() as tg:
+            if commands is not None:
+                tg.start_soon(self._send_commands, commands)
+            tg.start_soon(self._say_waiting)
+            try:
+                stream = self.actor.run.remote(packed, spec, self.config.api_key, self._token)
+                async for ref in stream:
+                    item = await ref
+                    if not self._remote_set_up and not isinstance(item, NodeEnd):
+                        self.timings.setdefault(first_event, []).append(time.monotonic() - started)
+                    if isinstance(item, NodeEnd):
+                        end = item
+                        break
+                    for event in item:
+                        if isinstance(event, ev.LoopFinished):
+                            held = event  # said once the branch is here
+                            continue
+                        await self._seen(event, started)
+            except ray.exceptions.RayActorError as exc:
+                lost = f"the Ray actor running it died: {_first_line(exc)}"
+            except ray.exceptions.RayError as exc:
+                lost = f"Ray lost it: {_first_line(exc)}"
+            tg.cancel_scope.cancel()
+        return end, held, lost
 
     async def _say_waiting(self) -> None:
         """An actor the cluster cannot place yet (every CPU taken) is waited for, and said."""

@@ -38,7 +38,7 @@ import itertools
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -443,8 +443,11 @@ class Work:
         set_state: ev.SetState,
         timings: Timings,
         runs_the_exam: Callable[[str], bool] = lambda command: False,
+        code_paths: Sequence[str] = (),
     ) -> None:
         self.tools = tools
+        self.code_paths = tuple(code_paths)
+        """The project files the exam imports: the first is the file the examples name."""
         self.runs_the_exam = runs_the_exam
         """Whether a ``run_command`` ran the exam's tests: passing after a change, it ends the
         turn (a small model that saw them pass tends to wander on and undo its fix)."""
@@ -672,7 +675,10 @@ class Work:
             await self.emit(ev.Notice("info", notice))
 
     async def _example(self) -> str:
-        """A project file for the "how to" example: the first one of the code under test."""
+        """A project file for the "how to" example: the first the exam imports, else the
+        first one of the code under test."""
+        if self.answers.example is None and self.code_paths:
+            self.answers.example = self.code_paths[0]
         if self.answers.example is None:
             self.answers.example = await anyio.to_thread.run_sync(_example_path, self.tools)
         return self.answers.example

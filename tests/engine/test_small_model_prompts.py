@@ -117,7 +117,29 @@ async def test_an_answer_that_changed_nothing_is_not_shown_back(make_repo, scrip
     assert len(notes) == 1
 
 
-async def test_a_first_answer_that_only_says_what_is_wrong_is_asked_to_act(
+async def test_a_first_answer_that_only_says_what_is_wrong_is_asked_for_the_file(
+    make_repo, scripted_openai
+) -> None:
+    # Qwen2.5-Coder-1.5B, told to make the change and shown how to call the tools, answered
+    # "I will provide the necessary code" and stopped, every iteration of a run: it is asked
+    # for one concrete thing, the whole file the exam imports, in the form the engine applies.
+    repo = make_repo(KATA)
+    scripted_openai.add(
+        Reply(text="The operator in add is wrong: it subtracts."),
+        Reply(text="```python\n# calc.py\ndef add(a, b):\n    return a + b\n```\n"),
+    )
+    result, _events = await run_loop(make_config(repo, scripted_openai.base_url))
+    assert result.status == "passed" and result.iterations == 1  # no test run in between
+    second = scripted_openai.requests[1]["messages"]
+    assert {"role": "assistant", "content": "The operator in add is wrong: it subtracts."} in [
+        {k: m.get(k) for k in ("role", "content")} for m in second
+    ]
+    asked = second[-1]["content"]
+    assert "write the whole new calc.py in one fenced code block" in asked
+    assert "# calc.py" in asked and "edit_file" not in asked
+
+
+async def test_with_tools_only_a_first_answer_that_only_talks_is_asked_to_call_them(
     make_repo, scripted_openai
 ) -> None:
     repo = make_repo(KATA)
@@ -126,13 +148,11 @@ async def test_a_first_answer_that_only_says_what_is_wrong_is_asked_to_act(
         Reply(tool_calls=[edit("calc.py", "a - b", "a + b")]),
         Reply(text="Fixed."),
     )
-    result, _events = await run_loop(make_config(repo, scripted_openai.base_url))
-    assert result.status == "passed" and result.iterations == 1  # no test run in between
-    second = scripted_openai.requests[1]["messages"]
-    assert {"role": "assistant", "content": "The operator in add is wrong: it subtracts."} in [
-        {k: m.get(k) for k in ("role", "content")} for m in second
-    ]
-    assert "Make the change now." in second[-1]["content"]
+    config = make_config(repo, scripted_openai.base_url, edit_format="tools")
+    result, _events = await run_loop(config)
+    assert result.status == "passed" and result.iterations == 1
+    asked = scripted_openai.requests[1]["messages"][-1]["content"]
+    assert "Make the change now." in asked and "edit_file" in asked
 
 
 async def test_an_answer_that_repeats_the_engines_message_is_not_shown_back(

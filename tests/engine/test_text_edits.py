@@ -129,8 +129,10 @@ async def test_an_answer_that_changes_nothing_twice_produces_the_notice(
     assert result.status == "failed"
     notices = [n for n in of_type(events, ev.Notice) if n.level == "warning"]
     assert len([n for n in notices if "changed nothing" in n.message]) == 1
-    # The model hears, before the next failure, that its answer was not applied, and how to act.
-    told = user_texts(scripted_openai.requests[1])
+    # After the first, the model is asked for the whole file the exam imports; after the
+    # second, it hears with the next failure that its answer was not applied, and how to act.
+    assert "write the whole new calc.py" in user_texts(scripted_openai.requests[1])
+    told = user_texts(scripted_openai.requests[2])
     assert "no tool call" in told and '"name": "edit_file"' in told
     assert '"path": "calc.py"' in told  # the example names a real file of the project
 

@@ -270,6 +270,26 @@ async def test_a_reused_actor_shows_nothing_of_the_previous_session(
     assert "HOME=" in looked and str(home_one) not in looked and "sleep 3601" not in looked
 
 
+async def test_an_idle_actor_that_died_while_it_waited_is_replaced_not_lost(
+    ray_cluster, actors_kept, make_repo, scripted_openai
+) -> None:
+    """The next session takes an idle actor that is dead by then (its node went): a new
+    actor runs the session; nothing of it had run on the dead one."""
+    scripted_openai.add(Reply(tool_calls=[FIX]), Reply(text="Fixed."))
+    first = on_ray(make_repo(KATA), scripted_openai.base_url)
+    with anyio.fail_after(120):
+        one, _ = await event_channel_run(first)
+    assert one.status == "passed" and actors_kept == [first.actor]
+    ray_cluster.kill(first.actor)
+    scripted_openai.add(Reply(tool_calls=[FIX]), Reply(text="Fixed."))
+    second = on_ray(make_repo(KATA, name="second"), scripted_openai.base_url)
+    with anyio.fail_after(120):
+        two, events = await event_channel_run(second)
+    assert two.status == "passed", two.reason
+    assert second.actor != first.actor
+    assert not [n for n in of_type(events, ev.Notice) if "lost" in n.message]
+
+
 # -- the key -------------------------------------------------------------------------------------
 
 # What a model's command does to find a key on its node: every process's environment, Ray's

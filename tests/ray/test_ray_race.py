@@ -27,6 +27,7 @@ from loophelpers import (
 from scripted_openai import Reply
 
 from codexloop.core import events as ev
+from codexloop.core import ray_executor
 from codexloop.core.executor import new_session
 from codexloop.core.loop import Loop
 from codexloop.core.race import Race
@@ -38,6 +39,15 @@ FIX = edit("calc.py", "a - b", "a + b")
 WRONG = edit("calc.py", "a - b", "a * b")
 # What differs between two runs of one script for reasons of timing, not of order.
 UNTIMED = (ev.TestOutput, ev.Notice)
+
+
+def kept_bundles(repo: Path) -> list[Any]:
+    """The snapshot bundles this process keeps in the object store for ``repo``."""
+    return [
+        ref
+        for (kept_repo, _snapshot), ref in ray_executor._bundles.items()
+        if kept_repo == str(repo)
+    ]
 
 
 def on_ray(repo: Any, url: str, models: str = "scripted-model", **overrides: Any) -> Any:
@@ -75,6 +85,8 @@ async def test_two_attempts_race_on_ray_and_the_winner_comes_home(
     assert [a["status"] for a in index["attempts"]] == ["failed", "passed"]
     traces = [Path(a["trace"]) for a in index["attempts"]]
     assert all("loop_started" in trace.read_text() for trace in traces)
+    # Both attempts are over: the snapshot's bundle is no longer kept in the object store.
+    assert kept_bundles(repo) == []
 
 
 async def test_events_come_back_in_the_order_a_local_loop_emits_them(
@@ -183,6 +195,7 @@ async def test_a_killed_actor_ends_its_attempt_as_lost_and_the_other_finishes(
     assert finished[1].status == "lost" and "died" in finished[1].reason
     assert finished[2].status == "passed"
     assert result.status == "passed" and result.branch.endswith("/a2")
+    assert kept_bundles(repo) == []  # a lost attempt gives its use of the bundle back too
 
 
 async def test_the_key_reaches_the_actor_and_nothing_else(
