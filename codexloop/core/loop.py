@@ -927,7 +927,7 @@ class Loop:
                 work.changed = True  # the reviewer's rejections changed the sandbox
             await self._set_state("thinking")
             await self.emit(ev.ModelTurnStarted(iteration))
-            turn = await self.turns.take(conversation)
+            turn = await self.turns.take(conversation, wider=work.answers.repeating)
             conversation.answer(turn)
             if turn.finish_reason == CUT_FINISH:
                 conversation.say(prompts.ANSWER_CUT.format(limit=MAX_TURN_CHARS))

@@ -377,6 +377,7 @@ class _StreamingModel:
         self.model = model
         self.backoff = backoff
         self.reasoning = reasoning
+        self.temperature: float | None = None  # None: the server's own (Chat Completions only)
 
     async def turn(
         self,
@@ -455,6 +456,8 @@ class ChatModel(_StreamingModel):
             kwargs["stream_options"] = {"include_usage": True}
         if self.reasoning:
             kwargs["reasoning_effort"] = self.reasoning
+        if self.temperature is not None:
+            kwargs["temperature"] = self.temperature
         try:
             stream = await self.client.chat.completions.create(**kwargs)
         except openai.BadRequestError as exc:
@@ -685,6 +688,15 @@ class AutoModel:
     @property
     def protocol(self) -> str:
         return self.current.protocol
+
+    @property
+    def temperature(self) -> float | None:
+        """Sent with Chat Completions requests when set (the Responses side never sends one)."""
+        return self.current.temperature
+
+    @temperature.setter
+    def temperature(self, value: float | None) -> None:
+        self.current.temperature = value
 
     async def turn(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], **callbacks: Any

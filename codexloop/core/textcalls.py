@@ -330,6 +330,12 @@ class Answers:
         self.idle_streak = 0
         self.repeats.clear()
 
+    @property
+    def repeating(self) -> bool:
+        """An idle answer or a failing call came again since the last answer that changed
+        something: a server answering the same prompt the same way will go on doing so."""
+        return any(count >= 2 for count in self.repeats.values())
+
 
 _SESSIONS: WeakKeyDictionary[Conversation, Answers] = WeakKeyDictionary()
 

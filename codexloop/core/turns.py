@@ -39,6 +39,11 @@ if TYPE_CHECKING:
 MAX_CONTEXT_SHRINKS = 4  # a refused request is shortened and sent again at most this often
 MIN_CHARS_PER_TOKEN = 1.0
 MAX_CHARS_PER_TOKEN = 8.0  # more than any tokenizer gives: the server counted something else
+WIDER_TEMPERATURE = 1.0  # asked of a local server once the model repeats itself
+WIDER_NOTICE = (
+    "the model gave the same answer again: its next requests ask the server to sample more "
+    "widely (temperature {value:g}) until an answer changes something"
+)
 MIN_WINDOW_TOKENS = 512  # the least a budget from the endpoint's window is cut to
 OVERFLOW_SHARE = 0.75  # of the refused request (or of the window) that the next one may take
 
@@ -69,6 +74,7 @@ class Turns:
         self.budget_tokens = context_tokens  # less once the endpoint says or refuses more
         self.chars_per_token = float(CHARS_PER_TOKEN)  # measured from usage reports
         self._noticed: set[str] = set()  # kinds of shortening the developer was told of
+        self._told_wider = False
 
     @property
     def tools_chars(self) -> int:
@@ -93,9 +99,13 @@ class Turns:
             return
         self.chars_per_token = max(MIN_CHARS_PER_TOKEN, ratio)
 
-    async def take(self, conversation: Conversation) -> Turn:
+    async def take(self, conversation: Conversation, *, wider: bool = False) -> Turn:
         """One model request, fitted to the context budget (shortened and asked again when
-        the endpoint says it does not fit); its usage counted."""
+        the endpoint says it does not fit); its usage counted. ``wider``: the model keeps
+        giving the same answer, so a local server is asked to sample more widely."""
+        if self._sample(wider) and not self._told_wider:
+            self._told_wider = True
+            await self._emit(ev.Notice("info", WIDER_NOTICE.format(value=WIDER_TEMPERATURE)))
         shrinks = 0
         while True:
             report = conversation.fit(self.budget_chars)
@@ -192,6 +202,17 @@ class Turns:
 
     async def _on_retry(self, attempt: int, reason: str, delay: float) -> None:
         await self._emit(ev.ModelRetry(attempt, reason, delay))
+
+    def _sample(self, wider: bool) -> bool:
+        """A local server given the same prompt answers the same, word for word (llama.cpp's
+        sampling kept Qwen2.5-Coder-1.5B's answers identical over six iterations): once the
+        model repeats an answer that changed nothing, its requests carry a temperature of
+        ``WIDER_TEMPERATURE`` until an answer changes something. Never sent to OpenAI's
+        endpoint, whose reasoning models refuse a temperature. Whether it is sent now."""
+        if is_openai_endpoint(self.base_url):
+            return False
+        self.model.temperature = WIDER_TEMPERATURE if wider else None
+        return wider
 
     async def _on_notice(self, message: str) -> None:
         await self._emit(ev.Notice("warning", message))

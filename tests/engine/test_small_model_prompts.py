@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from conftest import run_git
-from loophelpers import KATA, edit, make_config, run_loop, user_texts
+from loophelpers import KATA, edit, make_config, of_type, run_loop, user_texts
 from scripted_openai import Reply
 
 from codexloop.core.briefing import imported_modules
@@ -289,3 +289,49 @@ async def test_an_answer_caught_in_a_repetition_loop_is_cut_and_the_turn_goes_on
     streamed = sum(len(e.text) for e in events if isinstance(e, ev.ModelText))
     assert streamed < len(endless) // 4  # cut after a few repetitions, not at the end
     assert ANSWER_REPEATED in user_texts(scripted_openai.requests[1])
+
+
+async def test_a_repeated_answer_makes_a_local_server_sample_more_widely(
+    make_repo, scripted_openai
+) -> None:
+    """llama.cpp gave Qwen2.5-Coder-1.5B's answers back word for word over six iterations: the
+    same prompt, the same answer. Once an answer that changed nothing comes again, requests
+    carry a temperature, until an answer changes something."""
+    from codexloop.core import events as ev
+
+    repo = make_repo(KATA)
+    talk = "The operator in add is wrong."
+    worse = f"calc.py\n{FENCE}python\n<<<<<<< SEARCH\n    return a - b\n=======\n"
+    worse += f"    return a * b\n>>>>>>> REPLACE\n{FENCE}\n"
+    fixed = worse.replace("a - b", "a * b", 1).replace("return a * b\n>>", "return a + b\n>>")
+    scripted_openai.add(Reply(text=talk), Reply(text=talk), Reply(text=worse), Reply(text=fixed))
+    config = make_config(repo, scripted_openai.base_url, max_iterations=3)
+    result, events = await run_loop(config)
+    assert result.status == "passed" and result.iterations == 3
+    sent = [request.get("temperature") for request in scripted_openai.requests]
+    # The second answer repeated the first: the third request samples wider; the change it
+    # brought (wrong, but a change) ends that.
+    assert sent == [None, None, 1.0, None]
+    told = [n.message for n in of_type(events, ev.Notice) if "sample more widely" in n.message]
+    assert len(told) == 1
+
+
+def test_openais_endpoint_is_never_sent_a_temperature() -> None:
+    from codexloop.core.model import AutoModel
+    from codexloop.core.turns import Turns
+
+    async def emit(_event: Any) -> None:
+        return None
+
+    for base_url, expected in [
+        (None, None),
+        ("https://api.openai.com/v1", None),
+        ("http://127.0.0.1:8080/v1", 1.0),
+    ]:
+        client: Any = object()  # never asked: only what a request would carry is looked at
+        model = AutoModel(client, "m", prefer="chat")
+        turns = Turns(
+            model, client, model_name="m", base_url=base_url, context_tokens=8000, emit=emit
+        )
+        turns._sample(True)
+        assert model.temperature == expected
