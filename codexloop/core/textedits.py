@@ -202,6 +202,24 @@ def _label(
     return None
 
 
+def _files_in(path: str, body: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """A labelled block that goes on with another file, opened by a comment with its path
+    after a blank line (the 1.5B model put ``# tests/test_pages.py`` and the test under its
+    fixed ``pages.py``, and the test went into the module): one part per file."""
+    parts: list[tuple[str, list[str]]] = [(path, [])]
+    for i, line in enumerate(body):
+        comment = _COMMENT_LABEL.match(line)
+        other = _path_token(comment.group(1)) if comment is not None else None
+        if other is not None and other != parts[-1][0] and i > 0 and not body[i - 1].strip():
+            parts.append((other, []))
+            continue
+        parts[-1][1].append(line)
+    for _where, lines in parts:
+        while lines and not lines[-1].strip():
+            lines.pop()
+    return parts
+
+
 def _line_before(fence: _Fence, lines: Sequence[str]) -> str:
     """The line just before a fence (one blank line between allowed)."""
     j = fence.start - 1
@@ -338,8 +356,10 @@ def find_edits(text: str, exists: Callable[[str], bool]) -> list[Stated]:
         labelled = _label(fence, lines, exists)
         if labelled is not None and _fits(labelled[0], language):
             path, how, body, strong = labelled
-            content = "\n".join(body) + "\n" if body else ""
-            stated.append(Stated("labelled", path, content=content, how=how, strong=strong))
+            for part, (where, lines) in enumerate(_files_in(path, body)):
+                content = "\n".join(lines) + "\n" if lines else ""
+                how = how if part == 0 else "a comment with its path inside another file's block"
+                stated.append(Stated("labelled", where, content=content, how=how, strong=strong))
         elif language in _PYTHON or not language:
             block = textwrap.dedent("\n".join(fence.body)) + "\n"
             if _definitions(block):

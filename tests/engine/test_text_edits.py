@@ -571,3 +571,22 @@ def test_only_names_the_module_defines_are_dropped() -> None:
         ("calc.py", "from calculus import add\n" + FIXED),
     ]:
         assert without_self_imports(rel, source) == (source, [])
+
+
+async def test_a_block_that_goes_on_with_the_test_file_is_split_at_its_path(
+    make_repo, scripted_openai
+) -> None:
+    # The 1.5B model wrote its fixed module and, after "# tests/test_pages.py", the test
+    # itself in one block: the test went into the module.
+    text = (
+        f"{FENCE}python\n# calc.py\n{FIXED}\n# tests/test_calc.py\n"
+        f"from calc import add\n\ndef test_add():\n    assert add(2, 3) == 6\n{FENCE}\n"
+    )
+    repo = make_repo(KATA)
+    scripted_openai.add(Reply(text=text))
+    result, events = await run_loop(make_config(repo, scripted_openai.base_url, max_iterations=1))
+    assert result.status == "passed"
+    assert run_git(repo, "show", f"{result.branch}:calc.py") == FIXED
+    assert run_git(repo, "show", f"{result.branch}:tests/test_calc.py") == TEST_CALC
+    refused = [r for r in of_type(events, ev.ToolResult) if r.refused]
+    assert len(refused) == 1 and "tests/test_calc.py" in refused[0].summary
