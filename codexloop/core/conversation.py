@@ -135,13 +135,11 @@ class Conversation:
     def tool_result(self, call_id: str, content: str) -> None:
         self._add(tool_message(call_id, self.clean(content)))
 
-    def restart(self, first_message: FirstMessage) -> None:
-        """Begin again from a new first message: a model that acts through text (a small one)
-        starts each iteration afresh, as in its first, from the code as it now is and the
-        last failure. Shown its earlier answers, it writes them again; shown the stale first
-        message and a red one after it, it wrote the red one out again."""
-        self._sections = [(kind, self.clean(text)) for kind, text in first_message.sections]
-        self.messages[1:] = [{"role": "user", "content": self._opening()}]
+    def forget_iterations(self) -> None:
+        """Only the system prompt and the first message stay: a model that acts through text
+        (a small one) starts each iteration afresh from the red run's message, which shows
+        the code as it now is. Shown its earlier answers, it writes them again."""
+        del self.messages[2:]
 
     def start_iteration(self) -> None:
         """A new iteration begins. The engine's messages just before it (the failure it is

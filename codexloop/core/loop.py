@@ -28,7 +28,6 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -143,9 +142,6 @@ class Loop:
         self.setup_lock: anyio.Lock | None = None
         self.setbacks: Setbacks | None = None  # the best state so far, to undo a setback
         self.code_paths: tuple[str, ...] = ()  # the project files the exam imports
-        # The first message as it would be now (a model acting through text starts each
-        # iteration afresh from it), given the failure; set when the conversation starts.
-        self._opening: Callable[[str], Awaitable[prompts.FirstMessage]] | None = None
         self.guard_passed: frozenset[str] | None = None  # passing at the baseline (--guard)
         self.guard_classes: tuple[str, ...] = ()  # the classnames of all the guard's tests
         self._spend_scale = 1  # the spend budgets given so far (the app's "more" adds one)
@@ -461,35 +457,19 @@ class Loop:
             await self.endpoint.passed()  # nothing goes to the endpoint before it passed
         await self.turns.fit_to_window()
         worktree = session.sandbox.worktree
-
-        def modules_now() -> briefing.Briefing:
-            budget = min(briefing.BUDGET_CHARS, self.turns.budget_chars // 4)
-            return briefing.imported_modules(
-                worktree, exam.target_files, files, exam.import_roots(), budget=budget
+        modules = await anyio.to_thread.run_sync(
+            lambda: briefing.imported_modules(
+                worktree,
+                exam.target_files,
+                files,
+                exam.import_roots(),
+                budget=min(briefing.BUDGET_CHARS, self.turns.budget_chars // 4),
             )
-
-        async def opening(
-            digest: str, modules: briefing.Briefing | None = None
-        ) -> prompts.FirstMessage:
-            """The first message, with the project code as it is now and ``digest``."""
-            return prompts.first_message(
-                task=config.task,
-                continue_from=config.continue_from,
-                targets=config.targets,
-                test_command=prompts.plain_command(config.targets, config.test_cmd),
-                files=files,
-                exam=self.exam_sync.show(exam),
-                digest=digest,
-                modules=modules or await anyio.to_thread.run_sync(modules_now),
-                hint=config.hint,
-            )
-
-        modules = await anyio.to_thread.run_sync(modules_now)
+        )
         self.code_paths = prompts.code_paths(modules)
-        self._opening = opening
         roots = (worktree, session.runner.place.worktree)
         system = prompts.system(config.edit_format, TOOL_SCHEMAS)
-        self.exam_sync.show(exam)  # the exam as the model sees it from now on (a resumed one too)
+        shown = self.exam_sync.show(exam)  # what the model sees of the exam, from its start
         kept = self.resumed.conversation if self.resumed else None
         conversation: Conversation | None = None
         if kept is not None:
@@ -502,8 +482,21 @@ class Loop:
             else:
                 conversation.say(prompts.resumed(baseline.digest, self.code_paths))
         if conversation is None:
-            first = await opening(baseline.digest, modules)
-            conversation = Conversation(first, roots=roots, system=system)
+            conversation = Conversation(
+                prompts.first_message(
+                    task=config.task,
+                    continue_from=config.continue_from,
+                    targets=config.targets,
+                    test_command=prompts.plain_command(config.targets, config.test_cmd),
+                    files=files,
+                    exam=shown,
+                    digest=baseline.digest,
+                    modules=modules,
+                    hint=config.hint,
+                ),
+                roots=roots,
+                system=system,
+            )
         self.conversation = conversation
         iteration = done
         budget_end = await self._resumed_budgets(done)
@@ -547,8 +540,7 @@ class Loop:
             await self.exam_sync.check(exam)
             digest = await self._after_red(session, iteration, verdict, commit, conversation)
             note = self.exam_sync.take_note()
-            if said := "\n\n".join(part for part in (note, digest) if part):
-                conversation.say(said)
+            conversation.say(f"{note}\n\n{digest}" if note else digest)
             await self._keep()
         return (
             "failed",
@@ -772,11 +764,19 @@ class Loop:
             else None
         )
         if best is None or best.commit == tested:
-            if not answers_of(conversation).by_text:
+            answers = answers_of(conversation)
+            if not answers.by_text:
                 return prompts.red(verdict.digest, self.code_paths)
-            assert self._opening is not None
-            conversation.restart(await self._opening(verdict.digest))
-            return ""
+            conversation.forget_iterations()
+            tools = session.tools
+            now = await anyio.to_thread.run_sync(
+                lambda: [
+                    (path, text)
+                    for path in answers.touched
+                    if not tools.protected(path) and (text := tools.read_text(path)) is not None
+                ]
+            )
+            return prompts.red(verdict.digest, self.code_paths, now)
         protected = session.exam.protected_files()
         paths = await anyio.to_thread.run_sync(
             setbacks.undo, self.config.repo, sandbox.worktree, best.commit, tested, protected

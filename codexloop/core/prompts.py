@@ -263,9 +263,29 @@ def gate_red(command: str, exit_code: int | None, timed_out: bool, output: str) 
     return GATE_RED.format(command=command, how=how, output=tail.rstrip() or "(none)")
 
 
-def red(digest: str, paths: Sequence[str]) -> str:
-    """What the model reads of a red test run: the failure, then what to do."""
-    return RED.format(digest=digest, ask=ask(paths))
+NOW_HEAD = "The code as it is now, with your changes so far (the tests below ran on it):"
+NOW_FILE = "--- {path} ---\n{source}"
+NOW_LEFT_OUT = "[also changed, not shown: {paths}]"
+NOW_CHARS = 8_000  # of changed files shown in a red message, all together
+
+
+def red(digest: str, paths: Sequence[str], now: Sequence[tuple[str, str]] = ()) -> str:
+    """What the model reads of a red test run: the files as they are now (``now``: ``(path,
+    source)`` of the files its changes touched, for a model that starts each iteration
+    afresh), the failure, then what to do."""
+    text = RED.format(digest=digest, ask=ask(paths))
+    if not now:
+        return text
+    shown, left_out, budget = [NOW_HEAD], [], NOW_CHARS
+    for path, source in now:
+        if len(source) <= budget:
+            shown.append(NOW_FILE.format(path=path, source=source.rstrip("\n")))
+            budget -= len(source)
+        else:
+            left_out.append(path)
+    if left_out:
+        shown.append(NOW_LEFT_OUT.format(paths=", ".join(left_out)))
+    return "\n".join(shown) + "\n\n" + text
 
 
 RESUMED = (

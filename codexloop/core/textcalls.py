@@ -323,6 +323,7 @@ class Answers:
     told: set[str] = field(default_factory=set)  # the notices given once
     example: str | None = None  # the project file the "how to" example names
     by_text: bool = False  # the model has acted through calls or edits written as text
+    touched: dict[str, None] = field(default_factory=dict)  # files its calls changed, in order
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def progressed(self) -> None:
@@ -505,6 +506,7 @@ class Work:
         await self.emit(ev.ToolResult(name, outcome.ok, outcome.summary, call_id, outcome.refused))
         if outcome.changed or name == "run_command":
             await self.emit(ev.SandboxChanged(outcome.changed))
+        self.answers.touched.update(dict.fromkeys(outcome.changed))
         if name == "run_command" and outcome.ok and self.changed:
             self.exam_passed = self.exam_passed or self.runs_the_exam(_command(arguments))
         if outcome.changed or (name == "run_command" and outcome.ok):

@@ -182,10 +182,8 @@ async def test_an_answer_that_repeats_the_engines_message_is_not_shown_back(
 async def test_a_model_acting_through_text_starts_each_iteration_afresh(
     make_repo, scripted_openai
 ) -> None:
-    """It reads one message, the first one as it would be now: the code as its change left
-    it, the last failure, the ask (shown the stale first message and a red one after it, the
-    1.5B model wrote the red one out again); a model using native calls keeps the whole
-    conversation."""
+    """It reads the first message and the red run's, which shows the file as its change left
+    it; a model using native calls keeps the whole conversation (the red run above)."""
     repo = make_repo(KATA)
     block = f"{FENCE}python\n# calc.py\ndef add(a, b):\n    return a * b\n{FENCE}\n"
     scripted_openai.add(
@@ -194,15 +192,14 @@ async def test_a_model_acting_through_text_starts_each_iteration_afresh(
     )
     result, _events = await run_loop(make_config(repo, scripted_openai.base_url))
     assert result.status == "passed" and result.iterations == 2
-    first, second = (r["messages"] for r in scripted_openai.requests)
-    assert [m["role"] for m in second] == ["system", "user"]
-    opening = second[1]["content"]
-    assert "--- calc.py ---\ndef add(a, b):\n    return a * b\n" in opening
-    assert "assert 6 == 5" in opening and "assert -1 == 5" not in opening
-    # The same message as the first, but for the code and the failure.
-    before = first[1]["content"]
-    assert before.split("Project code")[0] == opening.split("Project code")[0]
-    assert opening.endswith(before[before.rindex("Change calc.py") :])
+    messages = scripted_openai.requests[1]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "user"]
+    red = messages[-1]["content"]
+    assert red.startswith(
+        "The code as it is now, with your changes so far (the tests below ran on it):\n"
+        "--- calc.py ---\ndef add(a, b):\n    return a * b\n"
+    )
+    assert "assert 6 == 5" in red
 
 
 async def test_the_how_to_example_copied_as_it_is_is_not_run(make_repo, scripted_openai) -> None:
