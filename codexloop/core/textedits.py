@@ -616,6 +616,19 @@ def _replace(edit: Stated, project: Project) -> Planned:
     return Planned(what, problem="its SEARCH part is empty: give the exact lines to replace")
 
 
+SAME_CODE = "only its layout or comments would change"
+
+
+def _same_code(source: str, other: str) -> bool:
+    """The two Python sources are the same program (blank lines, spacing and comments aside):
+    a text edit that changes only those changes nothing a test can see. The 1.5B model wrote
+    its unchanged module back with one blank line more, and the tests ran again for nothing."""
+    if source == other:
+        return True
+    one, two = _parse(source), _parse(other)
+    return one is not None and two is not None and ast.dump(one) == ast.dump(two)
+
+
 def _whole(edit: Stated, project: Project) -> Planned:
     path = edit.path or ""
     what = f"{path}: the whole file (the path was in {edit.how})"
@@ -630,14 +643,16 @@ def _whole(edit: Stated, project: Project) -> Planned:
     source = project.read_text(path)
     if source == content:
         return Planned(what, problem=f"the block is what {path} already holds: nothing to change")
+    if source is not None and _same_code(source, content):
+        return Planned(what, problem=f"{path} already holds this code ({SAME_CODE})")
     old_module = _parse(source) if source is not None else None
     if source is not None and old_module is not None and _leaves_out(old_module, content):
         merged = merge(source, content)
         if merged is not None:
             text, done = merged
             what = f"{path}: {', '.join(done)} (the block leaves out the rest of the file)"
-            if text == source:
-                return Planned(what, problem=f"{path} already holds this code")
+            if _same_code(source, text):
+                return Planned(what, problem=f"{path} already holds this code ({SAME_CODE})")
             return Planned(what, "write_file", {"path": path, "content": text})
     if _EXCERPT.search(content) and source is not None:
         return Planned(
@@ -816,9 +831,12 @@ def _definitions_plan(block: str, index: _Index, project: Project) -> list[Plann
             continue
         text, done = merged
         where = f"{rel}" + (f" (class {cls})" if cls else "")
-        if text == source:
+        if _same_code(source, text):
             problems.append(
-                Planned(f"{where}: {', '.join(done)}", problem="the file already holds this code")
+                Planned(
+                    f"{where}: {', '.join(done)}",
+                    problem=f"the file already holds this code ({SAME_CODE})",
+                )
             )
             continue
         planned.append(
