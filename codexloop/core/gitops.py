@@ -369,6 +369,20 @@ def _identity_fallback(cwd: Path, env: Mapping[str, str] | None) -> dict[str, st
     return fallback
 
 
+def identities(cwd: Path, env: Mapping[str, str] | None) -> tuple[str, str]:
+    """The author and committer (``Name <email>``) ``git commit-tree`` would write, without
+    their dates: the configured ones (never guessed from the host name), else codexloop's."""
+    found = []
+    for role in ("AUTHOR", "COMMITTER"):
+        args = ["-c", "user.useConfigOnly=true", "var", f"GIT_{role}_IDENT"]
+        done = _run(cwd, args, env, check=False)
+        if done.returncode != 0:
+            done = _run(cwd, args, {**(env or {}), **_identity_fallback(cwd, env)})
+        ident = _text(done.stdout).strip()
+        found.append(ident.rsplit(" ", 2)[0])  # "Name <email> 1733000000 +0000"
+    return found[0], found[1]
+
+
 def commit_tree(
     cwd: Path, tree: str, parent: str | None, message: str, env: Mapping[str, str] | None
 ) -> str:

@@ -383,6 +383,7 @@ class Loop:
             await anyio.to_thread.run_sync(
                 sandbox.recorder.commit_scan, scan, f"codexloop: final state ({status})"
             )
+            await anyio.to_thread.run_sync(sandbox.recorder.refresh_index)
         except (OSError, gitops.GitError) as exc:  # a notice, not a lost session
             await self.emit(ev.Notice("error", f"the sandbox's last state was not recorded: {exc}"))
         head = await anyio.to_thread.run_sync(sandbox.head)

@@ -201,6 +201,19 @@ class _Objects:
         return sha
 
 
+def _commit_bytes(
+    tree: str, parent: str | None, message: str, author: str, committer: str
+) -> bytes:
+    """A git commit object's body, as ``git commit-tree -m`` writes it, dated now."""
+    now = int(time.time())
+    offset = time.localtime(now).tm_gmtoff
+    hours, minutes = divmod(abs(offset) // 60, 60)
+    date = f"{now} {'-' if offset < 0 else '+'}{hours:02d}{minutes:02d}"
+    lines = [f"tree {tree}", *([f"parent {parent}"] if parent else [])]
+    lines += [f"author {author} {date}", f"committer {committer} {date}", "", message]
+    return ("\n".join(lines).rstrip("\n") + "\n").encode()
+
+
 def _tree_bytes(items: dict[str, tuple[str, str]], size: int) -> bytes:
     """A git tree object's body: entries sorted as git sorts them (folders as ``name/``)."""
 
@@ -240,6 +253,9 @@ class Recorder:
         self._commits: dict[str, dict[str, Entry]] = {}  # a commit's entries never change
         self._global = self._global_layers()
         self.tracked: dict[str, Entry] = {}
+        self._identities: tuple[str, str] | None = None  # author, committer: asked once
+        self._head: tuple[str, str] | None = None  # the last commit made here, and its tree
+        self._index_behind: str | None = None  # a commit the worktree's index is yet to follow
         if fresh_checkout:
             self.seed()
         else:  # anything may have changed since the checkout: every file is read once
@@ -344,25 +360,59 @@ class Recorder:
     # -- what the engine asks of it -------------------------------------------------------
 
     def commit(self, message: str) -> str | None:
-        """Record the worktree as a commit on its branch; None when nothing changed."""
-        return self.commit_scan(self.scan(), message)
+        """Record the worktree as a commit on its branch, its index following at once; None
+        when nothing changed."""
+        sha = self.commit_scan(self.scan(), message)
+        self.refresh_index()
+        return sha
 
     def commit_scan(self, scan: Scan, message: str) -> str | None:
+        """Record ``scan`` as a commit on the branch; None when it is the tree HEAD has. One
+        git process when HEAD is where the last commit left it: the commit object is written
+        here (identity asked of git once), the ref moved by ``update-ref``, and the
+        worktree's index follows when a command is about to read it (:meth:`refresh_index`)."""
+        head, head_tree = self._head_now()
+        if scan.tree == head_tree:
+            return None
+        if self._identities is None:
+            self._identities = gitops.identities(self.gitdir, self._env())
+        sha = self.objects.write(
+            "commit", _commit_bytes(scan.tree, head, message, *self._identities)
+        )
+        subject = message.splitlines()[0] if message.strip() else "commit"
+        self.git("update-ref", "-m", f"commit: {subject}", "HEAD", sha, head or "0" * 40)
+        with self._lock:
+            self.tracked = dict(scan.entries)
+            self._head = (sha, scan.tree)
+            self._index_behind = sha
+        return sha
+
+    def refresh_index(self) -> None:
+        """The worktree's index as the last commit left it (objects only, no work tree read),
+        so that `git status` and `git diff` in the sandbox show what is new since that commit:
+        run before a command of the model's, and at the end (blocking)."""
+        with self._lock:
+            behind, self._index_behind = self._index_behind, None
+        if behind is not None:
+            self.git("read-tree", behind)
+
+    def _head_now(self) -> tuple[str | None, str | None]:
+        """HEAD's commit and tree: from memory when the branch's ref still names the last
+        commit made here (read from its file), else from git."""
+        kept = self._head
+        if kept is not None:
+            try:
+                head = (self.gitdir / "HEAD").read_text().strip()
+                if head.startswith("ref: refs/"):
+                    ref = (self.common / head[5:]).read_text().strip()
+                    if ref == kept[0]:
+                        return kept
+            except (OSError, UnicodeError):
+                pass
         done = gitops.git(
             self.gitdir, "rev-parse", "HEAD", "HEAD^{tree}", env=self._env(), check=False
         ).split()
-        head, head_tree = done if len(done) == 2 else (None, None)
-        if scan.tree == head_tree:
-            return None
-        sha = gitops.commit_tree(self.gitdir, scan.tree, head, message, self._env())
-        subject = message.splitlines()[0] if message.strip() else "commit"
-        self.git("update-ref", "-m", f"commit: {subject}", "HEAD", sha, head or "0" * 40)
-        # The worktree's index follows (objects only, no work tree read), so `git status` and
-        # `git diff` inside the sandbox show what is new since this commit.
-        self.git("read-tree", sha)
-        with self._lock:
-            self.tracked = dict(scan.entries)
-        return sha
+        return (done[0], done[1]) if len(done) == 2 else (None, None)
 
     def changed_paths(self, base: str) -> list[str]:
         """Paths whose recorded content differs from ``base``'s (a commit: listed once)."""

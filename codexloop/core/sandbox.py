@@ -366,6 +366,8 @@ class Sandbox:
         place: ExamPlace | None = None,
     ) -> RunResult:
         """Run a shell command in the worktree (or in ``place``: the exam's run tree)."""
+        if place is None:  # git in the worktree reads its index: as the last commit left it
+            await anyio.to_thread.run_sync(self.recorder.refresh_index)
         group = self.process_group()
         # Neither a pid namespace nor a cgroup to account for what the command leaves behind:
         # mark its environment, and look for the mark afterwards.
