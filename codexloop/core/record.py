@@ -201,6 +201,20 @@ class _Objects:
         return sha
 
 
+def _small_file(path: Path) -> str:
+    """A regular file's text, stripped ("" for anything else: a pipe is never opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        return os.read(fd, 4096).decode("utf-8", "replace").strip()
+    finally:
+        os.close(fd)
+
+
 def _commit_bytes(
     tree: str, parent: str | None, message: str, author: str, committer: str
 ) -> bytes:
@@ -211,7 +225,8 @@ def _commit_bytes(
     date = f"{now} {'-' if offset < 0 else '+'}{hours:02d}{minutes:02d}"
     lines = [f"tree {tree}", *([f"parent {parent}"] if parent else [])]
     lines += [f"author {author} {date}", f"committer {committer} {date}", "", message]
-    return ("\n".join(lines).rstrip("\n") + "\n").encode()
+    # surrogateescape: an identity git gave as bytes that are not UTF-8 is written as given.
+    return ("\n".join(lines).rstrip("\n") + "\n").encode("utf-8", "surrogateescape")
 
 
 def _tree_bytes(items: dict[str, tuple[str, str]], size: int) -> bytes:
@@ -401,14 +416,11 @@ class Recorder:
         commit made here (read from its file), else from git."""
         kept = self._head
         if kept is not None:
-            try:
-                head = (self.gitdir / "HEAD").read_text().strip()
-                if head.startswith("ref: refs/"):
-                    ref = (self.common / head[5:]).read_text().strip()
-                    if ref == kept[0]:
-                        return kept
-            except (OSError, UnicodeError):
-                pass
+            head = _small_file(self.gitdir / "HEAD")
+            name = head[5:] if head.startswith("ref: refs/") else ""
+            # Only a name git itself would take: never out of the repository's refs.
+            if name and ".." not in name.split("/") and _small_file(self.common / name) == kept[0]:
+                return kept
         done = gitops.git(
             self.gitdir, "rev-parse", "HEAD", "HEAD^{tree}", env=self._env(), check=False
         ).split()

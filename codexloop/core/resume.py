@@ -134,7 +134,9 @@ def save(record: SessionRecord) -> None:
     path = record.path
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = json.dumps({"version": RECORD_VERSION, **dataclasses.asdict(record)}, default=_plain)
+    # The fields as they are (asdict would deep-copy the whole conversation first).
+    fields = {field.name: getattr(record, field.name) for field in dataclasses.fields(record)}
+    data = json.dumps({"version": RECORD_VERSION, **fields}, default=_plain)
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(data)

@@ -592,14 +592,13 @@ async def test_a_block_that_goes_on_with_the_test_file_is_split_at_its_path(
     assert len(refused) == 1 and "tests/test_calc.py" in refused[0].summary
 
 
-def test_a_block_that_only_changes_layout_or_comments_changes_nothing(tools: Tools) -> None:
+def test_a_block_that_only_changes_blank_lines_changes_nothing(tools: Tools) -> None:
     # The 1.5B model wrote its unchanged module back with a blank line more: the tests ran
-    # again for nothing, and it counted as progress.
-    relaid = (
-        f"{FENCE}python\n# calc.py\n\n# adds\ndef add(a, b):\n\n    return a - b  # here\n{FENCE}\n"
-    )
+    # again for nothing, and it counted as progress. (A comment is a change: tests and
+    # linters read them.)
+    relaid = f"{FENCE}python\n# calc.py\n\ndef add(a, b):\n\n    return a - b   \n{FENCE}\n"
     [planned] = read_edits(relaid, tools)
-    assert planned.tool == "" and "only its layout or comments would change" in planned.problem
+    assert planned.tool == "" and "only blank lines or trailing spaces" in planned.problem
     changed = relaid.replace("a - b", "a + b")
     [planned] = read_edits(changed, tools)
     assert planned.tool == "write_file"
