@@ -368,7 +368,39 @@ def find_edits(text: str, exists: Callable[[str], bool]) -> list[Stated]:
             block = textwrap.dedent("\n".join(fence.body)) + "\n"
             if _definitions(block):
                 stated.append(Stated("definitions", content=block))
-    return stated or _prose(lines, fences)
+    return stated or _unfenced(lines, fences, exists) or _prose(lines, fences)
+
+
+MAX_UNFENCED_LINES = 400  # of a file written out without a fence
+
+
+def _unfenced(
+    lines: Sequence[str], fences: Sequence[_Fence], exists: Callable[[str], bool]
+) -> list[Stated]:
+    """A Python file written out with no fence at all: a comment naming a project file on a
+    line of its own, then the code, up to where
+    the text stops being Python (Qwen2.5-Coder-1.5B wrote its right fix of money.py so, and it
+    was never applied). Prose after the code is left out; code that defines nothing is not a
+    file."""
+    inside = {i for fence in fences for i in range(fence.start, fence.end + 1)}
+    labels = 0
+    for i, line in enumerate(lines):
+        comment = _COMMENT_LABEL.match(line) if line.startswith("#") else None
+        path = _path_token(comment.group(1)) if comment is not None else None
+        if i in inside or path is None or not path.endswith(".py") or not exists(path):
+            continue
+        labels += 1
+        if labels > 3:  # each is parsed up to its length: a few are plenty
+            break
+        body = [text for j, text in enumerate(lines[i + 1 :], i + 1) if j not in inside]
+        body = body[:MAX_UNFENCED_LINES]
+        while body:
+            block = "\n".join(body).strip("\n") + "\n"
+            if _definitions(block):
+                how = "an unfenced file after a comment with its path"
+                return [Stated("labelled", path, content=block, how=how)]
+            body.pop()
+    return []
 
 
 def _prose(lines: Sequence[str], fences: Sequence[_Fence]) -> list[Stated]:

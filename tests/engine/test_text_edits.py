@@ -29,6 +29,8 @@ WHOLE_FILE_FORMS = {
     "first-line comment": f"The fix:\n\n{FENCE}python\n# calc.py\n{FIXED}{FENCE}\n",
     "line before": f"Change the file.\n\n**calc.py**\n{FENCE}python\n{FIXED}{FENCE}\n",
     "sentence before": f"Here is the corrected `calc.py`:\n{FENCE}python\n{FIXED}{FENCE}\n",
+    # No fence at all: Qwen2.5-Coder-1.5B wrote its right fix of money.py so, never applied.
+    "unfenced": f"The operator is wrong.\n# calc.py\n{FIXED}\nThis makes the test pass.\n",
 }
 OTHER_FORMS = {
     "bare function": (
@@ -602,3 +604,8 @@ def test_a_block_that_only_changes_blank_lines_changes_nothing(tools: Tools) -> 
     changed = relaid.replace("a - b", "a + b")
     [planned] = read_edits(changed, tools)
     assert planned.tool == "write_file"
+
+
+def test_a_path_comment_followed_by_prose_or_a_missing_file_is_no_file(tools: Tools) -> None:
+    assert find_edits("# calc.py\nThe operator is wrong there.\n", tools.exists) == []
+    assert find_edits(f"# nowhere.py\n{FIXED}", tools.exists) == []
