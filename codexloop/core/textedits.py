@@ -655,6 +655,7 @@ def _replace(edit: Stated, project: Project) -> Planned:
     return Planned(what, problem="its SEARCH part is empty: give the exact lines to replace")
 
 
+EXCERPT_NOT_WRITTEN = "the block is an excerpt ('...'), not the whole file: not written"
 SAME_CODE = "only blank lines or trailing spaces would change"
 
 
@@ -687,6 +688,10 @@ def _whole(edit: Stated, project: Project) -> Planned:
     if source is not None and _same_code(source, content):
         return Planned(what, problem=f"{path} already holds this code ({SAME_CODE})")
     old_module = _parse(source) if source is not None else None
+    if source is not None and old_module is not None and not _definitions(content):
+        defined = [n.name for n in old_module.body if isinstance(n, _DEFS)]
+        if defined:
+            return _no_definitions(path, source, content, defined)
     if source is not None and old_module is not None and _leaves_out(old_module, content):
         merged = merge(source, content)
         if merged is not None:
@@ -696,10 +701,29 @@ def _whole(edit: Stated, project: Project) -> Planned:
                 return Planned(what, problem=f"{path} already holds this code ({SAME_CODE})")
             return Planned(what, "write_file", {"path": path, "content": text})
     if _EXCERPT.search(content) and source is not None:
-        return Planned(
-            what, problem="the block is an excerpt ('...'), not the whole file: not written"
-        )
+        return Planned(what, problem=EXCERPT_NOT_WRITTEN)
     return Planned(what, "write_file", {"path": path, "content": content})
+
+
+def _no_definitions(path: str, source: str, content: str, defined: list[str]) -> Planned:
+    """A block for a file that defines functions or classes, defining none itself: a part of
+    the file (a constant put in, the rest kept), never the whole of it. Qwen2.5-Coder-1.5B
+    wrote ``# money.py`` and the module's docstring alone, six iterations in a row: written
+    whole, it deleted ``format_price``, the exam stopped collecting, the file was put back."""
+    merged = merge(source, content)
+    if merged is not None and not _same_code(source, merged[0]):
+        text, done = merged
+        what = f"{path}: {', '.join(done)} (the block holds none of the file's functions)"
+        return Planned(what, "write_file", {"path": path, "content": text})
+    names = ", ".join(defined[:6]) + (", …" if len(defined) > 6 else "")
+    if _EXCERPT.search(content):
+        return Planned(f"{path}: the whole file", problem=EXCERPT_NOT_WRITTEN)
+    return Planned(
+        f"{path}: the whole file",
+        problem=f"the block holds none of {path}'s functions or classes ({names}): it is not "
+        f"the whole file, and written as one it would delete them; not written. Write the "
+        f"whole new {path}, with all of them and your change, in one fenced block",
+    )
 
 
 def excerpt_write(path: str, content: str, project: Project) -> tuple[str, str] | None:
@@ -729,7 +753,7 @@ def _leaves_out(old_module: ast.Module, content: str) -> bool:
     if not given:
         return False
     kept = _named([n for n in old_module.body if isinstance(n, _DEFS)])
-    if not set(kept) <= set(given):
+    if not set(kept) <= set(given) or _header_left_out(old_module, content):
         return True
     for name, node in kept.items():
         again = given[name]
@@ -738,6 +762,24 @@ def _leaves_out(old_module: ast.Module, content: str) -> bool:
         if not set(_named(node.body)) <= set(_named(again.body)):
             return True
     return False
+
+
+def _header_left_out(old_module: ast.Module, content: str) -> bool:
+    """Does ``content`` leave out an import or a constant the module has, or its docstring
+    when it gives none? ``Change format_price in money.py to:`` and the function alone,
+    written whole, lost the module's docstring (its imports, in a module with some)."""
+    module = _parse(content)
+    if module is None:
+        return False
+    have = {ast.dump(n) for n in module.body if isinstance(n, ast.Import | ast.ImportFrom)}
+    named = _named(module.body)
+    for node in old_module.body:
+        if isinstance(node, ast.Import | ast.ImportFrom) and ast.dump(node) not in have:
+            return True
+        name = _assigned(node)
+        if name is not None and name not in named:
+            return True
+    return ast.get_docstring(old_module) is not None and ast.get_docstring(module) is None
 
 
 class _Index:

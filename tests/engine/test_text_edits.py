@@ -609,3 +609,60 @@ def test_a_block_that_only_changes_blank_lines_changes_nothing(tools: Tools) -> 
 def test_a_path_comment_followed_by_prose_or_a_missing_file_is_no_file(tools: Tools) -> None:
     assert find_edits("# calc.py\nThe operator is wrong there.\n", tools.exists) == []
     assert find_edits(f"# nowhere.py\n{FIXED}", tools.exists) == []
+
+
+# -- a "whole file" that holds none of the file's code (session 11's trace) --------------------
+
+
+async def test_a_block_with_none_of_the_files_code_is_not_written(
+    make_repo, scripted_openai
+) -> None:
+    """Qwen2.5-Coder-1.5B on the price kata wrote `# money.py` then only the module's docstring,
+    six iterations in a row: written as the whole file it deleted ``format_price``, the exam
+    stopped collecting, the file was put back, and the model wrote the same again. A block
+    that defines nothing, for a file that defines something, is not the whole file."""
+    repo = make_repo({**KATA, "calc.py": '"""Sums."""\n\n\ndef add(a, b):\n    return a - b\n'})
+    docstring_only = f'The fix:\n\n{FENCE}python\n# calc.py\n"""Sums."""\n{FENCE}\n'
+    fixed = f'{FENCE}python\n# calc.py\n"""Sums."""\n\n\n{FIXED}{FENCE}\n'
+    scripted_openai.add(Reply(text=docstring_only), Reply(text=fixed))
+    result, events = await run_loop(make_config(repo, scripted_openai.base_url, max_iterations=1))
+    assert result.status == "passed"
+    # The first block was never written: one write (the fix), the baseline and one test run.
+    assert [c.name for c in of_type(events, ev.ToolCall)] == ["write_file"]
+    assert len(of_type(events, ev.TestFinished)) == 2
+    told = user_texts(scripted_openai.requests[1])
+    assert "add" in told and "not the whole file" in told
+
+
+def test_a_block_with_no_definitions_keeps_the_files_code(tools: Tools) -> None:
+    # Neighbours: a constant alone merges in (the file keeps its functions); an import alone,
+    # a comment alone, a docstring alone are refused with the names they would delete.
+    [planned] = read_edits(f"{FENCE}python\n# calc.py\nRATE = 2\n{FENCE}\n", tools)
+    assert planned.tool == "write_file"
+    assert "def add(a, b)" in planned.arguments["content"]
+    assert "RATE = 2" in planned.arguments["content"]
+    for body in ("import math\n", "# the sums\n", '"""Sums."""\n', "pass\n"):
+        [planned] = read_edits(f"{FENCE}python\n# calc.py\n{body}{FENCE}\n", tools)
+        assert planned.tool == "" and "add" in planned.problem, body
+    # A file that defines no function or class is written whole from such a block.
+    [planned] = read_edits(f"{FENCE}python\n# twice.py\np = 'b'\n{FENCE}\n", tools)
+    assert planned.tool == "write_file" and planned.arguments["content"] == "p = 'b'\n"
+
+
+def test_a_labelled_function_alone_keeps_the_modules_header() -> None:
+    """`Change format_price in money.py to:` and the function alone: written whole, the
+    1.5B model's answer lost the module's docstring; in a module with imports and constants it
+    would lose those too. The function is replaced, the rest kept."""
+    money = (
+        '"""Prices."""\nimport math\n\nRATE = 100\n\n\ndef format_price(cents):\n'
+        "    return f'{cents / RATE}'\n"
+    )
+    project = FakeProject({"money.py": money})
+    fixed = "def format_price(cents):\n    return f'{math.floor(cents) / RATE:.2f}'\n"
+    answer = f"Change `format_price` in `money.py` to:\n{FENCE}python\n{fixed}{FENCE}\n"
+    content = _content(read_edits(answer, project))
+    assert content == money.replace("    return f'{cents / RATE}'\n", fixed.split("\n", 1)[1])
+    # The whole module given again, header and all, is written as given.
+    whole = money.replace("RATE = 100", "RATE = 1000")
+    answer = f"{FENCE}python\n# money.py\n{whole}{FENCE}\n"
+    assert _content(read_edits(answer, project)) == whole
