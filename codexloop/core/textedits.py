@@ -691,7 +691,7 @@ def _whole(edit: Stated, project: Project) -> Planned:
     if source is not None and old_module is not None and not _definitions(content):
         defined = [n.name for n in old_module.body if isinstance(n, _DEFS)]
         if defined:
-            return _no_definitions(path, source, content, defined)
+            return _no_definitions(what, path, source, content, defined)
     if source is not None and old_module is not None and _leaves_out(old_module, content):
         merged = merge(source, content)
         if merged is not None:
@@ -705,7 +705,7 @@ def _whole(edit: Stated, project: Project) -> Planned:
     return Planned(what, "write_file", {"path": path, "content": content})
 
 
-def _no_definitions(path: str, source: str, content: str, defined: list[str]) -> Planned:
+def _no_definitions(what: str, path: str, source: str, content: str, defined: list[str]) -> Planned:
     """A block for a file that defines functions or classes, defining none itself: a part of
     the file (a constant put in, the rest kept), never the whole of it. Qwen2.5-Coder-1.5B
     wrote ``# money.py`` and the module's docstring alone, six iterations in a row: written
@@ -715,11 +715,11 @@ def _no_definitions(path: str, source: str, content: str, defined: list[str]) ->
         text, done = merged
         what = f"{path}: {', '.join(done)} (the block holds none of the file's functions)"
         return Planned(what, "write_file", {"path": path, "content": text})
-    names = ", ".join(defined[:6]) + (", …" if len(defined) > 6 else "")
     if _EXCERPT.search(content):
-        return Planned(f"{path}: the whole file", problem=EXCERPT_NOT_WRITTEN)
+        return Planned(what, problem=EXCERPT_NOT_WRITTEN)
+    names = ", ".join(defined[:6]) + (", …" if len(defined) > 6 else "")
     return Planned(
-        f"{path}: the whole file",
+        what,
         problem=f"the block holds none of {path}'s functions or classes ({names}): it is not "
         f"the whole file, and written as one it would delete them; not written. Write the "
         f"whole new {path}, with all of them and your change, in one fenced block",
@@ -749,11 +749,12 @@ def _leaves_out(old_module: ast.Module, content: str) -> bool:
     """Does ``content``, Python that defines something, leave out a definition the module
     has: a top-level one, or a method of a class it gives again (the 1.5B model rewrote
     ``stack.py`` with its new ``peek`` and without ``__len__``)?"""
-    given = _named(_definitions(content))
-    if not given:
+    module = _parse(content)
+    given = _named([n for n in module.body if isinstance(n, _DEFS)]) if module else {}
+    if module is None or not given:
         return False
     kept = _named([n for n in old_module.body if isinstance(n, _DEFS)])
-    if not set(kept) <= set(given) or _header_left_out(old_module, content):
+    if not set(kept) <= set(given) or _header_left_out(old_module, module):
         return True
     for name, node in kept.items():
         again = given[name]
@@ -764,13 +765,10 @@ def _leaves_out(old_module: ast.Module, content: str) -> bool:
     return False
 
 
-def _header_left_out(old_module: ast.Module, content: str) -> bool:
-    """Does ``content`` leave out an import or a constant the module has, or its docstring
+def _header_left_out(old_module: ast.Module, module: ast.Module) -> bool:
+    """Does ``module`` leave out an import or a constant the module has, or its docstring
     when it gives none? ``Change format_price in money.py to:`` and the function alone,
     written whole, lost the module's docstring (its imports, in a module with some)."""
-    module = _parse(content)
-    if module is None:
-        return False
     have = {ast.dump(n) for n in module.body if isinstance(n, ast.Import | ast.ImportFrom)}
     named = _named(module.body)
     for node in old_module.body:
