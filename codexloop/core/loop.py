@@ -28,6 +28,7 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -453,6 +454,8 @@ class Loop:
                 )
         start = await anyio.to_thread.run_sync(session.sandbox.head)
         self.setbacks = Setbacks(self.exam_sync.changes, config.targets, start, baseline)
+        undoings, tools = self.setbacks, session.tools
+        tools.veto = lambda rel, new: undoings.undoings.veto(rel, new, tools.exists)
         files = await anyio.to_thread.run_sync(exam.snapshot_files)
         if self.endpoint is not None:
             await self.endpoint.passed()  # nothing goes to the endpoint before it passed
@@ -764,45 +767,63 @@ class Loop:
             if self.setbacks
             else None
         )
+        answers = answers_of(conversation)
         if best is None or best.commit == tested:
-            answers = answers_of(conversation)
             if not answers.by_text:
                 return prompts.red(verdict.digest, self.code_paths)
             conversation.forget_iterations()
-            tools = session.tools
-            now = await anyio.to_thread.run_sync(
-                lambda: [
-                    (path, text)
-                    for path in answers.touched
-                    if not tools.protected(path) and (text := tools.read_text(path)) is not None
-                ]
-            )
-            return prompts.red(verdict.digest, self.code_paths, now)
+            shown = await self._now(session, answers.touched)
+            return prompts.red(verdict.digest, self.code_paths, shown)
+        assert self.setbacks is not None
         protected = session.exam.protected_files()
-        paths = await anyio.to_thread.run_sync(
+        undone = await anyio.to_thread.run_sync(
             setbacks.undo, self.config.repo, sandbox.worktree, best.commit, tested, protected
         )
+        paths = list(undone)
+        cause = setbacks.cause(verdict.digest)
+        self.setbacks.undoings.remember(setbacks.Undone(iteration, cause), undone)
         when = (
             "they were at the start"
             if best.iteration == 0
             else (f"they were after iteration {best.iteration}")
         )
         ran, before = setbacks.progress(self.config.targets, verdict)[1], best.progress[1]
+        caused = f"; {cause}" if cause else ""
         await self.emit(
             ev.Notice(
                 "warning",
                 f"iteration {iteration} stopped the target tests from running ({ran} ran, "
-                f"{before} before): {', '.join(paths) or 'nothing'} put back as {when}",
+                f"{before} before{caused}): {', '.join(paths) or 'nothing'} put back as {when}",
             )
         )
         if paths:
             await self.emit(ev.SandboxChanged(tuple(paths)))
-        return prompts.SETBACK.format(
+        now: list[tuple[str, str]] = []
+        if answers.by_text:  # afresh, as after a red run, shown the files put back
+            conversation.forget_iterations()
+            now = await self._now(session, [*answers.touched, *paths])
+        return prompts.setback(
             ran=ran,
             before=before,
-            paths=", ".join(paths) or "nothing",
+            paths=paths,
             when=when,
+            cause=cause,
+            module=setbacks.missing_module(cause),
             digest=verdict.digest,
+            now=now,
+        )
+
+    @staticmethod
+    async def _now(session: Session, paths: Iterable[str]) -> list[tuple[str, str]]:
+        """The files of ``paths`` as they are now (protected and unreadable ones left out)."""
+        tools = session.tools
+        touched = list(dict.fromkeys(paths))
+        return await anyio.to_thread.run_sync(
+            lambda: [
+                (path, text)
+                for path in touched
+                if not tools.protected(path) and (text := tools.read_text(path)) is not None
+            ]
         )
 
     async def _baseline(self, session: Session) -> Verdict:

@@ -109,9 +109,14 @@ CUT = "\n[... cut ...]"
 
 RED = "{digest}\n{ask}"
 SETBACK = (
-    "Your change stopped the target tests from running ({ran} ran, {before} before it). "
-    "The engine put {paths} back as {when}. What your change caused:\n{digest}\n\n"
+    "Your change stopped the target tests from running ({ran} ran, {before} before it){cause}. "
+    "The engine put {paths} back as {when}; the same change again will be refused. What your "
+    "change caused:\n{digest}\n\n{advice}"
     "Fix the code so the tests pass, starting from the files as they are now."
+)
+SETBACK_MISSING = (
+    "{module} is not installed here and cannot be (the sandbox has no network): use only the "
+    "standard library and the project's own code.\n"
 )
 EXAM_CHANGED = (
     "The developer changed the exam (the tests that define success). The change:\n"
@@ -264,6 +269,7 @@ def gate_red(command: str, exit_code: int | None, timed_out: bool, output: str) 
 
 
 NOW_HEAD = "The code as it is now, with your changes so far (the tests below ran on it):"
+NOW_PUT_BACK = "The code as it is now, your last change put back (the tests below ran before that):"
 NOW_FILE = "--- {path} ---\n{source}"
 NOW_LEFT_OUT = "[also changed, not shown: {paths}]"
 NOW_CHARS = 8_000  # of changed files shown in a red message, all together
@@ -273,10 +279,39 @@ def red(digest: str, paths: Sequence[str], now: Sequence[tuple[str, str]] = ()) 
     """What the model reads of a red test run: the files as they are now (``now``: ``(path,
     source)`` of the files its changes touched, for a model that starts each iteration
     afresh), the failure, then what to do."""
-    text = RED.format(digest=digest, ask=ask(paths))
+    return showing(now, RED.format(digest=digest, ask=ask(paths)))
+
+
+def setback(
+    *,
+    ran: int,
+    before: int,
+    paths: Sequence[str],
+    when: str,
+    cause: str,
+    module: str,
+    digest: str,
+    now: Sequence[tuple[str, str]] = (),
+) -> str:
+    """What the model reads when its change was undone as a setback (``cause``: the error
+    line; ``module``: the module found missing, if that was it; ``now``: as for :func:`red`)."""
+    text = SETBACK.format(
+        ran=ran,
+        before=before,
+        cause=f": {cause}" if cause else "",
+        paths=", ".join(paths) or "nothing",
+        when=when,
+        digest=digest,
+        advice=SETBACK_MISSING.format(module=module) if module else "",
+    )
+    return showing(now, text, head=NOW_PUT_BACK)
+
+
+def showing(now: Sequence[tuple[str, str]], text: str, *, head: str = NOW_HEAD) -> str:
+    """``text`` after the files of ``now`` (``(path, source)``), as many as fit."""
     if not now:
         return text
-    shown, left_out, budget = [NOW_HEAD], [], NOW_CHARS
+    shown, left_out, budget = [head], [], NOW_CHARS
     for path, source in now:
         if len(source) <= budget:
             shown.append(NOW_FILE.format(path=path, source=source.rstrip("\n")))

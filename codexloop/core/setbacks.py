@@ -8,12 +8,21 @@ from the wreck). The engine then puts the files the change touched back as they 
 best state so far (the snapshot, or the iteration where the most target tests passed and ran),
 and tells the model what its change caused and what was put back. Protected files are never
 touched here: the exam is restored before every run anyway.
+
+A change once undone is not made again: the same model wrote the same ``money.py`` (importing
+``requests``, which the sandbox does not have) six iterations running, each put back, each
+written again. A write that would leave a file as an undone change left it (trailing spaces and
+blank lines aside) is refused with the reason, before any test run; so is a Python file that
+imports a module whose absence stopped the tests, while the project has no such module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable, Sequence
-from dataclasses import dataclass
+import ast
+import hashlib
+import re
+from collections.abc import Callable, Collection, Hashable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from codexloop.core import diff, gitops
@@ -41,6 +50,94 @@ class Best:
     iteration: int
 
 
+_ERROR_LINE = re.compile(r"^E\s+(\w*(?:Error|Exception)\b.*)$", re.MULTILINE)
+_MISSING = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
+
+
+def cause(digest: str) -> str:
+    """The error a red run's collection stopped at, in one line ("" when there is none)."""
+    found = _ERROR_LINE.findall(digest)
+    return found[-1].strip()[:300] if found else ""
+
+
+def missing_module(line: str) -> str:
+    """The top-level name of the module a ``ModuleNotFoundError`` could not find, or ""."""
+    found = _MISSING.search(line)
+    return found.group(1).split(".")[0] if found else ""
+
+
+def _fingerprint(data: bytes) -> bytes:
+    """Equal for two texts that differ only in trailing spaces and blank lines at the end."""
+    lines = data.replace(b"\r\n", b"\n").split(b"\n")
+    return hashlib.sha256(b"\n".join(line.rstrip() for line in lines).rstrip()).digest()
+
+
+def _imports(source: bytes) -> set[str]:
+    """The top-level names of the modules a Python source imports (absolute imports)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return set()
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@dataclass(frozen=True)
+class Undone:
+    """A change put back as a setback: when, and what it caused."""
+
+    iteration: int
+    cause: str
+
+    @property
+    def what(self) -> str:
+        caused = f" ({self.cause})" if self.cause else ""
+        return (
+            f"the change undone after iteration {self.iteration}, which stopped the target "
+            f"tests from running{caused}"
+        )
+
+
+@dataclass
+class Undoings:
+    """The changes undone so far, by file and content, and the modules found missing."""
+
+    contents: dict[tuple[str, bytes], Undone] = field(default_factory=dict)
+    missing: dict[str, Undone] = field(default_factory=dict)
+
+    def remember(self, undone: Undone, contents: dict[str, bytes | None]) -> None:
+        """``contents``: each file as the undone change left it (None: it deleted it)."""
+        for path, data in contents.items():
+            if data is not None:
+                self.contents[(path, _fingerprint(data))] = undone
+        if module := missing_module(undone.cause):
+            self.missing[module] = undone
+
+    def veto(self, rel: str, new: bytes, exists: Callable[[str], bool]) -> str | None:
+        """Why writing ``new`` to ``rel`` would make an undone change again, or None.
+        ``exists``: whether the project has a regular file of that path."""
+        if not self.contents and not self.missing:
+            return None
+        undone = self.contents.get((rel, _fingerprint(new)))
+        if undone is not None:
+            return f"{rel} would be exactly as {undone.what}; make a different change"
+        if not rel.endswith(".py") or not self.missing:
+            return None
+        for module in sorted(_imports(new) & self.missing.keys()):
+            if not exists(f"{module}.py") and not exists(f"{module}/__init__.py"):
+                return (
+                    f"{rel} imports {module}, which is not installed here and cannot be (the "
+                    f"sandbox has no network): that import made {self.missing[module].what}. "
+                    "Use only the standard library and the project's own code"
+                )
+        return None
+
+
 class Setbacks:
     """Remembers the best state; says when a run went back behind it."""
 
@@ -48,6 +145,7 @@ class Setbacks:
         self.exam = exam
         self.targets = targets
         self.best = Best(progress(targets, baseline), start, 0)
+        self.undoings = Undoings()
 
     def judge(
         self, iteration: int, verdict: Verdict, commit: str, exam: Hashable, targets: Sequence[str]
@@ -59,6 +157,7 @@ class Setbacks:
         if (exam, tuple(targets)) != (self.exam, tuple(self.targets)):
             self.exam, self.targets = exam, targets
             self.best = Best(reached, commit, iteration)
+            self.undoings = Undoings()  # what broke the old exam may be what the new one wants
             return None
         if reached[1] < self.best.progress[1]:
             return self.best
@@ -69,11 +168,12 @@ class Setbacks:
 
 def undo(
     repo: Path, worktree: Path, best: str, tested: str, protected: Collection[str]
-) -> list[str]:
+) -> dict[str, bytes | None]:
     """Blocking: the files that differ between the best state's commit and the tested one
     put back as they were in the best state (protected ones left to the exam's restore);
-    the paths put back."""
+    the paths put back, each with its content as the tested change left it (None: deleted)."""
     out = gitops.git(repo, "diff-tree", "-r", "-z", "--name-only", "--no-renames", best, tested)
     paths = [p for p in out.split("\0") if p and p not in protected]
+    undone = {p: gitops.read_blob(repo, tested, p) for p in paths}
     failed = diff.revert_rejected(repo, best, worktree, [ev.Rejection(p, None) for p in paths])
-    return [p for p in paths if p not in failed]
+    return {p: data for p, data in undone.items() if p not in failed}

@@ -176,6 +176,9 @@ class Tools:
         self.run_command = run_command
         self.network_off = network_off
         self.max_memory_gib = max_memory_gib
+        self.veto: Callable[[str, bytes], str | None] | None = None
+        """Why a write would make a change again that was undone as a setback (the loop's
+        :class:`~codexloop.core.setbacks.Undoings`), or None."""
 
     # -- paths -----------------------------------------------------------------
 
@@ -218,6 +221,8 @@ class Tools:
                 f"{rel} is protected: {reason}. The tests define success and cannot be "
                 "changed; change the code under test instead."
             )
+        if new is not None and self.veto is not None and (why := self.veto(rel, new)):
+            raise Refused(why)
 
     # -- what edits written as text need to know (core/textedits; blocking) --------
 
