@@ -379,33 +379,37 @@ def _command(arguments: str) -> str:
     return command if isinstance(command, str) else ""
 
 
-def _as_excerpt(call: TextCall, tools: Tools) -> tuple[str, str]:
+def _as_excerpt(call: TextCall, tools: Tools) -> tuple[str, str, str]:
     """A ``write_file`` written as text whose content leaves out definitions the module has
     is an excerpt (Qwen2.5-Coder-1.5B wrote the fixed function alone, the file lost the other
     one the exam imports, and the right fix was undone as a setback): its definitions go in,
-    the rest of the file stays. A line importing from the module itself goes. The arguments
-    to run, and what the model is told of it ("" when nothing changed)."""
+    the rest of the file stays; one that holds none of the module's functions is not run
+    (:func:`~codexloop.core.textedits.excerpt_write`). A line importing from the module itself
+    goes. The arguments to run, what the model is told of it ("" when nothing changed), and
+    why it is not run ("": it is)."""
     if call.name != "write_file":
-        return call.arguments, ""
+        return call.arguments, "", ""
     try:
         arguments = json.loads(call.arguments)
     except ValueError:
-        return call.arguments, ""
+        return call.arguments, "", ""
     if not isinstance(arguments, dict):
-        return call.arguments, ""
+        return call.arguments, "", ""
     path, content = arguments.get("path"), arguments.get("content")
     if not isinstance(path, str) or not isinstance(content, str):
-        return call.arguments, ""
-    merged = excerpt_write(path, content, tools)
+        return call.arguments, "", ""
+    planned = excerpt_write(path, content, tools)
+    if planned is not None and planned.problem:
+        return call.arguments, "", planned.problem
     text, note = content, ""
-    if merged is not None:
-        text, note = merged[0], prompts.EXCERPT_MERGED.format(done=merged[1])
+    if planned is not None:
+        text, note = planned.arguments["content"], prompts.EXCERPT_MERGED.format(done=planned.what)
     text, dropped = without_self_imports(path, text)
     if dropped:
         note += prompts.SELF_IMPORT_LEFT_OUT.format(lines="; ".join(dropped))
     if not note:
-        return call.arguments, ""
-    return json.dumps({**arguments, "content": text}), note
+        return call.arguments, "", ""
+    return json.dumps({**arguments, "content": text}), note, ""
 
 
 def _is_example(call: TextCall) -> bool:
@@ -513,6 +517,15 @@ class Work:
             self.changed = True
         return outcome
 
+    async def _not_written(
+        self, name: str, arguments: str, call_id: str, problem: str
+    ) -> ToolOutcome:
+        """A call written as text that the engine does not run, and why."""
+        await self.emit(ev.ToolCall(name, arguments, call_id))
+        summary = f"not run: {problem}"
+        await self.emit(ev.ToolResult(name, False, summary, call_id))
+        return ToolOutcome(False, f"not run: {problem}", summary)
+
     async def _not_run(self, call: ToolCallRequest) -> ToolOutcome:
         """``--edit-format text``: a native call is answered, not run."""
         await self.emit(ev.ToolCall(call.name, call.arguments, call.id))
@@ -541,8 +554,12 @@ class Work:
         results, done = [], []
         changed = False
         for call in calls:
-            arguments, note = await anyio.to_thread.run_sync(_as_excerpt, call, self.tools)
-            outcome = await self._run(call.name, arguments, f"text-{next(self.answers.ids)}")
+            arguments, note, problem = await anyio.to_thread.run_sync(_as_excerpt, call, self.tools)
+            call_id = f"text-{next(self.answers.ids)}"
+            if problem:
+                outcome = await self._not_written(call.name, arguments, call_id, problem)
+            else:
+                outcome = await self._run(call.name, arguments, call_id)
             described = f"{call.name} {_target(call.arguments)}".strip()
             content = outcome.content + note
             results.append(prompts.TEXT_CALL_RESULT.format(call=described, content=content))

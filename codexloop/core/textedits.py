@@ -678,7 +678,7 @@ def _whole(edit: Stated, project: Project) -> Planned:
     if not path.endswith(".py"):
         return Planned(what, "write_file", {"path": path, "content": content})
     try:
-        pysyntax.parse(content)
+        module = pysyntax.parse(content)
     except (SyntaxError, ValueError) as exc:
         where = f" (line {exc.lineno}: {exc.msg})" if isinstance(exc, SyntaxError) else ""
         return Planned(what, problem=f"the block is not valid Python{where}: not written")
@@ -688,11 +688,11 @@ def _whole(edit: Stated, project: Project) -> Planned:
     if source is not None and _same_code(source, content):
         return Planned(what, problem=f"{path} already holds this code ({SAME_CODE})")
     old_module = _parse(source) if source is not None else None
-    if source is not None and old_module is not None and not _definitions(content):
+    if source is not None and old_module is not None and not _defines(module):
         defined = [n.name for n in old_module.body if isinstance(n, _DEFS)]
         if defined:
             return _no_definitions(what, path, source, content, defined)
-    if source is not None and old_module is not None and _leaves_out(old_module, content):
+    if source is not None and old_module is not None and _leaves_out(old_module, module):
         merged = merge(source, content)
         if merged is not None:
             text, done = merged
@@ -726,32 +726,43 @@ def _no_definitions(what: str, path: str, source: str, content: str, defined: li
     )
 
 
-def excerpt_write(path: str, content: str, project: Project) -> tuple[str, str] | None:
-    """A whole-file write of an existing Python module that leaves out definitions the module
-    has (a small model writes the function it fixed, not the file): the module with the
-    given definitions, imports and constants put in and the rest kept, and what was done.
-    None when the content is the whole file, or either side is not Python that parses."""
+def excerpt_write(path: str, content: str, project: Project) -> Planned | None:
+    """A whole-file write of an existing Python module, written as text, that is a part of
+    it: one that leaves out definitions the module has (a small model writes the function it
+    fixed, not the file) is merged — the module with the given definitions, imports and
+    constants put in, the rest kept (the write's ``what`` says what was done); one that
+    defines nothing, for a module that defines something, is merged when it is a constant,
+    else refused (:func:`_no_definitions`). None: the content is written as it is (it is the
+    whole file, or either side is not Python that parses)."""
     if not path.endswith(".py"):
         return None
     source = project.read_text(path)
     old_module = _parse(source) if source is not None else None
-    if source is None or old_module is None or _parse(content) is None:
+    module = _parse(content)
+    if source is None or old_module is None or module is None:
         return None
-    if not _leaves_out(old_module, content):
+    defined = [n.name for n in old_module.body if isinstance(n, _DEFS)]
+    if defined and not _defines(module):
+        planned = _no_definitions(path, path, source, content, defined)
+        return None if planned.arguments.get("content") == content else planned
+    if not _leaves_out(old_module, module):
         return None
     merged = merge(source, content)
     if merged is None or merged[0] == source:
         return None
-    return merged[0], ", ".join(merged[1])
+    return Planned(", ".join(merged[1]), "write_file", {"path": path, "content": merged[0]})
 
 
-def _leaves_out(old_module: ast.Module, content: str) -> bool:
-    """Does ``content``, Python that defines something, leave out a definition the module
+def _defines(module: ast.Module) -> bool:
+    return any(isinstance(n, _DEFS) for n in module.body)
+
+
+def _leaves_out(old_module: ast.Module, module: ast.Module) -> bool:
+    """Does ``module``, Python that defines something, leave out a definition the old module
     has: a top-level one, or a method of a class it gives again (the 1.5B model rewrote
     ``stack.py`` with its new ``peek`` and without ``__len__``)?"""
-    module = _parse(content)
-    given = _named([n for n in module.body if isinstance(n, _DEFS)]) if module else {}
-    if module is None or not given:
+    given = _named([n for n in module.body if isinstance(n, _DEFS)])
+    if not given:
         return False
     kept = _named([n for n in old_module.body if isinstance(n, _DEFS)])
     if not set(kept) <= set(given) or _header_left_out(old_module, module):

@@ -474,7 +474,7 @@ def test_a_whole_file_block_that_drops_a_method_keeps_it() -> None:
     compile(content, "stack.py", "exec")
     # Written as a text write_file, the same.
     merged = excerpt_write("stack.py", rewritten, project)
-    assert merged is not None and "def __len__(self)" in merged[0]
+    assert merged is not None and "def __len__(self)" in merged.arguments["content"]
     # A block that keeps every method is the whole file, as written.
     whole = rewritten.replace(
         "    def peek", "    def __len__(self):\n        return 0\n\n    def peek"
@@ -632,6 +632,44 @@ async def test_a_block_with_none_of_the_files_code_is_not_written(
     assert len(of_type(events, ev.TestFinished)) == 2
     told = user_texts(scripted_openai.requests[1])
     assert "add" in told and "not the whole file" in told
+
+
+async def test_a_text_written_write_file_with_none_of_the_files_code_is_not_run(
+    make_repo, scripted_openai
+) -> None:
+    """The same answer as a JSON ``write_file`` written as text (another route to the same
+    loss): the docstring alone is not written over ``add``, the model is told what it would
+    delete; a constant alone is merged into the file."""
+    import json
+
+    repo = make_repo({**KATA, "calc.py": '"""Sums."""\n\n\ndef add(a, b):\n    return a - b\n'})
+
+    def call(content: str) -> str:
+        return json.dumps(
+            {"name": "write_file", "arguments": {"path": "calc.py", "content": content}}
+        )
+
+    scripted_openai.add(
+        Reply(text=call('"""Sums."""\n')),
+        Reply(text=call('"""Sums."""\n\n\n' + FIXED)),
+    )
+    result, events = await run_loop(make_config(repo, scripted_openai.base_url, max_iterations=1))
+    assert result.status == "passed"
+    results = of_type(events, ev.ToolResult)
+    assert [r.ok for r in results] == [False, True]
+    assert "none of calc.py's functions or classes (add)" in results[0].summary
+    assert len(of_type(events, ev.TestFinished)) == 2  # nothing ran on the deleted function
+    assert "not the whole file" in user_texts(scripted_openai.requests[1])
+
+
+def test_a_text_written_constant_alone_is_merged(tools: Tools) -> None:
+    from codexloop.core.textcalls import TextCall, _as_excerpt
+
+    arguments = json.dumps({"path": "calc.py", "content": "RATE = 2\n"})
+    arguments, _note, problem = _as_excerpt(TextCall("write_file", arguments, "bare"), tools)
+    content = json.loads(arguments)["content"]
+    assert problem == ""
+    assert "RATE = 2" in content and "def add(a, b)" in content
 
 
 def test_a_block_with_no_definitions_keeps_the_files_code(tools: Tools) -> None:
