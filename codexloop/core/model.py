@@ -814,7 +814,7 @@ def untransformed(kwargs: dict[str, Any]) -> dict[str, Any]:
     if not bulk:
         return kwargs
     rest = {key: value for key, value in kwargs.items() if key not in bulk}
-    placeholders = {key: [] for key in bulk if key in ("messages", "input")}
+    placeholders: dict[str, list[Any]] = {key: [] for key in bulk if key in ("messages", "input")}
     return {**rest, **placeholders, "extra_body": bulk}
 
 
