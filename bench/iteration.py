@@ -1,6 +1,6 @@
 """Engine overhead per iteration: everything but the model's time and the test's own run.
 
-An instant scripted model (loopback server, no delay) keeps a small pytest repo red for
+An instant scripted model (loopback server in a process of its own, no delay) keeps a small pytest repo red for
 N iterations with one edit each, then fixes it. For every iteration:
 
     overhead = iteration wall time - model time - test command time
@@ -14,6 +14,7 @@ time is the test run's own duration as the runner measured it.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -23,11 +24,12 @@ from pathlib import Path
 
 import anyio
 from _repo import git_repo
+from _server import server_process
 from _venv import kata_python
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 
-from scripted_openai import Call, Reply, ScriptedOpenAI
+from scripted_openai import Call, Reply
 
 from codexloop.core import events as ev
 from codexloop.core.config import Settings, load_config
@@ -44,6 +46,11 @@ def make_repo(root: Path) -> Path:
     )
 
 
+def _name(event: ev.Event) -> str:
+    state = f"({event.state})" if isinstance(event, ev.StateChanged) else ""
+    return type(event).__name__ + state
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
@@ -55,65 +62,38 @@ async def measure(iterations: int) -> None:
         os.environ["XDG_CACHE_HOME"] = str(Path(tmp) / "cache")
         os.environ["XDG_STATE_HOME"] = str(Path(tmp) / "state")
         repo = make_repo(Path(tmp))
-        server = ScriptedOpenAI()
-        for i in range(1, iterations):
-            server.add(
-                Reply(
-                    tool_calls=[
-                        Call(
-                            "edit_file",
-                            {
-                                "path": "calc.py",
-                                "old_text": f"OFFSET = {i}",
-                                "new_text": f"OFFSET = {i + 1}",
-                            },
-                        )
-                    ]
+        replies: list[Reply] = []
+        for i in range(1, iterations + 1):
+            new = "OFFSET = 0" if i == iterations else f"OFFSET = {i + 1}"
+            edit = {"path": "calc.py", "old_text": f"OFFSET = {i}", "new_text": new}
+            replies += [Reply(tool_calls=[Call("edit_file", edit)]), Reply(text="try")]
+        with server_process(replies) as base_url:
+            config = load_config(
+                Settings(
+                    targets=("tests/test_calc.py::test_add",),
+                    repo=repo,
+                    base_url=base_url,
+                    model="scripted",
+                    max_iterations=iterations,
                 ),
-                Reply(text="try"),
+                env={},
+                cwd=repo,
             )
-        server.add(
-            Reply(
-                tool_calls=[
-                    Call(
-                        "edit_file",
-                        {
-                            "path": "calc.py",
-                            "old_text": f"OFFSET = {iterations}",
-                            "new_text": "OFFSET = 0",
-                        },
-                    )
-                ]
-            ),
-            Reply(text="fixed"),
-        )
-        config = load_config(
-            Settings(
-                targets=("tests/test_calc.py::test_add",),
-                repo=repo,
-                base_url=server.base_url,
-                model="scripted",
-                max_iterations=iterations,
-            ),
-            env={},
-            cwd=repo,
-        )
-        send, receive = event_channel()
-        loop = Loop(config)
-        stamps: list[tuple[float, ev.Event]] = []
+            send, receive = event_channel()
+            loop = Loop(config)
+            stamps: list[tuple[float, ev.Event]] = []
 
-        async def collect() -> None:
-            async with receive:
-                async for event in receive:
-                    stamps.append((time.perf_counter(), event))
+            async def collect() -> None:
+                async with receive:
+                    async for event in receive:
+                        stamps.append((time.perf_counter(), event))
 
-        started = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(collect)
-            async with send:
-                result = await loop.run(send)
-        total = time.perf_counter() - started
-        server.close()
+            started = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(collect)
+                async with send:
+                    result = await loop.run(send)
+            total = time.perf_counter() - started
 
     overheads, model_times, test_times, walls = [], [], [], []
     it_start = model_start = 0.0
@@ -146,6 +126,20 @@ async def measure(iterations: int) -> None:
     print("where the engine's time goes (median per call, calls):")
     for phase, times in sorted(result.timings.items(), key=lambda kv: -statistics.median(kv[1])):
         print(f"  {phase:28s} {statistics.median(times) * 1000:7.1f} ms  x{len(times)}")
+    print("between events (median gap per iteration, the largest first):")
+    gaps: dict[str, list[float]] = {}
+    inside = False
+    for (before, first), (after, second) in itertools.pairwise(stamps):
+        if isinstance(first, ev.IterationStarted):
+            inside = True
+        if isinstance(first, ev.IterationFinished):
+            inside = False
+        if inside and not isinstance(first, ev.ModelText | ev.ModelTurnStarted):
+            key = f"{_name(first)} -> {_name(second)}"
+            gaps.setdefault(key, []).append((after - before) * 1000)
+    per_iteration = {k: sum(v) / max(1, len(walls)) for k, v in gaps.items()}
+    for key, total_ms in sorted(per_iteration.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"  {key:52s} {total_ms:7.1f} ms  x{len(gaps[key])}")
     print(
         f"iterations per minute, model time excluded: {60 / statistics.mean([w - m for w, m in zip(walls, model_times, strict=True)]):.0f}"
     )

@@ -81,12 +81,12 @@ class ExamRunner:
         """Record the candidate, run the test command on it, judge. ``changed``: the
         sandbox's changed paths (from the exam's restore)."""
         sandbox, place = self.sandbox, self.place
+        canary = Canary.new() if self._canary_on else None
         with self._timings.timed("record"):
-            # Modules a command made that shadow installed ones, and plugin metadata, stay
-            # out of the tested tree.
-            shadowing = await anyio.to_thread.run_sync(exam.shadowing_paths, changed)
+            shadowing, scan, run_tmp = await anyio.to_thread.run_sync(
+                _record_candidate, sandbox, place, exam, changed, canary
+            )
             if shadowing:
-                await anyio.to_thread.run_sync(_remove_all, sandbox, [r for r, _w in shadowing])
                 await self._emit(
                     ev.Notice(
                         "warning",
@@ -94,15 +94,11 @@ class ExamRunner:
                         + "; ".join(f"{rel} ({why})" for rel, why in shadowing),
                     )
                 )
-            scan = await anyio.to_thread.run_sync(sandbox.scan, [rel for rel, _why in shadowing])
             await self.note_left_out(scan)
-            await anyio.to_thread.run_sync(place.tree.reconcile, scan.entries)
             self.candidate = scan
-            run_tmp = await anyio.to_thread.run_sync(_fresh_run_folder, place.tmp)
         await self._set_state("testing")
         await self._emit(ev.TestStarted(iteration, test_command))
         junit = run_tmp / "report" / f"junit-{secrets.token_hex(8)}.xml"
-        junit.parent.mkdir()
         run_env = {"TMPDIR": str(run_tmp), **junit_env(junit), **display_env}
         run_env["PYTEST_ADDOPTS"] += f" {self._plugin_args}"
         run_env.update(plugins.PLUGIN_ENV)
@@ -114,12 +110,6 @@ class ExamRunner:
             if text:
                 await self._emit(ev.TestOutput(text))
 
-        canary = Canary.new() if self._canary_on else None
-        if canary is not None:  # the run tree's root is on PYTHONPATH: -p finds it
-            with self._timings.timed("canary"):
-                await anyio.to_thread.run_sync(
-                    (place.worktree / canary.filename).write_text, canary.source()
-                )
         execute = partial(self._execute, test_command, targets, run_env, on_output, changed)
         run = await execute(canary)
         if (
@@ -211,7 +201,6 @@ class ExamRunner:
         await self.reset_tree()
         run_tmp = await anyio.to_thread.run_sync(_fresh_run_folder, self.place.tmp)
         junit = run_tmp / "report" / f"junit-{secrets.token_hex(8)}.xml"
-        junit.parent.mkdir()
         run_env = {"TMPDIR": str(run_tmp), **junit_env(junit), **display_env}
         run_env["PYTEST_ADDOPTS"] += f" {self._plugin_args}"
         run_env.update(plugins.PLUGIN_ENV)
@@ -285,6 +274,25 @@ class ExamRunner:
     async def close(self) -> None:
         if self.warm is not None:
             await self.warm.stop()
+
+
+def _record_candidate(
+    sandbox: Sandbox, place: ExamPlace, exam: Exam, changed: list[str], canary: Canary | None
+) -> tuple[list[tuple[str, str]], record.Scan, Path]:
+    """Blocking, one trip to a worker thread: what a command made that shadows installed
+    modules (and plugin metadata) removed, the worktree recorded without it, the run tree
+    brought to the recording with the canary's plugin beside it (the run tree's root is on
+    PYTHONPATH: ``-p`` finds it), and a fresh folder for the run, its report folder made."""
+    shadowing = exam.shadowing_paths(changed)
+    if shadowing:
+        _remove_all(sandbox, [rel for rel, _why in shadowing])
+    scan = sandbox.scan([rel for rel, _why in shadowing])
+    place.tree.reconcile(scan.entries)
+    if canary is not None:
+        (place.worktree / canary.filename).write_text(canary.source())
+    folder = _fresh_run_folder(place.tmp)
+    (folder / "report").mkdir()
+    return shadowing, scan, folder
 
 
 def _remove_all(sandbox: Sandbox, paths: list[str]) -> None:
