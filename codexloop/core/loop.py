@@ -454,8 +454,10 @@ class Loop:
                 )
         start = await anyio.to_thread.run_sync(session.sandbox.head)
         self.setbacks = Setbacks(self.exam_sync.changes, config.targets, start, baseline)
-        undoings, tools = self.setbacks, session.tools
-        tools.veto = lambda rel, new: undoings.undoings.veto(rel, new, tools.exists)
+        judge, tools = self.setbacks, session.tools
+        tools.veto = lambda rel, new: judge.undoings.veto(
+            rel, new, lambda name: setbacks.has_module(tools.python_files(), name)
+        )
         files = await anyio.to_thread.run_sync(exam.snapshot_files)
         if self.endpoint is not None:
             await self.endpoint.passed()  # nothing goes to the endpoint before it passed

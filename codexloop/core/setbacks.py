@@ -21,7 +21,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import re
-from collections.abc import Callable, Collection, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +64,18 @@ def missing_module(line: str) -> str:
     """The top-level name of the module a ``ModuleNotFoundError`` could not find, or ""."""
     found = _MISSING.search(line)
     return found.group(1).split(".")[0] if found else ""
+
+
+def has_module(python_files: Iterable[str], name: str) -> bool:
+    """Does a project with these Python files have a module ``name`` to import (a file
+    ``name.py`` or a package ``name/``, at its root or below, as under ``src/``)?"""
+    return any(
+        rel == f"{name}.py"
+        or rel.startswith(f"{name}/")
+        or rel.endswith(f"/{name}.py")
+        or f"/{name}/" in rel
+        for rel in python_files
+    )
 
 
 def _fingerprint(data: bytes) -> bytes:
@@ -118,9 +130,9 @@ class Undoings:
         if module := missing_module(undone.cause):
             self.missing[module] = undone
 
-    def veto(self, rel: str, new: bytes, exists: Callable[[str], bool]) -> str | None:
+    def veto(self, rel: str, new: bytes, has_module: Callable[[str], bool]) -> str | None:
         """Why writing ``new`` to ``rel`` would make an undone change again, or None.
-        ``exists``: whether the project has a regular file of that path."""
+        ``has_module``: whether the project has a module of that top-level name."""
         if not self.contents and not self.missing:
             return None
         undone = self.contents.get((rel, _fingerprint(new)))
@@ -129,7 +141,7 @@ class Undoings:
         if not rel.endswith(".py") or not self.missing:
             return None
         for module in sorted(_imports(new) & self.missing.keys()):
-            if not exists(f"{module}.py") and not exists(f"{module}/__init__.py"):
+            if not has_module(module):
                 return (
                     f"{rel} imports {module}, which is not installed here and cannot be (the "
                     f"sandbox has no network): that import made {self.missing[module].what}. "

@@ -9,7 +9,7 @@ from loophelpers import KATA, edit, make_config, of_type, run_loop, user_texts
 from scripted_openai import Call, Reply
 
 from codexloop.core import events as ev
-from codexloop.core.setbacks import Setbacks, Undone
+from codexloop.core.setbacks import Setbacks, Undone, has_module
 from codexloop.core.testrun import Verdict
 
 pytestmark = pytest.mark.anyio
@@ -170,9 +170,15 @@ def test_what_was_undone_is_forgotten_when_the_exam_changes() -> None:
     setbacks = Setbacks("exam-1", ["t"], "start", baseline)
     cause = "ModuleNotFoundError: No module named 'forex_rates_api'"
     setbacks.undoings.remember(Undone(1, cause), {"calc.py": MISSING.encode(), "gone.py": None})
-    assert setbacks.undoings.veto("calc.py", MISSING.encode(), lambda _rel: False)
-    assert setbacks.undoings.veto("other.py", b"import forex_rates_api\n", lambda _rel: False)
-    assert not setbacks.undoings.veto("gone.py", b"", lambda _rel: False)
-    assert not setbacks.undoings.veto("notes.txt", b"import forex_rates_api\n", lambda _r: False)
+    assert setbacks.undoings.veto("calc.py", MISSING.encode(), lambda _name: False)
+    assert setbacks.undoings.veto("other.py", b"import forex_rates_api\n", lambda _name: False)
+    assert not setbacks.undoings.veto("gone.py", b"", lambda _name: False)
+    assert not setbacks.undoings.veto("notes.txt", b"import forex_rates_api\n", lambda _n: False)
     setbacks.judge(2, baseline, "commit", "exam-2", ["t"])
-    assert not setbacks.undoings.veto("calc.py", MISSING.encode(), lambda _rel: False)
+    assert not setbacks.undoings.veto("calc.py", MISSING.encode(), lambda _name: False)
+
+
+def test_a_module_the_project_has_is_found_at_any_depth() -> None:
+    files = ["src/forex/__init__.py", "src/rates.py", "calc.py", "tests/test_calc.py"]
+    assert has_module(files, "forex") and has_module(files, "rates") and has_module(files, "calc")
+    assert not has_module(files, "requests") and not has_module(files, "fore")
