@@ -115,8 +115,8 @@ SETBACK = (
     "Fix the code so the tests pass, starting from the files as they are now."
 )
 SETBACK_MISSING = (
-    "{module} is not installed here and cannot be (the sandbox has no network): use only the "
-    "standard library and the project's own code.\n"
+    "{module} is not installed here and is not part of the project: use only the standard "
+    "library and the project's own code.\n"
 )
 EXAM_CHANGED = (
     "The developer changed the exam (the tests that define success). The change:\n"

@@ -143,9 +143,9 @@ class Undoings:
         for module in sorted(_imports(new) & self.missing.keys()):
             if not has_module(module):
                 return (
-                    f"{rel} imports {module}, which is not installed here and cannot be (the "
-                    f"sandbox has no network): that import made {self.missing[module].what}. "
-                    "Use only the standard library and the project's own code"
+                    f"{rel} imports {module}, which is not installed here and is not part of "
+                    f"the project: that import made {self.missing[module].what}. Use only the "
+                    "standard library and the project's own code"
                 )
         return None
 

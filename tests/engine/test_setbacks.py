@@ -106,7 +106,7 @@ async def test_a_change_undone_as_a_setback_is_refused_when_written_again(
         notice.message
     )
     told = user_texts(scripted_openai.requests[1])
-    assert "forex_rates_api is not installed here and cannot be" in told
+    assert "forex_rates_api is not installed here and is not part of the project" in told
     assert "the same change again will be refused" in told
     # A model acting through text starts afresh: its undone answer is not shown to it again,
     # the file as it was put back is.
@@ -141,7 +141,7 @@ async def test_a_new_file_importing_the_module_found_missing_is_refused(
     assert result.status == "passed" and result.iterations == 2
     [refused] = refusals(events)
     assert refused.startswith(
-        "refused: calc.py imports forex_rates_api, which is not installed here and cannot be"
+        "refused: calc.py imports forex_rates_api, which is not installed here and is not part"
     )
     assert "r.add(a, b)" in run_git(repo, "show", f"{result.branch}:calc.py")
 
