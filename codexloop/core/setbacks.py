@@ -25,7 +25,7 @@ from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codexloop.core import diff, gitops
+from codexloop.core import diff, gitops, pysyntax
 from codexloop.core import events as ev
 from codexloop.core.testrun import Verdict, cases_for_target
 
@@ -87,7 +87,7 @@ def _fingerprint(data: bytes) -> bytes:
 def _imports(source: bytes) -> set[str]:
     """The top-level names of the modules a Python source imports (absolute imports)."""
     try:
-        tree = ast.parse(source)
+        tree = pysyntax.parse(source)
     except (SyntaxError, ValueError):
         return set()
     names: set[str] = set()
