@@ -68,7 +68,7 @@ def imported_modules(
             tree = pysyntax.parse(source)
         except (SyntaxError, ValueError):
             continue
-        for name, folder in _imports(tree, target):
+        for name, folder in imports(tree, target):
             path = _resolve(name, folder, roots, known)
             if path is None:
                 if _package_known(name, folder, roots, known):
@@ -173,7 +173,7 @@ def _read(worktree: Path, rel: str) -> str | None:
     return data.decode("utf-8", errors="replace")
 
 
-def _imports(tree: ast.Module, target: str) -> list[tuple[str, str | None]]:
+def imports(tree: ast.Module, target: str) -> list[tuple[str, str | None]]:
     """``(dotted name, folder)`` of each import: ``folder`` is where a relative import
     starts (a path in the project), None for an absolute one. ``from a import b`` gives
     ``a`` and ``a.b`` (``b`` may be a submodule)."""

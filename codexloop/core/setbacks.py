@@ -18,14 +18,13 @@ imports a module whose absence stopped the tests, while the project has no such 
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import re
 from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codexloop.core import diff, gitops, pysyntax
+from codexloop.core import briefing, diff, gitops, pysyntax
 from codexloop.core import events as ev
 from codexloop.core.testrun import Verdict, cases_for_target
 
@@ -84,19 +83,13 @@ def _fingerprint(data: bytes) -> bytes:
     return hashlib.sha256(b"\n".join(line.rstrip() for line in lines).rstrip()).digest()
 
 
-def _imports(source: bytes) -> set[str]:
+def _imports(rel: str, source: bytes) -> set[str]:
     """The top-level names of the modules a Python source imports (absolute imports)."""
     try:
         tree = pysyntax.parse(source)
     except (SyntaxError, ValueError):
         return set()
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module.split(".")[0])
-    return names
+    return {name.split(".")[0] for name, folder in briefing.imports(tree, rel) if folder is None}
 
 
 @dataclass(frozen=True)
@@ -140,7 +133,7 @@ class Undoings:
             return f"{rel} would be exactly as {undone.what}; make a different change"
         if not rel.endswith(".py") or not self.missing:
             return None
-        for module in sorted(_imports(new) & self.missing.keys()):
+        for module in sorted(_imports(rel, new) & self.missing.keys()):
             if not has_module(module):
                 return (
                     f"{rel} imports {module}, which is not installed here and is not part of "

@@ -517,22 +517,26 @@ class Work:
             self.changed = True
         return outcome
 
+    async def _answered(
+        self, name: str, arguments: str, call_id: str, summary: str, content: str
+    ) -> ToolOutcome:
+        """A call the engine answers without running it: shown as called and failed."""
+        await self.emit(ev.ToolCall(name, arguments, call_id))
+        await self.emit(ev.ToolResult(name, False, summary, call_id))
+        return ToolOutcome(False, content, summary)
+
     async def _not_written(
         self, name: str, arguments: str, call_id: str, problem: str
     ) -> ToolOutcome:
         """A call written as text that the engine does not run, and why."""
-        await self.emit(ev.ToolCall(name, arguments, call_id))
-        summary = f"not run: {problem}"
-        await self.emit(ev.ToolResult(name, False, summary, call_id))
-        return ToolOutcome(False, f"not run: {problem}", summary)
+        said = f"not run: {problem}"
+        return await self._answered(name, arguments, call_id, said, said)
 
     async def _not_run(self, call: ToolCallRequest) -> ToolOutcome:
         """``--edit-format text``: a native call is answered, not run."""
-        await self.emit(ev.ToolCall(call.name, call.arguments, call.id))
-        summary = "not run (--edit-format text)"
-        await self.emit(ev.ToolResult(call.name, False, summary, call.id))
         content = prompts.TEXT_ONLY.format(call=prompts.example_call(await self._example())[1])
-        return ToolOutcome(False, content, summary)
+        summary = "not run (--edit-format text)"
+        return await self._answered(call.name, call.arguments, call.id, summary, content)
 
     # -- the forms of an answer --------------------------------------------------------------
 
