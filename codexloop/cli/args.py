@@ -466,7 +466,7 @@ def run_loop(
     from codexloop.core.config import load_config
     from codexloop.core.model import preload
 
-    preload()  # the model client's import (0.4-1 s) beside the set-up and the app's start
+    preload()  # the model worker: the client's import (0.5-1 s) on another core, beside the set-up
     settings = settings_of(args)
     if resumed is not None:
         settings = resumed.settings_for(settings)

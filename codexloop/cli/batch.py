@@ -54,7 +54,7 @@ from codexloop.core.model import check_endpoint, make_client
 from codexloop.core.race import Race
 
 if TYPE_CHECKING:
-    import openai
+    from codexloop.core.model_host import ModelClient
 
 DESCRIPTION = """\
 Run a backlog of tasks, each its own session on its own preview branch: FILE has one JSON
@@ -94,7 +94,7 @@ def _innermost(exc: BaseException) -> BaseException:
 
 class Batch:
     def __init__(
-        self, tasks: list[Task], *, client: openai.AsyncOpenAI, concurrency: int, front: Front
+        self, tasks: list[Task], *, client: ModelClient, concurrency: int, front: Front
     ) -> None:
         self.tasks = tasks
         self.client = client  # one endpoint for every task (its address is no task's key)

@@ -17,8 +17,7 @@ from codexloop.core.model import BACKOFF_S
 from codexloop.core.race import Race
 
 if TYPE_CHECKING:
-    import openai
-
+    from codexloop.core.model_host import ModelClient
     from codexloop.core.resume import SessionRecord
 
 RAY_MISSING = (
@@ -56,7 +55,7 @@ def prepare(config: Config, *, sessions: int = 1) -> None:
 def new_session(
     config: Config,
     *,
-    client: openai.AsyncOpenAI | None = None,
+    client: ModelClient | None = None,
     review: bool = False,
     accept_all: bool = False,
     accept_flagged: bool = False,

@@ -70,7 +70,7 @@ from codexloop.core.turns import Turns
 from codexloop.core.words import counted
 
 if TYPE_CHECKING:
-    import openai
+    from codexloop.core.model_host import ModelClient
 
 _FINAL_STATES: dict[ev.FinalStatus, ev.State] = {
     "passed": "green",
@@ -115,7 +115,7 @@ class Loop:
         self,
         config: Config,
         *,
-        client: openai.AsyncOpenAI | None = None,
+        client: ModelClient | None = None,
         name: str | None = None,
         backoff: tuple[float, ...] = BACKOFF_S,
         write_trace: bool = True,

@@ -20,33 +20,29 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
 
+from codexloop.core import model_host
 from codexloop.core.errors import CodexloopError
-
-if TYPE_CHECKING:
-    import openai
-else:
-    from codexloop.core.lazy import LazyModule
-
-    # ``import openai`` is 0.4-1 s (its type modules): paid when a client is first made or an
-    # error of it first looked at, not when this module is imported (``--help``, the app's
-    # first frame, a Ray worker's start); :func:`preload` starts it beside other work.
-    openai = LazyModule("openai")
+from codexloop.core.model_host import (
+    EndpointError,
+    EndpointStatus,
+    EndpointTimeout,
+    EndpointUnreachable,
+    ModelClient,
+)
 
 
 def preload() -> None:
-    """Start importing the model client now, in a thread, beside the session's set-up."""
-    if not TYPE_CHECKING:
-        openai.preload()
+    """Start the model worker now: the client's import (0.5-1 s of a core) runs in it,
+    beside the session's set-up (see :mod:`codexloop.core.model_worker`)."""
+    model_host.start()
 
 
 TextCallback = Callable[[str], Awaitable[None]]
@@ -161,7 +157,7 @@ def overflow_numbers(message: str, body: object = None) -> tuple[int | None, int
     return window, prompt
 
 
-def _refusal(exc: openai.APIStatusError) -> ModelError:
+def _refusal(exc: EndpointStatus) -> ModelError:
     text = describe_error(exc)
     if looks_like_overflow(_error_code(exc), text):
         window, prompt = overflow_numbers(text, exc.body)
@@ -219,40 +215,10 @@ class _PartialCall:
     arguments: list[str] = field(default_factory=list)
 
 
-def make_client(base_url: str | None, api_key: str, timeout: float = 120.0) -> openai.AsyncOpenAI:
-    """The model client, made on first use (see :class:`LazyClient`)."""
-    return cast("openai.AsyncOpenAI", LazyClient(base_url, api_key, timeout))
-
-
-class LazyClient:
-    """Stands for an ``openai.AsyncOpenAI`` until it is first used: making one imports the
-    client (0.4-1 s), which a session's set-up and first test run need not wait for. Before
-    first use from the event loop, :func:`load_client` (in a thread) spares the loop that
-    wait. Made once, from one thread or another: a lock keeps it one client."""
-
-    def __init__(self, base_url: str | None, api_key: str, timeout: float) -> None:
-        self.settings = (base_url, api_key, timeout)
-        self._client: openai.AsyncOpenAI | None = None
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    base_url, api_key, timeout = self.settings
-                    self._client = openai.AsyncOpenAI(
-                        base_url=base_url,
-                        api_key=api_key,
-                        max_retries=0,  # retries are ours, and visible
-                        timeout=openai.Timeout(timeout, connect=10.0),
-                    )
-        return getattr(self._client, name)
-
-
-async def load_client(client: openai.AsyncOpenAI) -> None:
-    """``client`` made, in a worker thread: its import (0.4-1 s) and its HTTP transport
-    (~50 ms: the TLS context) do not hold the event loop up."""
-    await anyio.to_thread.run_sync(lambda: client.base_url)
+def make_client(base_url: str | None, api_key: str, timeout: float = 120.0) -> ModelClient:
+    """The endpoint's client (asked through the model worker, started on first use if
+    :func:`preload` did not start it)."""
+    return ModelClient(base_url, api_key, timeout)
 
 
 class EndpointCheck:
@@ -260,23 +226,16 @@ class EndpointCheck:
     session's set-up and first test run, before the first event is shown and the first
     model request is sent. :meth:`passed` raises its :class:`ModelError`."""
 
-    def __init__(self, client: openai.AsyncOpenAI) -> None:
+    def __init__(self, client: ModelClient) -> None:
         self._client = client
         self._done = anyio.Event()  # the check has an outcome
-        self._ready = anyio.Event()  # ... and the client is made
         self.error: ModelError | None = None
 
     async def run(self) -> None:
         """The check; cancelled before it passed, it fails (nothing may go to an endpoint
         that was not checked)."""
-        client = self._client
         try:
-            quick = isinstance(client, LazyClient) and await _quick_check(*client.settings[:2])
-            if quick:
-                self._done.set()  # events may show; the client is made below, in a thread
-            await load_client(client)
-            if not quick:
-                await check_endpoint(client)
+            await check_endpoint(self._client)
         except ModelError as exc:
             self.error = exc
         except BaseException:  # called off
@@ -284,49 +243,16 @@ class EndpointCheck:
             raise
         finally:
             self._done.set()
-            self._ready.set()
 
     async def settled(self) -> None:
         """Until the check has an outcome, whichever it is."""
         await self._done.wait()
 
     async def passed(self) -> None:
-        """Until the check has passed and the client is made; its error if it failed."""
-        await self._ready.wait()
+        """Until the check has passed; its error if it failed."""
+        await self._done.wait()
         if self.error is not None:
             raise self.error
-
-
-async def _quick_check(base_url: str | None, api_key: str, timeout: float = 5.0) -> bool:
-    """:func:`check_endpoint` through openai's own HTTP transport (``httpx2``, which its
-    client uses: the same proxies, certificates and redirects) without waiting for
-    ``import openai`` (0.4-1 s against 70 ms): False when that transport is not there (the
-    caller checks with the client then). Raises :class:`ModelError` as the check does."""
-    try:
-        import httpx2
-    except ImportError:
-        return False
-    base = str(base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1")
-    base = base.rstrip("/") + "/"
-    try:
-        with anyio.fail_after(timeout + 1):
-            async with httpx2.AsyncClient(timeout=timeout, follow_redirects=True) as http:
-                response = await http.get(
-                    base + "models", headers={"Authorization": f"Bearer {api_key}"}
-                )
-    except (httpx2.HTTPError, TimeoutError, OSError) as exc:
-        what = (
-            "the request timed out"
-            if isinstance(exc, (TimeoutError, httpx2.TimeoutException))
-            else f"connection failed ({exc})"
-        )
-        raise _unreachable(base, what) from exc
-    if response.status_code in (401, 403):
-        body: object = None
-        with contextlib.suppress(ValueError):
-            body = response.json()
-        raise _refused(_status_text(response.status_code, response.reason_phrase, body))
-    return True  # reachable: another status (404, 405: no /models) is fine too
 
 
 def _error_object(body: object) -> dict[str, Any] | None:
@@ -342,21 +268,20 @@ def _status_text(status: int, message: str, body: object) -> str:
 
 
 def describe_error(exc: BaseException) -> str:
-    if isinstance(exc, openai.APIStatusError):
-        return _status_text(exc.status_code, exc.message, exc.body)
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, EndpointStatus):
+        return _status_text(exc.status, exc.message, exc.body)
+    if isinstance(exc, EndpointTimeout):
         return "the request timed out"
-    if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__
-        return f"connection failed ({cause or exc})"
-    if isinstance(exc, _StreamFailed):
+    if isinstance(exc, EndpointUnreachable):
+        return f"connection failed ({exc})"
+    if isinstance(exc, (EndpointError, _StreamFailed)):
         return str(exc)
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
+    if isinstance(exc, EndpointStatus):
+        return exc.status in (408, 409, 429) or exc.status >= 500
     return isinstance(exc, Exception)
 
 
@@ -367,7 +292,7 @@ class _StreamingModel:
 
     def __init__(
         self,
-        client: openai.AsyncOpenAI,
+        client: ModelClient,
         model: str,
         *,
         backoff: tuple[float, ...] = BACKOFF_S,
@@ -431,7 +356,7 @@ class ChatModel(_StreamingModel):
 
     protocol = "chat"
 
-    def __init__(self, client: openai.AsyncOpenAI, model: str, **kwargs: Any) -> None:
+    def __init__(self, client: ModelClient, model: str, **kwargs: Any) -> None:
         super().__init__(client, model, **kwargs)
         self._usage_in_stream = True
 
@@ -459,15 +384,13 @@ class ChatModel(_StreamingModel):
         if self.temperature is not None:
             kwargs["temperature"] = self.temperature
         try:
-            stream = await self.client.chat.completions.create(**untransformed(kwargs))
-        except openai.BadRequestError as exc:
-            if _error_code(exc) == "unsupported_api_for_model":
+            stream = await self.client.stream("chat", untransformed(kwargs))
+        except EndpointStatus as exc:
+            if exc.status == 400 and _error_code(exc) == "unsupported_api_for_model":
                 raise WrongProtocol(describe_error(exc)) from exc
-            if self._usage_in_stream and "stream_options" in str(exc):
+            if exc.status == 400 and self._usage_in_stream and "stream_options" in str(exc):
                 self._usage_in_stream = False  # an older server: ask again without it
                 return await self._stream(messages, tools, on_text, on_reasoning)
-            raise _refusal(exc) from exc
-        except openai.APIStatusError as exc:
             if not _retryable(exc):
                 raise _refusal(exc) from exc
             raise
@@ -480,40 +403,46 @@ class ChatModel(_StreamingModel):
         looping = False
         async with stream:
             async for chunk in stream:
-                if chunk.usage is not None:
-                    input_tokens = chunk.usage.prompt_tokens or 0
-                    output_tokens = chunk.usage.completion_tokens or 0
+                usage = chunk.get("usage")
+                if isinstance(usage, dict):
+                    input_tokens = usage.get("prompt_tokens") or 0
+                    output_tokens = usage.get("completion_tokens") or 0
                 if produced > MAX_TURN_CHARS or looping:
                     finish = REPEAT_FINISH if looping else CUT_FINISH
                     calls.clear()  # a call cut short is no call
                     break
-                for choice in chunk.choices:
-                    delta = choice.delta
-                    if choice.finish_reason:
-                        finish = choice.finish_reason
-                    if delta is None:
+                for choice in chunk.get("choices") or ():
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+                    delta = choice.get("delta")
+                    if not isinstance(delta, dict):
                         continue
-                    reasoning = getattr(delta, "reasoning_content", None) or getattr(
-                        delta, "reasoning", None
-                    )
+                    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
                     if reasoning and on_reasoning is not None and isinstance(reasoning, str):
                         produced += len(reasoning)
                         await on_reasoning(reasoning)
-                    if delta.content:
-                        produced += len(delta.content)
-                        text.append(delta.content)
-                        await on_text(delta.content)
-                        looping = looping or repetition.add(delta.content)
-                    for tc in delta.tool_calls or ():
-                        partial = calls.setdefault(tc.index, _PartialCall())
-                        if tc.id:
-                            partial.id = tc.id
-                        if tc.function is not None:
-                            if tc.function.name:
-                                partial.name += tc.function.name
-                            if tc.function.arguments:
-                                produced += len(tc.function.arguments)
-                                partial.arguments.append(tc.function.arguments)
+                    content = delta.get("content")
+                    if content and isinstance(content, str):
+                        produced += len(content)
+                        text.append(content)
+                        await on_text(content)
+                        looping = looping or repetition.add(content)
+                    for tc in delta.get("tool_calls") or ():
+                        if not isinstance(tc, dict):
+                            continue
+                        index = tc.get("index")
+                        partial = calls.setdefault(
+                            index if isinstance(index, int) else 0, _PartialCall()
+                        )
+                        if tc.get("id"):
+                            partial.id = str(tc["id"])
+                        function = _mapping(tc.get("function"))
+                        name, arguments = function.get("name"), function.get("arguments")
+                        if name and isinstance(name, str):
+                            partial.name += name
+                        if arguments and isinstance(arguments, str):
+                            produced += len(arguments)
+                            partial.arguments.append(arguments)
         if finish is None:
             # Every complete answer ends with a finish reason ("stop", "tool_calls", "length"):
             # a body that ends without one is a server or proxy that hung up mid-answer, not
@@ -566,56 +495,60 @@ class ResponsesModel(_StreamingModel):
             }
             kwargs["include"] = ["reasoning.encrypted_content"]
         try:
-            stream = await self.client.responses.create(**untransformed(kwargs))
-        except openai.NotFoundError as exc:
-            if _error_code(exc) == "model_not_found":
+            stream = await self.client.stream("responses", untransformed(kwargs))
+        except EndpointStatus as exc:
+            if exc.status == 404 and _error_code(exc) == "model_not_found":
                 raise ModelError(describe_error(exc)) from exc
-            raise WrongProtocol(
-                f"this endpoint has no Responses API ({describe_error(exc)})"
-            ) from exc
-        except openai.APIStatusError as exc:
+            if exc.status == 404:
+                raise WrongProtocol(
+                    f"this endpoint has no Responses API ({describe_error(exc)})"
+                ) from exc
             if not _retryable(exc):
                 raise _refusal(exc) from exc
             raise
         text: list[str] = []
         arguments: dict[str, list[str]] = {}
         done_items: list[dict[str, Any]] = []
-        usage: Any = None
+        usage: dict[str, Any] = {}
         finish: str | None = None
         produced = 0
         repetition = Repetition()
         looping = False
         async with stream:
             async for event in stream:
-                kind = event.type
+                kind = event.get("type")
                 if produced > MAX_TURN_CHARS or looping:
                     finish = REPEAT_FINISH if looping else CUT_FINISH
                     done_items.clear()  # nothing of a cut answer is replayed or called
                     break
+                delta = event.get("delta")
+                delta = delta if isinstance(delta, str) else ""
+                response = event.get("response")
+                response = response if isinstance(response, dict) else {}
                 if kind == "response.output_text.delta":
-                    produced += len(event.delta)
-                    text.append(event.delta)
-                    await on_text(event.delta)
-                    looping = looping or repetition.add(event.delta)
+                    produced += len(delta)
+                    text.append(delta)
+                    await on_text(delta)
+                    looping = looping or repetition.add(delta)
                 elif kind == "response.reasoning_summary_text.delta":
-                    produced += len(event.delta)
+                    produced += len(delta)
                     if on_reasoning is not None:
-                        await on_reasoning(event.delta)
+                        await on_reasoning(delta)
                 elif kind == "response.function_call_arguments.delta":
-                    produced += len(event.delta)
-                    arguments.setdefault(event.item_id, []).append(event.delta)
-                elif kind == "response.output_item.done":
-                    done_items.append(event.item.model_dump(exclude_none=True))
+                    produced += len(delta)
+                    arguments.setdefault(str(event.get("item_id")), []).append(delta)
+                elif kind == "response.output_item.done" and isinstance(event.get("item"), dict):
+                    done_items.append(_without_none(event["item"]))
                 elif kind == "response.completed":
-                    usage, finish = event.response.usage, "completed"
+                    usage, finish = _mapping(response.get("usage")), "completed"
                 elif kind == "response.incomplete":
-                    usage = event.response.usage
-                    details = event.response.incomplete_details
-                    finish = f"incomplete: {getattr(details, 'reason', None) or 'unknown reason'}"
+                    usage = _mapping(response.get("usage"))
+                    reason = _mapping(response.get("incomplete_details")).get("reason")
+                    finish = f"incomplete: {reason or 'unknown reason'}"
                 elif kind == "response.failed":
-                    error = event.response.error
-                    message = getattr(error, "message", None) or "the response failed"
-                    code = getattr(error, "code", None) or ""
+                    error = _mapping(response.get("error"))
+                    message = error.get("message") or "the response failed"
+                    code = error.get("code") or ""
                     if code in ("server_error", "rate_limit_exceeded", "vector_store_timeout"):
                         raise _StreamFailed(f"{code}: {message}")
                     failure = f"{code}: {message}" if code else message
@@ -623,7 +556,7 @@ class ResponsesModel(_StreamingModel):
                         raise ContextOverflow(failure)
                     raise ModelError(failure)
                 elif kind == "error":
-                    raise _StreamFailed(f"{getattr(event, 'code', '') or 'error'}: {event.message}")
+                    raise _StreamFailed(f"{event.get('code') or 'error'}: {event.get('message')}")
         if finish is None:  # no response.completed, .incomplete or .failed: a hang-up
             raise _StreamFailed("the stream ended before the answer was finished")
         calls = []
@@ -638,14 +571,10 @@ class ResponsesModel(_StreamingModel):
                     )
                 )
         full_text = "".join(text)
-        input_tokens = getattr(usage, "input_tokens", 0) or 0
-        output_tokens = getattr(usage, "output_tokens", 0) or (
-            len(full_text) // 4 if full_text else 0
-        )
-        cached = getattr(getattr(usage, "input_tokens_details", None), "cached_tokens", 0) or 0
-        reasoning = (
-            getattr(getattr(usage, "output_tokens_details", None), "reasoning_tokens", 0) or 0
-        )
+        input_tokens = usage.get("input_tokens") or 0
+        output_tokens = usage.get("output_tokens") or (len(full_text) // 4 if full_text else 0)
+        cached = _mapping(usage.get("input_tokens_details")).get("cached_tokens") or 0
+        reasoning = _mapping(usage.get("output_tokens_details")).get("reasoning_tokens") or 0
         return Turn(
             full_text,
             tuple(calls),
@@ -662,12 +591,27 @@ class _StreamFailed(Exception):
     """A stream that ended in an error a retry may fix."""
 
 
+def _without_none(value: Any) -> Any:
+    """``value`` with its null fields left out, at every depth (an item as the server sent it,
+    replayed as input: fields it left empty are not sent back)."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one (a field a server left out)."""
+    return value if isinstance(value, dict) else {}
+
+
 class AutoModel:
     """Chat Completions or Responses, chosen by endpoint; switches once if told to."""
 
     def __init__(
         self,
-        client: openai.AsyncOpenAI,
+        client: ModelClient,
         model: str,
         *,
         prefer: str,
@@ -822,9 +766,9 @@ def _public(message: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in message.items() if not k.startswith(PRIVATE_PREFIX)}
 
 
-def _error_code(exc: openai.APIStatusError) -> str | None:
+def _error_code(exc: EndpointStatus) -> str | None:
     code = (_error_object(exc.body) or {}).get("code")
-    return str(code) if code else getattr(exc, "code", None)
+    return str(code) if code else exc.code
 
 
 def tool_message(call_id: str, content: str) -> dict[str, Any]:
@@ -865,35 +809,64 @@ def window_of(entry: dict[str, Any]) -> int | None:
     return None
 
 
-async def context_window(
-    client: openai.AsyncOpenAI, model: str, timeout: float = 3.0
-) -> int | None:
+async def context_window(client: ModelClient, model: str, timeout: float = 3.0) -> int | None:
     """The model's context window if the endpoint's model listing says it, else None."""
     try:
         with anyio.fail_after(timeout + 1):
-            page = await client.with_options(timeout=timeout).models.list()
+            entries = await client.models(timeout)
     except Exception:  # a listing is a courtesy: no answer, no window
         return None
-    for entry in page.data:
-        if entry.id == model:
-            return window_of(entry.model_dump())
+    for entry in entries:
+        if isinstance(entry, dict) and entry.get("id") == model:
+            return window_of(entry)
     return None
 
 
-async def check_endpoint(client: openai.AsyncOpenAI, timeout: float = 5.0) -> None:
+async def check_endpoint(client: ModelClient, timeout: float = 5.0) -> None:
     """Fail fast, before any model call, when the endpoint is unreachable or refuses the key.
 
     A server without ``/models`` (404, 405) is fine: it is reachable.
     """
     try:
-        with anyio.fail_after(timeout + 1):
-            await client.with_options(timeout=timeout).models.list()
-    except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+        with anyio.fail_after(timeout + 2):
+            if not await _quick_check(client, timeout):
+                await client.check(timeout)
+    except EndpointStatus as exc:
         raise _refused(describe_error(exc)) from exc
-    except openai.APIStatusError:
-        return
-    except (openai.APIConnectionError, TimeoutError) as exc:
-        raise _unreachable(str(client.base_url), describe_error(exc)) from exc
+    except (EndpointError, TimeoutError) as exc:
+        what = "the request timed out" if isinstance(exc, TimeoutError) else describe_error(exc)
+        raise _unreachable(client.base_url, what) from exc
+
+
+async def _quick_check(client: ModelClient, timeout: float) -> bool:
+    """The check through the client's own HTTP transport (``httpx2``: the same proxies and
+    certificates), here, without waiting for the worker's import of the client: False when
+    that transport is not there (the worker checks with the client then). Raises as the
+    client would. An ``http://`` endpoint is asked without a TLS context (making one loads
+    the certificate store: ~75 ms of the start) and without following redirects (an answer
+    is an answer; a redirect to TLS would go unverified)."""
+    try:
+        import httpx2
+    except ImportError:
+        return False
+    api_key = client.settings[1]
+    url = client.base_url + "models"
+    plain = url.startswith("http://")
+    try:
+        async with httpx2.AsyncClient(
+            timeout=timeout, follow_redirects=not plain, verify=not plain
+        ) as http:
+            response = await http.get(url, headers={"Authorization": f"Bearer {api_key}"})
+    except (httpx2.TimeoutException, TimeoutError) as exc:
+        raise EndpointTimeout("the request timed out") from exc
+    except (httpx2.HTTPError, OSError) as exc:
+        raise EndpointUnreachable(str(exc) or type(exc).__name__) from exc
+    if response.status_code in (401, 403):
+        body: object = None
+        with contextlib.suppress(ValueError):
+            body = response.json()
+        raise EndpointStatus(response.status_code, response.reason_phrase, body)
+    return True  # reachable: another status (404, 405: no /models) is fine too
 
 
 def _refused(why: str) -> ModelError:

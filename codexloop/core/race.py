@@ -51,7 +51,7 @@ from codexloop.core.session import left_out_notice
 from codexloop.core.trace import traces_dir
 
 if TYPE_CHECKING:
-    import openai
+    from codexloop.core.model_host import ModelClient
 
 
 @dataclass
@@ -102,14 +102,14 @@ class Race:
         self,
         config: Config,
         *,
-        client: openai.AsyncOpenAI | None = None,
+        client: ModelClient | None = None,
         name: str | None = None,
         backoff: tuple[float, ...] = BACKOFF_S,
         write_trace: bool = True,
         accept_all: bool = False,
         accept_flagged: bool = False,
         review: bool = False,
-        clients: Sequence[openai.AsyncOpenAI] = (),
+        clients: Sequence[ModelClient] = (),
         base: str | None = None,
         kind: type[Loop] = Loop,
     ) -> None:

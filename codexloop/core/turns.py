@@ -34,7 +34,7 @@ from codexloop.core.model import (
 from codexloop.core.tools import TOOL_SCHEMAS
 
 if TYPE_CHECKING:
-    import openai
+    from codexloop.core.model_host import ModelClient
 
 MAX_CONTEXT_SHRINKS = 4  # a refused request is shortened and sent again at most this often
 MIN_CHARS_PER_TOKEN = 1.0
@@ -52,7 +52,7 @@ class Turns:
     def __init__(
         self,
         model: AutoModel,
-        client: openai.AsyncOpenAI,
+        client: ModelClient,
         *,
         model_name: str,
         base_url: str | None,

@@ -37,7 +37,7 @@ from codexloop.tui.screens import HelpScreen
 from codexloop.tui.session import LoopFactory, Session
 
 if TYPE_CHECKING:
-    import openai
+    from codexloop.core.model_host import ModelClient
 
 
 class CodexloopApp(App[int]):
@@ -56,7 +56,7 @@ class CodexloopApp(App[int]):
         self,
         config: Config,
         *,
-        client: openai.AsyncOpenAI | None = None,
+        client: ModelClient | None = None,
         loop_factory: LoopFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
         autostart: bool = True,
@@ -141,9 +141,7 @@ async def _check_endpoint(config: Config) -> None:
         await client.close()
 
 
-def new_loop(
-    config: Config, *, client: openai.AsyncOpenAI | None, write_trace: bool
-) -> Loop | Race:
+def new_loop(config: Config, *, client: ModelClient | None, write_trace: bool) -> Loop | Race:
     """The session's loop, waiting for the developer's review when green; with
     ``--attempts N`` a race, whose first green waits for the review (``--pick best``: the
     review opens once every attempt is over, on the winner)."""

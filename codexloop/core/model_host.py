@@ -1,0 +1,265 @@
+"""The engine's side of the model worker (:mod:`codexloop.core.model_worker`): the worker
+process, started once per engine process, and :class:`ModelClient`, which the engine asks
+the endpoint through.
+
+The engine never imports the openai client itself: the worker does, on another core, while
+the session is set up (see :func:`start`), and what comes back is JSON — a stream's chunks as
+the client's own ``model_dump`` of them, its errors as :class:`EndpointError`. A worker that
+died is started again by the next request (the request that saw it die fails with
+:class:`WorkerLost`, which the model's retries treat as a dropped connection).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, NoReturn
+
+import anyio
+from anyio.abc import UNIXSocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from codexloop.core.model_worker import LINE_LIMIT, line
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+class EndpointError(Exception):
+    """A request that failed on its way to the endpoint or back."""
+
+
+class EndpointStatus(EndpointError):
+    """The endpoint answered with an error status."""
+
+    def __init__(self, status: int, message: str, body: object = None, code: str | None = None):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+        self.body = body
+        self.code = code
+
+
+class EndpointTimeout(EndpointError):
+    """The request timed out."""
+
+
+class EndpointUnreachable(EndpointError):
+    """No connection (the message is the cause)."""
+
+
+class WorkerLost(EndpointError):
+    """The model worker stopped before it answered (it is started again on the next request)."""
+
+
+def endpoint_error(error: dict[str, Any]) -> EndpointError:
+    """The exception an error line stands for."""
+    kind = error.get("kind")
+    if kind == "status":
+        return EndpointStatus(
+            int(error.get("status") or 0),
+            str(error.get("message") or ""),
+            error.get("body"),
+            error.get("code") if isinstance(error.get("code"), str) else None,
+        )
+    if kind == "timeout":
+        return EndpointTimeout("the request timed out")
+    if kind == "connection":
+        return EndpointUnreachable(str(error.get("message") or "no connection"))
+    return EndpointError(str(error.get("message") or "the request failed"))
+
+
+class _Worker:
+    """The worker process and the control socket it takes request sockets from."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._control: socket.socket | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> None:
+        with self._lock:
+            self._running()
+
+    def _running(self) -> socket.socket:
+        if self._process is not None and self._control is not None:
+            if self._process.poll() is None:
+                return self._control
+            self._control.close()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._process = subprocess.Popen(
+                # -P: nothing of the current folder (the developer's project) is importable
+                [sys.executable, "-P", "-m", "codexloop.core.model_worker", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd="/",
+            )
+        finally:
+            theirs.close()
+        ours.settimeout(10.0)  # a worker that stopped reading is replaced, not waited on
+        self._control = ours
+        return ours
+
+    def connect(self) -> socket.socket:
+        """A fresh request socket, its other end handed to the worker."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with self._lock:
+                try:
+                    socket.send_fds(self._running(), [b"r"], [theirs.fileno()])
+                except OSError:  # it stopped, or stopped reading: a new one takes the request
+                    self._replace()
+                    socket.send_fds(self._running(), [b"r"], [theirs.fileno()])
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        return mine
+
+    def _replace(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+
+_worker = _Worker()
+
+
+def start() -> None:
+    """Start the worker now (it imports the client beside whatever comes next)."""
+    _worker.start()
+
+
+def worker_pid() -> int | None:
+    """The worker's process id, once started."""
+    return _worker.pid
+
+
+class _Answer:
+    """One request's answer, line by line."""
+
+    def __init__(self, stream: UNIXSocketStream) -> None:
+        self._stream = stream
+        self._lines = BufferedByteReceiveStream(stream)
+
+    async def next(self) -> dict[str, Any]:
+        try:
+            raw = await self._lines.receive_until(b"\n", LINE_LIMIT)
+        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
+            raise WorkerLost("the model worker stopped before it answered") from None
+        message: dict[str, Any] = json.loads(raw)
+        if "error" in message:
+            raise endpoint_error(message["error"])
+        return message
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._stream.aclose()
+
+
+class ChunkStream:
+    """A streamed answer's chunks (plain dicts), closed when left (the request is called off
+    if it was not over)."""
+
+    def __init__(self, answer: _Answer, first: dict[str, Any]) -> None:
+        self._answer = answer
+        self._next: dict[str, Any] | None = first
+
+    async def __aenter__(self) -> ChunkStream:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._answer.aclose()
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        message, self._next = self._next, None
+        if message is None:
+            message = await self._answer.next()
+        if "chunk" in message:
+            chunk: dict[str, Any] = message["chunk"]
+            return chunk
+        raise StopAsyncIteration
+
+
+class ModelClient:
+    """An endpoint (its address, key and request timeout), asked through the worker."""
+
+    def __init__(self, base_url: str | None, api_key: str, timeout: float = 120.0) -> None:
+        self.settings = (base_url, api_key, timeout)
+
+    @property
+    def base_url(self) -> str:
+        """The endpoint's address, as the client resolves it (with a final slash)."""
+        given = self.settings[0] or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        return str(given).rstrip("/") + "/"
+
+    async def stream(self, api: str, body: dict[str, Any]) -> ChunkStream:
+        """A streamed answer (``api``: ``chat`` or ``responses``; ``body``: the arguments of
+        the client's ``create``); its error, if the endpoint refused the request."""
+        answer = await self._ask({"op": api, "body": body})
+        try:
+            first = await answer.next()
+        except BaseException:
+            await answer.aclose()
+            raise
+        return ChunkStream(answer, first)
+
+    async def models(self, timeout: float) -> list[dict[str, Any]]:
+        """The endpoint's model listing."""
+        message = await self._once({"op": "models", "timeout": timeout})
+        return list(message.get("models") or [])
+
+    async def check(self, timeout: float) -> None:
+        """Reachable and the key not refused (401, 403), or its :class:`EndpointError`."""
+        await self._once({"op": "check", "timeout": timeout})
+
+    async def close(self) -> None:
+        """Nothing to close: the worker serves every client of the process."""
+
+    async def _once(self, request: dict[str, Any]) -> dict[str, Any]:
+        answer = await self._ask(request)
+        try:
+            return await answer.next()
+        finally:
+            await answer.aclose()
+
+    async def _ask(self, request: dict[str, Any]) -> _Answer:
+        sock = _worker.connect()
+        try:
+            stream = await UNIXSocketStream.from_socket(sock)
+        except BaseException:
+            sock.close()
+            raise
+        answer = _Answer(stream)
+        try:
+            await stream.send(line({**request, "client": list(self.settings)}))
+        except (anyio.BrokenResourceError, OSError):
+            await answer.aclose()
+            _raise_lost()
+        except BaseException:
+            await answer.aclose()
+            raise
+        return answer
+
+
+def _raise_lost() -> NoReturn:
+    raise WorkerLost("the model worker stopped before it took the request")
