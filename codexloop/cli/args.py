@@ -117,6 +117,15 @@ def version() -> str:
         return "unknown"
 
 
+class _Version(argparse.Action):
+    """``--version``: the version looked up when asked for (reading the installed packages'
+    metadata is ~40 ms every run would pay before its session starts)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
+        print(f"codexloop {version()}")  # on stdout, as argparse's own version action does
+        parser.exit()
+
+
 RESUME_DESCRIPTION = """\
 Go on with a stopped, interrupted or crashed session: the same preview branch and worktree,
 the conversation as the model last saw it, what is left of its budgets (as much again of a
@@ -134,9 +143,7 @@ def build_parser(*, resume: bool = False, targets: bool = True) -> argparse.Argu
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--version", action="version", version=f"codexloop {version()}", help="print the version"
-    )
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version")
     if resume:
         which = parser.add_mutually_exclusive_group()
         which.add_argument(
@@ -463,10 +470,12 @@ def run_loop(
     args: argparse.Namespace, open_app: OpenApp, *, resumed: SessionRecord | None = None
 ) -> int:
     """Run the session the command line asks for (``resumed``: go on with that one)."""
-    from codexloop.core.config import load_config
-    from codexloop.core.model import preload
+    from codexloop.core import model_process
 
-    preload()  # the model worker: the client's import (0.5-1 s) on another core, beside the set-up
+    if args.ray is None:  # the model worker first: the client's import (0.5-1 s of a core)
+        model_process.start()  # runs beside everything from here (with --ray: on the nodes)
+    from codexloop.core.config import load_config
+
     settings = settings_of(args)
     if resumed is not None:
         settings = resumed.settings_for(settings)

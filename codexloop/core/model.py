@@ -28,7 +28,6 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from codexloop.core import model_host
 from codexloop.core.errors import CodexloopError
 from codexloop.core.model_host import (
     EndpointError,
@@ -37,13 +36,6 @@ from codexloop.core.model_host import (
     EndpointUnreachable,
     ModelClient,
 )
-
-
-def preload() -> None:
-    """Start the model worker now: the client's import (0.5-1 s of a core) runs in it,
-    beside the session's set-up (see :mod:`codexloop.core.model_worker`)."""
-    model_host.start()
-
 
 TextCallback = Callable[[str], Awaitable[None]]
 RetryCallback = Callable[[int, str, float], Awaitable[None]]
@@ -811,11 +803,13 @@ def window_of(entry: dict[str, Any]) -> int | None:
 
 async def context_window(client: ModelClient, model: str, timeout: float = 3.0) -> int | None:
     """The model's context window if the endpoint's model listing says it, else None."""
-    try:
-        with anyio.fail_after(timeout + 1):
-            entries = await client.models(timeout)
-    except Exception:  # a listing is a courtesy: no answer, no window
-        return None
+    entries = client.listing  # the endpoint's check read it already
+    if entries is None:
+        try:
+            with anyio.fail_after(timeout + 1):
+                entries = await client.models(timeout)
+        except Exception:  # a listing is a courtesy: no answer, no window
+            return None
     for entry in entries:
         if isinstance(entry, dict) and entry.get("id") == model:
             return window_of(entry)
@@ -861,11 +855,14 @@ async def _quick_check(client: ModelClient, timeout: float) -> bool:
         raise EndpointTimeout("the request timed out") from exc
     except (httpx2.HTTPError, OSError) as exc:
         raise EndpointUnreachable(str(exc) or type(exc).__name__) from exc
+    body: object = None
+    with contextlib.suppress(ValueError):
+        body = response.json()
     if response.status_code in (401, 403):
-        body: object = None
-        with contextlib.suppress(ValueError):
-            body = response.json()
         raise EndpointStatus(response.status_code, response.reason_phrase, body)
+    entries = body.get("data") if isinstance(body, dict) else None
+    if response.status_code == 200 and isinstance(entries, list):
+        client.listing = entries  # the model's context window, without asking again
     return True  # reachable: another status (404, 405: no /models) is fine too
 
 

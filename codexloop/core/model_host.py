@@ -1,22 +1,17 @@
-"""The engine's side of the model worker (:mod:`codexloop.core.model_worker`): the worker
-process, started once per engine process, and :class:`ModelClient`, which the engine asks
-the endpoint through.
+"""The engine's side of the model worker (:mod:`codexloop.core.model_worker`):
+:class:`ModelClient`, which the engine asks the endpoint through.
 
 The engine never imports the openai client itself: the worker does, on another core, while
-the session is set up (see :func:`start`), and what comes back is JSON — a stream's chunks as
-the client's own ``model_dump`` of them, its errors as :class:`EndpointError`. A worker that
-died is started again by the next request (the request that saw it die fails with
-:class:`WorkerLost`, which the model's retries treat as a dropped connection).
+the session is set up (:func:`codexloop.core.model_process.start`), and what comes back is
+JSON — a stream's events as the server sent them, its errors as :class:`EndpointError`. A
+worker that died is started again by the next request (the request that saw it die fails
+with :class:`WorkerLost`, which the model's retries treat as a dropped connection).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import threading
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, NoReturn
@@ -25,6 +20,7 @@ import anyio
 from anyio.abc import UNIXSocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from codexloop.core.model_process import connect
 from codexloop.core.model_worker import LINE_LIMIT, line
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -72,81 +68,6 @@ def endpoint_error(error: dict[str, Any]) -> EndpointError:
     if kind == "connection":
         return EndpointUnreachable(str(error.get("message") or "no connection"))
     return EndpointError(str(error.get("message") or "the request failed"))
-
-
-class _Worker:
-    """The worker process and the control socket it takes request sockets from."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._process: subprocess.Popen[bytes] | None = None
-        self._control: socket.socket | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
-    def start(self) -> None:
-        with self._lock:
-            self._running()
-
-    def _running(self) -> socket.socket:
-        if self._process is not None and self._control is not None:
-            if self._process.poll() is None:
-                return self._control
-            self._control.close()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            self._process = subprocess.Popen(
-                # -P: nothing of the current folder (the developer's project) is importable
-                [sys.executable, "-P", "-m", "codexloop.core.model_worker", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                cwd="/",
-            )
-        finally:
-            theirs.close()
-        ours.settimeout(10.0)  # a worker that stopped reading is replaced, not waited on
-        self._control = ours
-        return ours
-
-    def connect(self) -> socket.socket:
-        """A fresh request socket, its other end handed to the worker."""
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            with self._lock:
-                try:
-                    socket.send_fds(self._running(), [b"r"], [theirs.fileno()])
-                except OSError:  # it stopped, or stopped reading: a new one takes the request
-                    self._replace()
-                    socket.send_fds(self._running(), [b"r"], [theirs.fileno()])
-        except BaseException:
-            mine.close()
-            raise
-        finally:
-            theirs.close()
-        return mine
-
-    def _replace(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
-        self._process = None
-
-
-_worker = _Worker()
-
-
-def start() -> None:
-    """Start the worker now (it imports the client beside whatever comes next)."""
-    _worker.start()
-
-
-def worker_pid() -> int | None:
-    """The worker's process id, once started."""
-    return _worker.pid
 
 
 class _Answer:
@@ -205,6 +126,7 @@ class ModelClient:
 
     def __init__(self, base_url: str | None, api_key: str, timeout: float = 120.0) -> None:
         self.settings = (base_url, api_key, timeout)
+        self.listing: list[Any] | None = None  # the endpoint's models, when its check read them
 
     @property
     def base_url(self) -> str:
@@ -243,7 +165,7 @@ class ModelClient:
             await answer.aclose()
 
     async def _ask(self, request: dict[str, Any]) -> _Answer:
-        sock = _worker.connect()
+        sock = connect()
         try:
             stream = await UNIXSocketStream.from_socket(sock)
         except BaseException:

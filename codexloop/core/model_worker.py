@@ -45,16 +45,15 @@ def line(message: dict[str, Any]) -> bytes:
 
 
 class Worker:
-    def __init__(self) -> None:
-        # The client's import starts at once, in a thread: the loop takes requests meanwhile.
-        self.openai: asyncio.Future[ModuleType] = asyncio.ensure_future(
-            asyncio.to_thread(importlib.import_module, "openai")
-        )
+    def __init__(self, openai: ModuleType | ImportError) -> None:
+        self.openai = openai  # the client's package, or why it could not be imported
         self.clients: dict[tuple[Any, ...], Any] = {}
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def client(self, settings: list[Any]) -> tuple[ModuleType, Any]:
-        openai = await self.openai
+    def client(self, settings: list[Any]) -> tuple[ModuleType, Any]:
+        openai = self.openai
+        if isinstance(openai, ImportError):
+            raise RuntimeError(f"the openai client could not be imported ({openai})")
         key = tuple(settings)
         if key not in self.clients:
             base_url, api_key, timeout = settings
@@ -97,7 +96,7 @@ class Worker:
                 openai = await self.check(request, writer)
                 await writer.drain()
                 return
-            openai, client = await self.client(request["client"])
+            openai, client = self.client(request["client"])
             if op == "models":
                 listing = await client.with_options(
                     timeout=request["timeout"]
@@ -124,7 +123,7 @@ class Worker:
         """Reachable, and the key not refused, asked with the client (the engine asks this
         only where it cannot ask through the client's HTTP transport itself): 401 and 403
         are errors, any other answer (404: no /models) means reachable."""
-        openai, client = await self.client(request["client"])
+        openai, client = self.client(request["client"])
         try:
             await client.with_options(timeout=request["timeout"]).models.list()
         except (openai.AuthenticationError, openai.PermissionDeniedError):
@@ -208,10 +207,10 @@ def describe(exc: BaseException, openai: ModuleType | None) -> dict[str, Any]:
     return {"kind": "other", "message": text}
 
 
-async def serve(control: socket.socket) -> None:
+async def serve(control: socket.socket, openai: ModuleType | ImportError) -> None:
     """Take request sockets from ``control`` until the engine closes it."""
     loop = asyncio.get_running_loop()
-    worker = Worker()
+    worker = Worker(openai)
     closed = loop.create_future()
     control.setblocking(False)
 
@@ -237,7 +236,14 @@ def main(argv: list[str]) -> int:
     # interrupt stops, and the worker goes when the engine does.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     control = socket.socket(fileno=int(argv[0]))
-    asyncio.run(serve(control))
+    # The client first: requests wait in the control socket meanwhile (the engine's own
+    # endpoint check does not come here), and nothing else competes with the import.
+    openai: ModuleType | ImportError
+    try:
+        openai = importlib.import_module("openai")
+    except ImportError as exc:
+        openai = exc
+    asyncio.run(serve(control, openai))
     os._exit(0)  # requests still open end with the process; no teardown to wait for
 
 

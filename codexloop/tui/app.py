@@ -133,12 +133,12 @@ class CodexloopApp(App[int]):
         return self.session.state.summary()
 
 
-async def _check_endpoint(config: Config) -> None:
+async def _check_endpoint(config: Config) -> ModelClient:
+    """The session's client, its endpoint checked (the listing the check read gives the
+    model's context window without asking again)."""
     client = make_client(config.base_url, config.api_key, config.request_timeout)
-    try:
-        await probe_endpoint(client)
-    finally:
-        await client.close()
+    await probe_endpoint(client)
+    return client
 
 
 def new_loop(config: Config, *, client: ModelClient | None, write_trace: bool) -> Loop | Race:
@@ -176,15 +176,16 @@ def run_app(
     name it). Otherwise a session green with nothing recorded (the exam passed at once) leaves
     no branch behind, as in headless mode.
     """
+    client: ModelClient | None = None
     if check_endpoint:
         try:
-            anyio.run(_check_endpoint, config)
+            client = anyio.run(_check_endpoint, config)
         except ModelError as exc:
             print(f"codexloop: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
-    app = CodexloopApp(config, loop_factory=loop_factory, banner=banner)
+    app = CodexloopApp(config, client=client, loop_factory=loop_factory, banner=banner)
     try:
         app.run()
     except KeyboardInterrupt:

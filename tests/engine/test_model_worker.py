@@ -18,7 +18,7 @@ from loophelpers import KATA, TARGET, cli_env, events_of, make_config, of_type, 
 from scripted_openai import Call, Reply, ScriptedOpenAI
 
 from codexloop.core import events as ev
-from codexloop.core import model_host
+from codexloop.core import model_process
 from codexloop.core.model import ChatModel, make_client
 
 pytestmark = pytest.mark.anyio
@@ -83,8 +83,8 @@ async def test_a_worker_that_dies_mid_answer_is_replaced_and_the_turn_asked_agai
     async def on_retry(attempt: int, why: str, delay: float) -> None:
         retries.append(why)
 
-    model_host.start()
-    first = model_host.worker_pid()
+    model_process.start()
+    first = model_process.worker_pid()
     assert first is not None
     try:
         async with anyio.create_task_group() as tg:
@@ -104,16 +104,16 @@ async def test_a_worker_that_dies_mid_answer_is_replaced_and_the_turn_asked_agai
         hold.set()
     assert answers[0].text == "Hello again."
     assert retries == ["the model worker stopped before it answered"]
-    assert model_host.worker_pid() not in (None, first)
+    assert model_process.worker_pid() not in (None, first)
 
 
 def test_the_worker_ends_with_the_engine_however_the_engine_ends() -> None:
     """Killed (no clean-up of its own runs), the engine's end of the control socket closes
     and the worker exits: no client process outlives the session holding its key."""
     code = (
-        "from codexloop.core import model_host\n"
-        "model_host.start()\n"
-        "print(model_host.worker_pid(), flush=True)\n"
+        "from codexloop.core import model_process\n"
+        "model_process.start()\n"
+        "print(model_process.worker_pid(), flush=True)\n"
         "import sys; sys.stdin.read()\n"
     )
     engine = subprocess.Popen(
