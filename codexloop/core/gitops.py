@@ -1,12 +1,14 @@
 """Git plumbing for the sandbox: snapshot, worktrees, commits, blob reads, the three-way apply.
 
-Git runs through GitPython (BSD-3), synchronously (the engine calls these functions from
-worker threads). Every command goes through one hardened ``git.Git``: hooks, fsmonitor and
-automatic gc off (``-c core.hooksPath=/dev/null -c core.fsmonitor=false -c gc.auto=0`` on
-every command line, the persistent readers' included), no terminal prompt, no location
-variable inherited from a parent git (GIT_DIR & co. are taken out of this process's
-environment, since GitPython can only add to it), never run in a directory it could not
-enter, and never with a sandbox worktree as its working directory. Blob reads of the
+Git runs synchronously (the engine calls these functions from worker threads), one-shot
+commands as GitPython (BSD-3) starts them but without importing it (its import was ~50-90 ms of
+every session's start), its persistent readers through a hardened ``git.Git``. Every command
+has hooks, fsmonitor and automatic gc off (``-c core.hooksPath=/dev/null -c
+core.fsmonitor=false -c gc.auto=0`` on every command line, the persistent readers' included),
+a C locale and no terminal prompt, no location variable inherited from a parent git (GIT_DIR
+& co. are taken out of this process's environment, since GitPython can only add to it), is
+never run in a directory it could not enter, and never with a sandbox worktree as its working
+directory. Blob reads of the
 developer's repository go through a ``git.Repo`` whose ``git cat-file --batch`` stays open
 between reads (its object database, ``GitCmdObjectDB``) instead of one process a blob.
 
@@ -131,9 +133,18 @@ def _gitpython() -> tuple[type[gitpython.Git], type[gitpython.Repo]]:
 
 
 def _executable() -> str:
-    import git as gitpython
+    """The git GitPython runs (its ``GIT_PYTHON_GIT_EXECUTABLE``), without importing it."""
+    import sys
 
-    return os.fspath(gitpython.Git.GIT_PYTHON_GIT_EXECUTABLE or "git")
+    loaded = sys.modules.get("git")
+    chosen = getattr(getattr(loaded, "Git", None), "GIT_PYTHON_GIT_EXECUTABLE", None)
+    return os.fspath(chosen or os.path.expanduser(os.environ.get(_EXECUTABLE_VARIABLE) or "git"))
+
+
+_EXECUTABLE_VARIABLE = "GIT_PYTHON_GIT_EXECUTABLE"
+# As GitPython's own commands run: git's messages in English (its stderr is shown and
+# matched), no terminal prompt.
+_COMMAND_ENV = {"LANGUAGE": "C", "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0"}
 
 
 @dataclass(frozen=True)
@@ -167,32 +178,26 @@ def _run(
         raise GitError(f"git {args[0] if args else ''}: no such directory {cwd}")
     if env is None or "GIT_DIR" not in env:
         _refuse_sandbox(cwd)
-    hardened_git, _repo = _gitpython()
     _scrub_environment()
-    import git as gitpython
-
-    runner = hardened_git(cwd)
+    # One command, started as GitPython's ``Git.execute`` starts it (its environment, a C
+    # locale, no prompt), without importing GitPython for it: its import (~50-90 ms and a
+    # `git version`) was on every session's start; the object readers below still use it.
     argv = [_executable(), *_SAFETY, *args]
     try:
-        if input is None:
-            status, out, err = runner.execute(
-                argv,
-                with_extended_output=True,
-                with_exceptions=False,
-                stdout_as_string=False,
-                strip_newline_in_stdout=False,
-                env=env,
-            )
-        else:
-            # Held while it runs: GitPython kills the process when this handle is collected.
-            handle = runner.execute(argv, istream=subprocess.PIPE, as_process=True, env=env)
-            assert handle.proc is not None
-            out, raw_err = handle.proc.communicate(input)
-            status, err = handle.proc.returncode, _text(raw_err).rstrip("\n")
-    except gitpython.GitCommandNotFound as exc:
+        done_process = subprocess.run(
+            argv,
+            cwd=cwd,
+            env={**os.environ, **_COMMAND_ENV, **(env or {})},
+            input=input,
+            stdin=subprocess.DEVNULL if input is None else None,
+            capture_output=True,
+        )
+    except FileNotFoundError as exc:
         raise GitError("git is not installed (not found on PATH)") from exc
-    assert isinstance(out, bytes)
-    done = _Done(status, out, str(err))
+    err = _text(done_process.stderr)
+    done = _Done(
+        done_process.returncode, done_process.stdout, err[:-1] if err.endswith("\n") else err
+    )
     if check and done.returncode != 0:
         raise GitError(f"git {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
     return done
