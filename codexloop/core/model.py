@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -833,37 +834,63 @@ async def check_endpoint(client: ModelClient, timeout: float = 5.0) -> None:
 
 
 async def _quick_check(client: ModelClient, timeout: float) -> bool:
-    """The check through the client's own HTTP transport (``httpx2``: the same proxies and
-    certificates), here, without waiting for the worker's import of the client: False when
-    that transport is not there (the worker checks with the client then). Raises as the
-    client would. An ``http://`` endpoint is asked without a TLS context (making one loads
-    the certificate store: ~75 ms of the start) and without following redirects (an answer
-    is an answer; a redirect to TLS would go unverified)."""
-    try:
-        import httpx2
-    except ImportError:
-        return False
+    """The check here, without waiting for the worker's import of the client: False when it
+    cannot be asked here (the worker checks with the client then). Raises as the client
+    would. A plain ``http://`` endpoint with no proxy in the environment (a local server) is
+    asked with the standard library's HTTP client, in a thread; any other through the client's
+    own HTTP transport (``httpx2``: the same proxies and certificates), whose import and TLS
+    context were ~80 ms of the start's single core. Redirects of a plain endpoint are not
+    followed (an answer is an answer; a redirect to TLS would go unverified)."""
     api_key = client.settings[1]
     url = client.base_url + "models"
-    plain = url.startswith("http://")
-    try:
-        async with httpx2.AsyncClient(
-            timeout=timeout, follow_redirects=not plain, verify=not plain
-        ) as http:
-            response = await http.get(url, headers={"Authorization": f"Bearer {api_key}"})
-    except (httpx2.TimeoutException, TimeoutError) as exc:
-        raise EndpointTimeout("the request timed out") from exc
-    except (httpx2.HTTPError, OSError) as exc:
-        raise EndpointUnreachable(str(exc) or type(exc).__name__) from exc
+    headers = {"Authorization": f"Bearer {api_key}"}
+    if url.startswith("http://") and not any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        status, reason, raw = await anyio.to_thread.run_sync(_plain_get, url, headers, timeout)
+    else:
+        try:
+            import httpx2
+        except ImportError:
+            return False
+        try:
+            async with httpx2.AsyncClient(timeout=timeout, follow_redirects=True) as http:
+                response = await http.get(url, headers=headers)
+        except (httpx2.TimeoutException, TimeoutError) as exc:
+            raise EndpointTimeout("the request timed out") from exc
+        except (httpx2.HTTPError, OSError) as exc:
+            raise EndpointUnreachable(str(exc) or type(exc).__name__) from exc
+        status, reason, raw = response.status_code, response.reason_phrase, response.content
     body: object = None
     with contextlib.suppress(ValueError):
-        body = response.json()
-    if response.status_code in (401, 403):
-        raise EndpointStatus(response.status_code, response.reason_phrase, body)
+        body = json.loads(raw)
+    if status in (401, 403):
+        raise EndpointStatus(status, reason, body)
     entries = body.get("data") if isinstance(body, dict) else None
-    if response.status_code == 200 and isinstance(entries, list):
+    if status == 200 and isinstance(entries, list):
         client.listing = entries  # the model's context window, without asking again
     return True  # reachable: another status (404, 405: no /models) is fine too
+
+
+_PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")
+_LISTING_LIMIT = 8 << 20  # bytes of a /models answer read: a listing, not a download
+
+
+def _plain_get(url: str, headers: dict[str, str], timeout: float) -> tuple[int, str, bytes]:
+    """``GET url`` over plain HTTP (blocking): status, reason, body (its first 8 MiB)."""
+    import http.client
+
+    parts = urlsplit(url)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.reason, response.read(_LISTING_LIMIT)
+    except TimeoutError as exc:
+        raise EndpointTimeout("the request timed out") from exc
+    except (OSError, http.client.HTTPException) as exc:
+        raise EndpointUnreachable(str(exc) or type(exc).__name__) from exc
+    finally:
+        connection.close()
 
 
 def _refused(why: str) -> ModelError:

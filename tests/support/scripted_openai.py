@@ -164,6 +164,7 @@ class ScriptedOpenAI:
         # GET /models: set when it was asked; answered once ``models_gate`` (if any) is set,
         # with ``models_status`` (an error) instead of the listing when that is not None.
         self.models_asked = threading.Event()
+        self.models_count = 0  # how many times /models was asked
         self.models_gate: threading.Event | None = None
         self.models_status: int | None = None
         self._turns: deque[_Scripted] = deque()
@@ -288,6 +289,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._not_found()
             return
         scripted = self.server.scripted
+        scripted.models_count += 1
         scripted.models_asked.set()
         if scripted.models_gate is not None:
             scripted.models_gate.wait(60)
