@@ -261,6 +261,13 @@ class ExamRunner:
             test_command, timeout=self._test_timeout, on_output=on_output, extra_env=env
         )
 
+    async def prepare(self) -> None:
+        """The warm server started ahead of the first run (see :meth:`WarmRunner.prepare`).
+        Not for a ``src`` layout: the run tree's ``src`` goes on the server's path only once
+        the run tree holds it (its first recording), so that run starts the server."""
+        if self.warm is not None and not (self.sandbox.worktree / "src").is_dir():
+            await self.warm.prepare()
+
     async def note_left_out(self, scan: record.Scan) -> None:
         """Say once which paths the recording leaves out, and why."""
         new = [(rel, why) for rel, why in scan.left_out if (rel, why) not in self._left_out_seen]

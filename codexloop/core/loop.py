@@ -633,17 +633,20 @@ class Loop:
 
     async def _run_tests(self, session: Session, iteration: int) -> Verdict:
         await self._apply_targets(session)
-        with self.timings.timed("exam check and restore"):
-            changed = await self.exam_sync.restore(session.sandbox, session.exam)
-        async with self.test_slots or contextlib.nullcontext():  # a race: a slot of --jobs
-            verdict, self._last_run = await session.runner.run(
-                iteration,
-                session.exam,
-                changed,
-                targets=self.config.targets,
-                test_command=self.test_command,
-                display_env=self._display_env(),
-            )
+        async with anyio.create_task_group() as tg:
+            if iteration == 0:  # the warm server starts beside the restore and the recording
+                tg.start_soon(session.runner.prepare)
+            with self.timings.timed("exam check and restore"):
+                changed = await self.exam_sync.restore(session.sandbox, session.exam)
+            async with self.test_slots or contextlib.nullcontext():  # a race: a slot of --jobs
+                verdict, self._last_run = await session.runner.run(
+                    iteration,
+                    session.exam,
+                    changed,
+                    targets=self.config.targets,
+                    test_command=self.test_command,
+                    display_env=self._display_env(),
+                )
         if verdict.passed and iteration > 0 and self.guard_passed is not None:
             verdict = await self._run_guard(session, iteration, verdict)
         if verdict.passed and self.config.gates:

@@ -196,6 +196,7 @@ class WarmRunner:
         # The engine's end of the control connection: the server's only way in (see
         # warm_server). No socket in the file system: nothing else in the sandbox reaches it.
         self._control: socket.socket | None = None
+        self._starting = anyio.Lock()  # one start at a time: prepare()'s, or a run's
 
     def _config_files(self) -> list[str]:
         """Every test-configuration file of the worktree (a walk: done once per session)."""
@@ -314,6 +315,17 @@ class WarmRunner:
             f"the warm pytest server did not start: {seen.decode(errors='replace')[-500:]}"
         )
 
+    async def prepare(self) -> None:
+        """Start the server now, beside what the engine does before the first run (restoring
+        the exam, recording the candidate): its start is another process's work. A failure is
+        left to that run to meet, and say."""
+        async with self._starting:
+            if self.process is None:
+                with contextlib.suppress(WarmError):
+                    fingerprint = await anyio.to_thread.run_sync(self._fingerprint, None)
+                    await self._start()
+                    self.fingerprint = fingerprint
+
     async def _open_run(self) -> anyio.abc.SocketStream:
         """A fresh run connection: one end passed to the server over the control connection,
         the other returned. Closing it early kills the run."""
@@ -364,14 +376,15 @@ class WarmRunner:
 
         ``changed``: the sandbox's changed paths, when the caller has them (saves a walk).
         """
-        fingerprint = await anyio.to_thread.run_sync(self._fingerprint, changed)
-        if (
-            self.process is None
-            or self.process.returncode is not None
-            or fingerprint != self.fingerprint
-        ):
-            await self._start()
-            self.fingerprint = fingerprint
+        async with self._starting:
+            fingerprint = await anyio.to_thread.run_sync(self._fingerprint, changed)
+            if (
+                self.process is None
+                or self.process.returncode is not None
+                or fingerprint != self.fingerprint
+            ):
+                await self._start()
+                self.fingerprint = fingerprint
         started = time.perf_counter()
         if self.group is not None:
             self.group.mark()
