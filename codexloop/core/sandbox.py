@@ -32,6 +32,7 @@ from codexloop.core.isolation import (
     DEFAULT_TMP_SIZE_MIB,
     Isolation,
     Layout,
+    Remembered,
     interpreter_paths,
     path_dirs,
 )
@@ -429,7 +430,12 @@ class Sandbox:
             shared=self._prepare_shares(default_shares(self.repo) if shared is None else shared),
             tmp_size_mib=tmp_size_mib,
         )
-        self.isolation = probe_isolation(self.layout, self.environment(), search_path=search_path)
+        self.isolation = probe_isolation(
+            self.layout,
+            self.environment(),
+            search_path=search_path,
+            remembered=Remembered(state_home() / "probes.json"),
+        )
         if not self.isolation.active:
             self._link_shares()
         self.limit = limits.probe(max_processes, user_namespace=self.isolation.active)

@@ -1,0 +1,125 @@
+"""Isolation verdicts remembered between sessions of one machine: a second sandbox laid out
+like the first starts no bubblewrap to learn what it already knows; anything that could
+change the answer asks again, and a failure is never remembered."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from loophelpers import KATA
+
+from codexloop.core import isolation
+from codexloop.core.exam import Exam
+from codexloop.core.sandbox import Sandbox, find_python
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("bwrap") is None and not os.environ.get("CI"),
+    reason="bubblewrap is not installed (CI installs it)",
+)
+
+
+@pytest.fixture
+def bwrap_runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Every bubblewrap process the isolation module starts."""
+    started: list[list[str]] = []
+    real = subprocess.run
+
+    def counting(argv, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if "bwrap" in Path(str(argv[0])).name:
+            started.append([str(a) for a in argv])
+        return real(argv, *args, **kwargs)
+
+    monkeypatch.setattr(isolation.subprocess, "run", counting)
+    isolation._inspect_bwrap.cache_clear()  # the process's own memory of a bwrap
+    return started
+
+
+def _isolate(repo: Path, name: str) -> tuple[Sandbox, isolation.Isolation]:
+    box = Sandbox.create(repo, name)
+    exam = Exam(repo, box.base, ("tests/test_calc.py",))
+    return box, box.isolate([find_python(repo)], exam.protected_files(), network=False)
+
+
+def test_a_second_session_alike_starts_no_bubblewrap_to_learn_it(
+    make_repo, bwrap_runs: list[list[str]]
+) -> None:
+    repo = make_repo(KATA)
+    first, said = _isolate(repo, "one")
+    assert said.level == "full", said.reason
+    assert any("--" in run and run[-1] == "true" for run in bwrap_runs)  # it was probed
+    bwrap_runs.clear()
+    isolation._inspect_bwrap.cache_clear()
+    second, again = _isolate(repo, "two")
+    assert bwrap_runs == []
+    assert (again.level, again.reason, again.fresh_proc) == (
+        said.level,
+        said.reason,
+        said.fresh_proc,
+    )
+    assert again.binary == said.binary
+    assert second.layout is not None
+    done = subprocess.run(  # and what it says holds: its commands run in a pid namespace
+        again.wrap(["sh", "-c", "echo $$"], second.layout, second.environment()),
+        capture_output=True,
+        text=True,
+    )
+    assert int(done.stdout) <= 3, done.stderr
+    for box in (first, second):
+        box.remove(delete_branch=True)
+
+
+def test_what_could_change_the_answer_asks_again(
+    make_repo, bwrap_runs: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user-namespace switch turned, a network allowed (other flags), another kernel."""
+    repo = make_repo(KATA)
+    box, _ = _isolate(repo, "one")
+    box.remove(delete_branch=True)
+    real_machine = isolation._machine
+
+    def turned() -> dict[str, object]:
+        machine = real_machine()
+        machine["switches"] = {"/proc/sys/user/max_user_namespaces": "0"}
+        return machine
+
+    monkeypatch.setattr(isolation, "_machine", turned)
+    bwrap_runs.clear()
+    box, _ = _isolate(repo, "two")
+    box.remove(delete_branch=True)
+    assert [run for run in bwrap_runs if run[-1] == "true"]
+    monkeypatch.setattr(isolation, "_machine", real_machine)
+    bwrap_runs.clear()
+    box = Sandbox.create(repo, "three")
+    exam = Exam(repo, box.base, ("tests/test_calc.py",))
+    box.isolate([find_python(repo)], exam.protected_files(), network=True)
+    box.remove(delete_branch=True)
+    assert [run for run in bwrap_runs if run[-1] == "true"]
+
+
+def test_a_failure_is_asked_again_every_time(
+    make_repo, bwrap_runs: list[list[str]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A bwrap that cannot set up its namespaces: no isolation, said, and asked again next
+    session (its fix may have come meanwhile)."""
+    fake = tmp_path / "bin" / "bwrap"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then echo "bubblewrap 0.11.0"; exit 0; fi\n'
+        'if [ "$1" = --help ]; then echo "--cap-drop --size"; exit 0; fi\n'
+        'echo "bwrap: No permissions to create new namespace" >&2; exit 1\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv(isolation.BWRAP_ENV, str(fake))
+    repo = make_repo(KATA)
+    for name in ("one", "two"):
+        bwrap_runs.clear()
+        isolation._inspect_bwrap.cache_clear()
+        box, said = _isolate(repo, name)
+        box.remove(delete_branch=True)
+        assert said.level == "none"
+        assert [run for run in bwrap_runs if run[-1] == "true"], name
