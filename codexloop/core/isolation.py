@@ -110,9 +110,10 @@ class Remembered:
     """Probe verdicts of earlier sessions on this machine, in one JSON file: what a bwrap
     supports (keyed by the executable's identity) and the isolation a flag set reached (keyed
     by the flags, the bwrap, the kernel, this process's namespaces and privileges, and the
-    switches that allow user namespaces). Only what worked is kept, so a failure is asked
-    again every time (its fix may have come since); a stale verdict can only make runs fail
-    to start, never run a command with less isolation (bubblewrap still sets it up or stops).
+    switches that allow user namespaces). Only full isolation is kept: a failure, or the
+    reduced level, is asked again every time (a fix may have come since), and a stale verdict
+    can only make runs fail to start, never run a command with less isolation than it could
+    have (bubblewrap still sets all of it up, or stops).
     Asking took three bwrap processes, ~20 ms of every session's start."""
 
     LIMIT = 64  # verdicts of each kind kept (the newest)
@@ -466,11 +467,8 @@ def probe(
     reasons: list[str] = []
     key = _verdict_key(layout, env, masked, binary) if remembered is not None else None
     known = remembered.get("isolation", key) if remembered is not None and key else None
-    if known is not None:
-        if known.get("fresh_proc") is True:
-            return _full(layout, masked, binary)
-        reasons.append(str(known.get("reason")))
-        return _reduced(reasons[0], masked, binary)
+    if known is not None and known.get("level") == "full":
+        return _full(layout, masked, binary)
     for fresh_proc in (True, False):
         argv = [
             bwrap,
@@ -487,11 +485,9 @@ def probe(
                 "none", f"bubblewrap could not run ({exc}): commands run in the worktree only"
             )
         if done.returncode == 0:
-            if remembered is not None and key:
-                remembered.put(
-                    "isolation", key, {"fresh_proc": fresh_proc, "reason": "; ".join(reasons)}
-                )
             if fresh_proc:
+                if remembered is not None and key:
+                    remembered.put("isolation", key, {"level": "full"})
                 return _full(layout, masked, binary)
             return _reduced(reasons[0], masked, binary)
         reasons.append(_classify(done.stderr))
