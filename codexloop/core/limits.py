@@ -37,6 +37,7 @@ from typing import Literal
 
 import anyio
 
+from codexloop.core import ahead
 from codexloop.core.words import counted
 
 Method = Literal["cgroup", "rlimit", "none"]
@@ -254,22 +255,27 @@ def _cgroup_works(where: Path, maximum: int) -> str | None:
         group.close_blocking()
 
 
-def probe(maximum: int, *, user_namespace: bool) -> ProcessLimit:
-    """Pick the best process-count limit this system allows (blocking)."""
+def pids_cgroup(maximum: int) -> tuple[Path | None, str]:
+    """Where a pids cgroup per command can be made, or None and why not (blocking: a group
+    is made and a process moved into it; started ahead, beside the snapshot)."""
     where = find_pids_cgroup(_read("/proc/self/mountinfo"), _read("/proc/self/cgroup"))
     if where is None:
-        no_cgroup = "no cgroup v1 pids hierarchy is mounted"
-    else:
-        remove_stale_groups(where)
-        why_not = _cgroup_works(where, maximum)
-        if why_not is None:
-            return ProcessLimit(
-                "cgroup",
-                maximum,
-                f"at most {maximum} processes per command (a pids cgroup per command)",
-                where,
-            )
-        no_cgroup = why_not
+        return None, "no cgroup v1 pids hierarchy is mounted"
+    remove_stale_groups(where)
+    why_not = _cgroup_works(where, maximum)
+    return (where, "") if why_not is None else (None, why_not)
+
+
+def probe(maximum: int, *, user_namespace: bool) -> ProcessLimit:
+    """Pick the best process-count limit this system allows (blocking)."""
+    where, no_cgroup = ahead.take(pids_cgroup, maximum)
+    if where is not None:
+        return ProcessLimit(
+            "cgroup",
+            maximum,
+            f"at most {maximum} processes per command (a pids cgroup per command)",
+            where,
+        )
     if not user_namespace:
         why = "without a user namespace RLIMIT_NPROC would count every process of your user"
     elif os.geteuid() == 0:

@@ -11,7 +11,7 @@ from functools import partial
 
 import anyio
 
-from codexloop.core import ahead, gitops, isolation, plugins, warm
+from codexloop.core import ahead, gitops, isolation, limits, plugins, warm
 from codexloop.core import events as ev
 from codexloop.core.config import Config
 from codexloop.core.exam import Exam, command_files
@@ -40,8 +40,10 @@ class Session:
 
 def ask_ahead(config: Config) -> None:
     """Start the questions :func:`open_session` asks the project's interpreter (its path,
-    what it has installed, its package folders), beside the snapshot and the worktree."""
+    what it has installed, its package folders) and the system (can a pids cgroup be made),
+    beside the snapshot and the worktree."""
     python = find_python(config.repo)
+    ahead.start(limits.pids_cgroup, config.max_processes)
     ahead.start(isolation.sys_path, python)
     ahead.start(plugins.installed, python)
     if _warm_runs(config):
