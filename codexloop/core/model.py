@@ -398,15 +398,15 @@ class ChatModel(_StreamingModel):
             async for chunk in stream:
                 usage = chunk.get("usage")
                 if isinstance(usage, dict):
-                    input_tokens = usage.get("prompt_tokens") or 0
-                    output_tokens = usage.get("completion_tokens") or 0
+                    input_tokens = _count(usage.get("prompt_tokens"))
+                    output_tokens = _count(usage.get("completion_tokens"))
                 if produced > MAX_TURN_CHARS or looping:
                     finish = REPEAT_FINISH if looping else CUT_FINISH
                     calls.clear()  # a call cut short is no call
                     break
                 for choice in chunk.get("choices") or ():
                     if choice.get("finish_reason"):
-                        finish = choice["finish_reason"]
+                        finish = str(choice["finish_reason"])
                     delta = choice.get("delta")
                     if not isinstance(delta, dict):
                         continue
@@ -556,18 +556,18 @@ class ResponsesModel(_StreamingModel):
         for item in done_items:
             if item.get("type") == "function_call":
                 args = item.get("arguments")
-                if args is None:
-                    args = "".join(arguments.get(item.get("id", ""), []))
+                if not isinstance(args, str):
+                    args = "".join(arguments.get(str(item.get("id")), []))
+                name = item.get("name")
+                call_id = item.get("call_id") or item.get("id") or ""
                 calls.append(
-                    ToolCallRequest(
-                        item.get("call_id") or item.get("id", ""), item.get("name", ""), args
-                    )
+                    ToolCallRequest(str(call_id), name if isinstance(name, str) else "", args)
                 )
         full_text = "".join(text)
-        input_tokens = usage.get("input_tokens") or 0
-        output_tokens = usage.get("output_tokens") or (len(full_text) // 4 if full_text else 0)
-        cached = _mapping(usage.get("input_tokens_details")).get("cached_tokens") or 0
-        reasoning = _mapping(usage.get("output_tokens_details")).get("reasoning_tokens") or 0
+        input_tokens = _count(usage.get("input_tokens"))
+        output_tokens = _count(usage.get("output_tokens")) or len(full_text) // 4
+        cached = _count(_mapping(usage.get("input_tokens_details")).get("cached_tokens"))
+        reasoning = _count(_mapping(usage.get("output_tokens_details")).get("reasoning_tokens"))
         return Turn(
             full_text,
             tuple(calls),
@@ -592,6 +592,11 @@ def _without_none(value: Any) -> Any:
     if isinstance(value, list):
         return [_without_none(v) for v in value]
     return value
+
+
+def _count(value: object) -> int:
+    """A token count the server reported, 0 when it is not one (the engine sums them)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _mapping(value: object) -> dict[str, Any]:

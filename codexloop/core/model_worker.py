@@ -30,6 +30,7 @@ import asyncio
 import importlib
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -38,10 +39,17 @@ from types import ModuleType
 from typing import Any
 
 LINE_LIMIT = 1 << 27  # a request (the whole conversation) may be long; no line is longer
+EVENT_LIMIT = 1 << 24
+"""The longest server-sent event taken (a whole turn's answer is far shorter): a line that
+never ends is cut here, not held until the machine runs out of memory."""
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 def line(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, ensure_ascii=False, default=str).encode() + b"\n"
+    """A message as one line; a lone surrogate a server sent (half an emoji cut by a UTF-16
+    server) goes through as the client parsed it (``json.loads`` reads bytes so)."""
+    text = json.dumps(message, ensure_ascii=False, default=str)
+    return text.encode(errors="surrogatepass") + b"\n"
 
 
 class Worker:
@@ -107,7 +115,7 @@ class Worker:
             else:
                 resource = client.chat.completions if op == "chat" else client.responses
                 async with resource.with_streaming_response.create(**request["body"]) as response:
-                    async for data in events(response.iter_lines()):
+                    async for data in events(response.iter_bytes()):
                         if data.startswith("[DONE]"):
                             break
                         writer.write(line({"chunk": chunk(data)}))
@@ -134,20 +142,49 @@ class Worker:
         return openai
 
 
-async def events(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+async def lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The body's lines, split at CR, LF and CRLF only, as the client splits them (a JSON
+    string may hold U+2028 or U+0085 as they are); one longer than :data:`EVENT_LIMIT` is an
+    error."""
+    pending = bytearray()
+    async for piece in chunks:
+        if not pending and piece.endswith(b"\n"):  # whole lines: most pieces of a stream
+            for text in _LINE_END.split(piece)[:-1]:
+                yield text
+            continue
+        scan = max(0, len(pending) - 1)  # a CR held back may be half a CRLF
+        pending += piece
+        start = 0
+        for end in _LINE_END.finditer(pending, scan):
+            if end.group() == b"\r" and end.end() == len(pending):
+                break
+            yield bytes(pending[start : end.start()])
+            start = end.end()
+        del pending[:start]
+        if len(pending) > EVENT_LIMIT:
+            raise StreamError(f"the server sent a line longer than {EVENT_LIMIT} bytes")
+    if pending:
+        yield bytes(pending.rstrip(b"\r"))
+
+
+async def events(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
     """The data of each server-sent event (its ``data:`` lines joined), as the server sent it:
     no parsing into the client's types, which the engine would only turn back into JSON."""
-    data: list[str] = []
-    async for text in lines:
+    data: list[bytes] = []
+    size = 0
+    async for text in lines(chunks):
         if not text:
             if data:
-                yield "\n".join(data)
-            data = []
-        elif text.startswith("data:"):
+                yield b"\n".join(data).decode(errors="replace")
+            data, size = [], 0
+        elif text.startswith(b"data:"):
             value = text[5:]
-            data.append(value[1:] if value.startswith(" ") else value)
+            data.append(value[1:] if value.startswith(b" ") else value)
+            size += len(value)
+            if size > EVENT_LIMIT:
+                raise StreamError(f"the server sent an event longer than {EVENT_LIMIT} bytes")
     if data:
-        yield "\n".join(data)
+        yield b"\n".join(data).decode(errors="replace")
 
 
 class StreamError(Exception):
