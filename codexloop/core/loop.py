@@ -191,6 +191,7 @@ class Loop:
         self.test_command = ""
         self._events: ObjectSendStream[ev.Event] | None = None
         self._work_scope: anyio.CancelScope | None = None
+        self._beside: anyio.abc.TaskGroup | None = None  # work started beside the loop's own
         self._iteration = 0
         self._green_commit: str | None = None  # the last commit that was tested green
         # The endpoint's check, when a front end started it beside the set-up: awaited before
@@ -316,6 +317,7 @@ class Loop:
         unusable: ExamError | None = None  # the exam can never pass: the session ends, exit 2
         try:
             async with anyio.create_task_group() as tg:
+                self._beside = tg
                 if commands is not None:
                     self._listen(tg, commands, sandbox.base)
                 with anyio.CancelScope() as self._work_scope:
@@ -633,20 +635,21 @@ class Loop:
 
     async def _run_tests(self, session: Session, iteration: int) -> Verdict:
         await self._apply_targets(session)
-        async with anyio.create_task_group() as tg:
-            if iteration == 0:  # the warm server starts beside the restore and the recording
-                tg.start_soon(session.runner.prepare)
-            with self.timings.timed("exam check and restore"):
-                changed = await self.exam_sync.restore(session.sandbox, session.exam)
-            async with self.test_slots or contextlib.nullcontext():  # a race: a slot of --jobs
-                verdict, self._last_run = await session.runner.run(
-                    iteration,
-                    session.exam,
-                    changed,
-                    targets=self.config.targets,
-                    test_command=self.test_command,
-                    display_env=self._display_env(),
-                )
+        if iteration == 0 and self._beside is not None:
+            # The warm server starts beside the restore and the recording (not in a task group
+            # of this call's own: the run's errors, an exam that can never pass, stay unwrapped).
+            self._beside.start_soon(session.runner.prepare)
+        with self.timings.timed("exam check and restore"):
+            changed = await self.exam_sync.restore(session.sandbox, session.exam)
+        async with self.test_slots or contextlib.nullcontext():  # a race: a slot of --jobs
+            verdict, self._last_run = await session.runner.run(
+                iteration,
+                session.exam,
+                changed,
+                targets=self.config.targets,
+                test_command=self.test_command,
+                display_env=self._display_env(),
+            )
         if verdict.passed and iteration > 0 and self.guard_passed is not None:
             verdict = await self._run_guard(session, iteration, verdict)
         if verdict.passed and self.config.gates:

@@ -317,11 +317,11 @@ class WarmRunner:
 
     async def prepare(self) -> None:
         """Start the server now, beside what the engine does before the first run (restoring
-        the exam, recording the candidate): its start is another process's work. A failure is
-        left to that run to meet, and say."""
+        the exam, recording the candidate): its start is another process's work. A failure,
+        whatever it is, is left to that run to meet, and say (it starts the server again)."""
         async with self._starting:
             if self.process is None:
-                with contextlib.suppress(WarmError):
+                with contextlib.suppress(Exception):
                     fingerprint = await anyio.to_thread.run_sync(self._fingerprint, None)
                     await self._start()
                     self.fingerprint = fingerprint
