@@ -282,6 +282,7 @@ class Loop:
         self._started = time.monotonic() - (self.resumed.seconds if self.resumed else 0.0)
         config = self.config
         ask_ahead(config)
+        self.client.prepare(self.model.protocol)  # the worker makes it beside the set-up
         with self.timings.timed("sandbox setup"):
             async with self.setup_lock or contextlib.nullcontext():  # a race: one at a time
                 if self.resumed is not None:

@@ -10,6 +10,7 @@ with :class:`WorkerLost`, which the model's retries treat as a dropped connectio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ import anyio
 from anyio.abc import UNIXSocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from codexloop.core import model_process
 from codexloop.core.model_process import connect
 from codexloop.core.model_worker import LINE_LIMIT, line
 
@@ -70,18 +72,29 @@ def endpoint_error(error: dict[str, Any]) -> EndpointError:
     return EndpointError(str(error.get("message") or "the request failed"))
 
 
+STALL_MARGIN_S = 30.0
+"""Beyond the request timeout, how long a worker may say nothing before it counts as stuck:
+the client's own timeouts end every wait of a working worker sooner."""
+
+
 class _Answer:
     """One request's answer, line by line."""
 
-    def __init__(self, stream: UNIXSocketStream) -> None:
+    def __init__(self, stream: UNIXSocketStream, patience: float, pid: int | None) -> None:
         self._stream = stream
         self._lines = BufferedByteReceiveStream(stream)
+        self._patience = patience
+        self._pid = pid
 
     async def next(self) -> dict[str, Any]:
-        try:
-            raw = await self._lines.receive_until(b"\n", LINE_LIMIT)
-        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
-            raise WorkerLost("the model worker stopped before it answered") from None
+        with anyio.move_on_after(self._patience) as waited:
+            try:
+                raw = await self._lines.receive_until(b"\n", LINE_LIMIT)
+            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
+                raise WorkerLost("the model worker stopped before it answered") from None
+        if waited.cancelled_caught:  # stopped or stuck: the next request gets a new worker
+            model_process.replace(self._pid)
+            raise WorkerLost("the model worker stopped answering")
         message: dict[str, Any] = json.loads(raw)
         if "error" in message:
             raise endpoint_error(message["error"])
@@ -154,6 +167,17 @@ class ModelClient:
         """Reachable and the key not refused (401, 403), or its :class:`EndpointError`."""
         await self._once({"op": "check", "timeout": timeout})
 
+    def prepare(self, api: str) -> None:
+        """Have the worker make this client now, ahead of the first request (``api``: the
+        protocol it will speak); nothing is waited for, and a failure is the first
+        request's to meet."""
+        try:
+            sock = connect()
+        except OSError:
+            return
+        with sock, contextlib.suppress(OSError):
+            sock.sendall(line({"op": "prepare", "api": api, "client": list(self.settings)}))
+
     async def close(self) -> None:
         """Nothing to close: the worker serves every client of the process."""
 
@@ -171,7 +195,7 @@ class ModelClient:
         except BaseException:
             sock.close()
             raise
-        answer = _Answer(stream)
+        answer = _Answer(stream, self.settings[2] + STALL_MARGIN_S, model_process.worker_pid())
         try:
             await stream.send(line({**request, "client": list(self.settings)}))
         except (anyio.BrokenResourceError, OSError):

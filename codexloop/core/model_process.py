@@ -68,11 +68,20 @@ class _Worker:
             theirs.close()
         return mine
 
+    def replace(self, pid: int | None = None) -> None:
+        """The worker killed (``pid``: only if it is still that one); the next request starts
+        a new one."""
+        with self._lock:
+            if pid is None or self.pid == pid:
+                self._replace()
+
     def _replace(self) -> None:
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
             self._process.wait()
-        self._process = None
+        if self._control is not None:
+            self._control.close()
+        self._process, self._control = None, None
 
 
 _worker = _Worker()
@@ -86,6 +95,11 @@ def start() -> None:
 def connect() -> socket.socket:
     """A fresh request socket whose other end the worker holds (started if it is not)."""
     return _worker.connect()
+
+
+def replace(pid: int | None) -> None:
+    """Kill a worker that stopped answering (if ``pid`` is still the worker)."""
+    _worker.replace(pid)
 
 
 def worker_pid() -> int | None:

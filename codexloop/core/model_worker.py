@@ -85,7 +85,11 @@ class Worker:
             request = await reader.readline()
             if not request:
                 return
-            work = asyncio.ensure_future(self.answer(json.loads(request), writer))
+            asked = json.loads(request)
+            if asked.get("op") == "prepare":
+                self.prepare(asked)
+                return
+            work = asyncio.ensure_future(self.answer(asked, writer))
             hangup = asyncio.ensure_future(reader.read(1))  # the engine called it off
             await asyncio.wait({work, hangup}, return_when=asyncio.FIRST_COMPLETED)
             for task in (work, hangup):
@@ -95,6 +99,19 @@ class Worker:
             pass
         finally:
             writer.close()
+
+    def prepare(self, request: dict[str, Any]) -> None:
+        """Make a session's client ahead of its first request, while the engine sets the
+        session up: its HTTP transport (a TLS context: tens of milliseconds) and the resource
+        of its protocol (their modules are imported on first use). Nothing is answered."""
+        try:
+            _openai, client = self.client(request["client"])
+            resource = (
+                client.responses if request.get("api") == "responses" else client.chat.completions
+            )
+            _ = resource.with_streaming_response
+        except Exception:  # the first request meets it again, and says it
+            pass
 
     async def answer(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         openai: ModuleType | None = None

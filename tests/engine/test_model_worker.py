@@ -4,6 +4,7 @@ engine. Real processes, the real client, the scripted server over loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -163,3 +164,58 @@ async def test_the_sandbox_holds_no_way_to_the_worker(
     assert "-> /dev/null" in seen  # the listing is there (its standard input)
     assert "socket:" not in seen
     assert result.status == "passed"  # the exam's run saw no socket either
+
+
+async def test_a_worker_that_stops_answering_is_replaced(
+    scripted_openai: ScriptedOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped (or stuck) without dying: past the request timeout and a margin it is killed
+    and the turn asked again of a new one, rather than waited on for ever."""
+    from codexloop.core import model_host
+
+    monkeypatch.setattr(model_host, "STALL_MARGIN_S", 0.5)
+    scripted_openai.add(Reply(text="Hello."))
+    model_process.start()
+    stuck = model_process.worker_pid()
+    assert stuck is not None
+    retries: list[str] = []
+
+    async def on_text(text: str) -> None:
+        pass
+
+    async def on_retry(attempt: int, why: str, delay: float) -> None:
+        retries.append(why)
+
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        model = ChatModel(make_client(scripted_openai.base_url, "sk-x", 0.5), "m", backoff=(0.0,))
+        with anyio.fail_after(30):
+            turn = await model.turn(
+                [{"role": "user", "content": "hi"}], [], on_text=on_text, on_retry=on_retry
+            )
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stuck, signal.SIGCONT)
+    assert turn.text == "Hello."
+    assert retries == ["the model worker stopped answering"]
+    assert model_process.worker_pid() not in (None, stuck)
+
+
+async def test_a_client_made_ahead_is_the_one_asked_and_a_bad_one_harms_nothing(
+    scripted_openai: ScriptedOpenAI,
+) -> None:
+    """``prepare`` has the worker make a session's client beside the set-up; one it cannot
+    make (no such protocol, nonsense settings) leaves the worker serving the others."""
+    scripted_openai.add(Reply(text="Hello."))
+    broken = make_client("not a url at all", "sk-x", -1.0)
+    broken.prepare("responses")
+    client = make_client(scripted_openai.base_url, "sk-x", 30.0)
+    client.prepare("chat")
+    model = ChatModel(client, "m", backoff=(0.0,))
+
+    async def on_text(text: str) -> None:
+        pass
+
+    with anyio.fail_after(30):
+        turn = await model.turn([{"role": "user", "content": "hi"}], [], on_text=on_text)
+    assert turn.text == "Hello."
