@@ -6,18 +6,22 @@ the checkout, as aider's does), two edits and two test runs for aider (``--auto-
 files). Both talk to one scripted OpenAI-compatible server on 127.0.0.1 that answers at once,
 so what is timed is each tool's own work: from process start to exit, the fix in the checkout
 and the test green. Runs alternate between the tools (``--runs`` each, in one go); printed: each
-tool's min and median, codexloop's time to its first event (``loop_started``), and the ratio of
+tool's min and median, the medians of codexloop's milestones (``loop_started``, each test
+run's verdict), and the ratio of
 the medians. aider is never a dependency: without it (``--aider PATH`` or on PATH) its rows say
 so and codexloop is timed alone. The kata's tests run with the kata's own venv, pytest alone
 in it (``bench/_venv.py``; ``--own-python``: this interpreter, with every plugin of the
 development venv), the same for both tools.
 
     .venv/bin/python bench/peer.py [--runs 5] [--aider /path/to/aider] [--own-python]
+        [--before TREE]   # also an earlier commit's checkout (git worktree add TREE COMMIT)
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
+import json
 import os
 import shutil
 import statistics
@@ -72,15 +76,32 @@ def green(repo: Path) -> bool:
     return done.returncode == 0 and (repo / "calc.py").read_text() == RIGHT
 
 
-def run_codexloop(repo: Path, url: str) -> tuple[float, float]:
-    """Wall seconds to exit, and to the first event."""
-    exe = Path(sys.executable).with_name("codexloop")
+MILESTONES = ("loop_started", "baseline verdict", "iteration 1 verdict", "iteration 2 verdict")
+
+
+def codexloop_command(tree: str | None) -> list[str]:
+    """``codexloop``, or the one of another checkout's source ``tree`` (an earlier commit,
+    for a before/after in one run: its modules, this venv's packages)."""
+    if tree is None:
+        return [str(Path(sys.executable).with_name("codexloop"))]
+    code = (
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
+        f"sys.path.insert(0, {str(Path(tree).resolve())!r})\n"
+        "from codexloop.main import run\n"
+        "run()\n"
+    )
+    return [sys.executable, "-c", code]
+
+
+def run_codexloop(repo: Path, url: str, command: list[str]) -> tuple[float, dict[str, float]]:
+    """Wall seconds to exit, and to each of :data:`MILESTONES` (as the events are read)."""
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     env["VIRTUAL_ENV"] = str(Path(PYTHON).parent.parent)  # the kata's interpreter runs its tests
     started = time.perf_counter()
     proc = subprocess.Popen(
         [
-            str(exe),
+            *command,
             "--headless",
             "--accept",
             "all",
@@ -98,11 +119,20 @@ def run_codexloop(repo: Path, url: str) -> tuple[float, float]:
         text=True,
     )
     assert proc.stdout is not None
-    proc.stdout.readline()
-    first = time.perf_counter() - started
-    proc.stdout.read()
+    seen: dict[str, float] = {}
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["type"] == "loop_started":
+            seen["loop_started"] = time.perf_counter() - started
+        elif event["type"] == "test_finished":
+            name = (
+                f"iteration {event['iteration']} verdict"
+                if event["iteration"]
+                else "baseline verdict"
+            )
+            seen[name] = time.perf_counter() - started
     proc.wait()
-    return time.perf_counter() - started, first
+    return time.perf_counter() - started, seen
 
 
 def run_aider(aider: str, repo: Path, url: str) -> float:
@@ -146,12 +176,29 @@ def main() -> int:
     parser.add_argument(
         "--own-python", action="store_true", help="run the kata's tests with this interpreter"
     )
+    parser.add_argument(
+        "--before",
+        metavar="TREE",
+        help="also time the codexloop of this checkout (an earlier commit), alternating",
+    )
     args = parser.parse_args()
     global PYTHON
     PYTHON = (None if args.own_python else kata_python()) or sys.executable
     server = ScriptedOpenAI()
-    mine: list[float] = []
-    firsts: list[float] = []
+    variants = {"codexloop": codexloop_command(None)}
+    if args.before:
+        variants["before"] = codexloop_command(args.before)
+    # Bytecode written for both trees first: a tree compiled on every run (a stale cache, with
+    # PYTHONDONTWRITEBYTECODE set) would be timed compiling.
+    import codexloop
+
+    for folder in (
+        Path(codexloop.__file__).parent,
+        *([Path(args.before, "codexloop")] if args.before else []),
+    ):
+        compileall.compile_dir(folder, quiet=1)
+    walls: dict[str, list[float]] = {name: [] for name in variants}
+    marks: dict[str, dict[str, list[float]]] = {name: {} for name in variants}
     theirs: list[float] = []
     failures: list[str] = []
     try:
@@ -159,14 +206,16 @@ def main() -> int:
             os.environ["XDG_CACHE_HOME"] = str(Path(tmp, "cache"))
             os.environ["XDG_STATE_HOME"] = str(Path(tmp, "state"))
             for run in range(args.runs):
-                script(server)
-                repo = git_repo(Path(tmp, f"codexloop-{run}"), KATA)
-                wall, first = run_codexloop(repo, server.base_url)
-                firsts.append(first)
-                if green(repo):
-                    mine.append(wall)
-                else:
-                    failures.append(f"codexloop run {run + 1}")
+                for variant, command in variants.items():
+                    script(server)
+                    repo = git_repo(Path(tmp, f"{variant}-{run}"), KATA)
+                    wall, seen = run_codexloop(repo, server.base_url, command)
+                    for name, at in seen.items():
+                        marks[variant].setdefault(name, []).append(at)
+                    if green(repo):
+                        walls[variant].append(wall)
+                    else:
+                        failures.append(f"{variant} run {run + 1}")
                 if args.aider:
                     repo = git_repo(Path(tmp, f"aider-{run}"), KATA)
                     wall = run_aider(args.aider, repo, server.base_url)
@@ -178,10 +227,18 @@ def main() -> int:
         server.close()
     print(f"calc kata, wrong then right, instant scripted model, {args.runs} runs each")
     print(f"(the kata's tests run with {PYTHON})")
-    print(
-        summary("codexloop", mine) + f"   (first event: median {statistics.median(firsts):.2f} s)"
-    )
+    for variant in variants:
+        print(summary(variant, walls[variant]))
+        print(
+            "           medians: "
+            + ", ".join(
+                f"{name} {statistics.median(marks[variant][name]):.2f} s"
+                for name in MILESTONES
+                if marks[variant].get(name)
+            )
+        )
     print(summary("aider", theirs) if args.aider else "aider      not installed: not run")
+    mine = walls["codexloop"]
     if mine and theirs:
         ratio = statistics.median(theirs) / statistics.median(mine)
         print(f"aider / codexloop (medians): {ratio:.2f}x")
