@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -15,7 +14,16 @@ from pathlib import Path
 
 import anyio
 import pytest
-from loophelpers import KATA, TARGET, cli_env, events_of, make_config, of_type, run_loop
+from loophelpers import (
+    KATA,
+    TARGET,
+    cli_env,
+    events_of,
+    kill_engine_and_await_worker,
+    make_config,
+    of_type,
+    run_loop,
+)
 from scripted_openai import Call, Reply, ScriptedOpenAI
 
 from codexloop.core import events as ev
@@ -120,16 +128,7 @@ def test_the_worker_ends_with_the_engine_however_the_engine_ends() -> None:
     engine = subprocess.Popen(
         [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
-    assert engine.stdout is not None
-    worker = int(engine.stdout.readline())
-    watch = os.pidfd_open(worker)
-    try:
-        engine.kill()
-        engine.wait()
-        ended, _, _ = select.select([watch], [], [], 30)
-        assert ended, "the worker outlived the engine"
-    finally:
-        os.close(watch)
+    kill_engine_and_await_worker(engine)
 
 
 async def test_the_sandbox_holds_no_way_to_the_worker(

@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 import pytest
-from loophelpers import KATA, TARGET, make_config, run_loop
+from loophelpers import KATA, TARGET, kill_engine_and_await_worker, make_config, run_loop
 from scripted_openai import Call, Reply, ScriptedOpenAI
 
 from codexloop.core import model_process, model_worker
@@ -562,16 +562,7 @@ def test_an_engine_killed_mid_stream_takes_the_worker_and_its_stream_away(
     )
     engine = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
-        assert engine.stdout is not None
-        worker = int(engine.stdout.readline())
-        watch = os.pidfd_open(worker)
-        try:
-            engine.kill()
-            engine.wait()
-            ended, _, _ = select.select([watch], [], [], 30)
-            assert ended, "the worker outlived the engine"
-        finally:
-            os.close(watch)
+        kill_engine_and_await_worker(engine)
         go_on.set()
         assert hostile.cut.wait(30), "the stream went on without anyone reading it"
     finally:

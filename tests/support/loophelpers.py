@@ -187,3 +187,20 @@ def user_texts(request: dict[str, Any]) -> str:
 
 def tool_results(request: dict[str, Any]) -> list[str]:
     return [m["content"] for m in request["messages"] if m["role"] == "tool"]
+
+
+def kill_engine_and_await_worker(engine: subprocess.Popen[str]) -> None:
+    """Read the model worker's pid from ``engine``'s first line, kill the engine and wait (30 s
+    at most) for the worker to end with it."""
+    import select
+
+    assert engine.stdout is not None
+    worker = int(engine.stdout.readline())
+    watch = os.pidfd_open(worker)
+    try:
+        engine.kill()
+        engine.wait()
+        ended, _, _ = select.select([watch], [], [], 30)
+        assert ended, "the worker outlived the engine"
+    finally:
+        os.close(watch)
