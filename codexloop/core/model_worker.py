@@ -53,6 +53,9 @@ def line(message: dict[str, Any]) -> bytes:
 
 
 class Worker:
+    """The client's package, the clients made (one per endpoint, key and timeout), the
+    requests under way."""
+
     def __init__(self, openai: ModuleType | ImportError) -> None:
         self.openai = openai  # the client's package, or why it could not be imported
         self.clients: dict[tuple[Any, ...], Any] = {}
@@ -114,14 +117,13 @@ class Worker:
             pass
 
     async def answer(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
-        openai: ModuleType | None = None
         try:
             op = request["op"]
             if op == "check":
-                openai = await self.check(request, writer)
+                await self.check(request, writer)
                 await writer.drain()
                 return
-            openai, client = self.client(request["client"])
+            _openai, client = self.client(request["client"])
             if op == "models":
                 listing = await client.with_options(
                     timeout=request["timeout"]
@@ -141,10 +143,11 @@ class Worker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            writer.write(line({"error": describe(exc, openai or _loaded("openai"))}))
+            openai = self.openai if isinstance(self.openai, ModuleType) else None
+            writer.write(line({"error": describe(exc, openai)}))
         await writer.drain()
 
-    async def check(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> ModuleType:
+    async def check(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         """Reachable, and the key not refused, asked with the client (the engine asks this
         only where it cannot ask through the client's HTTP transport itself): 401 and 403
         are errors, any other answer (404: no /models) means reachable."""
@@ -156,7 +159,6 @@ class Worker:
         except openai.APIStatusError:
             pass
         writer.write(line({"ok": True}))
-        return openai
 
 
 async def lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -223,10 +225,6 @@ def chunk(data: str) -> Any:
             else "An error occurred during streaming"
         )
     return parsed
-
-
-def _loaded(name: str) -> ModuleType | None:
-    return sys.modules.get(name)
 
 
 def describe(exc: BaseException, openai: ModuleType | None) -> dict[str, Any]:
