@@ -13,13 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any
 
 import anyio
-from anyio.abc import UNIXSocketStream
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from codexloop.core import model_process
 from codexloop.core.model_process import connect
@@ -78,20 +77,36 @@ the client's own timeouts end every wait of a working worker sooner."""
 
 
 class _Answer:
-    """One request's answer, line by line."""
+    """One request's socket: its request written, its answer read line by line.
 
-    def __init__(self, stream: UNIXSocketStream, patience: float, pid: int | None) -> None:
-        self._stream = stream
-        self._lines = BufferedByteReceiveStream(stream)
+    Read and written with :func:`anyio.wait_readable` and the socket itself, not anyio's
+    socket streams: a receive of theirs cancelled just as data arrives sets the result of a
+    cancelled future in the event loop (``InvalidStateError``, anyio 4.16), and a race calls
+    off its losers' streams mid-answer all the time."""
+
+    def __init__(self, sock: socket.socket, patience: float, pid: int | None) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._buffer = bytearray()
+        self._scanned = 0  # bytes of the buffer known to hold no line end
         self._patience = patience
         self._pid = pid
 
+    async def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self._sock.send(view)
+            except BlockingIOError:
+                await anyio.wait_writable(self._sock)
+                continue
+            except OSError:
+                raise WorkerLost("the model worker stopped before it took the request") from None
+            view = view[sent:]
+
     async def next(self) -> dict[str, Any]:
         with anyio.move_on_after(self._patience) as waited:
-            try:
-                raw = await self._lines.receive_until(b"\n", LINE_LIMIT)
-            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
-                raise WorkerLost("the model worker stopped before it answered") from None
+            raw = await self._line()
         if waited.cancelled_caught:  # stopped or stuck: the next request gets a new worker
             model_process.replace(self._pid)
             raise WorkerLost("the model worker stopped answering")
@@ -100,9 +115,30 @@ class _Answer:
             raise endpoint_error(message["error"])
         return message
 
+    async def _line(self) -> bytes:
+        while True:
+            end = self._buffer.find(b"\n", self._scanned)
+            if end >= 0:
+                raw = bytes(self._buffer[:end])
+                del self._buffer[: end + 1]
+                self._scanned = 0
+                return raw
+            self._scanned = len(self._buffer)
+            if self._scanned > LINE_LIMIT:
+                raise WorkerLost("the model worker sent a line too long to read")
+            try:
+                chunk = self._sock.recv(1 << 16)
+            except BlockingIOError:
+                await anyio.wait_readable(self._sock)
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:
+                raise WorkerLost("the model worker stopped before it answered")
+            self._buffer += chunk
+
     async def aclose(self) -> None:
-        with anyio.CancelScope(shield=True):
-            await self._stream.aclose()
+        self._sock.close()
 
 
 class ChunkStream:
@@ -189,23 +225,10 @@ class ModelClient:
             await answer.aclose()
 
     async def _ask(self, request: dict[str, Any]) -> _Answer:
-        sock = connect()
+        answer = _Answer(connect(), self.settings[2] + STALL_MARGIN_S, model_process.worker_pid())
         try:
-            stream = await UNIXSocketStream.from_socket(sock)
-        except BaseException:
-            sock.close()
-            raise
-        answer = _Answer(stream, self.settings[2] + STALL_MARGIN_S, model_process.worker_pid())
-        try:
-            await stream.send(line({**request, "client": list(self.settings)}))
-        except (anyio.BrokenResourceError, OSError):
-            await answer.aclose()
-            _raise_lost()
+            await answer.send(line({**request, "client": list(self.settings)}))
         except BaseException:
             await answer.aclose()
             raise
         return answer
-
-
-def _raise_lost() -> NoReturn:
-    raise WorkerLost("the model worker stopped before it took the request")

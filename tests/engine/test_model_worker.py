@@ -172,7 +172,9 @@ async def test_a_worker_that_stops_answering_is_replaced(
     and the turn asked again of a new one, rather than waited on for ever."""
     from codexloop.core import model_host
 
-    monkeypatch.setattr(model_host, "STALL_MARGIN_S", 0.5)
+    monkeypatch.setattr(
+        model_host, "STALL_MARGIN_S", 5.0
+    )  # a new worker imports its client meanwhile
     scripted_openai.add(Reply(text="Hello."))
     model_process.start()
     stuck = model_process.worker_pid()
