@@ -466,30 +466,6 @@ def settings_of(args: argparse.Namespace) -> Settings:
     )
 
 
-def _headless(args: argparse.Namespace, config: Config, resumed: SessionRecord | None) -> int:
-    """A headless session; a new one of one attempt here has its snapshot and worktree
-    started now, beside the imports of the engine (~0.1 s of git's work each)."""
-    from codexloop.core.sandbox import create_ahead, drop_ahead, session_name
-
-    name = None
-    if resumed is None and config.ray is None and config.attempts == 1:
-        name = session_name(config.targets)
-        create_ahead(config.repo, name, config.continue_from)
-    try:
-        from codexloop.cli.headless import run_headless
-
-        return run_headless(
-            config,
-            name=name,
-            accept_all=args.accept in ("all", "flagged"),
-            accept_flagged=args.accept == "flagged",
-            resumed=resumed,
-        )
-    finally:
-        if name is not None:  # taken by the session, or undone here
-            drop_ahead(config.repo, name, config.continue_from)
-
-
 def run_loop(
     args: argparse.Namespace, open_app: OpenApp, *, resumed: SessionRecord | None = None
 ) -> int:
@@ -515,7 +491,14 @@ def run_loop(
     if not args.headless:
         require_terminal()
     if args.headless:
-        return _headless(args, config, resumed)
+        from codexloop.cli.headless import run_headless
+
+        return run_headless(
+            config,
+            accept_all=args.accept in ("all", "flagged"),
+            accept_flagged=args.accept == "flagged",
+            resumed=resumed,
+        )
     if resumed is not None:
         from codexloop.core.loop import Loop
 

@@ -54,14 +54,3 @@ def take(function: Callable[..., T], *args: Hashable) -> T:
     if call.error is not None:
         raise call.error
     return call.value  # type: ignore[no-any-return]
-
-
-def leftover(function: Callable[..., T], *args: Hashable) -> T | None:
-    """The result of ``function(*args)`` started ahead that nobody took (waited for), so that
-    what it made can be undone; None when there is none, or it failed."""
-    with _lock:
-        call = _pending.pop((function, args), None)
-    if call is None:
-        return None
-    call.thread.join()
-    return None if call.error is not None else call.value  # type: ignore[no-any-return]

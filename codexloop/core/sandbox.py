@@ -25,7 +25,7 @@ from pathlib import Path
 
 import anyio
 
-from codexloop.core import ahead, gitops, limits, process, record, safefs
+from codexloop.core import gitops, limits, process, record, safefs
 from codexloop.core.errors import SandboxError
 from codexloop.core.isolation import (
     DEFAULT_MAX_MEMORY_GIB,
@@ -582,25 +582,6 @@ def _write_excludes(home: Path) -> Path:
         exclude.parent.mkdir(parents=True, exist_ok=True)
         exclude.write_text(_EXCLUDES)
     return exclude
-
-
-def make_sandbox(repo: Path, name: str, base: str | None, continue_from: str | None) -> Sandbox:
-    """:meth:`Sandbox.create`, by position (a call :mod:`codexloop.core.ahead` can key)."""
-    return Sandbox.create(repo, name, base, continue_from=continue_from)
-
-
-def create_ahead(repo: Path, name: str, continue_from: str | None) -> None:
-    """Start session ``name``'s snapshot and worktree now, in a thread (mostly git's work, in
-    git's processes): the engine's own imports go on beside them; the session takes them."""
-    ahead.start(make_sandbox, repo, name, None, continue_from)
-
-
-def drop_ahead(repo: Path, name: str, continue_from: str | None) -> None:
-    """The sandbox :func:`create_ahead` made, if the session never took it (it ended before
-    it began: an interrupt, a failure on the way): removed, branch and all."""
-    made = ahead.leftover(make_sandbox, repo, name, None, continue_from)
-    if made is not None:
-        made.remove(delete_branch=True)
 
 
 def session_folders(name: str, worktree: Path | None) -> list[Path]:

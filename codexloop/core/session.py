@@ -18,7 +18,7 @@ from codexloop.core.exam import Exam, command_files
 from codexloop.core.exam_run import ExamRunner
 from codexloop.core.isolation import Isolation
 from codexloop.core.process import RunResult
-from codexloop.core.sandbox import Sandbox, find_python, make_sandbox
+from codexloop.core.sandbox import Sandbox, find_python
 from codexloop.core.testrun import default_command
 from codexloop.core.timings import Timings
 from codexloop.core.tools import Tools
@@ -56,10 +56,9 @@ def _warm_runs(config: Config) -> bool:
 
 
 async def create_sandbox(config: Config, name: str, base: str | None) -> Sandbox:
-    """The snapshot and the worktree on the preview branch (the part that can fail first):
-    the one started ahead for this name, if it was."""
+    """The snapshot and the worktree on the preview branch (the part that can fail first)."""
     return await anyio.to_thread.run_sync(
-        partial(ahead.take, make_sandbox, config.repo, name, base, config.continue_from)
+        partial(Sandbox.create, config.repo, name, base, continue_from=config.continue_from)
     )
 
 
