@@ -1,11 +1,18 @@
 """aider's command line as the benchmarks run it: one model on an OpenAI-compatible server,
-whole-file edits, its own test loop (``--auto-test``), nothing committed, no prompts."""
+whole-file edits (or ``edit_format``), its own test loop (``--auto-test``), nothing committed, no prompts."""
 
 from __future__ import annotations
 
 
 def aider_argv(
-    aider: str, url: str, model: str, test: str, read: str, message: str, *files: str
+    aider: str,
+    url: str,
+    model: str,
+    test: str,
+    read: str,
+    message: str,
+    *files: str,
+    edit_format: str = "whole",
 ) -> list[str]:
     """``aider`` on ``model`` at ``url``, testing with ``test``, ``read`` in its chat read-only,
     ``files`` editable, asked ``message`` (add options after it)."""
@@ -18,7 +25,7 @@ def aider_argv(
         "--openai-api-key",
         "x",
         "--edit-format",
-        "whole",
+        edit_format,
         "--yes-always",
         "--no-auto-commits",
         "--no-show-model-warnings",

@@ -1,6 +1,9 @@
 """Time to green, codexloop against aider, with the same instant scripted model (issue 20).
 
-The calc kata (``add`` returns ``a - b``): the scripted model gets it wrong once, then right —
+The calc kata (``add`` returns ``a - b``), or with ``--project tabulate`` a real project (tabulate
+0.9.0's module and output tests, vendored in ``bench/projects``, a bug planted in the module's
+2,700 lines, ``test/test_output.py::test_plain`` red): the scripted model gets it wrong once, then
+right —
 a baseline run and two iterations for codexloop (``--headless --accept all``: the fix lands in
 the checkout, as aider's does), two edits and two test runs for aider (``--auto-test``, whole
 files). Both talk to one scripted OpenAI-compatible server on 127.0.0.1 that answers at once,
@@ -14,7 +17,7 @@ in it (``bench/_venv.py``; ``--own-python``: this interpreter, with every plugin
 development venv), the same for both tools.
 
     .venv/bin/python bench/peer.py [--runs 5] [--aider /path/to/aider] [--own-python]
-        [--before TREE]   # also an earlier commit's checkout (git worktree add TREE COMMIT)
+        [--project calc|tabulate] [--before TREE]   # also an earlier commit's checkout (git worktree add TREE COMMIT)
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from _aider import aider_argv
 from _repo import git_repo
@@ -48,20 +53,87 @@ WRONG = "def add(a, b):\n    return a * b\n"
 RIGHT = "def add(a, b):\n    return a + b\n"
 
 
+@dataclass(frozen=True)
+class Project:
+    """A task both tools are timed on: the files, the test that defines success, the file the
+    fix goes in (planted bug, a wrong fix, the right one) and the test file aider reads."""
+
+    files: dict[str, str]
+    target: str
+    path: str
+    wrong: str
+    right: str
+    test_file: str
+    edits: tuple[tuple[str, str], tuple[str, str]] | None = None  # codexloop's edit_file calls
+
+
+def tabulate_project() -> Project:
+    """tabulate 0.9.0's module and output tests (``bench/projects/tabulate``, MIT), with
+    ``MIN_PADDING = 0`` planted: ``test_plain`` fails; 1 is the wrong fix, 2 the right."""
+    root = Path(__file__).resolve().parent / "projects" / "tabulate"
+    module = (root / "tabulate" / "__init__.py").read_text()
+    files = {
+        rel: (root / rel).read_text()
+        for rel in ("test/common.py", "test/test_output.py", "LICENSE")
+    }
+    files["tabulate/__init__.py"] = module.replace("MIN_PADDING = 2", "MIN_PADDING = 0", 1)
+    return Project(
+        files,
+        "test/test_output.py::test_plain",
+        "tabulate/__init__.py",
+        module.replace("MIN_PADDING = 2", "MIN_PADDING = 1", 1),
+        module,
+        "test/test_output.py",
+        (("MIN_PADDING = 0", "MIN_PADDING = 1"), ("MIN_PADDING = 1", "MIN_PADDING = 2")),
+    )
+
+
+CALC = Project(KATA, TARGET, "calc.py", WRONG, RIGHT, "tests/test_calc.py")
+PROJECT = CALC  # main() may choose another
+
+
 def script(server: ScriptedOpenAI) -> None:
-    """One run's turns for each tool (each asks with its own model name)."""
+    """One codexloop run's turns: it writes the file, or edits it where the project says how."""
+    project = PROJECT
+    fixes = (
+        [
+            Call("edit_file", {"path": project.path, "old_text": old, "new_text": new})
+            for old, new in project.edits
+        ]
+        if project.edits
+        else [
+            Call("write_file", {"path": project.path, "content": text})
+            for text in (project.wrong, project.right)
+        ]
+    )
     server.add_for(
         "codexloop",
-        Reply(tool_calls=[Call("write_file", {"path": "calc.py", "content": WRONG})]),
+        Reply(tool_calls=[fixes[0]]),
         Reply(text="Done."),
-        Reply(tool_calls=[Call("write_file", {"path": "calc.py", "content": RIGHT})]),
+        Reply(tool_calls=[fixes[1]]),
         Reply(text="Fixed."),
     )
-    server.add_for(
-        "aider",
-        Reply(text=f"calc.py\n```python\n{WRONG}```\n"),
-        Reply(text=f"calc.py\n```python\n{RIGHT}```\n"),
-    )
+
+
+def script_aider(server: ScriptedOpenAI, model: str) -> None:
+    """One aider run's turns, under a model name of its own: whole files, wrong then (once it
+    sent the test's output) right. aider also asks, in a thread of its own, for a summary of a
+    long chat (a 2,700-line file makes one): answered as such, whenever it comes."""
+    project = PROJECT
+
+    def answer(request: dict[str, Any]) -> Reply:
+        messages = request.get("messages") or [{}]
+        if str(messages[0].get("content", "")).startswith("*Briefly* summarize"):
+            return Reply(text="The user asked to make a failing test pass; an edit was made.")
+        second = "I ran this command" in str(messages[-1].get("content", ""))
+        if project.edits:  # search/replace blocks (aider's diff format), as codexloop's edits
+            old, new = project.edits[1 if second else 0]
+            block = f"<<<<<<< SEARCH\n{old}\n=======\n{new}\n>>>>>>> REPLACE\n"
+            return Reply(text=f"{project.path}\n```python\n{block}```\n")
+        fixed = project.right if second else project.wrong
+        return Reply(text=f"{project.path}\n```python\n{fixed}```\n")
+
+    server.add_for(model, *[answer] * 6)  # more than a run asks; the next run has its own name
 
 
 PYTHON = sys.executable  # the kata's interpreter (main() may choose the kata venv's)
@@ -69,11 +141,11 @@ PYTHON = sys.executable  # the kata's interpreter (main() may choose the kata ve
 
 def green(repo: Path) -> bool:
     done = subprocess.run(
-        [PYTHON, "-B", "-m", "pytest", "-q", "-p", "no:cacheprovider", TARGET],
+        [PYTHON, "-B", "-m", "pytest", "-q", "-p", "no:cacheprovider", PROJECT.target],
         cwd=repo,
         capture_output=True,
     )
-    return done.returncode == 0 and (repo / "calc.py").read_text() == RIGHT
+    return done.returncode == 0 and (repo / PROJECT.path).read_text() == PROJECT.right
 
 
 MILESTONES = ("loop_started", "baseline verdict", "iteration 1 verdict", "iteration 2 verdict")
@@ -109,7 +181,7 @@ def run_codexloop(repo: Path, url: str, command: list[str]) -> tuple[float, dict
             "codexloop",
             "--base-url",
             url,
-            TARGET,
+            PROJECT.target,
         ],
         cwd=repo,
         env=env,
@@ -135,21 +207,22 @@ def run_codexloop(repo: Path, url: str, command: list[str]) -> tuple[float, dict
     return time.perf_counter() - started, seen
 
 
-def run_aider(aider: str, repo: Path, url: str) -> float:
+def run_aider(aider: str, repo: Path, url: str, model: str) -> float:
     started = time.perf_counter()
     subprocess.run(
         [
             *aider_argv(
                 aider,
                 url,
-                "aider",
+                model,
                 # -B: no bytecode written. The two scripted edits have the same size and land
                 # in the same second: a cached calc.pyc would pass for the new source and the
                 # right fix would test red (codexloop's runs never keep bytecode).
-                f"{PYTHON} -B -m pytest -q -p no:cacheprovider {TARGET}",
-                "tests/test_calc.py",
-                f"Make the failing test pass: {TARGET}",
-                "calc.py",
+                f"{PYTHON} -B -m pytest -q -p no:cacheprovider {PROJECT.target}",
+                PROJECT.test_file,
+                f"Make the failing test pass: {PROJECT.target}",
+                PROJECT.path,
+                edit_format="diff" if PROJECT.edits else "whole",
             ),
             "--no-pretty",
             "--map-tokens",
@@ -177,12 +250,19 @@ def main() -> int:
         "--own-python", action="store_true", help="run the kata's tests with this interpreter"
     )
     parser.add_argument(
+        "--project",
+        choices=("calc", "tabulate"),
+        default="calc",
+        help="the calc kata, or tabulate 0.9.0 with a planted bug (bench/projects)",
+    )
+    parser.add_argument(
         "--before",
         metavar="TREE",
         help="also time the codexloop of this checkout (an earlier commit), alternating",
     )
     args = parser.parse_args()
-    global PYTHON
+    global PYTHON, PROJECT
+    PROJECT = tabulate_project() if args.project == "tabulate" else CALC
     PYTHON = (None if args.own_python else kata_python()) or sys.executable
     server = ScriptedOpenAI()
     variants = {"codexloop": codexloop_command(None)}
@@ -208,7 +288,7 @@ def main() -> int:
             for run in range(args.runs):
                 for variant, command in variants.items():
                     script(server)
-                    repo = git_repo(Path(tmp, f"{variant}-{run}"), KATA)
+                    repo = git_repo(Path(tmp, f"{variant}-{run}"), PROJECT.files)
                     wall, seen = run_codexloop(repo, server.base_url, command)
                     for name, at in seen.items():
                         marks[variant].setdefault(name, []).append(at)
@@ -217,15 +297,16 @@ def main() -> int:
                     else:
                         failures.append(f"{variant} run {run + 1}")
                 if args.aider:
-                    repo = git_repo(Path(tmp, f"aider-{run}"), KATA)
-                    wall = run_aider(args.aider, repo, server.base_url)
+                    repo = git_repo(Path(tmp, f"aider-{run}"), PROJECT.files)
+                    script_aider(server, f"aider-{run}")
+                    wall = run_aider(args.aider, repo, server.base_url, f"aider-{run}")
                     if green(repo):
                         theirs.append(wall)
                     else:
                         failures.append(f"aider run {run + 1}")
     finally:
         server.close()
-    print(f"calc kata, wrong then right, instant scripted model, {args.runs} runs each")
+    print(f"{args.project}, wrong then right, instant scripted model, {args.runs} runs each")
     print(f"(the kata's tests run with {PYTHON})")
     for variant in variants:
         print(summary(variant, walls[variant]))
