@@ -47,7 +47,7 @@ class _Worker:
             )
         finally:
             theirs.close()
-        ours.settimeout(10.0)  # a worker that stopped reading is replaced, not waited on
+        ours.settimeout(1.0)  # a worker that stopped reading is replaced, not waited on
         self._control = ours
         return ours
 
