@@ -21,7 +21,7 @@ from codexloop.core import events as ev
 from codexloop.core import plugins, record, safefs
 from codexloop.core.exam import Exam, ExamError
 from codexloop.core.process import OutputCallback, RunResult
-from codexloop.core.sandbox import ExamPlace, Sandbox
+from codexloop.core.sandbox import ExamPlace, Sandbox, source_roots
 from codexloop.core.testrun import Canary, Verdict, default_args, judge, junit_env, uncollected
 from codexloop.core.timings import Timings
 from codexloop.core.warm import WarmError, WarmRunner
@@ -263,9 +263,11 @@ class ExamRunner:
 
     async def prepare(self) -> None:
         """The warm server started ahead of the first run (see :meth:`WarmRunner.prepare`).
-        Not for a ``src`` layout: the run tree's ``src`` goes on the server's path only once
-        the run tree holds it (its first recording), so that run starts the server."""
-        if self.warm is not None and not (self.sandbox.worktree / "src").is_dir():
+        Not when the project has source roots besides its root (a ``src`` layout): the run
+        tree's go on the server's path only once the run tree holds them (its first
+        recording), so that run starts the server."""
+        worktree = self.sandbox.worktree
+        if self.warm is not None and source_roots(worktree) == [worktree]:
             await self.warm.prepare()
 
     async def note_left_out(self, scan: record.Scan) -> None:

@@ -35,6 +35,7 @@ import secrets
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 from collections import OrderedDict
@@ -124,7 +125,7 @@ def _gitpython() -> tuple[type[gitpython.Git], type[gitpython.Repo]]:
             # A str would have its $VARIABLES and ~ expanded by GitPython; a Path is not.
             super().__init__(None if working_dir is None else Path(working_dir))
             self.set_persistent_git_options(c=list(_CONFIG))
-            self.update_environment(GIT_TERMINAL_PROMPT="0")
+            self.update_environment(**_COMMAND_ENV)
 
     class HardenedRepo(gitpython.Repo):
         GitCommandWrapperType = HardenedGit
@@ -134,16 +135,14 @@ def _gitpython() -> tuple[type[gitpython.Git], type[gitpython.Repo]]:
 
 def _executable() -> str:
     """The git GitPython runs (its ``GIT_PYTHON_GIT_EXECUTABLE``), without importing it."""
-    import sys
-
     loaded = sys.modules.get("git")
     chosen = getattr(getattr(loaded, "Git", None), "GIT_PYTHON_GIT_EXECUTABLE", None)
     return os.fspath(chosen or os.path.expanduser(os.environ.get(_EXECUTABLE_VARIABLE) or "git"))
 
 
 _EXECUTABLE_VARIABLE = "GIT_PYTHON_GIT_EXECUTABLE"
-# As GitPython's own commands run: git's messages in English (its stderr is shown and
-# matched), no terminal prompt.
+# Every git command's environment, one-shot or a persistent reader's: git's messages in
+# English (its stderr is shown and matched), as GitPython sets them itself; no terminal prompt.
 _COMMAND_ENV = {"LANGUAGE": "C", "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0"}
 
 

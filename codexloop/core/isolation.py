@@ -120,6 +120,7 @@ class Remembered:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._data: dict[str, dict[str, object]] | None = None  # the file, read once
 
     def get(self, kind: str, key: str) -> dict[str, object] | None:
         found = self._load().get(kind, {}).get(key)
@@ -139,13 +140,17 @@ class Remembered:
             pass  # not kept: asked again next time
 
     def _load(self) -> dict[str, dict[str, object]]:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return (
-            {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
-        )
+        if self._data is None:
+            try:
+                data = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                data = {}
+            self._data = (
+                {k: v for k, v in data.items() if isinstance(v, dict)}
+                if isinstance(data, dict)
+                else {}
+            )
+        return self._data
 
 
 def _identity(path: str) -> list[object]:
@@ -193,29 +198,27 @@ def _machine() -> dict[str, object]:
 def inspect_bwrap(path: str, origin: Origin, remembered: Remembered | None = None) -> Bwrap | None:
     """What the bwrap at ``path`` supports: asked once a process, and kept in ``remembered``
     for later sessions (for this very executable); None when it does not run."""
-    if remembered is not None:
-        try:
-            key = json.dumps([_identity(path), origin])
-        except OSError:
-            return None
-        known = remembered.get("bwrap", key)
-        if known is not None:
-            return Bwrap(
-                path,
-                str(known.get("version")),
-                origin,
-                cap_drop=bool(known.get("cap_drop")),
-                size=bool(known.get("size")),
-            )
-        found = _inspect_bwrap(path, origin)
-        if found is not None:
-            remembered.put(
-                "bwrap",
-                key,
-                {"version": found.version, "cap_drop": found.cap_drop, "size": found.size},
-            )
-        return found
-    return _inspect_bwrap(path, origin)
+    if remembered is None:
+        return _inspect_bwrap(path, origin)
+    try:
+        key = json.dumps([_identity(path), origin])
+    except OSError:
+        return None
+    known = remembered.get("bwrap", key)
+    if known is not None:
+        return Bwrap(
+            path,
+            str(known.get("version")),
+            origin,
+            cap_drop=bool(known.get("cap_drop")),
+            size=bool(known.get("size")),
+        )
+    found = _inspect_bwrap(path, origin)
+    if found is not None:
+        remembered.put(
+            "bwrap", key, {"version": found.version, "cap_drop": found.cap_drop, "size": found.size}
+        )
+    return found
 
 
 @functools.lru_cache(maxsize=16)

@@ -319,12 +319,20 @@ class WarmRunner:
         """Start the server now, beside what the engine does before the first run (restoring
         the exam, recording the candidate): its start is another process's work. A failure,
         whatever it is, is left to that run to meet, and say (it starts the server again)."""
+        with contextlib.suppress(Exception):
+            await self._started(None)
+
+    async def _started(self, changed: Iterable[str] | None) -> None:
+        """The server up, and started afresh if it died or what it depends on changed."""
         async with self._starting:
-            if self.process is None:
-                with contextlib.suppress(Exception):
-                    fingerprint = await anyio.to_thread.run_sync(self._fingerprint, None)
-                    await self._start()
-                    self.fingerprint = fingerprint
+            fingerprint = await anyio.to_thread.run_sync(self._fingerprint, changed)
+            if (
+                self.process is None
+                or self.process.returncode is not None
+                or fingerprint != self.fingerprint
+            ):
+                await self._start()
+                self.fingerprint = fingerprint
 
     async def _open_run(self) -> anyio.abc.SocketStream:
         """A fresh run connection: one end passed to the server over the control connection,
@@ -376,15 +384,7 @@ class WarmRunner:
 
         ``changed``: the sandbox's changed paths, when the caller has them (saves a walk).
         """
-        async with self._starting:
-            fingerprint = await anyio.to_thread.run_sync(self._fingerprint, changed)
-            if (
-                self.process is None
-                or self.process.returncode is not None
-                or fingerprint != self.fingerprint
-            ):
-                await self._start()
-                self.fingerprint = fingerprint
+        await self._started(changed)
         started = time.perf_counter()
         if self.group is not None:
             self.group.mark()
