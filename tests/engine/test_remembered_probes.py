@@ -4,6 +4,7 @@ change the answer asks again, and a failure is never remembered."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 from loophelpers import KATA
 
 from codexloop.core import isolation
+from codexloop.core import sandbox as sandbox_module
 from codexloop.core.exam import Exam
 from codexloop.core.sandbox import Sandbox, find_python
 
@@ -123,3 +125,37 @@ def test_a_failure_is_asked_again_every_time(
         box.remove(delete_branch=True)
         assert said.level == "none"
         assert [run for run in bwrap_runs if run[-1] == "true"], name
+
+
+@pytest.mark.anyio
+async def test_a_stale_or_planted_verdict_never_runs_a_command_unconfined(
+    make_repo, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A remembered ``full`` that no longer holds (a bwrap that now cannot set up its
+    namespaces) makes commands fail to start; none runs outside bubblewrap. A file of garbage
+    is ignored, not trusted."""
+    fake = tmp_path / "bin" / "bwrap"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then echo "bubblewrap 0.11.0"; exit 0; fi\n'
+        'if [ "$1" = --help ]; then echo "--cap-drop --size"; exit 0; fi\n'
+        'echo "bwrap: No permissions to create new namespace" >&2; exit 1\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv(isolation.BWRAP_ENV, str(fake))
+    monkeypatch.setattr(isolation, "_verdict_key", lambda *args: "planted")
+    probes = sandbox_module.state_home() / "probes.json"
+    probes.parent.mkdir(parents=True, exist_ok=True)
+    probes.write_text('{"isolation": [1, 2], "bwrap": "garbage"}')
+    repo = make_repo(KATA)
+    box, said = _isolate(repo, "garbage")
+    assert said.level == "none"  # garbage trusted for nothing: probed, and it fails
+    box.remove(delete_branch=True)
+    probes.write_text(json.dumps({"isolation": {"planted": {"level": "full"}}}))
+    box, said = _isolate(repo, "stale")
+    assert said.level == "full"  # what was remembered...
+    marker = tmp_path / "ran-outside"
+    done = await box.run(f"touch {marker}; echo ran", timeout=30)
+    assert "ran" not in done.output and not marker.exists()  # ...but nothing ran unconfined
+    box.remove(delete_branch=True)
