@@ -261,6 +261,8 @@ def main() -> int:
         help="also time the codexloop of this checkout (an earlier commit), alternating",
     )
     args = parser.parse_args()
+    if args.aider and not shutil.which(args.aider):
+        parser.error(f"--aider {args.aider}: no such executable (leave it out to skip aider)")
     global PYTHON, PROJECT
     PROJECT = tabulate_project() if args.project == "tabulate" else CALC
     PYTHON = (None if args.own_python else kata_python()) or sys.executable

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from codexloop.core import ahead
+from codexloop.core import ahead, interpreter
+from codexloop.core.remembered import Remembered
 
 Level = Literal["full", "reduced", "none"]
 Origin = Literal["system", "bundled", "custom"]
@@ -104,53 +105,6 @@ class Isolation:
             layout, env, fresh_proc=self.fresh_proc, masked=self.masked, binary=self.binary
         )
         return [self.bwrap, *flags, "--", *argv]
-
-
-class Remembered:
-    """Probe verdicts of earlier sessions on this machine, in one JSON file: what a bwrap
-    supports (keyed by the executable's identity) and the isolation a flag set reached (keyed
-    by the flags, the bwrap, the kernel, this process's namespaces and privileges, and the
-    switches that allow user namespaces). Only full isolation is kept: a failure, or the
-    reduced level, is asked again every time (a fix may have come since), and a stale verdict
-    can only make runs fail to start, never run a command with less isolation than it could
-    have (bubblewrap still sets all of it up, or stops).
-    Asking took three bwrap processes, ~20 ms of every session's start."""
-
-    LIMIT = 64  # verdicts of each kind kept (the newest)
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._data: dict[str, dict[str, object]] | None = None  # the file, read once
-
-    def get(self, kind: str, key: str) -> dict[str, object] | None:
-        found = self._load().get(kind, {}).get(key)
-        return found if isinstance(found, dict) else None
-
-    def put(self, kind: str, key: str, value: dict[str, object]) -> None:
-        data = self._load()
-        entries = {k: v for k, v in data.get(kind, {}).items() if k != key}
-        entries[key] = value
-        data[kind] = dict(list(entries.items())[-self.LIMIT :])
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fresh = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-            fresh.write_text(json.dumps(data))
-            fresh.replace(self.path)  # whole or not at all, whoever else writes it
-        except OSError:
-            pass  # not kept: asked again next time
-
-    def _load(self) -> dict[str, dict[str, object]]:
-        if self._data is None:
-            try:
-                data = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                data = {}
-            self._data = (
-                {k: v for k, v in data.items() if isinstance(v, dict)}
-                if isinstance(data, dict)
-                else {}
-            )
-        return self._data
 
 
 def _identity(path: str) -> list[object]:
@@ -396,16 +350,10 @@ def interpreter_paths(pythons: Iterable[str]) -> list[Path]:
 def sys_path(python: str) -> list[Path]:
     """The folders on ``python``'s module search path (blocking: it is asked)."""
     code = "import json, sys; print(json.dumps([p for p in sys.path if p]))"
+    out = interpreter.ask(python, code, isolated=True)
     try:
-        done = subprocess.run(
-            [python, "-I", "-c", code],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            stdin=subprocess.DEVNULL,
-        )
-        entries = json.loads(done.stdout) if done.returncode == 0 else []
-    except (OSError, subprocess.SubprocessError, ValueError):
+        entries = json.loads(out) if out is not None else []
+    except ValueError:
         return []
     return [Path(os.path.realpath(p)) for p in entries if Path(p).is_dir()]
 
@@ -444,8 +392,15 @@ def probe(
     search_path: str | None = None,
     remembered: Remembered | None = None,
 ) -> Isolation:
-    """Run the exact flag set once and say which level of isolation is in force (a level a
-    flag set like it reached before on this machine, in ``remembered``, is not asked again).
+    """Run the exact flag set once and say which level of isolation is in force.
+
+    A flag set like one that reached full isolation before on this machine (``remembered``:
+    keyed by the flags, the bwrap, the kernel, this process's namespaces and privileges, and
+    the switches that allow user namespaces) is not asked again: asking took three bwrap
+    processes, ~20 ms of every session's start. Only full isolation is kept: a failure, or
+    the reduced level, is asked again every time (a fix may have come since), and a stale
+    verdict can only make runs fail to start, never run a command with less isolation than
+    it could have (bubblewrap still sets all of it up, or stops).
 
     Which bwrap: see :func:`choose_bwrap` (``CODEXLOOP_BWRAP`` overrides the choice)."""
     if not sys.platform.startswith("linux"):

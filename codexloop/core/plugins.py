@@ -11,11 +11,11 @@ distributions' top-level modules; see :mod:`codexloop.core.exam`).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from codexloop.core import interpreter
 
 PLUGIN_GROUP = "pytest11"
 PLUGIN_ENV: dict[str, str] = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
@@ -92,19 +92,12 @@ def installed(python: str, *, timeout: float = PROBE_TIMEOUT_S) -> Installed:
     names and no plugin is named (pytest then loads only its own plugins: a run may go red,
     never falsely green).
     """
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
+    out = interpreter.ask(python, _PROBE, timeout=timeout)
     try:
-        done = subprocess.run(
-            [python, "-c", _PROBE],
-            cwd="/",
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-            check=True,
-        )
-        data = json.loads(done.stdout)
-    except (OSError, subprocess.SubprocessError, ValueError):
+        data = json.loads(out) if out is not None else None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
         return _own_view()
     stdlib = frozenset(data.get("stdlib") or sys.stdlib_module_names)
     return Installed(

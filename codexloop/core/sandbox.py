@@ -32,12 +32,12 @@ from codexloop.core.isolation import (
     DEFAULT_TMP_SIZE_MIB,
     Isolation,
     Layout,
-    Remembered,
     interpreter_paths,
     path_dirs,
 )
 from codexloop.core.isolation import probe as probe_isolation
 from codexloop.core.process import OutputCallback, RunResult
+from codexloop.core.remembered import Remembered, state_home
 from codexloop.core.runtree import RunTree
 
 # Variables a command may see. Everything else (API keys, tokens, SSH agent, cloud
@@ -83,11 +83,6 @@ _EXCLUDES = (
     )
     + "\n"
 )
-
-
-def state_home() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "codexloop"
 
 
 def _slug(text: str) -> str:

@@ -33,7 +33,7 @@ from pathlib import Path, PurePath
 import anyio
 from anyio.abc import Process
 
-from codexloop.core import ahead, safefs
+from codexloop.core import ahead, interpreter, safefs
 from codexloop.core.limits import RUN_MARK, PidsGroup, kill_marked, limit_notes
 from codexloop.core.process import (
     DEFAULT_HARD_LIMIT,
@@ -60,13 +60,12 @@ class WarmError(Exception):
 def site_packages(python: str) -> list[Path]:
     """The interpreter's package folders (their mtimes change when packages are installed)."""
     code = "import json, site, sysconfig; print(json.dumps([sysconfig.get_paths()['purelib'], *site.getsitepackages()]))"
+    out = interpreter.ask(python, code)
     try:
-        out = subprocess.run(
-            [python, "-c", code], capture_output=True, text=True, timeout=20, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
+        folders = json.loads(out) if out is not None else []
+    except ValueError:
         return []
-    return [Path(p) for p in dict.fromkeys(json.loads(out)) if Path(p).is_dir()]
+    return [Path(p) for p in dict.fromkeys(folders) if isinstance(p, str) and Path(p).is_dir()]
 
 
 def read_config(root: Path, rel: str, limit: int = MAX_CONFIG_BYTES) -> bytes | None:
