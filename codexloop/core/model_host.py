@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 
-from codexloop.core import model_process
+from codexloop.core import model_process, sockets
 from codexloop.core.model_process import connect
 from codexloop.core.model_worker import LINE_LIMIT, line
 
@@ -79,10 +79,8 @@ the client's own timeouts end every wait of a working worker sooner."""
 class _Answer:
     """One request's socket: its request written, its answer read line by line.
 
-    Read and written with :func:`anyio.wait_readable` and the socket itself, not anyio's
-    socket streams: a receive of theirs cancelled just as data arrives sets the result of a
-    cancelled future in the event loop (``InvalidStateError``, anyio 4.16), and a race calls
-    off its losers' streams mid-answer all the time."""
+    Read and written with :mod:`codexloop.core.sockets`, not anyio's socket streams (a race
+    calls off its losers' streams mid-answer all the time)."""
 
     def __init__(self, sock: socket.socket, patience: float, pid: int | None) -> None:
         sock.setblocking(False)
@@ -93,16 +91,10 @@ class _Answer:
         self._pid = pid
 
     async def send(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                sent = self._sock.send(view)
-            except BlockingIOError:
-                await anyio.wait_writable(self._sock)
-                continue
-            except OSError:
-                raise WorkerLost("the model worker stopped before it took the request") from None
-            view = view[sent:]
+        try:
+            await sockets.send_all(self._sock, data)
+        except OSError:
+            raise WorkerLost("the model worker stopped before it took the request") from None
 
     async def next(self) -> dict[str, Any]:
         with anyio.move_on_after(self._patience) as waited:
@@ -126,13 +118,7 @@ class _Answer:
             self._scanned = len(self._buffer)
             if self._scanned > LINE_LIMIT:
                 raise WorkerLost("the model worker sent a line too long to read")
-            try:
-                chunk = self._sock.recv(1 << 16)
-            except BlockingIOError:
-                await anyio.wait_readable(self._sock)
-                continue
-            except OSError:
-                chunk = b""
+            chunk = await sockets.receive(self._sock)
             if not chunk:
                 raise WorkerLost("the model worker stopped before it answered")
             self._buffer += chunk

@@ -33,7 +33,7 @@ from pathlib import Path, PurePath
 import anyio
 from anyio.abc import Process
 
-from codexloop.core import ahead, interpreter, safefs
+from codexloop.core import ahead, interpreter, safefs, sockets
 from codexloop.core.limits import RUN_MARK, PidsGroup, kill_marked, limit_notes
 from codexloop.core.process import (
     DEFAULT_HARD_LIMIT,
@@ -167,11 +167,8 @@ def _kill_all_but(group: PidsGroup, keep: int) -> int:
 
 
 def _can_pass_sockets() -> bool:
-    """Whether this anyio starts a process with an extra descriptor and wraps a socket of
-    our own as a stream (anyio 4.10 or later)."""
-    return "pass_fds" in inspect.signature(anyio.open_process).parameters and hasattr(
-        anyio.abc.UNIXSocketStream, "from_socket"
-    )
+    """Whether this anyio starts a process with an extra descriptor (anyio 4.10 or later)."""
+    return "pass_fds" in inspect.signature(anyio.open_process).parameters
 
 
 class WarmRunner:
@@ -333,9 +330,10 @@ class WarmRunner:
                 await self._start()
                 self.fingerprint = fingerprint
 
-    async def _open_run(self) -> anyio.abc.SocketStream:
+    async def _open_run(self) -> socket.socket:
         """A fresh run connection: one end passed to the server over the control connection,
-        the other returned. Closing it early kills the run."""
+        the other returned (non-blocking: read with :mod:`codexloop.core.sockets`, a run cut
+        by its time limit has no read in flight). Closing it early kills the run."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             assert self._control is not None
@@ -346,7 +344,8 @@ class WarmRunner:
             raise WarmError(f"cannot reach the warm pytest server: {exc}") from exc
         finally:
             theirs.close()  # the server's now, and only the server's
-        return await anyio.abc.UNIXSocketStream.from_socket(ours)
+        ours.setblocking(False)
+        return ours
 
     async def stop(self) -> None:
         process, self.process = self.process, None
@@ -398,16 +397,17 @@ class WarmRunner:
         code: int | None = None
         timed_out = killed_for_output = False
         read_total = 0
-        stream = await self._open_run()
-        async with stream:
+        connection = await self._open_run()
+        with connection:
             buffer = b""
             with anyio.move_on_after(timeout) as scope:
-                await stream.send((json.dumps(request) + "\n").encode())
+                with contextlib.suppress(OSError):  # a server gone says so below (no code)
+                    await sockets.send_all(connection, (json.dumps(request) + "\n").encode())
                 while code is None and not killed_for_output:
-                    try:
-                        buffer += await stream.receive()
-                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    chunk = await sockets.receive(connection)
+                    if not chunk:
                         break
+                    buffer += chunk
                     while len(buffer) >= 5:
                         kind, size = buffer[:1], struct.unpack(">I", buffer[1:5])[0]
                         if kind == b"X":
