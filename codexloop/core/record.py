@@ -266,7 +266,9 @@ class Recorder:
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[tuple[int, ...], Entry]] = {}
         self._commits: dict[str, dict[str, Entry]] = {}  # a commit's entries never change
-        self._global = self._global_layers()
+        # Read at the first scan: building them imports pathspec (~20 ms), not a cost for a
+        # session's start, which records nothing before its baseline run.
+        self._global: list[_Layer] | None = None
         self.tracked: dict[str, Entry] = {}
         self._identities: tuple[str, str] | None = None  # author, committer: asked once
         self._head: tuple[str, str] | None = None  # the last commit made here, and its tree
@@ -307,7 +309,7 @@ class Recorder:
         """Another exclude file (the sandbox's own, once it shares paths); the cache stays."""
         with self._lock:
             self.exclude_file = exclude_file
-            self._global = self._global_layers()
+            self._global = None
 
     def seed(self) -> None:
         """Remember what git checked out: untouched files keep their blob whatever the filters.
@@ -339,6 +341,8 @@ class Recorder:
     def _scan(self, leave_out: Collection[str]) -> Scan:
         started = time.time_ns()
         walk = _Walk(self, started)
+        if self._global is None:
+            self._global = self._global_layers()
         root_fd = os.open(self.root, safefs.DIR_FLAGS)
         try:
             walk.folder(root_fd, "", list(self._global), ignored=False)
