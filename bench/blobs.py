@@ -1,6 +1,6 @@
 """Reading N blobs of the developer's repository: one git process a blob (the way gitops read
-them before GitPython, kept here as it was) against gitops.read_blob today (GitPython's
-`git cat-file --batch`, started once and kept open).
+them once, kept here as it was) against gitops.read_blob today (a `git cat-file --batch`,
+started once and kept open).
 
 A repository of N small files in one commit; every file is read once by `HEAD:<path>`, as
 the exam restore and the flags scan ask. "after" includes opening the repository (one
@@ -64,7 +64,7 @@ def _run(
 
 
 def read_blob_per_process(repo: Path, commit: str, path: str) -> bytes | None:
-    """gitops.read_blob before GitPython: `git cat-file blob` once a blob."""
+    """gitops.read_blob as it once was: `git cat-file blob` once a blob."""
     done = _run(repo, ["cat-file", "blob", f"{commit}:{path}"])
     return done.stdout if done.returncode == 0 else None
 
@@ -102,7 +102,7 @@ def main() -> None:
     n = args.blobs
     for label, times in (
         ("before: one git process a blob", before),
-        ("after: GitPython's cat-file --batch", after),
+        ("after: cat-file --batch kept open", after),
         ("after, reader already open", warm),
     ):
         best, median = min(times), statistics.median(times)

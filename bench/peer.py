@@ -14,10 +14,13 @@ run's verdict), and the ratio of
 the medians. aider is never a dependency: without it (``--aider PATH`` or on PATH) its rows say
 so and codexloop is timed alone. The kata's tests run with the kata's own venv, pytest alone
 in it (``bench/_venv.py``; ``--own-python``: this interpreter, with every plugin of the
-development venv), the same for both tools.
+development venv), the same for both tools. codexloop runs as a user's install of it
+(``bench/_install.py``: a wheel of the checkout; ``--editable``: the development install, whose
+import hook costs every interpreter start ~20 ms).
 
     .venv/bin/python bench/peer.py [--runs 5] [--aider /path/to/aider] [--own-python]
-        [--project calc|tabulate] [--before TREE]   # also an earlier commit's checkout (git worktree add TREE COMMIT)
+        [--project calc|tabulate] [--before TREE] [--editable]
+    # --before: also an earlier commit's checkout (git worktree add TREE COMMIT)
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from _aider import aider_argv
+from _install import installed
 from _repo import git_repo
 from _venv import kata_python
 
@@ -151,19 +155,13 @@ def green(repo: Path) -> bool:
 MILESTONES = ("loop_started", "baseline verdict", "iteration 1 verdict", "iteration 2 verdict")
 
 
-def codexloop_command(tree: str | None) -> list[str]:
-    """``codexloop``, or the one of another checkout's source ``tree`` (an earlier commit,
-    for a before/after in one run: its modules, this venv's packages)."""
-    if tree is None:
+def codexloop_command(tree: str | None, *, editable: bool = False) -> list[str]:
+    """``codexloop`` of this checkout or of another one's source ``tree`` (an earlier commit,
+    for a before/after in one run), installed as a user installs it (``bench/_install.py``);
+    ``editable``: this checkout's development install instead."""
+    if editable and tree is None:
         return [str(Path(sys.executable).with_name("codexloop"))]
-    code = (
-        "import sys\n"
-        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
-        f"sys.path.insert(0, {str(Path(tree).resolve())!r})\n"
-        "from codexloop.main import run\n"
-        "run()\n"
-    )
-    return [sys.executable, "-c", code]
+    return [str(installed(Path(tree) if tree else Path(__file__).resolve().parent.parent))]
 
 
 def run_codexloop(repo: Path, url: str, command: list[str]) -> tuple[float, dict[str, float]]:
@@ -260,6 +258,11 @@ def main() -> int:
         metavar="TREE",
         help="also time the codexloop of this checkout (an earlier commit), alternating",
     )
+    parser.add_argument(
+        "--editable",
+        action="store_true",
+        help="time this checkout's development (editable) install, not a user's install of it",
+    )
     args = parser.parse_args()
     if args.aider and not shutil.which(args.aider):
         parser.error(f"--aider {args.aider}: no such executable (leave it out to skip aider)")
@@ -267,18 +270,13 @@ def main() -> int:
     PROJECT = tabulate_project() if args.project == "tabulate" else CALC
     PYTHON = (None if args.own_python else kata_python()) or sys.executable
     server = ScriptedOpenAI()
-    variants = {"codexloop": codexloop_command(None)}
+    variants = {"codexloop": codexloop_command(None, editable=args.editable)}
     if args.before:
         variants["before"] = codexloop_command(args.before)
-    # Bytecode written for both trees first: a tree compiled on every run (a stale cache, with
-    # PYTHONDONTWRITEBYTECODE set) would be timed compiling.
-    import codexloop
+    if args.editable:  # its bytecode written first: with PYTHONDONTWRITEBYTECODE set, a stale
+        import codexloop  # cache would be timed compiling (installs have theirs from pip)
 
-    for folder in (
-        Path(codexloop.__file__).parent,
-        *([Path(args.before, "codexloop")] if args.before else []),
-    ):
-        compileall.compile_dir(folder, quiet=1)
+        compileall.compile_dir(Path(codexloop.__file__).parent, quiet=1)
     walls: dict[str, list[float]] = {name: [] for name in variants}
     marks: dict[str, dict[str, list[float]]] = {name: {} for name in variants}
     theirs: list[float] = []

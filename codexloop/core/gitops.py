@@ -1,21 +1,20 @@
 """Git plumbing for the sandbox: snapshot, worktrees, commits, blob reads, the three-way apply.
 
-Git runs synchronously (the engine calls these functions from worker threads), one-shot
-commands as GitPython (BSD-3) starts them but without importing it (its import was ~50-90 ms of
-every session's start), its persistent readers through a hardened ``git.Git``. Every command
-has hooks, fsmonitor and automatic gc off (``-c core.hooksPath=/dev/null -c
-core.fsmonitor=false -c gc.auto=0`` on every command line, the persistent readers' included),
-a C locale and no terminal prompt, no location variable inherited from a parent git (GIT_DIR
-& co. are taken out of this process's environment, since GitPython can only add to it), is
+Git runs synchronously (the engine calls these functions from worker threads), as plain
+subprocesses. Every command has hooks, fsmonitor and automatic gc off (``-c
+core.hooksPath=/dev/null -c core.fsmonitor=false -c gc.auto=0`` on every command line, the
+persistent readers' included), a C locale and no terminal prompt, no location variable
+inherited from a parent git (GIT_DIR & co. are taken out of this process's environment), is
 never run in a directory it could not enter, and never with a sandbox worktree as its working
-directory. Blob reads of the
-developer's repository go through a ``git.Repo`` whose ``git cat-file --batch`` stays open
-between reads (its object database, ``GitCmdObjectDB``) instead of one process a blob.
+directory. Blob reads of the developer's repository go through one ``git cat-file --batch``
+per repository, kept open between reads, instead of one process a blob (GitPython did this
+before; its import, ~50-90 ms and two ``git version`` runs, sat on every session's way to its
+first test run).
 
-Commits, refs and worktrees are written by git's own plumbing run through that ``git.Git``
-(``commit-tree``, ``update-ref``, ``worktree add``): GitPython's own writers would guess an
-identity from the host name, move refs without git's compare-and-swap, and know no reftable;
-it has no worktree API. ``git merge-file`` does the three-way apply.
+Commits, refs and worktrees are written by git's own plumbing (``commit-tree``,
+``update-ref``, ``worktree add``): never guessing an identity from the host name, moving refs
+with git's compare-and-swap, whatever the ref storage. ``git merge-file`` does the three-way
+apply.
 
 No function here reads a sandbox worktree's files: recording them is
 :mod:`codexloop.core.record`'s job, so nothing the model wrote is interpreted by git on the
@@ -28,14 +27,13 @@ apply share the hardened runner and the repository cache, and are one module's w
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import os
 import re
 import secrets
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 from collections import OrderedDict
@@ -43,13 +41,9 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from codexloop.core import safefs
 from codexloop.core.errors import CodexloopError
-
-if TYPE_CHECKING:
-    import git as gitpython
 
 PREVIEW_PREFIX = "codexloop/"
 FALLBACK_NAME = "codexloop"
@@ -96,10 +90,9 @@ _ENVIRON_LOCK = threading.Lock()
 def _scrub_environment() -> None:
     """Take the inherited location variables out of this process's environment.
 
-    GitPython builds each command's environment from ``os.environ`` and can only add to it,
-    and reads GIT_DIR, GIT_WORK_TREE, GIT_COMMON_DIR and GIT_OBJECT_DIRECTORY itself when it
-    opens a repository; codexloop never wants a parent git's values (the sandbox gets an
-    environment of its own), so they go before any git runs. Normally that is the first call,
+    Every git here gets ``os.environ`` with a few values added, and codexloop never wants
+    a parent git's GIT_DIR, GIT_WORK_TREE, GIT_COMMON_DIR or GIT_OBJECT_DIRECTORY (the sandbox
+    gets an environment of its own), so they go before any git runs. Normally that is the first call,
     on the main thread, before any worker thread exists.
     """
     if any(name in os.environ for name in _SCRUBBED):
@@ -108,41 +101,15 @@ def _scrub_environment() -> None:
                 os.environ.pop(name, None)
 
 
-@functools.cache
-def _gitpython() -> tuple[type[gitpython.Git], type[gitpython.Repo]]:
-    """GitPython's ``Git`` and ``Repo``, hardened (imported on first use: ~0.1 s)."""
-    _scrub_environment()
-    try:
-        import git as gitpython
-    except ImportError as exc:  # GitPython runs `git version` when it is imported
-        raise GitError("git is not installed (not found on PATH)") from exc
-
-    class HardenedGit(gitpython.Git):
-        """``git.Git`` with hooks, fsmonitor and gc off on every command it starts itself
-        (the persistent ``cat-file`` readers) and no terminal prompt."""
-
-        def __init__(self, working_dir: Any = None) -> None:
-            # A str would have its $VARIABLES and ~ expanded by GitPython; a Path is not.
-            super().__init__(None if working_dir is None else Path(working_dir))
-            self.set_persistent_git_options(c=list(_CONFIG))
-            self.update_environment(**_COMMAND_ENV)
-
-    class HardenedRepo(gitpython.Repo):
-        GitCommandWrapperType = HardenedGit
-
-    return HardenedGit, HardenedRepo
-
-
 def _executable() -> str:
-    """The git GitPython runs (its ``GIT_PYTHON_GIT_EXECUTABLE``), without importing it."""
-    loaded = sys.modules.get("git")
-    chosen = getattr(getattr(loaded, "Git", None), "GIT_PYTHON_GIT_EXECUTABLE", None)
-    return os.fspath(chosen or os.path.expanduser(os.environ.get(_EXECUTABLE_VARIABLE) or "git"))
+    """The git to run: ``git`` on PATH, or the one ``GIT_PYTHON_GIT_EXECUTABLE`` names (the
+    variable GitPython reads, which earlier versions of codexloop ran git through)."""
+    return os.path.expanduser(os.environ.get(_EXECUTABLE_VARIABLE) or "git")
 
 
 _EXECUTABLE_VARIABLE = "GIT_PYTHON_GIT_EXECUTABLE"
 # Every git command's environment, one-shot or a persistent reader's: git's messages in
-# English (its stderr is shown and matched), as GitPython sets them itself; no terminal prompt.
+# English (its stderr is shown and matched); no terminal prompt.
 _COMMAND_ENV = {"LANGUAGE": "C", "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0"}
 
 
@@ -172,15 +139,12 @@ def _run(
     check: bool = True,
 ) -> _Done:
     cwd = Path(cwd)
-    # GitPython runs a command in the current directory when it cannot enter its own.
+    # Never in the current directory instead of one it cannot enter.
     if not cwd.is_dir() or not os.access(cwd, os.X_OK):
         raise GitError(f"git {args[0] if args else ''}: no such directory {cwd}")
     if env is None or "GIT_DIR" not in env:
         _refuse_sandbox(cwd)
     _scrub_environment()
-    # One command, started as GitPython's ``Git.execute`` starts it (its environment, a C
-    # locale, no prompt), without importing GitPython for it: its import (~50-90 ms and a
-    # `git version`) was on every session's start; the object readers below still use it.
     argv = [_executable(), *_SAFETY, *args]
     try:
         done_process = subprocess.run(
@@ -232,55 +196,91 @@ def git_bytes(
 
 
 class _Reader:
-    """The developer's repository opened as a ``git.Repo``: objects are read through its
-    ``git cat-file --batch``, started once and kept open (one at a time: a lock)."""
+    """One repository's ``git cat-file --batch``, started once and kept open between reads
+    (one read at a time: a lock). Started as every git command here is (the hardened flags and
+    environment), its git dir named and its working directory: nothing is discovered."""
 
     def __init__(self, path: Path) -> None:
-        _hardened_git, hardened_repo = _gitpython()
         # git's own discovery (and its safe.directory check) names the checkout and git dir.
-        args = ["rev-parse", "--absolute-git-dir", "--show-toplevel", "--show-object-format"]
+        args = ["rev-parse", "--absolute-git-dir", "--show-toplevel"]
         lines = _text(_run(path, args).stdout).splitlines()
-        if len(lines) != 3:
+        if len(lines) != 2:
             raise GitError(f"git rev-parse: unexpected answer {lines!r}")
         self.git_dir = Path(lines[0])
+        _refuse_sandbox(Path(lines[1]))
         self.identity = _identity(self.git_dir)
-        # GitPython's object reader speaks SHA-1 only (40-digit names): others read one by one.
-        self.batched = lines[2] == "sha1"
         self.lock = threading.Lock()
-        self.repo = hardened_repo(Path(lines[1]), expand_vars=False)
-        if Path(self.repo.git_dir).resolve() != self.git_dir.resolve():
-            self.repo.close()
-            raise GitError(f"GitPython and git disagree about the repository at {path}")
-        _refuse_sandbox(Path(self.repo.working_dir))
-        # The reader names the repository itself: nothing is discovered from its folder.
-        self.repo.git.update_environment(GIT_DIR=str(self.git_dir))
+        self._process: subprocess.Popen[bytes] | None = None
 
     def current(self) -> bool:
         """Whether the repository it opened is still the one at its path."""
         return _identity(self.git_dir) == self.identity
 
     def blob(self, name: str) -> bytes | None:
-        """The blob ``name`` (``<commit>:<path>``) names, None when there is none; raises
-        :class:`GitError` when the reader failed (it is closed then: the next read restarts
-        it)."""
+        """The blob ``name`` (``<commit>:<path>``, no line feed) names, None when there is
+        none; raises :class:`GitError` when the reader failed (it is stopped then: the next
+        read starts another)."""
         with self.lock:
             try:
-                _sha, kind, _size, data = self.repo.git.get_object_data(name)
-            except ValueError as exc:
-                # "<name> missing" or "ambiguous": nothing follows, the reader is in step.
-                if "could not be resolved" in str(exc):
-                    return None
-                self.repo.git.clear_cache()
+                return self._read(os.fsencode(name))
+            except (OSError, ValueError) as exc:
+                self._stop()
                 raise GitError(f"git cat-file --batch: {exc}") from exc
-            except Exception as exc:  # a dead or broken reader: start afresh next time
-                self.repo.git.clear_cache()
-                raise GitError(f"git cat-file --batch: {exc}") from exc
-        # (GitPython gives the type as bytes or str, depending on its version.)
-        return data if kind in ("blob", b"blob") else None
+
+    def _read(self, name: bytes) -> bytes | None:
+        process = self._started()
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(name + b"\n")
+        process.stdin.flush()
+        header = process.stdout.readline()
+        found = _BATCH_HEADER.fullmatch(header)
+        if found is None:
+            # "<name> missing" or "<name> ambiguous": nothing follows, the reader is in step.
+            if header.endswith((b" missing\n", b" ambiguous\n")):
+                return None
+            raise ValueError(f"unexpected answer {header[:200]!r}")
+        size = int(found.group(2))
+        data = process.stdout.read(size + 1)
+        if len(data) != size + 1:
+            raise ValueError("the reader ended mid-object")
+        return data[:-1] if found.group(1) == b"blob" else None
+
+    def _started(self) -> subprocess.Popen[bytes]:
+        if self._process is None or self._process.poll() is not None:
+            self._stop()
+            _scrub_environment()
+            self._process = subprocess.Popen(
+                [_executable(), *_SAFETY, "cat-file", "--batch"],
+                cwd=self.git_dir,
+                env={**os.environ, **_COMMAND_ENV, "GIT_DIR": str(self.git_dir)},
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+        return self._process
+
+    def _stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        with contextlib.suppress(OSError):
+            assert process.stdin is not None
+            process.stdin.close()  # its end of input: git exits
+        try:
+            process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
 
     def close(self) -> None:
         with self.lock:
-            self.repo.close()
+            self._stop()
+
+
+# "<object id> <type> <size>": SHA-1 or SHA-256 names, as git prints them.
+_BATCH_HEADER = re.compile(rb"(?:[0-9a-f]{40}|[0-9a-f]{64}) ([a-z]+) ([0-9]+)\n")
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -310,9 +310,6 @@ def _reader(repo: Path) -> _Reader | None:
     try:
         fresh = _Reader(key)
     except Exception:  # whatever kept it from opening: reads go one process a blob
-        return None
-    if not fresh.batched:
-        fresh.close()
         return None
     evicted: list[_Reader] = []
     with _READERS_LOCK:

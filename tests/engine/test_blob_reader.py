@@ -1,7 +1,7 @@
-"""Git through GitPython, checked as an attacker would: the repository gitops opens reads
-blobs through one persistent ``git cat-file --batch``, and that reader — like every command
-gitops starts — runs nothing planted in the repository's configuration or in the sandbox,
-inherits no location variable of a parent git, and stays in step whatever it is asked."""
+"""Blob reads, checked as an attacker would: the repository gitops opens reads blobs
+through one persistent ``git cat-file --batch``, and that reader — like every command gitops
+starts — runs nothing planted in the repository's configuration or in the sandbox, inherits
+no location variable of a parent git, and stays in step whatever it is asked."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import git as gitpython
 import pytest
 from conftest import run_git
 
@@ -80,13 +79,13 @@ def test_one_reader_process_serves_every_blob_read(
 ) -> None:
     repo = make_repo({f"f{i}.txt": f"file {i}\n" for i in range(40)})
     started: list[list[str]] = []
-    real_popen = gitpython.cmd.safer_popen
+    real_popen = subprocess.Popen
 
-    def counting(command: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    def counting(command: list[str], *args: object, **kwargs: object) -> subprocess.Popen[bytes]:
         started.append([str(arg) for arg in command])
-        return real_popen(command, **kwargs)
+        return real_popen(command, *args, **kwargs)  # type: ignore[call-overload]
 
-    monkeypatch.setattr(gitpython.cmd, "safer_popen", counting)
+    monkeypatch.setattr(gitops.subprocess, "Popen", counting)
     for _ in range(3):
         for i in range(40):
             assert gitops.read_blob(repo, "HEAD", f"f{i}.txt") == f"file {i}\n".encode()
@@ -178,7 +177,7 @@ def test_inherited_location_variables_point_nothing_elsewhere(
     make_repo: MakeRepo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """codexloop started from a hook or `git rebase -x` inherits GIT_DIR & co. naming the
-    parent's repository: neither GitPython nor any git gitops starts uses them."""
+    parent's repository: no git gitops starts, reader or one-shot, uses them."""
     repo = make_repo({"a.txt": "mine\n"})
     decoy = make_repo({"a.txt": "decoy\n"}, name="decoy")
     before = {p: p.read_bytes() for p in (decoy / ".git").rglob("*") if p.is_file()}
@@ -206,7 +205,8 @@ def test_inherited_location_variables_point_nothing_elsewhere(
 def test_a_dollar_in_the_repository_path_is_not_expanded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """GitPython expands $VARIABLES in a path given as a string: gitops never lets it."""
+    """A $VARIABLE in a repository's path is part of its name, never expanded (GitPython,
+    which read blobs before, expanded one in a path given as a string)."""
     real = tmp_path / "$CODEXLOOP_DECOY" / "repo"
     decoy = tmp_path / "decoy" / "repo"
     for where, text in ((real, "real\n"), (decoy, "decoy\n")):
@@ -273,21 +273,22 @@ def test_a_repository_made_again_at_the_same_path_is_read_afresh(
     assert gitops.read_blob(repo, "HEAD", "a.txt") == b"second\n"
 
 
-def test_a_sha256_repository_is_read_one_blob_at_a_time(tmp_path: Path) -> None:
-    """GitPython's reader speaks 40-digit names only: such a repository gets no reader."""
+def test_a_sha256_repository_is_read_by_its_reader_too(tmp_path: Path) -> None:
+    """64-digit object names: the same persistent reader, in step."""
     repo = tmp_path / "repo"
     repo.mkdir()
     run_git(repo, "init", "-q", "--object-format=sha256")
     (repo / "a.txt").write_text("a\n")
     run_git(repo, "add", "a.txt")
     run_git(repo, "commit", "-qm", "one")
-    assert gitops.read_blob(repo, "HEAD", "a.txt") == b"a\n"
-    assert gitops.read_blob(repo, "HEAD", "missing.txt") is None
-    assert readers() == {}
+    for _ in range(2):
+        assert gitops.read_blob(repo, "HEAD", "a.txt") == b"a\n"
+        assert gitops.read_blob(repo, "HEAD", "missing.txt") is None
+    assert len(readers()) == 1
 
 
 def test_gitops_never_runs_git_somewhere_it_cannot_enter(tmp_path: Path) -> None:
-    """GitPython falls back to the current directory for a folder it cannot enter."""
+    """A folder git cannot enter is an error, never the current directory instead."""
     with pytest.raises(GitError, match="no such directory"):
         gitops.git(tmp_path / "gone", "status")
 
@@ -309,3 +310,18 @@ def test_a_subfolder_and_a_checkout_that_is_itself_a_linked_worktree_are_read(
         os.fsencode(repo / ".git"),
         os.fsencode(repo / ".git" / "worktrees" / "linked"),
     }
+
+
+def test_objects_that_are_not_blobs_keep_the_reader_in_step(make_repo: MakeRepo) -> None:
+    """A submodule's commit (not in this repository), an annotated tag, a commit and a tree:
+    none is a blob, and the next read is answered right by the same reader."""
+    repo = make_repo({"a.txt": "a\n"})
+    run_git(repo, "update-index", "--add", "--cacheinfo", f"160000,{'1' * 40},sub")
+    run_git(repo, "commit", "-qm", "a submodule")
+    run_git(repo, "tag", "-a", "-m", "tagged", "v1")
+    for name in ("sub", ""):
+        assert gitops.read_blob(repo, "HEAD", name) is None
+    for commit in ("v1", "HEAD", "HEAD^{tree}"):
+        assert gitops.read_blob(repo, commit, "") is None
+        assert gitops.read_blob(repo, commit, "a.txt") == b"a\n"
+    assert len(readers()) == 1
