@@ -466,33 +466,6 @@ def settings_of(args: argparse.Namespace) -> Settings:
     )
 
 
-def _run_headless(args: argparse.Namespace, config: Config, resumed: SessionRecord | None) -> int:
-    """A headless session; one new session's snapshot and worktree start before the engine's
-    imports (git works while the interpreter imports; removed if the session never takes
-    them)."""
-    name = None
-    if resumed is None and config.attempts == 1 and config.ray is None:
-        from codexloop.core.sandbox import create_ahead, session_name
-
-        name = session_name(config.targets)
-        create_ahead(config.repo, name, config.continue_from)
-    try:
-        from codexloop.cli.headless import run_headless
-
-        return run_headless(
-            config,
-            accept_all=args.accept in ("all", "flagged"),
-            accept_flagged=args.accept == "flagged",
-            resumed=resumed,
-            name=name,
-        )
-    finally:
-        if name is not None:
-            from codexloop.core.sandbox import discard_unclaimed
-
-            discard_unclaimed()
-
-
 def run_loop(
     args: argparse.Namespace, open_app: OpenApp, *, resumed: SessionRecord | None = None
 ) -> int:
@@ -518,7 +491,14 @@ def run_loop(
     if not args.headless:
         require_terminal()
     if args.headless:
-        return _run_headless(args, config, resumed)
+        from codexloop.cli.headless import run_headless
+
+        return run_headless(
+            config,
+            accept_all=args.accept in ("all", "flagged"),
+            accept_flagged=args.accept == "flagged",
+            resumed=resumed,
+        )
     if resumed is not None:
         from codexloop.core.loop import Loop
 

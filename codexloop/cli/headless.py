@@ -91,11 +91,9 @@ async def headless_session(
     read_stdin: bool = True,
     loop: Loop | Race | None = None,
     resumed: SessionRecord | None = None,
-    name: str | None = None,
 ) -> int:
     """Run one session, printing its events; ``loop`` lets demo and replay bring their own
-    (and clean up after it: a session built here that made nothing is removed here);
-    ``name``: the session's (its sandbox may have been started ahead under it)."""
+    (and clean up after it: a session built here that made nothing is removed here)."""
     own_loop = loop is None
     endpoint: EndpointCheck | None = None
     if loop is None:
@@ -113,7 +111,6 @@ async def headless_session(
             accept_all=accept_all,
             accept_flagged=accept_flagged,
             resumed=resumed,
-            name=name,
         )
         if endpoint is not None:  # checked beside the set-up: see EndpointCheck
             for one in loop.loops if isinstance(loop, Race) else [loop]:
@@ -261,7 +258,6 @@ def run_headless(
     accept_flagged: bool = False,
     loop: Loop | Race | None = None,
     resumed: SessionRecord | None = None,
-    name: str | None = None,
 ) -> int:
     try:
         return anyio.run(
@@ -273,7 +269,6 @@ def run_headless(
                 accept_flagged=accept_flagged,
                 loop=loop,
                 resumed=resumed,
-                name=name,
             )
         )
     except KeyboardInterrupt:

@@ -3,9 +3,7 @@
 A session asks the project's interpreter three questions before its first test run (its
 ``sys.path``, what it has installed, its package folders), each a new interpreter of some
 tens of milliseconds: started together when the session starts, they run beside the
-snapshot and the worktree instead of one after the other on the way to the first run. A
-headless session's snapshot and worktree themselves start before the engine's imports
-(:func:`codexloop.core.sandbox.create_ahead`): git works while the interpreter imports.
+snapshot and the worktree instead of one after the other on the way to the first run.
 """
 
 from __future__ import annotations
@@ -56,17 +54,3 @@ def take(function: Callable[..., T], *args: Hashable) -> T:
     if call.error is not None:
         raise call.error
     return call.value  # type: ignore[no-any-return]
-
-
-def drain(function: Callable[..., T]) -> list[T]:
-    """The results of every call of ``function`` started ahead and never taken (each waited
-    for; a call that failed gives nothing): what the caller must clean up."""
-    with _lock:
-        keys = [key for key in _pending if key[0] is function]
-        calls = [_pending.pop(key) for key in keys]
-    results = []
-    for call in calls:
-        call.thread.join()
-        if call.error is None:
-            results.append(call.value)
-    return results

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import anyio
 
-from codexloop.core import ahead, gitops, limits, process, record, safefs
+from codexloop.core import gitops, limits, process, record, safefs
 from codexloop.core.errors import SandboxError
 from codexloop.core.isolation import (
     DEFAULT_MAX_MEMORY_GIB,
@@ -103,31 +103,6 @@ def session_name(targets: tuple[str, ...]) -> str:
     first = targets[0]
     label = first.split("::")[-1] if "::" in first else Path(first).stem
     return f"{_slug(label.split('[')[0])}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def create_ahead(repo: Path, name: str, continue_from: str | None = None) -> None:
-    """Start a new session's snapshot and worktree (:meth:`Sandbox.create` from the working
-    tree) now, in a thread: a headless session's git work runs while the engine imports.
-    :func:`create_new` takes it; one never taken is removed by :func:`discard_unclaimed`."""
-    ahead.start(_create_new, repo, name, continue_from)
-
-
-def create_new(repo: Path, name: str, continue_from: str | None = None) -> Sandbox:
-    """:meth:`Sandbox.create` from the working tree: the one started ahead under these
-    arguments, else made now (blocking)."""
-    return ahead.take(_create_new, repo, name, continue_from)
-
-
-def discard_unclaimed() -> None:
-    """Remove the sandboxes started ahead that no session took (its start failed before it
-    came to them, or it was interrupted): nothing of them stays (blocking, never raises)."""
-    for box in ahead.drain(_create_new):
-        with contextlib.suppress(gitops.GitError, OSError):
-            box.remove(delete_branch=True)
-
-
-def _create_new(repo: Path, name: str, continue_from: str | None) -> Sandbox:
-    return Sandbox.create(repo, name, continue_from=continue_from)
 
 
 def free_name(repo: Path, home: Path, name: str) -> str:

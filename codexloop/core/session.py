@@ -18,7 +18,7 @@ from codexloop.core.exam import Exam, command_files
 from codexloop.core.exam_run import ExamRunner
 from codexloop.core.isolation import Isolation
 from codexloop.core.process import RunResult
-from codexloop.core.sandbox import Sandbox, create_new, find_python
+from codexloop.core.sandbox import Sandbox, find_python
 from codexloop.core.testrun import default_command
 from codexloop.core.timings import Timings
 from codexloop.core.tools import Tools
@@ -56,11 +56,7 @@ def _warm_runs(config: Config) -> bool:
 
 
 async def create_sandbox(config: Config, name: str, base: str | None) -> Sandbox:
-    """The snapshot and the worktree on the preview branch (the part that can fail first):
-    from ``base``, or from the working tree — started ahead, when it was (see
-    :func:`codexloop.core.sandbox.create_ahead`)."""
-    if base is None:
-        return await anyio.to_thread.run_sync(create_new, config.repo, name, config.continue_from)
+    """The snapshot and the worktree on the preview branch (the part that can fail first)."""
     return await anyio.to_thread.run_sync(
         partial(Sandbox.create, config.repo, name, base, continue_from=config.continue_from)
     )
