@@ -256,11 +256,11 @@ class Recorder:
         self.root = Path(worktree).resolve()
         env = gitops.worktree_env(self.root)
         self.gitdir = Path(env["GIT_DIR"])
-        common = gitops.git(self.gitdir, "rev-parse", "--git-common-dir", env=self._env()).strip()
+        # One git for both (a git too old to know --show-object-format echoes it: SHA-1).
+        common, fmt, *_ = gitops.git(
+            self.gitdir, "rev-parse", "--git-common-dir", "--show-object-format", env=self._env()
+        ).splitlines() + [""]
         self.common = (self.gitdir / common).resolve()
-        fmt = gitops.git(
-            self.gitdir, "rev-parse", "--show-object-format", env=self._env(), check=False
-        ).strip()
         self.objects = _Objects(self.common / "objects", "sha256" if fmt == "sha256" else "sha1")
         self.exclude_file = exclude_file
         self._lock = threading.Lock()
