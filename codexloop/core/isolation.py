@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -486,20 +487,54 @@ def _verdict_key(
 ) -> str | None:
     """The key of a flag set's verdict: its flags with this session's own folders named
     generically (each session has its own worktree and temp folder, laid out alike), the
-    bwrap, and the machine (see :func:`_machine`); None when the bwrap cannot be named."""
+    bwrap, and the machine (see :func:`_machine`); None when the bwrap cannot be named.
+
+    What a flag set binds only where it exists (``--ro-bind-try``: the interpreter's
+    folders, the repository's git dir, shared paths, the exam's files) counts by what could
+    make bubblewrap fail there: the file system it is on and what it is — the set of them,
+    not each path — and an environment value by its name (setting one cannot fail). So a
+    session of another project on the same disks, or with other exam files, is laid out
+    alike."""
     try:
         identity = _identity(binary.path)
     except OSError:
         return None
     flags = bwrap_flags(layout, env, fresh_proc=True, masked=masked, binary=binary)
     places = ((str(layout.worktree), "<worktree>"), (str(layout.tmp), "<tmp>"))
-    generic = []
-    for flag in flags:
+    generic: list[str] = []
+    optional: set[str] = set()
+    at = 0
+    while at < len(flags):
+        flag = flags[at]
+        if flag == "--ro-bind-try":
+            optional.add(_mount_of(flags[at + 1]))
+            at += 3
+            continue
+        if flag == "--setenv":
+            generic += [flag, flags[at + 1]]
+            at += 3
+            continue
         for place, name in places:
             flag = flag.replace(place, name)
         generic.append(flag)
-    data = {"bwrap": identity, "flags": generic, "machine": _machine()}
+        at += 1
+    data = {
+        "bwrap": identity,
+        "flags": generic,
+        "optional": sorted(optional),
+        "machine": _machine(),
+    }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _mount_of(path: str) -> str:
+    """What a bind of ``path`` depends on: its file system and its kind (or its absence)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    kind = "dir" if stat.S_ISDIR(st.st_mode) else "file" if stat.S_ISREG(st.st_mode) else "other"
+    return f"{st.st_dev}:{kind}"
 
 
 def _enforced(binary: Bwrap, layout: Layout) -> str:

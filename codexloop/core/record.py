@@ -257,9 +257,8 @@ class Recorder:
         env = gitops.worktree_env(self.root)
         self.gitdir = Path(env["GIT_DIR"])
         # One git for both (a git too old to know --show-object-format echoes it: SHA-1).
-        common, fmt, *_ = gitops.git(
-            self.gitdir, "rev-parse", "--git-common-dir", "--show-object-format", env=self._env()
-        ).splitlines() + [""]
+        asked = ("rev-parse", "--git-common-dir", "--show-object-format")
+        common, fmt, *_ = [*gitops.git(self.gitdir, *asked, env=self._env()).splitlines(), ""]
         self.common = (self.gitdir / common).resolve()
         self.objects = _Objects(self.common / "objects", "sha256" if fmt == "sha256" else "sha1")
         self.exclude_file = exclude_file

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,48 @@ async def test_a_stale_or_planted_verdict_never_runs_a_command_unconfined(
     done = await box.run(f"touch {marker}; echo ran", timeout=30)
     assert "ran" not in done.output and not marker.exists()  # ...but nothing ran unconfined
     box.remove(delete_branch=True)
+
+
+def _key(tmp_path: Path, readonly: tuple[Path, ...], env: dict[str, str]) -> str | None:
+    layout = isolation.Layout(tmp_path / "wt", tmp_path / "tmp", readonly=readonly)
+    binary = isolation.Bwrap(sys.executable, "0.11.0", "system", size=True)
+    return isolation._verdict_key(layout, env, (tmp_path,), binary)
+
+
+def test_another_project_on_the_same_disks_is_laid_out_alike(
+    make_repo, bwrap_runs: list[list[str]]
+) -> None:
+    """Another repository (its git dir elsewhere on the same file system) with other exam
+    files: the verdict of the first holds, no bubblewrap asked."""
+    first, said = _isolate(make_repo(KATA, name="first"), "one")
+    assert said.level == "full", said.reason
+    bwrap_runs.clear()
+    isolation._inspect_bwrap.cache_clear()
+    other = make_repo({**KATA, "tests/test_more.py": "def test_more():\n    pass\n"}, name="other")
+    box = Sandbox.create(other, "two")
+    exam = Exam(other, box.base, ("tests/test_calc.py", "tests/test_more.py"))
+    again = box.isolate([find_python(other)], exam.protected_files(), network=False)
+    assert bwrap_runs == []
+    assert again.level == "full"
+    for one in (first, box):
+        one.remove(delete_branch=True)
+
+
+def test_what_a_bind_depends_on_is_its_file_system_and_kind(tmp_path: Path) -> None:
+    """Paths bound where they exist count by file system and kind; another disk, a file
+    for a folder or a path gone is another verdict; an environment value is not."""
+    a, b, file = tmp_path / "a", tmp_path / "b", tmp_path / "f"
+    a.mkdir()
+    b.mkdir()
+    file.write_text("")
+    env = {"PATH": "/usr/bin", "VIRTUAL_ENV": str(a)}
+    key = _key(tmp_path, (a,), env)
+    assert key is not None
+    assert _key(tmp_path, (b,), {**env, "VIRTUAL_ENV": str(b)}) == key
+    assert _key(tmp_path, (a, b), env) == key  # the set of them
+    assert _key(tmp_path, (file,), env) != key
+    assert _key(tmp_path, (tmp_path / "gone",), env) != key
+    assert _key(tmp_path, (a,), {**env, "EXTRA": "1"}) != key
+    elsewhere = Path("/proc/self")  # another file system than the temp folder's
+    assert os.stat(elsewhere).st_dev != os.stat(a).st_dev
+    assert _key(tmp_path, (elsewhere,), env) != key
