@@ -320,12 +320,33 @@ def kill_marked(marker: str) -> int:
     return killed
 
 
-def limit_notes(group: PidsGroup | None, survivors: int) -> str:
-    """What a command's result says about the process limit and what outlived it."""
+# What a fork refused for the process limit prints, in the runtimes commands are likely to use
+# (EAGAIN: Python's BlockingIOError, bash's "fork: retry", Node's "spawn EAGAIN", ...).
+_FORK_REFUSED = re.compile(
+    r"Resource temporarily unavailable|\bEAGAIN\b|can't start new thread|[Cc]annot fork"
+)
+
+
+def limit_notes(
+    group: PidsGroup | None,
+    survivors: int,
+    *,
+    limit: ProcessLimit | None = None,
+    output: str = "",
+) -> str:
+    """What a command's result says about the process limit and what outlived it. A pids
+    cgroup counts the forks it refused; ``RLIMIT_NPROC`` keeps no count, so under ``limit``'s
+    ulimit the note comes when the command's ``output`` shows a fork refused."""
     notes = ""
-    if group is not None and group.hit_since_mark():
+    maximum = group.maximum if group is not None else limit.maximum if limit is not None else None
+    if (group is not None and group.hit_since_mark()) or (
+        group is None
+        and limit is not None
+        and limit.method == "rlimit"
+        and _FORK_REFUSED.search(output) is not None
+    ):
         notes += (
-            f"\n[codexloop: the sandbox's limit of {group.maximum} processes was reached; "
+            f"\n[codexloop: the sandbox's limit of {maximum} processes was reached; "
             "further forks failed]"
         )
     if survivors:

@@ -390,7 +390,7 @@ class Sandbox:
                     survivors = await group.close()
                 elif marker is not None:
                     survivors = await anyio.to_thread.run_sync(limits.kill_marked, marker)
-        notes = limits.limit_notes(group, survivors)
+        notes = limits.limit_notes(group, survivors, limit=self.limit, output=result.output)
         return replace(result, output=result.output + notes) if notes else result
 
     def isolate(
@@ -512,6 +512,10 @@ class ExamPlace:
     @property
     def isolation(self) -> Isolation:
         return self.sandbox.isolation
+
+    @property
+    def limit(self) -> limits.ProcessLimit:
+        return self.sandbox.limit
 
     def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = self.sandbox.environment(root=self.worktree, tmp=self.tmp)

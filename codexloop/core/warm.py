@@ -437,7 +437,9 @@ class WarmRunner:
             # A cgroup but no pid namespace: the server shares its group with what its runs
             # leave behind; everything in it but the server is a leftover.
             survivors = _kill_all_but(self.group, self.process.pid)
-        output = sanitize_terminal(kept.text()) + limit_notes(self.group, survivors)
+        text = kept.text()
+        notes = limit_notes(self.group, survivors, limit=self.sandbox.limit, output=text)
+        output = sanitize_terminal(text) + notes
         if timed_out:
             output += f"\n[codexloop: stopped after the {timeout:g} s time limit; the process tree was killed]"
             # The run shares the server's pid namespace and user: it may have stopped the

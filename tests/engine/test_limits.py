@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from loophelpers import KATA
 
 from codexloop.core import limits
 from codexloop.core.exam import Exam
+from codexloop.core.limits import ProcessLimit, limit_notes
 from codexloop.core.sandbox import Sandbox, find_python
 from codexloop.core.testrun import default_args, junit_env
 from codexloop.core.warm import WarmRunner
@@ -27,7 +29,8 @@ FORKER = (
     "for _ in range(200):\n"
     "    try:\n"
     "        pid = os.fork()\n"
-    "    except OSError:\n"
+    "    except OSError as exc:\n"
+    "        print(exc)\n"
     "        break\n"
     "    if pid == 0:\n"
     "        time.sleep(5)\n"
@@ -116,9 +119,11 @@ async def test_a_normal_command_has_no_limit_note(limited: Sandbox) -> None:
 async def test_a_warm_run_is_bounded_too(limited: Sandbox) -> None:
     python = find_python(limited.repo)
     test = limited.worktree / "tests" / "test_forks.py"
-    test.write_text(
+    test.write_text(  # it fails, so pytest shows what the forker printed
         "import subprocess, sys\n\n\ndef test_forks():\n"
-        f"    subprocess.run([sys.executable, '-c', {FORKER!r}], check=True)\n"
+        f"    done = subprocess.run([sys.executable, '-c', {FORKER!r}], capture_output=True, text=True)\n"
+        "    print(done.stdout)\n"
+        "    assert not done.stdout\n"
     )
     warm = WarmRunner(limited, python)
     try:
@@ -126,6 +131,8 @@ async def test_a_warm_run_is_bounded_too(limited: Sandbox) -> None:
         run = await warm.run(
             default_args(tuple(target)), extra_env=junit_env(limited.tmp / "j.xml"), timeout=60
         )
+        printed = re.search(r"forked (\d+)", run.output)  # the captured output, not the source
+        assert printed is not None and int(printed.group(1)) < 24, run.output
         assert "limit of 24 processes was reached" in run.output
         again = await warm.run(
             default_args(("tests/test_calc.py",)),
@@ -285,3 +292,24 @@ def test_without_proc_the_environment_mark_finds_nothing(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(limits.os, "scandir", no_proc)
     assert limits.kill_marked("anything") == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "output", "noted"),
+    [
+        ("rlimit", "BlockingIOError: [Errno 11] Resource temporarily unavailable", True),
+        ("rlimit", "bash: fork: retry: Resource temporarily unavailable", True),
+        ("rlimit", "Error: spawn EAGAIN", True),
+        ("rlimit", "RuntimeError: can't start new thread", True),
+        ("rlimit", "1 passed in 0.05s", False),
+        ("none", "BlockingIOError: [Errno 11] Resource temporarily unavailable", False),
+    ],
+)
+def test_under_ulimit_a_refused_fork_in_the_output_is_explained(
+    method: str, output: str, noted: bool
+) -> None:
+    """RLIMIT_NPROC keeps no count of the forks it refused: the note comes from what the
+    command printed (a pids cgroup's count is checked by the tests above, as root)."""
+    limit = ProcessLimit(method, 24 if method == "rlimit" else None, "")  # type: ignore[arg-type]
+    said = limit_notes(None, 0, limit=limit, output=output)
+    assert ("limit of 24 processes was reached" in said) is noted
