@@ -90,10 +90,10 @@ _ENVIRON_LOCK = threading.Lock()
 def _scrub_environment() -> None:
     """Take the inherited location variables out of this process's environment.
 
-    Every git here gets ``os.environ`` with a few values added, and codexloop never wants
-    a parent git's GIT_DIR, GIT_WORK_TREE, GIT_COMMON_DIR or GIT_OBJECT_DIRECTORY (the sandbox
-    gets an environment of its own), so they go before any git runs. Normally that is the first call,
-    on the main thread, before any worker thread exists.
+    Every git here gets ``os.environ`` with a few values added, and codexloop never wants a
+    parent git's GIT_DIR, GIT_WORK_TREE, GIT_COMMON_DIR or GIT_OBJECT_DIRECTORY (the sandbox
+    gets an environment of its own), so they go before any git runs. Normally that is the
+    first call, on the main thread, before any worker thread exists.
     """
     if any(name in os.environ for name in _SCRUBBED):
         with _ENVIRON_LOCK:
