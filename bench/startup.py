@@ -1,8 +1,11 @@
-"""Start-up: ``codexloop --help`` and the app's first frame.
+"""Start-up: ``codexloop --help``, the app's first frame and a headless session's first event.
 
 --help is timed as a whole process. The first frame is timed in a fresh interpreter,
 from its start to the app's first screen refresh (imports, CSS, compose and mount
-included), with the app on a small repository and the loop not started.
+included), with the app on a small repository and the loop not started. The headless first
+event is ``loop_started`` of ``codexloop --headless`` on the calc kata against a scripted
+endpoint (as ``bench/peer.py`` runs it), from process start to the line read. All three with
+this venv's codexloop (the development install; ``bench/peer.py`` times a user's install).
 
     .venv/bin/python bench/startup.py [--runs 5]
 """
@@ -83,6 +86,33 @@ def main() -> None:
     whole = statistics.median(f[1] for f in frames) * 1000
     print(f"app first frame (in process)   median {inside:6.0f} ms  (imports, CSS, compose, mount)")
     print(f"app first frame (whole process) median {whole:5.0f} ms  (interpreter start included)")
+    first = headless_first_events(runs, [str(exe)])
+    print(
+        f"headless first event          median {statistics.median(first) * 1000:6.0f} ms  "
+        "(loop_started, whole process; the first run also learns what later ones remember)"
+    )
+
+
+def headless_first_events(runs: int, command: list[str]) -> list[float]:
+    """Seconds from process start to ``loop_started`` of ``runs`` headless sessions."""
+    import os
+
+    import peer
+
+    server = peer.ScriptedOpenAI()
+    seen = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="codexloop-startup-") as tmp:
+            os.environ["XDG_CACHE_HOME"] = str(Path(tmp, "cache"))
+            os.environ["XDG_STATE_HOME"] = str(Path(tmp, "state"))
+            for run in range(runs):
+                peer.script(server)
+                repo = make_repo(Path(tmp, f"headless-{run}"))
+                _wall, marks = peer.run_codexloop(repo, server.base_url, command)
+                seen.append(marks["loop_started"])
+    finally:
+        server.close()
+    return seen
 
 
 if __name__ == "__main__":
