@@ -445,6 +445,26 @@ def printable(text: str) -> str:
     return text
 
 
+def joined(text: str) -> str:
+    """``text`` as valid UTF-8, its surrogate pairs made the characters they stand for (a
+    server whose strings are UTF-16 may cut an emoji across two deltas, each parsed alone) and
+    any lone one spelled as :func:`printable` spells it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        pairs = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+        return printable(pairs)
+    return text
+
+
+def whole_characters(text: str) -> tuple[str, str]:
+    """``text`` :func:`joined` but for a high surrogate at its end, held back (the other half
+    of its character may come with the next delta): (what can be shown, what is held)."""
+    if text and "\ud800" <= text[-1] <= "\udbff":
+        return joined(text[:-1]), text[-1]
+    return joined(text), ""
+
+
 E = TypeVar("E", bound=Event)
 
 STREAMED = (ModelText, ModelReasoning, TestOutput, CommandOutput)

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from codexloop.core.errors import CodexloopError
+from codexloop.core.events import joined, whole_characters
 from codexloop.core.model_host import (
     EndpointError,
     EndpointStatus,
@@ -313,13 +314,20 @@ class _StreamingModel:
             attempt += 1
             streamed = False
 
+            held = ""  # the first half of a character cut across two deltas
+
             async def text(chunk: str) -> None:
-                nonlocal streamed
+                nonlocal streamed, held
                 streamed = True
-                await on_text(chunk)
+                chunk, held = whole_characters(held + chunk)
+                if chunk:
+                    await on_text(chunk)
 
             try:
-                return await self._stream(messages, tools, text, on_reasoning)
+                answer = await self._stream(messages, tools, text, on_reasoning)
+                if held:  # its other half never came
+                    await on_text(joined(held))
+                return answer
             except ModelError:
                 raise
             except Exception as exc:
@@ -441,7 +449,7 @@ class ChatModel(_StreamingModel):
             # a body that ends without one is a server or proxy that hung up mid-answer, not
             # the model's whole turn (its text may stop mid-word, its last call mid-argument).
             raise _StreamFailed("the stream ended before the answer was finished")
-        full_text = "".join(text)
+        full_text = joined("".join(text))
         if not output_tokens:
             output_tokens = max(1, len(full_text) // 4) if full_text else 0
         tool_calls = tuple(
@@ -563,7 +571,7 @@ class ResponsesModel(_StreamingModel):
                 calls.append(
                     ToolCallRequest(str(call_id), name if isinstance(name, str) else "", args)
                 )
-        full_text = "".join(text)
+        full_text = joined("".join(text))
         input_tokens = _count(usage.get("input_tokens"))
         output_tokens = _count(usage.get("output_tokens")) or len(full_text) // 4
         cached = _count(_mapping(usage.get("input_tokens_details")).get("cached_tokens"))

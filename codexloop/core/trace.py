@@ -28,7 +28,9 @@ class TraceWriter:
     def __init__(self, path: Path, header: dict[str, Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._file: IO[str] = path.open("a", encoding="utf-8")
+        # A lone surrogate (half a character from a UTF-16 server, in reasoning text say) is
+        # written spelled out, never an error that would end the session.
+        self._file: IO[str] = path.open("a", encoding="utf-8", errors="backslashreplace")
         self._start = time.monotonic()
         self._write({"type": "trace_header", "version": TRACE_VERSION, **header}, flush=True)
 

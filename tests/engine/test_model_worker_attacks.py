@@ -353,12 +353,12 @@ async def test_line_separators_inside_the_json_do_not_split_the_event(hostile: _
     assert (turn.text, turn.finish_reason) == (odd, "stop")
 
 
-async def test_a_split_surrogate_pair_reaches_the_engine_as_the_client_parsed_it(
+async def test_a_split_surrogate_pair_reaches_the_engine_as_its_character(
     hostile: _Server,
 ) -> None:
     """A server whose strings are UTF-16 (JavaScript) may cut an emoji in two deltas, each
     a lone surrogate in JSON escapes: the worker could not encode them as UTF-8 and failed
-    every attempt."""
+    every attempt; the engine then kept two halves no UTF-8 writer could take."""
     hostile.answers.append(
         lambda h: h.events(
             'data: {"choices": [{"index": 0, "delta": {"content": "smile \\ud83d"}}]}\n\n',
@@ -367,7 +367,7 @@ async def test_a_split_surrogate_pair_reaches_the_engine_as_the_client_parsed_it
         )
     )
     turn = await chat_turn(hostile.base_url)
-    assert turn.text == "smile \ud83d\ude00"
+    assert turn.text == "smile \U0001f600"
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from loophelpers import run_cli as codexloop
 from scripted_openai import Call, Reply
 
 from codexloop.core import events as ev
+from codexloop.core.trace import read_trace
 
 pytestmark = pytest.mark.anyio
 
@@ -417,11 +418,12 @@ def _remove_deep_folders(root: Path) -> None:
 # ------------------------------------------------------------------ text the engine passes on
 
 
-async def test_a_lone_surrogate_from_the_model_does_not_crash_the_engine(
+async def test_a_lone_surrogate_from_the_model_is_spelled_out_and_its_turn_kept(
     make_repo, scripted_openai
 ) -> None:
-    """Contained: the trace cannot write the text (a \\ud800 escape in the stream), the turn
-    is dropped as a broken stream and the loop still finishes."""
+    """Half a character (a \\ud800 escape in the stream, never paired): shown, traced and
+    sent back spelled out; the turn carrying the edit is kept (it was dropped as a broken
+    stream: no UTF-8 writer could take the text) and the session goes green."""
     repo = make_repo(KATA)
     scripted_openai.add(
         Reply(text="Let me fix it \ud800.", tool_calls=[edit("calc.py", "a - b", "a + b")]),
@@ -429,8 +431,14 @@ async def test_a_lone_surrogate_from_the_model_does_not_crash_the_engine(
     )
     config = make_config(repo, scripted_openai.base_url, max_iterations=1)
     result, events = await run_loop(config)
-    assert of_type(events, ev.LoopFinished)
-    assert result.status != "passed"  # add was never fixed: the turn carrying the edit was dropped
+    assert result.status == "passed"
+    shown = "".join(e.text for e in of_type(events, ev.ModelText))
+    assert "Let me fix it \\ud800." in shown
+    [started] = of_type(events, ev.LoopStarted)
+    traced = read_trace(Path(started.trace))
+    assert any("\\ud800" in str(e.get("text", "")) for e in traced)
+    said = [m.get("content") for m in scripted_openai.requests[-1]["messages"]]
+    assert "Let me fix it \\ud800." in said  # sent back as it was shown
 
 
 async def test_a_fifo_whose_name_is_not_utf8_does_not_crash_the_engine(
