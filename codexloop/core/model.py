@@ -548,8 +548,10 @@ class ResponsesModel(_StreamingModel):
                     finish = f"incomplete: {reason or 'unknown reason'}"
                 elif kind == "response.failed":
                     error = _mapping(response.get("error"))
-                    message = error.get("message") or "the response failed"
-                    code = error.get("code") or ""
+                    # Strings whatever the server sent (a number, an object): the failure
+                    # is told as it came, not turned into a TypeError and retried.
+                    message = str(error.get("message") or "the response failed")
+                    code = str(error.get("code") or "")
                     if code in ("server_error", "rate_limit_exceeded", "vector_store_timeout"):
                         raise _StreamFailed(f"{code}: {message}")
                     failure = f"{code}: {message}" if code else message

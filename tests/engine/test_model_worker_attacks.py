@@ -661,3 +661,17 @@ def test_the_worker_imports_nothing_from_the_folder_it_was_started_in(
     )
     assert done.stdout.strip() == "hello", done.stderr[-2000:]
     assert not marker.exists(), marker.read_text()
+
+
+@pytest.mark.parametrize("message", [{"text": "nested"}, 42, ["a"]])
+async def test_a_failed_response_whose_message_is_not_text_is_told_not_retried(
+    hostile: _Server, message: object
+) -> None:
+    """``response.failed`` with an error message of another type: the failure as sent, one
+    request, not a TypeError retried until the attempts ran out."""
+    failed = {"type": "response.failed", "response": {"error": {"code": 7, "message": message}}}
+    hostile.answers.append(lambda h: h.events(f"data: {json.dumps(failed)}\n\n"))
+    with pytest.raises(ModelError) as said:
+        await responses_turn(hostile.base_url)
+    assert str(message) in str(said.value) and "7" in str(said.value)
+    assert hostile.posts == 1
