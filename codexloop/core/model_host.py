@@ -211,7 +211,10 @@ class ModelClient:
             await answer.aclose()
 
     async def _ask(self, request: dict[str, Any]) -> _Answer:
-        answer = _Answer(connect(), self.settings[2] + STALL_MARGIN_S, model_process.worker_pid())
+        # In a thread: handing the socket over may start a worker, or wait (a second at most)
+        # on one that stopped reading before it is replaced; the event loop draws the screen.
+        sock = await anyio.to_thread.run_sync(connect)
+        answer = _Answer(sock, self.settings[2] + STALL_MARGIN_S, model_process.worker_pid())
         try:
             await answer.send(line({**request, "client": list(self.settings)}))
         except BaseException:
