@@ -99,8 +99,7 @@ def _key(python: str, flags: Sequence[str], code: str, env: dict[str, str]) -> s
     environment it reads at start-up (the home folder holds the user site)."""
     if not os.path.isabs(python):
         return None  # looked up on PATH: not a fixed interpreter
-    read = {k: v for k, v in env.items() if k in ("HOME", "PYTHONUSERBASE")}
-    data = [python, list(flags), code, read]
+    data = [python, list(flags), code, env.get("HOME")]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
