@@ -27,8 +27,9 @@ import subprocess
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from codexloop.core.remembered import Remembered, state_home
+from codexloop.core.remembered import Remembered, identity, state_home
 
 TIMEOUT_S = 20.0
 KIND = "answers"
@@ -94,6 +95,16 @@ def ask(
     return out
 
 
+def ask_json(python: str, code: str, *, isolated: bool = False, timeout: float = TIMEOUT_S) -> Any:
+    """:func:`ask` a question that prints JSON: the value, or None if there was no answer
+    or it was not JSON."""
+    out = ask(python, code, isolated=isolated, timeout=timeout)
+    try:
+        return json.loads(out) if out is not None else None
+    except ValueError:
+        return None
+
+
 def _key(python: str, flags: Sequence[str], code: str, env: dict[str, str]) -> str | None:
     """What names a question: the interpreter, how it is run, the code, and what of the
     environment it reads at start-up (the home folder holds the user site)."""
@@ -116,10 +127,8 @@ def _watched(stderr: bytes) -> list[str] | None:
 
 def _state(python: str, watched: list[str]) -> dict[str, object]:
     """What an answer depends on, as it is now (raises OSError when the interpreter is gone)."""
-    real = os.path.realpath(python)
-    st = os.stat(real)
     return {
-        "interpreter": [python, real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns],
+        "interpreter": [python, *identity(python)],
         "files": [
             _file_state(path) for path in [str(Path(python).parent.parent / "pyvenv.cfg"), *watched]
         ],

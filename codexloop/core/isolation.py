@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Literal
 
 from codexloop.core import ahead, interpreter
-from codexloop.core.remembered import Remembered
+from codexloop.core.remembered import Remembered, identity
 
 Level = Literal["full", "reduced", "none"]
 Origin = Literal["system", "bundled", "custom"]
@@ -108,13 +108,6 @@ class Isolation:
         return [self.bwrap, *flags, "--", *argv]
 
 
-def _identity(path: str) -> list[object]:
-    """What names one executable: where it really is, and its inode, size and mtime."""
-    real = os.path.realpath(path)
-    st = os.stat(real)
-    return [real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
-
-
 _USERNS_SWITCHES = (
     "/proc/sys/kernel/unprivileged_userns_clone",
     "/proc/sys/user/max_user_namespaces",
@@ -156,7 +149,7 @@ def inspect_bwrap(path: str, origin: Origin, remembered: Remembered | None = Non
     if remembered is None:
         return _inspect_bwrap(path, origin)
     try:
-        key = json.dumps([_identity(path), origin])
+        key = json.dumps([identity(path), origin])
     except OSError:
         return None
     known = remembered.get("bwrap", key)
@@ -351,10 +344,8 @@ def interpreter_paths(pythons: Iterable[str]) -> list[Path]:
 def sys_path(python: str) -> list[Path]:
     """The folders on ``python``'s module search path (blocking: it is asked)."""
     code = "import json, sys; print(json.dumps([p for p in sys.path if p]))"
-    out = interpreter.ask(python, code, isolated=True)
-    try:
-        entries = json.loads(out) if out is not None else []
-    except ValueError:
+    entries = interpreter.ask_json(python, code, isolated=True)
+    if not isinstance(entries, list):
         return []
     return [Path(os.path.realpath(p)) for p in entries if Path(p).is_dir()]
 
@@ -496,7 +487,7 @@ def _verdict_key(
     session of another project on the same disks, or with other exam files, is laid out
     alike."""
     try:
-        identity = _identity(binary.path)
+        named = identity(binary.path)
     except OSError:
         return None
     flags = bwrap_flags(layout, env, fresh_proc=True, masked=masked, binary=binary)
@@ -519,7 +510,7 @@ def _verdict_key(
         generic.append(flag)
         at += 1
     data = {
-        "bwrap": identity,
+        "bwrap": named,
         "flags": generic,
         "optional": sorted(optional),
         "machine": _machine(),

@@ -338,13 +338,14 @@ def limit_notes(
     cgroup counts the forks it refused; ``RLIMIT_NPROC`` keeps no count, so under ``limit``'s
     ulimit the note comes when the command's ``output`` shows a fork refused."""
     notes = ""
-    maximum = group.maximum if group is not None else limit.maximum if limit is not None else None
-    if (group is not None and group.hit_since_mark()) or (
-        group is None
-        and limit is not None
-        and limit.method == "rlimit"
-        and _FORK_REFUSED.search(output) is not None
-    ):
+    maximum: int | None
+    if group is not None:
+        maximum, reached = group.maximum, group.hit_since_mark()
+    elif limit is not None and limit.method == "rlimit":
+        maximum, reached = limit.maximum, _FORK_REFUSED.search(output) is not None
+    else:
+        maximum, reached = None, False
+    if reached:
         notes += (
             f"\n[codexloop: the sandbox's limit of {maximum} processes was reached; "
             "further forks failed]"

@@ -10,7 +10,6 @@ distributions' top-level modules; see :mod:`codexloop.core.exam`).
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -92,11 +91,7 @@ def installed(python: str, *, timeout: float = PROBE_TIMEOUT_S) -> Installed:
     names and no plugin is named (pytest then loads only its own plugins: a run may go red,
     never falsely green).
     """
-    out = interpreter.ask(python, _PROBE, timeout=timeout)
-    try:
-        data = json.loads(out) if out is not None else None
-    except ValueError:
-        data = None
+    data = interpreter.ask_json(python, _PROBE, timeout=timeout)
     if not isinstance(data, dict):
         return _own_view()
     stdlib = frozenset(data.get("stdlib") or sys.stdlib_module_names)

@@ -17,6 +17,14 @@ import threading
 from pathlib import Path
 
 
+def identity(path: str) -> list[object]:
+    """What names one executable in a remembered entry: where it really is, and its device,
+    inode, size and mtime (replaced or rebuilt, it is another)."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return [real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
 def state_home() -> Path:
     """codexloop's folder for what outlives a session (worktrees, runs, what is remembered)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")

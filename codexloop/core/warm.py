@@ -60,10 +60,8 @@ class WarmError(Exception):
 def site_packages(python: str) -> list[Path]:
     """The interpreter's package folders (their mtimes change when packages are installed)."""
     code = "import json, site, sysconfig; print(json.dumps([sysconfig.get_paths()['purelib'], *site.getsitepackages()]))"
-    out = interpreter.ask(python, code)
-    try:
-        folders = json.loads(out) if out is not None else []
-    except ValueError:
+    folders = interpreter.ask_json(python, code)
+    if not isinstance(folders, list):
         return []
     return [Path(p) for p in dict.fromkeys(folders) if isinstance(p, str) and Path(p).is_dir()]
 
