@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from loophelpers import KATA
+from loophelpers import KATA, make_config, of_type, run_loop
+from scripted_openai import Call, Reply
 
+from codexloop.core import events as ev
 from codexloop.core import isolation
 from codexloop.core import sandbox as sandbox_module
 from codexloop.core.exam import Exam
@@ -39,6 +41,20 @@ def bwrap_runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     monkeypatch.setattr(isolation.subprocess, "run", counting)
     isolation._inspect_bwrap.cache_clear()  # the process's own memory of a bwrap
     return started
+
+
+def _refusing_bwrap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bwrap to use: one that says what it supports but cannot set up its namespaces."""
+    fake = tmp_path / "bin" / "bwrap"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then echo "bubblewrap 0.11.0"; exit 0; fi\n'
+        'if [ "$1" = --help ]; then echo "--cap-drop --size"; exit 0; fi\n'
+        'echo "bwrap: No permissions to create new namespace" >&2; exit 1\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv(isolation.BWRAP_ENV, str(fake))
 
 
 def _isolate(repo: Path, name: str) -> tuple[Sandbox, isolation.Isolation]:
@@ -108,16 +124,7 @@ def test_a_failure_is_asked_again_every_time(
 ) -> None:
     """A bwrap that cannot set up its namespaces: no isolation, said, and asked again next
     session (its fix may have come meanwhile)."""
-    fake = tmp_path / "bin" / "bwrap"
-    fake.parent.mkdir()
-    fake.write_text(
-        "#!/bin/sh\n"
-        'if [ "$1" = --version ]; then echo "bubblewrap 0.11.0"; exit 0; fi\n'
-        'if [ "$1" = --help ]; then echo "--cap-drop --size"; exit 0; fi\n'
-        'echo "bwrap: No permissions to create new namespace" >&2; exit 1\n'
-    )
-    fake.chmod(0o755)
-    monkeypatch.setenv(isolation.BWRAP_ENV, str(fake))
+    _refusing_bwrap(tmp_path, monkeypatch)
     repo = make_repo(KATA)
     for name in ("one", "two"):
         bwrap_runs.clear()
@@ -135,16 +142,7 @@ async def test_a_stale_or_planted_verdict_never_runs_a_command_unconfined(
     """A remembered ``full`` that no longer holds (a bwrap that now cannot set up its
     namespaces) makes commands fail to start; none runs outside bubblewrap. A file of garbage
     is ignored, not trusted."""
-    fake = tmp_path / "bin" / "bwrap"
-    fake.parent.mkdir()
-    fake.write_text(
-        "#!/bin/sh\n"
-        'if [ "$1" = --version ]; then echo "bubblewrap 0.11.0"; exit 0; fi\n'
-        'if [ "$1" = --help ]; then echo "--cap-drop --size"; exit 0; fi\n'
-        'echo "bwrap: No permissions to create new namespace" >&2; exit 1\n'
-    )
-    fake.chmod(0o755)
-    monkeypatch.setenv(isolation.BWRAP_ENV, str(fake))
+    _refusing_bwrap(tmp_path, monkeypatch)
     monkeypatch.setattr(isolation, "_verdict_key", lambda *args: "planted")
     probes = sandbox_module.state_home() / "probes.json"
     probes.parent.mkdir(parents=True, exist_ok=True)
@@ -205,3 +203,39 @@ def test_what_a_bind_depends_on_is_its_file_system_and_kind(tmp_path: Path) -> N
     elsewhere = Path("/proc/self")  # another file system than the temp folder's
     assert os.stat(elsewhere).st_dev != os.stat(a).st_dev
     assert _key(tmp_path, (elsewhere,), env) != key
+
+
+@pytest.mark.anyio
+async def test_the_model_cannot_rewrite_what_later_sessions_trust(
+    make_repo, scripted_openai
+) -> None:
+    """What a later session takes without asking (interpreter answers, isolation verdicts)
+    is out of the model's reach by every route: a command, the code under test, a link in
+    the worktree written through with the file tool."""
+    repo = make_repo(KATA)
+    home = sandbox_module.state_home()
+    targets = [home / "interpreters.json", home / "probes.json"]
+    overwrite = "; ".join(f"echo planted > {t} 2>/dev/null" for t in targets)
+    code_under_test = (
+        "import contextlib\n"
+        + "".join(
+            f"with contextlib.suppress(OSError):\n    open({str(t)!r}, 'w').write('planted')\n"
+            for t in targets
+        )
+        + "def add(a, b):\n    return a + b\n"
+    )
+    scripted_openai.add(
+        Reply(tool_calls=[Call("run_command", {"command": f"true; {overwrite}; true"})]),
+        Reply(tool_calls=[Call("run_command", {"command": f"ln -s {targets[0]} link.json"})]),
+        Reply(tool_calls=[Call("write_file", {"path": "link.json", "content": "planted"})]),
+        Reply(tool_calls=[Call("write_file", {"path": "calc.py", "content": code_under_test})]),
+        Reply(text="Done."),
+    )
+    config = make_config(repo, scripted_openai.base_url, max_iterations=1)
+    result, events = await run_loop(config)
+    [started] = of_type(events, ev.LoopStarted)
+    assert started.isolation == "full", started.isolation_reason
+    assert result.status == "passed"  # the code under test ran, its writes tried
+    for target in targets:
+        assert target.is_file(), target  # written by the engine at the start
+        assert "planted" not in target.read_text(), target
